@@ -1,0 +1,66 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Dependencies point one way: imagebuild (CLI) -> BootServer -> {BootProtocols, ImageBuildKit};
+// ImageBuildKit -> CArchive. See ../shared/DESIGN.md.
+let package = Package(
+    name: "imagebuild",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "imagebuild", targets: ["imagebuild"]),
+        .library(name: "ImageBuildKit", targets: ["ImageBuildKit"]),
+        .library(name: "BootProtocols", targets: ["BootProtocols"]),
+        .library(name: "BootServer", targets: ["BootServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CArchive",
+            pkgConfig: "libarchive",
+            providers: [.apt(["libarchive-dev"])]
+        ),
+        .target(
+            name: "ImageBuildKit",
+            dependencies: [
+                "CArchive",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            linkerSettings: [.linkedLibrary("z")]
+        ),
+        .target(
+            name: "BootProtocols",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "BootServer",
+            dependencies: [
+                "BootProtocols", "ImageBuildKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .executableTarget(
+            name: "imagebuild",
+            dependencies: [
+                "ImageBuildKit", "BootServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
+        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"]),
+        .testTarget(name: "BootServerTests", dependencies: ["BootServer", "BootProtocols"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit"]),
+    ]
+)

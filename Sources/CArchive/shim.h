@@ -1,0 +1,22 @@
+#ifndef IMAGEBUILD_CARCHIVE_SHIM_H
+#define IMAGEBUILD_CARCHIVE_SHIM_H
+#include <archive.h>
+#include <archive_entry.h>
+#include <zlib.h>
+
+/* libarchive's status codes and file-type bits are macros; Swift cannot see
+   every macro form, so they are re-exported as inline constants here. */
+static inline int ib_archive_ok(void) { return ARCHIVE_OK; }
+static inline int ib_archive_eof(void) { return ARCHIVE_EOF; }
+static inline int ib_archive_warn(void) { return ARCHIVE_WARN; }
+static inline int ib_archive_retry(void) { return ARCHIVE_RETRY; }
+static inline int ib_archive_fatal(void) { return ARCHIVE_FATAL; }
+
+/* zlib's init functions are macros over the *_ variants with version checks. */
+static inline int ib_deflateInit2(z_streamp strm, int level, int method, int windowBits, int memLevel, int strategy) {
+    return deflateInit2(strm, level, method, windowBits, memLevel, strategy);
+}
+static inline int ib_inflateInit2(z_streamp strm, int windowBits) {
+    return inflateInit2(strm, windowBits);
+}
+#endif

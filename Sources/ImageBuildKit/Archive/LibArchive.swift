@@ -1,0 +1,289 @@
+import CArchive
+import Foundation
+
+/// An error reported by libarchive, with the archive it came from.
+public struct ArchiveError: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+/// The kind of an archive entry, independent of libarchive's mode bits.
+public enum EntryKind: Sendable, Equatable {
+    case regular
+    case directory
+    case symlink(target: String)
+    case hardlink(target: String)
+    case characterDevice(major: UInt32, minor: UInt32)
+    case blockDevice(major: UInt32, minor: UInt32)
+    case fifo
+    case socket
+}
+
+/// One header read from an archive.
+public struct ArchiveEntryHeader: Sendable {
+    public var path: String
+    public var kind: EntryKind
+    public var permissions: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var mtime: Int64
+    public var size: Int64
+}
+
+/// Streams the entries of any archive format and compression libarchive reads
+/// (tar, cpio, ar for .deb, zip; gzip, xz, zstd, bzip2...).
+public final class ArchiveReader {
+    private let handle: OpaquePointer
+    public let path: String
+
+    public init(path: String) throws {
+        guard let handle = archive_read_new() else {
+            throw ArchiveError(path: path, message: "libarchive: out of memory")
+        }
+        self.handle = handle
+        self.path = path
+        archive_read_support_filter_all(handle)
+        archive_read_support_format_all(handle)
+        if archive_read_open_filename(handle, path, 1 << 16) != ib_archive_ok() {
+            let message = Self.errorString(handle)
+            archive_read_free(handle)
+            throw ArchiveError(path: path, message: message)
+        }
+    }
+
+    /// Reads an archive held in memory (a .deb member, an OCI layer blob).
+    public init(data: Data, name: String) throws {
+        guard let handle = archive_read_new() else {
+            throw ArchiveError(path: name, message: "libarchive: out of memory")
+        }
+        self.handle = handle
+        self.path = name
+        self.retained = data
+        archive_read_support_filter_all(handle)
+        archive_read_support_format_all(handle)
+        let status = retained!.withUnsafeBytes { raw in
+            archive_read_open_memory(handle, raw.baseAddress, raw.count)
+        }
+        if status != ib_archive_ok() {
+            let message = Self.errorString(handle)
+            archive_read_free(handle)
+            throw ArchiveError(path: name, message: message)
+        }
+    }
+    private var retained: Data?
+
+    deinit { archive_read_free(handle) }
+
+    static func errorString(_ handle: OpaquePointer) -> String {
+        archive_error_string(handle).map { String(cString: $0) } ?? "unknown libarchive error"
+    }
+
+    /// The next entry's header, or nil at the end of the archive.
+    public func next() throws -> ArchiveEntryHeader? {
+        var entry: OpaquePointer?
+        let status = archive_read_next_header(handle, &entry)
+        if status == ib_archive_eof() { return nil }
+        if status < ib_archive_warn() || entry == nil {
+            throw ArchiveError(path: path, message: Self.errorString(handle))
+        }
+        return Self.header(from: entry!)
+    }
+
+    static func header(from entry: OpaquePointer) -> ArchiveEntryHeader {
+        let name = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
+        let type = UInt32(archive_entry_filetype(entry))
+        let kind: EntryKind
+        if let link = archive_entry_hardlink(entry) {
+            kind = .hardlink(target: String(cString: link))
+        } else {
+            switch type & 0o170000 {
+            case 0o040000: kind = .directory
+            case 0o120000: kind = .symlink(target: archive_entry_symlink(entry).map { String(cString: $0) } ?? "")
+            case 0o020000: kind = .characterDevice(major: UInt32(archive_entry_rdevmajor(entry)), minor: UInt32(archive_entry_rdevminor(entry)))
+            case 0o060000: kind = .blockDevice(major: UInt32(archive_entry_rdevmajor(entry)), minor: UInt32(archive_entry_rdevminor(entry)))
+            case 0o010000: kind = .fifo
+            case 0o140000: kind = .socket
+            default: kind = .regular
+            }
+        }
+        return ArchiveEntryHeader(
+            path: name, kind: kind,
+            permissions: UInt32(archive_entry_perm(entry)) & 0o7777,
+            uid: UInt32(truncatingIfNeeded: archive_entry_uid(entry)),
+            gid: UInt32(truncatingIfNeeded: archive_entry_gid(entry)),
+            mtime: Int64(archive_entry_mtime(entry)),
+            size: Int64(archive_entry_size(entry)))
+    }
+
+    /// Streams the current entry's data in the blocks libarchive decodes.
+    public func readData(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var buffer: UnsafeRawPointer?
+        var size = 0
+        var offset: la_int64_t = 0
+        var written: Int64 = 0
+        while true {
+            let status = archive_read_data_block(handle, &buffer, &size, &offset)
+            if status == ib_archive_eof() { return }
+            if status < ib_archive_warn() {
+                throw ArchiveError(path: path, message: Self.errorString(handle))
+            }
+            // Sparse files: libarchive skips holes by advancing the offset.
+            if Int64(offset) > written {
+                let hole = [UInt8](repeating: 0, count: Int(Int64(offset) - written))
+                try hole.withUnsafeBytes(body)
+                written = Int64(offset)
+            }
+            if let buffer, size > 0 {
+                try body(UnsafeRawBufferPointer(start: buffer, count: size))
+                written += Int64(size)
+            }
+        }
+    }
+
+    /// The current entry's data, whole. Only for small members (control files, manifests).
+    public func readAll(limit: Int = 64 << 20) throws -> Data {
+        var data = Data()
+        try readData { chunk in
+            if data.count + chunk.count > limit {
+                throw ArchiveError(path: path, message: "member larger than \(limit) bytes")
+            }
+            data.append(contentsOf: chunk)
+        }
+        return data
+    }
+}
+
+/// The container format an `ArchiveWriter` produces.
+public enum ArchiveFormat: Sendable {
+    /// SVR4 "newc" cpio, the format the Linux kernel unpacks as an initramfs.
+    case cpioNewc
+    /// POSIX pax, restricted to ustar headers unless an entry needs more.
+    case paxRestricted
+}
+
+/// Writes an archive entry by entry, handing the bytes to a sink. The sink does
+/// the compression (parallel gzip, or a plain file), so libarchive writes no filter.
+public final class ArchiveWriter {
+    private let handle: OpaquePointer
+    private let box: SinkBox
+    private var closed = false
+
+    final class SinkBox {
+        let sink: (UnsafeRawBufferPointer) throws -> Void
+        var error: Error?
+        init(_ sink: @escaping (UnsafeRawBufferPointer) throws -> Void) { self.sink = sink }
+    }
+
+    public init(format: ArchiveFormat, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard let handle = archive_write_new() else {
+            throw ArchiveError(path: "<writer>", message: "libarchive: out of memory")
+        }
+        self.handle = handle
+        self.box = SinkBox(sink)
+        switch format {
+        case .cpioNewc: archive_write_set_format_cpio_newc(handle)
+        case .paxRestricted: archive_write_set_format_pax_restricted(handle)
+        }
+        archive_write_add_filter_none(handle)
+        // Buffer in 64 KiB blocks, but do not pad the last one: the output is
+        // exactly the archive, so identical trees give identical bytes.
+        archive_write_set_bytes_per_block(handle, 65536)
+        archive_write_set_bytes_in_last_block(handle, 1)
+        let status = archive_write_open2(
+            handle, Unmanaged.passUnretained(box).toOpaque(), nil,
+            { _, context, buffer, length in
+                let box = Unmanaged<SinkBox>.fromOpaque(context!).takeUnretainedValue()
+                do {
+                    try box.sink(UnsafeRawBufferPointer(start: buffer, count: length))
+                    return length
+                } catch {
+                    box.error = error
+                    return -1
+                }
+            }, nil, nil)
+        if status != ib_archive_ok() {
+            let message = ArchiveReader.errorString(handle)
+            archive_write_free(handle)
+            throw ArchiveError(path: "<writer>", message: message)
+        }
+    }
+
+    deinit {
+        if !closed { archive_write_close(handle) }
+        archive_write_free(handle)
+    }
+
+    private func check(_ status: Int32, _ what: String) throws {
+        if status < ib_archive_warn() {
+            if let error = box.error { throw error }
+            throw ArchiveError(path: what, message: ArchiveReader.errorString(handle))
+        }
+    }
+
+    /// Writes one entry. `inode` is given by the caller so that output does not
+    /// depend on the build host's inode numbers.
+    public func write(
+        path: String, kind: EntryKind, permissions: UInt32, uid: UInt32, gid: UInt32,
+        mtime: Int64, inode: Int64, size: Int64 = 0, nlink: UInt32 = 1,
+        data: ((( UnsafeRawBufferPointer) throws -> Void) throws -> Void)? = nil
+    ) throws {
+        guard let entry = archive_entry_new() else {
+            throw ArchiveError(path: path, message: "libarchive: out of memory")
+        }
+        defer { archive_entry_free(entry) }
+        archive_entry_set_pathname(entry, path)
+        var type: UInt32 = 0o100000
+        var entrySize = size
+        switch kind {
+        case .regular: type = 0o100000
+        case .directory: type = 0o040000; entrySize = 0
+        case .symlink(let target):
+            type = 0o120000; entrySize = 0
+            archive_entry_set_symlink(entry, target)
+        case .hardlink(let target):
+            archive_entry_set_hardlink(entry, target); entrySize = 0
+        case .characterDevice(let major, let minor):
+            type = 0o020000; entrySize = 0
+            archive_entry_set_rdevmajor(entry, dev_t(major)); archive_entry_set_rdevminor(entry, dev_t(minor))
+        case .blockDevice(let major, let minor):
+            type = 0o060000; entrySize = 0
+            archive_entry_set_rdevmajor(entry, dev_t(major)); archive_entry_set_rdevminor(entry, dev_t(minor))
+        case .fifo: type = 0o010000; entrySize = 0
+        case .socket: type = 0o140000; entrySize = 0
+        }
+        if case .hardlink = kind {} else { archive_entry_set_filetype(entry, type) }
+        archive_entry_set_perm(entry, mode_t(permissions & 0o7777))
+        archive_entry_set_uid(entry, la_int64_t(uid))
+        archive_entry_set_gid(entry, la_int64_t(gid))
+        archive_entry_set_mtime(entry, time_t(mtime), 0)
+        archive_entry_set_ino64(entry, la_int64_t(inode))
+        archive_entry_set_dev(entry, 0)
+        archive_entry_set_nlink(entry, UInt32(kind == .directory ? 2 : nlink))
+        archive_entry_set_size(entry, la_int64_t(entrySize))
+        try check(archive_write_header(handle, entry), path)
+        if entrySize > 0, let data {
+            var remaining = entrySize
+            try data { chunk in
+                guard chunk.count > 0 else { return }
+                let n = archive_write_data(handle, chunk.baseAddress, chunk.count)
+                if n < 0 {
+                    if let error = box.error { throw error }
+                    throw ArchiveError(path: path, message: ArchiveReader.errorString(handle))
+                }
+                remaining -= Int64(chunk.count)
+            }
+            if remaining != 0 {
+                throw ArchiveError(path: path, message: "file changed size while it was archived (\(remaining) bytes off)")
+            }
+        }
+        try check(archive_write_finish_entry(handle), path)
+    }
+
+    /// Writes the trailer and flushes the last block to the sink.
+    public func close() throws {
+        guard !closed else { return }
+        closed = true
+        try check(archive_write_close(handle), "<close>")
+    }
+}
