@@ -3,6 +3,10 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <zlib.h>
+#include <sys/types.h>
+#include <sys/sysmacros.h>
+
+static inline dev_t ib_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 
 /* libarchive's status codes and file-type bits are macros; Swift cannot see
    every macro form, so they are re-exported as inline constants here. */

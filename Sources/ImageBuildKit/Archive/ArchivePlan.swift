@@ -1,0 +1,190 @@
+import Foundation
+
+/// An archive planned in memory before a byte is written, as u-root plans its
+/// cpio: path → entry, written in sorted order with parents first and
+/// deterministic inode numbers, so the same inputs always give the same bytes.
+public struct ArchivePlan {
+    public enum Content: Equatable {
+        case none
+        case data(Data)
+        /// A file on the build host, read when the archive is written.
+        case hostFile(String)
+    }
+    public struct Entry: Equatable {
+        public var kind: EntryKind
+        public var mode: UInt32
+        public var uid: UInt32
+        public var gid: UInt32
+        public var mtime: Int64
+        public var size: Int64
+        public var content: Content
+    }
+
+    public private(set) var entries: [String: Entry] = [:]
+    /// mtimes are clamped to this (SOURCE_DATE_EPOCH).
+    public let epoch: Int64
+
+    public init(epoch: Int64) { self.epoch = epoch }
+
+    static func normalise(_ path: String) -> String {
+        "/" + path.split(separator: "/").filter { $0 != "." && !$0.isEmpty }.joined(separator: "/")
+    }
+
+    public var count: Int { entries.count }
+    public func contains(_ path: String) -> Bool { entries[Self.normalise(path)] != nil }
+    public subscript(_ path: String) -> Entry? { entries[Self.normalise(path)] }
+
+    /// Adds or replaces an entry; missing parents are added as 0755 root directories.
+    public mutating func add(_ path: String, _ entry: Entry) {
+        let path = Self.normalise(path)
+        guard path != "/" else { return }
+        var clamped = entry
+        clamped.mtime = min(entry.mtime, epoch)
+        entries[path] = clamped
+        var parent = (path as NSString).deletingLastPathComponent
+        while parent != "/" && !parent.isEmpty && entries[parent] == nil {
+            entries[parent] = Entry(kind: .directory, mode: 0o755, uid: 0, gid: 0, mtime: epoch, size: 0, content: .none)
+            parent = (parent as NSString).deletingLastPathComponent
+        }
+    }
+
+    public mutating func addDirectory(_ path: String, mode: UInt32 = 0o755, uid: UInt32 = 0, gid: UInt32 = 0) {
+        add(path, Entry(kind: .directory, mode: mode, uid: uid, gid: gid, mtime: epoch, size: 0, content: .none))
+    }
+
+    public mutating func addData(_ path: String, _ data: Data, mode: UInt32, uid: UInt32 = 0, gid: UInt32 = 0) {
+        add(path, Entry(kind: .regular, mode: mode, uid: uid, gid: gid, mtime: epoch, size: Int64(data.count), content: .data(data)))
+    }
+
+    public mutating func addText(_ path: String, _ text: String, mode: UInt32 = 0o644) {
+        addData(path, Data(text.utf8), mode: mode)
+    }
+
+    public mutating func addSymlink(_ path: String, target: String) {
+        add(path, Entry(kind: .symlink(target: target), mode: 0o777, uid: 0, gid: 0, mtime: epoch, size: 0, content: .none))
+    }
+
+    public mutating func addDevice(_ path: String, _ kind: EntryKind, mode: UInt32) {
+        add(path, Entry(kind: kind, mode: mode, uid: 0, gid: 0, mtime: epoch, size: 0, content: .none))
+    }
+
+    /// Adds a host file (regular file or symlink) as it is on disk, owned by root.
+    public mutating func addHostFile(_ path: String, from host: String, mode: UInt32? = nil) throws {
+        var info = stat()
+        guard lstat(host, &info) == 0 else { throw RootfsError.system(operation: "stat", path: host, errno: errno) }
+        if (info.st_mode & S_IFMT) == S_IFLNK {
+            let target = try FileManager.default.destinationOfSymbolicLink(atPath: host)
+            add(path, Entry(kind: .symlink(target: target), mode: 0o777, uid: 0, gid: 0, mtime: Int64(info.st_mtim.tv_sec), size: 0, content: .none))
+        } else {
+            add(path, Entry(kind: .regular, mode: mode ?? UInt32(info.st_mode & 0o7777), uid: 0, gid: 0,
+                            mtime: Int64(info.st_mtim.tv_sec), size: Int64(info.st_size), content: .hostFile(host)))
+        }
+    }
+
+    /// Adds every entry of a rootfs tree, with the owners it recorded. Hard links
+    /// become link entries when `hardlinks` is set (tar), copies otherwise (cpio).
+    public mutating func addTree(_ tree: RootfsTree, excluding excluded: [String] = [], hardlinks: Bool) throws {
+        var seen: [String: String] = [:]   // "dev:ino" -> first path
+        let excludedSet = Set(excluded.map(Self.normalise))
+        func walk(_ inner: String) throws {
+            let host = tree.hostPath(inner)
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: host) else {
+                throw RootfsError.system(operation: "list", path: inner, errno: errno)
+            }
+            for name in names.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
+                let path = inner == "/" ? "/" + name : inner + "/" + name
+                if excludedSet.contains(path) { continue }
+                var info = stat()
+                guard lstat(tree.hostPath(path), &info) == 0 else {
+                    throw RootfsError.system(operation: "stat", path: path, errno: errno)
+                }
+                let override = tree.overrides[path]
+                let uid = override?.uid ?? (tree.privileged ? info.st_uid : 0)
+                let gid = override?.gid ?? (tree.privileged ? info.st_gid : 0)
+                let mode = UInt32(info.st_mode & 0o7777)
+                let mtime = Int64(info.st_mtim.tv_sec)
+                switch info.st_mode & S_IFMT {
+                case S_IFDIR:
+                    add(path, Entry(kind: .directory, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                    try walk(path)
+                case S_IFLNK:
+                    let target = try tree.readLink(path)
+                    add(path, Entry(kind: .symlink(target: target), mode: 0o777, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                case S_IFREG:
+                    if let device = override?.device {
+                        add(path, Entry(kind: device, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                        continue
+                    }
+                    let key = "\(info.st_dev):\(info.st_ino)"
+                    if hardlinks, info.st_nlink > 1, let first = seen[key] {
+                        add(path, Entry(kind: .hardlink(target: first), mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                        continue
+                    }
+                    if info.st_nlink > 1 { seen[key] = path }
+                    add(path, Entry(kind: .regular, mode: mode, uid: uid, gid: gid, mtime: mtime, size: Int64(info.st_size),
+                                    content: .hostFile(tree.hostPath(path))))
+                case S_IFCHR, S_IFBLK:
+                    let major = UInt32(truncatingIfNeeded: (info.st_rdev >> 8) & 0xfff) | UInt32(truncatingIfNeeded: (info.st_rdev >> 32) & ~0xfff)
+                    let minor = UInt32(truncatingIfNeeded: info.st_rdev & 0xff) | UInt32(truncatingIfNeeded: (info.st_rdev >> 12) & ~0xff)
+                    let kind: EntryKind = (info.st_mode & S_IFMT) == S_IFCHR ? .characterDevice(major: major, minor: minor) : .blockDevice(major: major, minor: minor)
+                    add(path, Entry(kind: kind, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                case S_IFIFO:
+                    add(path, Entry(kind: .fifo, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                default:
+                    continue  // sockets do not belong in an image
+                }
+            }
+        }
+        try walk("/")
+    }
+
+    /// Total bytes of file content, for progress reporting.
+    public var contentBytes: Int64 { entries.values.reduce(0) { $0 + $1.size } }
+
+    /// Writes the plan in sorted order. Names are relative ("bin/busybox"), as
+    /// the kernel's initramfs unpacker and tar both expect.
+    public func write(format: ArchiveFormat, sink: @escaping (UnsafeRawBufferPointer) throws -> Void,
+                      progress: ((Int64) -> Void)? = nil) throws {
+        let writer = try ArchiveWriter(format: format, sink: sink)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var inode: Int64 = 1
+        var done: Int64 = 0
+        let sorted = entries.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        for path in sorted {
+            let entry = entries[path]!
+            let name = String(path.dropFirst())
+            var kind = entry.kind
+            if case .hardlink(let target) = kind { kind = .hardlink(target: String(target.dropFirst())) }
+            inode += 1
+            switch entry.content {
+            case .none:
+                try writer.write(path: name, kind: kind, permissions: entry.mode, uid: entry.uid, gid: entry.gid,
+                                 mtime: entry.mtime, inode: inode)
+            case .data(let data):
+                try writer.write(path: name, kind: kind, permissions: entry.mode, uid: entry.uid, gid: entry.gid,
+                                 mtime: entry.mtime, inode: inode, size: Int64(data.count)) { chunk in
+                    try data.withUnsafeBytes(chunk)
+                }
+            case .hostFile(let host):
+                let fd = open(host, O_RDONLY | O_CLOEXEC)
+                if fd < 0 { throw RootfsError.system(operation: "open", path: host, errno: errno) }
+                defer { close(fd) }
+                var info = stat()
+                fstat(fd, &info)
+                try writer.write(path: name, kind: kind, permissions: entry.mode, uid: entry.uid, gid: entry.gid,
+                                 mtime: entry.mtime, inode: inode, size: Int64(info.st_size)) { chunk in
+                    while true {
+                        let n = read(fd, buffer.baseAddress, buffer.count)
+                        if n < 0 { if errno == EINTR { continue }; throw RootfsError.system(operation: "read", path: host, errno: errno) }
+                        if n == 0 { break }
+                        try chunk(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    }
+                }
+            }
+            done += entry.size
+            progress?(done)
+        }
+        try writer.close()
+    }
+}

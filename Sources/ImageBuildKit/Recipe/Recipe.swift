@@ -1,0 +1,157 @@
+import Foundation
+
+/// A build recipe: everything `imagebuild build` needs to turn a base root
+/// filesystem into kernel + initramfs + stage-2 image. Loaded and validated by
+/// `RecipeLoader`; every path in it is already absolute on the build host.
+public struct Recipe: Sendable, Equatable {
+    public var name: String
+    public var file: String
+    public var base: BaseSource
+    public var packages: [String]
+    /// Install a static busybox and its applet links into the rootfs.
+    public var busybox: BusyboxSource?
+    public var directories: [DirectorySpec]
+    public var files: [FileSpec]
+    public var symlinks: [SymlinkSpec]
+    public var remove: [RemoveSpec]
+    public var authorizedKeys: [AuthorizedKeysSpec]
+    public var run: [RunSpec]
+    public var kernel: KernelSpec
+    public var initramfs: InitramfsSpec
+    public var image: ImageSpec
+    public var cmdline: String
+}
+
+/// Where the root filesystem starts from.
+public enum BaseSource: Sendable, Equatable {
+    /// An empty tree: everything comes from `files`, `busybox`, ...
+    case scratch
+    /// A directory copied as-is (owners preserved when running as root).
+    case directory(String)
+    /// Any archive libarchive reads: tar, tar.gz, tar.xz, tar.zst, cpio, zip.
+    case tarball(String)
+    /// `docker save` / OCI image layout tarball: layers applied in order, whiteouts honoured.
+    case ociArchive(String)
+    /// `.deb` files unpacked with libarchive (no dpkg, no root needed) plus
+    /// packages fetched with `apt-get download` with their dependencies.
+    case debs(files: [String], packages: [String])
+    /// A full Debian system from mmdebstrap or debootstrap.
+    case bootstrap(tool: BootstrapTool, suite: String, mirror: String?, variant: String?, components: [String])
+}
+
+public enum BootstrapTool: String, Sendable, Equatable { case mmdebstrap, debootstrap }
+
+public enum BusyboxSource: String, Sendable, Equatable, CaseIterable {
+    case host, rootfs
+}
+
+/// Ownership as written in a recipe: numbers, or names resolved against the
+/// rootfs's own /etc/passwd and /etc/group once the base is in place.
+public struct Owner: Sendable, Equatable, CustomStringConvertible {
+    public enum ID: Sendable, Equatable { case number(UInt32), name(String) }
+    public var user: ID
+    public var group: ID
+    public static let root = Owner(user: .number(0), group: .number(0))
+    public var description: String {
+        func text(_ id: ID) -> String { switch id { case .number(let n): "\(n)"; case .name(let s): s } }
+        return "\(text(user)):\(text(group))"
+    }
+}
+
+public struct DirectorySpec: Sendable, Equatable {
+    public var path: String
+    public var mode: UInt32
+    public var owner: Owner
+    public var location: SourceLocation
+}
+
+public struct FileSpec: Sendable, Equatable {
+    public enum Content: Sendable, Equatable {
+        case inline(String)
+        /// A file on the build host (relative names resolved against the recipe's folder).
+        case source(String)
+    }
+    public var path: String
+    public var content: Content
+    public var mode: UInt32
+    public var owner: Owner
+    public var location: SourceLocation
+}
+
+public struct SymlinkSpec: Sendable, Equatable {
+    public var path: String
+    public var target: String
+    public var location: SourceLocation
+}
+
+public struct RemoveSpec: Sendable, Equatable {
+    public var path: String
+    public var location: SourceLocation
+}
+
+/// Public keys appended to `~user/.ssh/authorized_keys` with the modes sshd insists on.
+public struct AuthorizedKeysSpec: Sendable, Equatable {
+    public var user: String
+    public var keys: [String]
+    public var location: SourceLocation
+}
+
+public struct RunSpec: Sendable, Equatable {
+    public var command: String
+    public var location: SourceLocation
+}
+
+public struct KernelSpec: Sendable, Equatable {
+    public enum Source: Sendable, Equatable {
+        /// `/boot/vmlinuz-*` inside the rootfs; modules from the rootfs's /lib/modules.
+        case rootfs
+        /// A kernel image on the host (a glob picks the newest version).
+        case path(String)
+        /// A linux-image .deb: vmlinuz and its modules are taken from it.
+        case deb(String)
+    }
+    public var source: Source
+    /// A specific version (`6.1.0-56-amd64`); the newest if nil.
+    public var version: String?
+    /// A host directory holding `<version>/modules.dep`; nil means the rootfs's /lib/modules
+    /// (or the .deb's, for a .deb kernel).
+    public var modulesDirectory: String?
+}
+
+public enum Compression: String, Sendable, Equatable, CaseIterable {
+    case gzip, zstd, xz, none
+}
+
+public enum OnFail: String, Sendable, Equatable, CaseIterable {
+    case shell, reboot
+}
+
+public struct InitramfsSpec: Sendable, Equatable {
+    public var busybox: BusyboxSource = .host
+    public var modules: [String] = []
+    public var compression: Compression = .gzip
+    /// Extra programs copied in with their shared-library closure.
+    public var binaries: [String] = []
+    public var binariesFrom: BusyboxSource = .host
+    public var files: [FileSpec] = []
+    /// Replacements for the built-in `/init` and `/load_img.sh` (host paths).
+    public var initTemplate: String?
+    public var loadImageTemplate: String?
+    public var onFail: OnFail = .reboot
+    public var onFailDelay: Int = 30
+    /// Download attempts before the node gives up (each with a growing back-off).
+    public var downloadRetries: Int = 8
+    public var location: SourceLocation?
+}
+
+public enum ImageFormat: String, Sendable, Equatable, CaseIterable {
+    case tarGz = "tar.gz"
+    case squashfs
+    public var fileName: String { self == .tarGz ? "image.tar.gz" : "image.squashfs" }
+}
+
+public struct ImageSpec: Sendable, Equatable {
+    public var format: ImageFormat = .tarGz
+    /// Paths left out of the stage-2 image (e.g. /boot, the kernel is served separately).
+    public var exclude: [String] = []
+}

@@ -1,0 +1,203 @@
+import Foundation
+import Logging
+
+/// Applies a recipe to an empty `RootfsTree`: the base first, then busybox,
+/// directories, files, symlinks, SSH keys, `run:` commands, and removals last
+/// (so commands can use files and removals can clean up after commands).
+public struct RootfsAssembler {
+    public let recipe: Recipe
+    public let tree: RootfsTree
+    public let scratch: String
+    public let logger: Logger
+    public var progress: (String) -> Void
+
+    public init(recipe: Recipe, tree: RootfsTree, scratch: String, logger: Logger, progress: @escaping (String) -> Void = { _ in }) {
+        self.recipe = recipe
+        self.tree = tree
+        self.scratch = scratch
+        self.logger = logger
+        self.progress = progress
+    }
+
+    public func assemble() throws {
+        try applyBase()
+        if recipe.busybox == .host { try installBusybox(from: try HostBusybox.path()) }
+        let accounts = Accounts(tree: tree)
+        for dir in recipe.directories {
+            let inner = try tree.makeDirectories(dir.path, mode: dir.mode)
+            let (uid, gid) = try accounts.ids(dir.owner, location: dir.location)
+            tree.setOwner(inner, uid: uid, gid: gid)
+        }
+        for file in recipe.files {
+            let (uid, gid) = try accounts.ids(file.owner, location: file.location)
+            switch file.content {
+            case .inline(let text): try tree.writeFile(file.path, data: Data(text.utf8), mode: file.mode, uid: uid, gid: gid)
+            case .source(let host): try tree.copyFile(from: host, to: file.path, mode: file.mode, uid: uid, gid: gid)
+            }
+        }
+        for link in recipe.symlinks { try tree.symlink(link.path, target: link.target) }
+        for keys in recipe.authorizedKeys { try installKeys(keys, accounts: accounts) }
+        if !recipe.run.isEmpty { try runCommands() }
+        for removal in recipe.remove { try tree.remove(removal.path) }
+    }
+
+    // MARK: base
+
+    func applyBase() throws {
+        switch recipe.base {
+        case .scratch:
+            for dir in ["/bin", "/dev", "/etc", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr/bin", "/usr/sbin", "/var"] {
+                try tree.makeDirectories(dir, mode: dir == "/tmp" ? 0o1777 : (dir == "/root" ? 0o700 : 0o755))
+            }
+        case .directory(let source):
+            progress("copying \(source)")
+            // cp -a keeps hard links, xattrs and owners; the tree is new, so nothing can be followed out of it.
+            try Tool.run(["cp", "-a", "--no-target-directory", source, tree.root])
+        case .tarball(let path):
+            progress("extracting \(path)")
+            try tree.extract(archive: try ArchiveReader(path: path), source: path)
+        case .ociArchive(let path):
+            try OCIArchive(path: path, scratch: scratch).apply(to: tree, progress: progress)
+        case .debs(let files, let packages):
+            var debs = files
+            if !packages.isEmpty { debs += try AptDownloader(scratch: scratch).download(packages, progress: progress) }
+            for deb in debs.sorted(by: { ($0 as NSString).lastPathComponent < ($1 as NSString).lastPathComponent }) {
+                progress("unpacking \((deb as NSString).lastPathComponent)")
+                try DebPackage(path: deb).extract(into: tree)
+            }
+        case .bootstrap(let tool, let suite, let mirror, let variant, let components):
+            progress("\(tool.rawValue) \(suite) (this downloads a Debian system)")
+            var arguments = [tool.rawValue]
+            if let variant { arguments.append("--variant=\(variant)") }
+            if !components.isEmpty { arguments.append("--components=\(components.joined(separator: ","))") }
+            if !recipe.packages.isEmpty { arguments.append("--include=\(recipe.packages.joined(separator: ","))") }
+            if tool == .mmdebstrap {
+                arguments += ["--mode=\(geteuid() == 0 ? "root" : "unshare")", "--skip=output/dev"]
+            }
+            arguments += [suite, tree.root]
+            if let mirror { arguments.append(mirror) }
+            var environment = ProcessInfo.processInfo.environment
+            environment["SOURCE_DATE_EPOCH"] = environment["SOURCE_DATE_EPOCH"] ?? "0"
+            try Tool.run(arguments, environment: environment, passOutput: true)
+        }
+    }
+
+    func installBusybox(from host: String) throws {
+        try tree.copyFile(from: host, to: "/bin/busybox", mode: 0o755)
+        for applet in try HostBusybox.applets(of: host) where applet != "/bin/busybox" {
+            let inner = try tree.resolve(applet, followLast: false)
+            if tree.fileType(inner) == nil { try tree.symlink(applet, target: "/bin/busybox") }
+        }
+    }
+
+    func installKeys(_ spec: AuthorizedKeysSpec, accounts: Accounts) throws {
+        let (uid, gid) = try accounts.ids(Owner(user: .name(spec.user), group: .name(spec.user)), location: spec.location,
+                                          groupFallbackToUser: true)
+        let home = accounts.home(of: spec.user) ?? (spec.user == "root" ? "/root" : "/home/\(spec.user)")
+        let sshDir = try tree.makeDirectories(home + "/.ssh", mode: 0o700)
+        tree.setOwner(sshDir, uid: uid, gid: gid)
+        let file = sshDir + "/authorized_keys"
+        var existing = ""
+        if tree.fileType(file) == S_IFREG { existing = (try? String(contentsOfFile: tree.hostPath(file), encoding: .utf8)) ?? "" }
+        let lines = existing.split(separator: "\n").map(String.init)
+        let merged = lines + spec.keys.filter { !lines.contains($0) }
+        try tree.writeFile(file, data: Data((merged.joined(separator: "\n") + "\n").utf8), mode: 0o600, uid: uid, gid: gid)
+    }
+
+    // MARK: run
+
+    /// Runs commands inside the rootfs with /proc, /sys and /dev mounted for
+    /// them, and unmounts whatever happens (also when a command fails).
+    func runCommands() throws {
+        guard geteuid() == 0 else {
+            throw RootfsError.commandFailed(command: "run: needs root (chroot and mounts)", status: 1, location: recipe.run.first?.location)
+        }
+        var mounted: [String] = []
+        defer {
+            for point in mounted.reversed() { _ = try? Tool.run(["umount", "-l", point]) }
+        }
+        for (fs, point, options) in [("proc", "/proc", ["-t", "proc"]), ("sysfs", "/sys", ["-t", "sysfs"]), ("/dev", "/dev", ["--rbind"])] {
+            let inner = try tree.makeDirectories(point, mode: 0o755)
+            let host = tree.hostPath(inner)
+            try Tool.run(["mount"] + options + [fs, host])
+            mounted.append(host)
+            if point == "/dev" { _ = try? Tool.run(["mount", "--make-rslave", host]) }
+        }
+        let shell = tree.fileType(try tree.resolve("/bin/sh", followLast: true)) != nil ? "/bin/sh" : "/bin/busybox"
+        for command in recipe.run {
+            progress("run: \(command.command)")
+            let environment = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+                               "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", "TERM": "dumb"]
+            do {
+                let arguments = shell == "/bin/sh" ? ["chroot", tree.root, "/bin/sh", "-ec", command.command]
+                                                   : ["chroot", tree.root, "/bin/busybox", "sh", "-ec", command.command]
+                try Tool.run(arguments, environment: environment, passOutput: true)
+            } catch let error as ToolError {
+                throw RootfsError.commandFailed(command: command.command + (error.stderr.isEmpty ? "" : "\n    " + error.stderr.trimmingCharacters(in: .whitespacesAndNewlines)), status: error.status, location: command.location)
+            }
+        }
+    }
+}
+
+/// Users and groups of the rootfs being built (not of the build host).
+struct Accounts {
+    let users: [String: (uid: UInt32, gid: UInt32, home: String)]
+    let groups: [String: UInt32]
+
+    init(tree: RootfsTree) {
+        func read(_ path: String) -> [[String]] {
+            guard let inner = try? tree.resolve(path, followLast: true),
+                  let text = try? String(contentsOfFile: tree.hostPath(inner), encoding: .utf8) else { return [] }
+            return text.split(separator: "\n").map { $0.split(separator: ":", omittingEmptySubsequences: false).map(String.init) }
+        }
+        var users: [String: (UInt32, UInt32, String)] = [:]
+        for fields in read("/etc/passwd") where fields.count >= 6 {
+            if let uid = UInt32(fields[2]), let gid = UInt32(fields[3]) { users[fields[0]] = (uid, gid, fields[5]) }
+        }
+        var groups: [String: UInt32] = [:]
+        for fields in read("/etc/group") where fields.count >= 3 {
+            if let gid = UInt32(fields[2]) { groups[fields[0]] = gid }
+        }
+        users["root"] = users["root"] ?? (0, 0, "/root")
+        groups["root"] = groups["root"] ?? 0
+        self.users = users.mapValues { (uid: $0.0, gid: $0.1, home: $0.2) }
+        self.groups = groups
+    }
+
+    func home(of user: String) -> String? { users[user]?.home }
+
+    func ids(_ owner: Owner, location: SourceLocation?, groupFallbackToUser: Bool = false) throws -> (UInt32, UInt32) {
+        let uid: UInt32
+        switch owner.user {
+        case .number(let n): uid = n
+        case .name(let name):
+            guard let user = users[name] else { throw RootfsError.unknownOwner(name: name, kind: "user", location: location) }
+            uid = user.uid
+        }
+        let gid: UInt32
+        switch owner.group {
+        case .number(let n): gid = n
+        case .name(let name):
+            if let group = groups[name] { gid = group }
+            else if case .name(let userName) = owner.user, userName == name, let user = users[name] { gid = user.gid }
+            else { throw RootfsError.unknownOwner(name: name, kind: "group", location: location) }
+        }
+        return (uid, gid)
+    }
+}
+
+/// The build host's static busybox, used for stage 1 and `busybox: host`.
+public enum HostBusybox {
+    public static func path() throws -> String {
+        for candidate in ["/bin/busybox", "/usr/bin/busybox"] where FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+        throw ToolError(command: ["busybox"], status: 127, stderr: "no busybox on this host: apt-get install busybox-static")
+    }
+
+    /// Absolute applet paths (`/usr/bin/wget`...) as the binary itself lists them.
+    public static func applets(of binary: String) throws -> [String] {
+        let output = try Tool.run([binary, "--list-full"])
+        return output.split(separator: "\n").map { "/" + $0.trimmingCharacters(in: .whitespaces) }.filter { $0.count > 1 }.sorted()
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+
+/// A position in a configuration file, printed the way compilers do: `file:line:column`.
+public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    public init(file: String, line: Int, column: Int) {
+        self.file = file
+        self.line = line
+        self.column = column
+    }
+    public var description: String { line > 0 ? "\(file):\(line):\(column)" : file }
+}
+
+/// An error in a recipe or inventory, located at the offending node so an
+/// administrator can jump straight to it: `recipe.yaml:12:5: unknown key 'pakages' (did you mean 'packages'?)`.
+public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var location: SourceLocation
+    public var message: String
+    public var hint: String?
+
+    public init(_ location: SourceLocation, _ message: String, hint: String? = nil) {
+        self.location = location
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        var text = "\(location): \(message)"
+        if let hint { text += " (\(hint))" }
+        return text
+    }
+}
+
+/// Closest candidate by edit distance, for "did you mean" hints. Only suggests
+/// names that are plausibly typos (distance at most a third of the length, min 2).
+public func closestMatch(to word: String, in candidates: [String]) -> String? {
+    var best: (String, Int)?
+    for candidate in candidates {
+        let distance = editDistance(word.lowercased(), candidate.lowercased())
+        if best == nil || distance < best!.1 { best = (candidate, distance) }
+    }
+    guard let (name, distance) = best else { return nil }
+    return distance <= max(2, word.count / 3) ? name : nil
+}
+
+/// Levenshtein distance over Unicode scalars, O(n*m) time, O(m) memory.
+public func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a.unicodeScalars), b = Array(b.unicodeScalars)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var previous = Array(0...b.count)
+    var current = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        current[0] = i
+        for j in 1...b.count {
+            let cost = a[i - 1] == b[j - 1] ? 0 : 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+        }
+        swap(&previous, &current)
+    }
+    return previous[b.count]
+}
