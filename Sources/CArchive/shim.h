@@ -6,6 +6,15 @@
 #include <sys/types.h>
 #include <sys/sysmacros.h>
 
+#include <stdio.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* renameat2 has a glibc wrapper only behind _GNU_SOURCE; call the syscall. */
+static inline int ib_rename_exchange(const char *from, const char *to) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 2 /* RENAME_EXCHANGE */);
+}
 static inline dev_t ib_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 
 /* libarchive's status codes and file-type bits are macros; Swift cannot see

@@ -1,0 +1,437 @@
+import Crypto
+import Foundation
+import Logging
+
+/// Receives progress from a build; the CLI renders it (bar, plain lines or JSON).
+public protocol BuildReporter: AnyObject {
+    func step(_ name: String, _ detail: String)
+    func progress(_ label: String, done: Int64, total: Int64)
+    func warning(_ message: String)
+}
+
+public struct BuildOptions: Sendable {
+    /// Where `<name>/` is written (default `artifacts`).
+    public var outputRoot: String
+    /// SOURCE_DATE_EPOCH; nil means the newest mtime among the inputs.
+    public var sourceDateEpoch: Int64?
+    /// Rebuild even when the input digest matches the existing artifacts.
+    public var force: Bool = false
+    /// Keep the assembled rootfs next to the artifacts for inspection.
+    public var keepRootfs: Bool = false
+    public init(outputRoot: String, sourceDateEpoch: Int64? = nil, force: Bool = false) {
+        self.outputRoot = outputRoot
+        self.sourceDateEpoch = sourceDateEpoch
+        self.force = force
+    }
+}
+
+public struct BuildResult: Sendable {
+    public var directory: String
+    public var manifest: Manifest
+    /// True when the existing artifacts already matched the inputs.
+    public var upToDate: Bool
+    public var seconds: Double
+}
+
+public enum BuildError: Error, CustomStringConvertible {
+    case kernel(String)
+    case busybox(String)
+    case modules(String)
+    case locked(String)
+
+    public var description: String {
+        switch self {
+        case .kernel(let m), .busybox(let m), .modules(let m), .locked(let m): return m
+        }
+    }
+}
+
+/// recipe → rootfs → kernel + stage-2 image + stage-1 initramfs → artifacts/<name>/.
+///
+/// Everything is written in a private work folder and swapped into place at
+/// the end, so a failed or killed build leaves the previous artifacts as they were.
+public final class BuildPipeline {
+    public let recipe: Recipe
+    public let options: BuildOptions
+    let logger: Logger
+    let reporter: BuildReporter?
+
+    public init(recipe: Recipe, options: BuildOptions, logger: Logger = Logger(label: "imagebuild.build"), reporter: BuildReporter? = nil) {
+        self.recipe = recipe
+        self.options = options
+        self.logger = logger
+        self.reporter = reporter
+    }
+
+    func step(_ name: String, _ detail: String) {
+        logger.info("\(name): \(detail)")
+        reporter?.step(name, detail)
+    }
+
+    public func run() throws -> BuildResult {
+        let start = Date()
+        let outputRoot = URL(fileURLWithPath: options.outputRoot).standardizedFileURL.path
+        try FileManager.default.createDirectory(atPath: outputRoot, withIntermediateDirectories: true)
+        let destination = outputRoot + "/" + recipe.name
+        try removeStaleWorkFolders(in: outputRoot)
+
+        let inputs = try InputDigest(recipe: recipe)
+        let epoch = options.sourceDateEpoch ?? inputs.newestMtime
+        let inputDigest = inputs.digest(epoch: epoch)
+        if !options.force, let digest = inputDigest, let existing = try? Manifest.read(from: destination),
+           existing.inputDigest == digest, Self.filesIntact(existing, in: destination) {
+            step("cache", "\(recipe.name) is up to date (inputs unchanged)")
+            return BuildResult(directory: destination, manifest: existing, upToDate: true, seconds: Date().timeIntervalSince(start))
+        }
+
+        let work = outputRoot + "/.\(recipe.name).build-\(getpid())"
+        try SafeFileSystem.removeTree(work)
+        try FileManager.default.createDirectory(atPath: work + "/out", withIntermediateDirectories: true)
+        var succeeded = false
+        defer { if !succeeded || !options.keepRootfs { try? SafeFileSystem.removeTree(work) } }
+
+        // 1. Root filesystem.
+        step("rootfs", "assembling from \(recipe.base.summary)")
+        let tree = try RootfsTree(root: work + "/rootfs")
+        try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
+                            progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
+
+        // 2. Kernel.
+        let kernel = try locateKernel(tree: tree, work: work)
+        step("kernel", "\(kernel.version) from \(kernel.path)")
+        try tree.copyHostFile(kernel.path, to: work + "/out/vmlinuz")
+
+        // 3. Stage-2 image.
+        let out = work + "/out"
+        let imagePath = out + "/" + recipe.image.format.fileName
+        try buildImage(tree: tree, epoch: epoch, to: imagePath)
+        let image = try sha256File(imagePath)
+
+        // 4. Stage-1 initramfs.
+        let modules = try buildInitramfs(tree: tree, kernel: kernel, epoch: epoch, to: out + "/initramfs.img")
+
+        // 5. Command line and manifest.
+        var cmdline = recipe.cmdline + " imagebuild.sha256=\(image.digest)"
+        if recipe.image.format == .squashfs { cmdline += " imagebuild.format=squashfs" }
+        try Data((cmdline + "\n").utf8).write(to: URL(fileURLWithPath: out + "/cmdline"))
+        var files: [String: Manifest.FileInfo] = [:]
+        for name in ["vmlinuz", "initramfs.img", recipe.image.format.fileName, "cmdline"] {
+            let info = name == recipe.image.format.fileName ? image : try sha256File(out + "/" + name)
+            files[name] = Manifest.FileInfo(sha256: info.digest, size: info.size)
+            try SafeFileSystem.fsyncFile(out + "/" + name)
+        }
+        let manifest = Manifest(
+            name: recipe.name, toolVersion: ImageBuildVersion.current, recipeDigest: inputs.recipeDigest,
+            inputDigest: inputDigest, sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
+            imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
+            modules: modules, files: files)
+        try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
+        try SafeFileSystem.fsyncFile(out + "/" + Manifest.fileName)
+        SafeFileSystem.fsyncDirectory(out)
+
+        // 6. Into place, atomically; the old artifacts are dropped only afterwards.
+        if try SafeFileSystem.swapInto(out, destination: destination) {
+            try SafeFileSystem.removeTree(out)
+        }
+        succeeded = true
+        step("done", "\(destination) (\(String(format: "%.1f", Date().timeIntervalSince(start))) s)")
+        return BuildResult(directory: destination, manifest: manifest, upToDate: false, seconds: Date().timeIntervalSince(start))
+    }
+
+    static func filesIntact(_ manifest: Manifest, in directory: String) -> Bool {
+        manifest.files.allSatisfy { name, info in
+            var st = stat()
+            return stat(directory + "/" + name, &st) == 0 && Int64(st.st_size) == info.size
+        }
+    }
+
+    /// Work folders of builds that died (their pid is gone) are removed, mounts first.
+    func removeStaleWorkFolders(in root: String) throws {
+        let prefix = ".\(recipe.name).build-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where name.hasPrefix(prefix) {
+            guard let pid = Int32(name.dropFirst(prefix.count)) else { continue }
+            if pid == getpid() || kill(pid, 0) != 0 {
+                try SafeFileSystem.removeTree(root + "/" + name)
+            } else {
+                throw BuildError.locked("another build of '\(recipe.name)' is running (pid \(pid)); wait for it or stop it")
+            }
+        }
+    }
+
+    // MARK: kernel
+
+    struct LocatedKernel {
+        var path: String
+        var version: String
+        /// `/lib/modules/<version>` on the host, if there is one.
+        var modules: String?
+    }
+
+    func locateKernel(tree: RootfsTree, work: String) throws -> LocatedKernel {
+        let spec = recipe.kernel
+        var path: String
+        var modulesRoot: String?
+        do {
+            switch spec.source {
+            case .rootfs:
+                let boot = tree.hostPath(try tree.resolve("/boot", followLast: true))
+                path = try KernelImage.locate(in: URL(fileURLWithPath: boot), version: spec.version).path
+                modulesRoot = tree.hostPath(try tree.resolve("/lib/modules", followLast: true))
+            case .path(let pattern):
+                let matches = HostGlob.matches(pattern).filter { !$0.hasSuffix(".old") }
+                let versions = try matches.map { ($0, try KernelImage.read(bzImage: URL(fileURLWithPath: $0)).version) }
+                let chosen = spec.version.flatMap { want in versions.first { $0.1 == want } }
+                    ?? versions.max { KernelImage.versionPrecedes($0.1, $1.1) }
+                guard let chosen, spec.version == nil || chosen.1 == spec.version else {
+                    throw BuildError.kernel("\(recipe.file): no kernel \(spec.version ?? "") matches \(pattern) (found \(versions.map(\.1).joined(separator: ", ")))")
+                }
+                path = chosen.0
+            case .deb(let deb):
+                step("kernel", "unpacking \((deb as NSString).lastPathComponent)")
+                let staging = try RootfsTree(root: work + "/kernel-deb")
+                try DebPackage(path: deb).extract(into: staging)
+                path = try KernelImage.locate(in: URL(fileURLWithPath: staging.root + "/boot"), version: spec.version).path
+                modulesRoot = staging.root + "/lib/modules"
+            }
+        } catch let error as KernelImageError {
+            throw BuildError.kernel("\(recipe.file): \(error)")
+        }
+        if let dir = spec.modulesDirectory { modulesRoot = dir }
+        let version: String
+        do { version = try KernelImage.read(bzImage: URL(fileURLWithPath: path)).version } catch {
+            throw BuildError.kernel("\(recipe.file): \(error)")
+        }
+        var modules: String?
+        if let modulesRoot {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: modulesRoot + "/" + version, isDirectory: &isDirectory), isDirectory.boolValue {
+                modules = modulesRoot + "/" + version
+            }
+        }
+        if modules == nil, !recipe.initramfs.modules.isEmpty || recipe.image.format == .squashfs {
+            let place = spec.modulesDirectory ?? (spec.source == .rootfs ? "the rootfs's /lib/modules" : "/lib/modules of the rootfs")
+            throw BuildError.modules("\(recipe.file): modules are asked for, but there is no \(version)/ in \(place)"
+                                     + " (install the kernel's modules, or set kernel.modules to a folder that has them)")
+        }
+        return LocatedKernel(path: path, version: version, modules: modules)
+    }
+
+    // MARK: image
+
+    func buildImage(tree: RootfsTree, epoch: Int64, to path: String) throws {
+        switch recipe.image.format {
+        case .tarGz:
+            var plan = ArchivePlan(epoch: epoch)
+            try plan.addTree(tree, excluding: recipe.image.exclude, hardlinks: true)
+            let total = plan.contentBytes
+            step("image", "\(plan.count) entries, \(formatBytes(total)) → \((path as NSString).lastPathComponent)")
+            let output = try CompressedOutput(path: path, compression: .gzip)
+            try plan.write(format: .paxRestricted, sink: output.write) { [weak self] done in
+                self?.reporter?.progress("image", done: done, total: total)
+            }
+            try output.finish()
+        case .squashfs:
+            step("image", "mksquashfs")
+            for excluded in recipe.image.exclude { try tree.remove(excluded) }
+            var environment = ProcessInfo.processInfo.environment
+            environment["SOURCE_DATE_EPOCH"] = String(epoch)
+            try Tool.run(["mksquashfs", tree.root, path, "-noappend", "-comp", "xz", "-no-progress",
+                          "-processors", String(ProcessInfo.processInfo.activeProcessorCount)] + (tree.privileged ? [] : ["-all-root"]),
+                         environment: environment)
+        }
+    }
+
+    // MARK: initramfs
+
+    /// Returns the names of the modules it carries.
+    func buildInitramfs(tree: RootfsTree, kernel: LocatedKernel, epoch: Int64, to path: String) throws -> [String] {
+        let spec = recipe.initramfs
+        var plan = ArchivePlan(epoch: epoch)
+        for dir in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/etc", "/proc", "/sys", "/dev", "/run", "/newroot", "/root", "/lib/modules"] {
+            plan.addDirectory(dir)
+        }
+        plan.addDirectory("/tmp", mode: 0o1777)
+        plan.addDevice("/dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
+        plan.addDevice("/dev/null", .characterDevice(major: 1, minor: 3), mode: 0o666)
+
+        // busybox and its applets
+        let busybox: String
+        switch spec.busybox {
+        case .host: busybox = try HostBusybox.path()
+        case .rootfs: busybox = tree.hostPath(try tree.resolve("/bin/busybox", followLast: true))
+        }
+        let elf: ELFObject
+        do { elf = try ELFObject.read(path: busybox) } catch {
+            throw BuildError.busybox("\(recipe.file): busybox (\(spec.busybox.rawValue)): \(error)")
+        }
+        if !elf.isStatic {
+            throw BuildError.busybox("\(recipe.file): \(busybox) is dynamically linked; stage 1 needs a static busybox (apt-get install busybox-static)")
+        }
+        try plan.addHostFile("/bin/busybox", from: busybox, mode: 0o755)
+        for applet in try HostBusybox.applets(of: busybox) where applet != "/bin/busybox" {
+            plan.addSymlink(applet, target: "/bin/busybox")
+        }
+
+        // stage-1 programs
+        let initText = try spec.initTemplate.map(readTextFile)
+            ?? StageOneScripts.initScript(onFail: spec.onFail, onFailDelay: spec.onFailDelay, retries: spec.downloadRetries)
+        plan.addText("/init", initText, mode: 0o755)
+        plan.addText("/load_img.sh", try spec.loadImageTemplate.map(readTextFile) ?? StageOneScripts.loadImageScript, mode: 0o755)
+        plan.addText("/etc/udhcpc.script", StageOneScripts.udhcpcScript, mode: 0o755)
+
+        // kernel modules
+        var wanted = spec.modules
+        if recipe.image.format == .squashfs { wanted += ["loop", "squashfs", "overlay"] }
+        var moduleNames: [String] = []
+        if !wanted.isEmpty, let dir = kernel.modules {
+            let resolution: ModuleResolution
+            do {
+                resolution = try ModuleResolver(modulesDirectory: URL(fileURLWithPath: dir)).resolve(wanted)
+            } catch {
+                throw BuildError.modules("\(spec.location.map { "\($0)" } ?? recipe.file): \(error)")
+            }
+            for skip in resolution.skipped { reporter?.warning("module \(skip)") }
+            let base = "/lib/modules/\(kernel.version)"
+            for module in resolution.modules {
+                try plan.addHostFile(base + "/" + module.path, from: dir + "/" + module.path, mode: 0o644)
+            }
+            for file in resolution.metadataFiles { plan.addText(base + "/" + file.name, file.contents) }
+            plan.addText("/modules.txt", resolution.modules.map { "\($0.path)\n" }.joined())
+            moduleNames = resolution.modules.map(\.name)
+        } else {
+            plan.addText("/modules.txt", "")
+        }
+
+        // extra binaries with their libraries
+        if !spec.binaries.isEmpty {
+            let root = spec.binariesFrom == .host ? "/" : tree.root
+            var walker = ELFDependencies(root: root)
+            let closure: ELFClosure
+            do { closure = try walker.closure(of: spec.binaries) } catch {
+                throw BuildError.busybox("\(spec.location.map { "\($0)" } ?? recipe.file): initramfs binaries: \(error)")
+            }
+            for entry in closure.entries {
+                switch entry {
+                case .file(let inner): try plan.addHostFile(inner, from: root == "/" ? inner : root + inner)
+                case .symlink(let inner, let target): plan.addSymlink(inner, target: target)
+                }
+            }
+        }
+
+        // extra files
+        for file in spec.files {
+            switch file.content {
+            case .inline(let text): plan.addData(file.path, Data(text.utf8), mode: file.mode)
+            case .source(let host): try plan.addHostFile(file.path, from: host, mode: file.mode)
+            }
+        }
+
+        let total = plan.contentBytes
+        step("initramfs", "\(plan.count) entries, \(moduleNames.count) modules, \(formatBytes(total)), \(spec.compression.rawValue)")
+        let output = try CompressedOutput(path: path, compression: spec.compression)
+        try plan.write(format: .cpioNewc, sink: output.write) { [weak self] done in
+            self?.reporter?.progress("initramfs", done: done, total: total)
+        }
+        try output.finish()
+        return moduleNames
+    }
+}
+
+/// The digest of everything a build reads, so an unchanged recipe is not rebuilt.
+/// Bases fetched from the network (apt, mmdebstrap) have no digest: always rebuilt.
+struct InputDigest {
+    let recipeDigest: String
+    private var hasher = SHA256()
+    private(set) var newestMtime: Int64 = 0
+    private var cacheable = true
+
+    init(recipe: Recipe) throws {
+        let recipeData = try Data(contentsOf: URL(fileURLWithPath: recipe.file))
+        recipeDigest = SHA256.hash(data: recipeData).hex
+        hasher.update(data: Data("imagebuild \(ImageBuildVersion.current)\n".utf8))
+        hasher.update(data: recipeData)
+        try add(recipe.file, contentHash: false)
+        var files: [String] = []
+        switch recipe.base {
+        case .scratch: break
+        case .directory(let dir): try addTree(dir)
+        case .tarball(let path), .ociArchive(let path): files.append(path)
+        case .debs(let debs, let packages): files += debs; if !packages.isEmpty { cacheable = false }
+        case .bootstrap: cacheable = false
+        }
+        for file in recipe.files + recipe.initramfs.files { if case .source(let path) = file.content { files.append(path) } }
+        files += [recipe.initramfs.initTemplate, recipe.initramfs.loadImageTemplate].compactMap { $0 }
+        switch recipe.kernel.source {
+        case .rootfs: break
+        case .path(let pattern): files += HostGlob.matches(pattern)
+        case .deb(let deb): files.append(deb)
+        }
+        if let modules = recipe.kernel.modulesDirectory {
+            for dep in HostGlob.matches(modules + "/*/modules.dep") { files.append(dep) }
+        }
+        if recipe.busybox == .host || recipe.initramfs.busybox == .host, let busybox = try? HostBusybox.path() { files.append(busybox) }
+        if !recipe.initramfs.binaries.isEmpty { cacheable = false }
+        for file in files.sorted() { try add(file, contentHash: true) }
+    }
+
+    mutating func add(_ path: String, contentHash: Bool) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw RootfsError.system(operation: "stat", path: path, errno: errno) }
+        newestMtime = max(newestMtime, Int64(info.st_mtim.tv_sec))
+        guard contentHash else { return }
+        hasher.update(data: Data("\(path)\n".utf8))
+        if (info.st_mode & S_IFMT) == S_IFREG {
+            hasher.update(data: Data(try sha256File(path).digest.utf8))
+        }
+    }
+
+    /// A directory base is digested by names, sizes and mtimes, not contents: cheap, and any edit changes it.
+    mutating func addTree(_ dir: String) throws {
+        guard let walker = FileManager.default.enumerator(atPath: dir) else { return }
+        var lines: [String] = []
+        while let name = walker.nextObject() as? String {
+            var info = stat()
+            if lstat(dir + "/" + name, &info) == 0 {
+                lines.append("\(name) \(info.st_mode) \(info.st_size) \(info.st_mtim.tv_sec) \(info.st_uid):\(info.st_gid)")
+                newestMtime = max(newestMtime, Int64(info.st_mtim.tv_sec))
+            }
+        }
+        hasher.update(data: Data(lines.sorted().joined(separator: "\n").utf8))
+    }
+
+    func digest(epoch: Int64) -> String? {
+        guard cacheable else { return nil }
+        var copy = hasher
+        copy.update(data: Data("epoch \(epoch)\n".utf8))
+        return copy.finalize().hex
+    }
+}
+
+extension BaseSource {
+    var summary: String {
+        switch self {
+        case .scratch: return "scratch"
+        case .directory(let p): return "directory \(p)"
+        case .tarball(let p): return "tarball \(p)"
+        case .ociArchive(let p): return "OCI archive \(p)"
+        case .debs(let files, let packages): return "\(files.count) .deb files + \(packages.count) packages"
+        case .bootstrap(let tool, let suite, _, _, _): return "\(tool.rawValue) \(suite)"
+        }
+    }
+}
+
+extension RootfsTree {
+    /// Copies a host file to a host path outside the tree (artifacts).
+    func copyHostFile(_ source: String, to destination: String) throws {
+        try Tool.run(["cp", "--", source, destination])
+        chmod(destination, 0o644)
+    }
+}
+
+public func formatBytes(_ bytes: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
