@@ -22,18 +22,24 @@ public struct RootfsAssembler {
     public func assemble() throws {
         try applyBase()
         if recipe.busybox == .host { try installBusybox(from: try HostBusybox.path()) }
-        let accounts = Accounts(tree: tree)
+        // Content first, owners after: a recipe may write the /etc/passwd that names its owners.
+        var owners: [(inner: String, owner: Owner, mode: UInt32, location: SourceLocation)] = []
         for dir in recipe.directories {
-            let inner = try tree.makeDirectories(dir.path, mode: dir.mode)
-            let (uid, gid) = try accounts.ids(dir.owner, location: dir.location)
-            tree.setOwner(inner, uid: uid, gid: gid)
+            owners.append((try tree.makeDirectories(dir.path, mode: dir.mode), dir.owner, dir.mode, dir.location))
         }
         for file in recipe.files {
-            let (uid, gid) = try accounts.ids(file.owner, location: file.location)
             switch file.content {
-            case .inline(let text): try tree.writeFile(file.path, data: Data(text.utf8), mode: file.mode, uid: uid, gid: gid)
-            case .source(let host): try tree.copyFile(from: host, to: file.path, mode: file.mode, uid: uid, gid: gid)
+            case .inline(let text): try tree.writeFile(file.path, data: Data(text.utf8), mode: file.mode)
+            case .source(let host): try tree.copyFile(from: host, to: file.path, mode: file.mode)
             }
+            owners.append((try tree.resolve(file.path, followLast: true), file.owner, file.mode, file.location))
+        }
+        let accounts = Accounts(tree: tree)
+        for entry in owners where entry.owner != .root {
+            let (uid, gid) = try accounts.ids(entry.owner, location: entry.location)
+            tree.setOwner(entry.inner, uid: uid, gid: gid)
+            // chown cleared setuid/setgid bits; put the recipe's mode back.
+            chmod(tree.hostPath(entry.inner), mode_t(entry.mode))
         }
         for link in recipe.symlinks { try tree.symlink(link.path, target: link.target) }
         for keys in recipe.authorizedKeys { try installKeys(keys, accounts: accounts) }

@@ -49,7 +49,11 @@ public final class RootfsTree {
 
     public init(root: String) throws {
         self.root = root
-        try Self.posix("mkdir", root) { mkdir(root, 0o755) == 0 || errno == EEXIST }
+        do {
+            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        } catch {
+            throw RootfsError.system(operation: "mkdir", path: root, errno: EACCES)
+        }
     }
 
     public func hostPath(_ inner: String) -> String { inner == "/" ? root : root + inner }
