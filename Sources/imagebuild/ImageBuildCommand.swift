@@ -17,7 +17,7 @@ struct ImageBuildCommand: ParsableCommand {
               imagebuild inspect artifacts/minimal/initramfs.img
             """,
         version: ImageBuildVersion.current,
-        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self],
+        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self],
         defaultSubcommand: BuildCommand.self
     )
 }

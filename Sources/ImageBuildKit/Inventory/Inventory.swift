@@ -1,0 +1,245 @@
+import Foundation
+
+/// `nodes.yaml`: the network the boot server serves and the nodes it knows.
+/// Read by `publish` (to render boot files) and by `serve` (DHCP, boot scripts).
+public struct Inventory: Sendable, Equatable {
+    public struct Network: Sendable, Equatable {
+        public var server: IPv4
+        public var subnet: IPv4Network
+        public var router: IPv4?
+        public var dns: [IPv4]
+        public var domain: String?
+        /// Dynamic addresses for machines not listed (inclusive); nil: unknown machines get none.
+        public var pool: ClosedRange<IPv4>?
+        public var leaseTime: Int
+        public var httpPort: Int
+        /// What BIOS PXE clients load: lpxelinux.0 (kernel and initrd over HTTP) or pxelinux.0 (TFTP).
+        public var biosLoader: String
+        /// `http://server[:port]`, the base of every URL nodes are given.
+        public var httpBase: String { httpPort == 80 ? "http://\(server)" : "http://\(server):\(httpPort)" }
+    }
+
+    /// Boot settings at any level (defaults, group, range, node); nil inherits.
+    public struct Settings: Sendable, Equatable {
+        public var image: String?
+        /// Replaces the inherited command line.
+        public var cmdline: String?
+        /// Appended to the command line at every level.
+        public var append: String?
+        public var location: SourceLocation?
+        public init(image: String? = nil, cmdline: String? = nil, append: String? = nil) {
+            self.image = image
+            self.cmdline = cmdline
+            self.append = append
+        }
+    }
+
+    public struct Node: Sendable, Equatable {
+        public var mac: MAC
+        public var hostname: String
+        public var ip: IPv4?
+        public var group: String?
+        public var settings: Settings
+        public var location: SourceLocation
+    }
+
+    /// A pxelinux config for every address under a prefix (`C0A8016` for 192.168.1.96/28):
+    /// machines without a per-MAC file find it through pxelinux's hex-IP walk.
+    public struct Range: Sendable, Equatable {
+        public var network: IPv4Network
+        public var group: String?
+        public var settings: Settings
+        public var location: SourceLocation
+        /// The pxelinux file name: the prefix's hex digits (the prefix length must be a multiple of 4).
+        public var pxelinuxName: String { String(network.address.hex.prefix(network.prefix / 4)) }
+    }
+
+    public var file: String
+    public var network: Network
+    public var defaults: Settings
+    public var groups: [String: Settings]
+    public var ranges: [Range]
+    public var nodes: [Node]
+
+    public func node(mac: MAC) -> Node? { nodes.first { $0.mac == mac } }
+
+    /// Effective image and command line for a node (node > group > defaults).
+    public func resolved(_ node: Node) -> (image: String?, cmdline: String) {
+        resolve(node.settings, group: node.group)
+    }
+
+    public func resolved(_ range: Range) -> (image: String?, cmdline: String) {
+        resolve(range.settings, group: range.group)
+    }
+
+    public func resolve(_ own: Settings, group: String?) -> (image: String?, cmdline: String) {
+        let groupSettings = group.flatMap { groups[$0] } ?? Settings()
+        let image = own.image ?? groupSettings.image ?? defaults.image
+        var cmdline = own.cmdline ?? groupSettings.cmdline ?? defaults.cmdline ?? ""
+        for append in [defaults.append, groupSettings.append, own.append].compactMap({ $0 }) where !append.isEmpty {
+            cmdline += cmdline.isEmpty ? append : " " + append
+        }
+        return (image, cmdline)
+    }
+
+    /// Every image name the inventory refers to, with where (for "unknown image" errors).
+    public var imageReferences: [(name: String, location: SourceLocation?)] {
+        var refs: [(String, SourceLocation?)] = []
+        if let image = defaults.image { refs.append((image, defaults.location)) }
+        for (_, settings) in groups.sorted(by: { $0.key < $1.key }) { if let image = settings.image { refs.append((image, settings.location)) } }
+        for range in ranges { if let image = range.settings.image { refs.append((image, range.location)) } }
+        for node in nodes { if let image = node.settings.image { refs.append((image, node.location)) } }
+        return refs
+    }
+
+    /// Fails at the first reference to an image that is not in `images`.
+    public func checkImages(_ images: Set<String>) throws {
+        for ref in imageReferences where !images.contains(ref.name) {
+            let hint = closestMatch(to: ref.name, in: Array(images)).map { "did you mean '\($0)'?" }
+                ?? (images.isEmpty ? "no images are published" : "published: \(images.sorted().joined(separator: ", "))")
+            throw ConfigError(ref.location ?? SourceLocation(file: file, line: 0, column: 0), "unknown image '\(ref.name)'", hint: hint)
+        }
+        for node in nodes where resolved(node).image == nil {
+            throw ConfigError(node.location, "node \(node.hostname) has no image", hint: "set 'image' on the node, its group or in 'defaults'")
+        }
+    }
+}
+
+/// Strict loader for `nodes.yaml`, with the same located errors as recipes.
+public enum InventoryLoader {
+    public static func load(path: String) throws -> Inventory {
+        let text: String
+        do { text = try readTextFile(path) } catch {
+            throw ConfigError(SourceLocation(file: path, line: 0, column: 0), "cannot read the inventory: \(error)")
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String) throws -> Inventory {
+        let root = try YAMLValue.parse(text, file: file)
+        let top = try root.map(allowed: ["network", "defaults", "groups", "ranges", "nodes"])
+        let network = try parseNetwork(try top.required("network"))
+        let defaults = try top["defaults"].map { try parseSettings($0, extra: []) }?.0 ?? Inventory.Settings()
+
+        var groups: [String: Inventory.Settings] = [:]
+        for pair in try top["groups"]?.pairs() ?? [] {
+            let name = try nonEmpty(pair.key)
+            groups[name] = try parseSettings(pair.value, extra: []).0
+        }
+        func checkGroup(_ value: YAMLValue?) throws -> String? {
+            guard let value else { return nil }
+            let name = try value.string()
+            guard groups[name] != nil else {
+                let hint = closestMatch(to: name, in: Array(groups.keys)).map { "did you mean '\($0)'?" }
+                    ?? (groups.isEmpty ? "no groups are defined" : "groups: \(groups.keys.sorted().joined(separator: ", "))")
+                throw value.error("unknown group '\(name)'", hint: hint)
+            }
+            return name
+        }
+
+        var ranges: [Inventory.Range] = []
+        for value in try top["ranges"]?.list() ?? [] {
+            let (settings, map) = try parseSettings(value, extra: ["cidr", "group"])
+            let cidrValue = try map.required("cidr")
+            guard let cidr = IPv4Network(try cidrValue.string()) else {
+                throw cidrValue.error("'\(try cidrValue.string())' is not a network like 10.77.0.96/28")
+            }
+            guard cidr.prefix % 4 == 0, cidr.prefix >= 4 else {
+                throw cidrValue.error("prefix /\(cidr.prefix) has no pxelinux file name", hint: "pxelinux drops one hex digit at a time: use /4, /8, ... /28")
+            }
+            guard network.subnet.contains(cidr.address) else {
+                throw cidrValue.error("\(cidr) is outside the subnet \(network.subnet)")
+            }
+            ranges.append(Inventory.Range(network: cidr, group: try checkGroup(map["group"]), settings: settings, location: value.location))
+        }
+
+        var nodes: [Inventory.Node] = []
+        var byMAC: [MAC: Inventory.Node] = [:], byName: [String: Inventory.Node] = [:], byIP: [IPv4: Inventory.Node] = [:]
+        for value in try top["nodes"]?.list() ?? [] {
+            let (settings, map) = try parseSettings(value, extra: ["mac", "hostname", "ip", "group"])
+            let macValue = try map.required("mac")
+            guard let mac = MAC(try macValue.string()) else {
+                throw macValue.error("malformed MAC '\(try macValue.string())'", hint: "six hex bytes, e.g. 52:54:00:77:00:01")
+            }
+            let nameValue = try map.required("hostname")
+            let hostname = try nonEmpty(nameValue)
+            guard hostname.count <= 63, hostname.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }), hostname.first != "-" else {
+                throw nameValue.error("invalid hostname '\(hostname)'", hint: "letters, digits and '-', at most 63")
+            }
+            var ip: IPv4?
+            if let ipValue = map["ip"] {
+                guard let parsed = IPv4(try ipValue.string()) else { throw ipValue.error("malformed IP address '\(try ipValue.string())'") }
+                guard network.subnet.contains(parsed) else {
+                    throw ipValue.error("\(parsed) is outside the subnet \(network.subnet)")
+                }
+                if parsed == network.subnet.address || parsed == network.subnet.broadcast || parsed == network.server {
+                    throw ipValue.error("\(parsed) is the \(parsed == network.server ? "server's own address" : "network or broadcast address")")
+                }
+                if let pool = network.pool, pool.contains(parsed) {
+                    throw ipValue.error("\(parsed) is inside the dynamic pool \(pool.lowerBound)-\(pool.upperBound)", hint: "fixed addresses must be outside the pool")
+                }
+                ip = parsed
+            }
+            let node = Inventory.Node(mac: mac, hostname: hostname, ip: ip, group: try checkGroup(map["group"]),
+                                      settings: settings, location: value.location)
+            if let other = byMAC[mac] {
+                throw macValue.error("duplicate MAC \(mac): \(hostname) and \(other.hostname) (\(other.location))")
+            }
+            if let other = byName[hostname.lowercased()] {
+                throw nameValue.error("duplicate hostname '\(hostname)': also \(other.mac) (\(other.location))")
+            }
+            if let ip, let other = byIP[ip] {
+                throw map["ip"]!.error("duplicate IP \(ip): \(hostname) and \(other.hostname) (\(other.location))")
+            }
+            byMAC[mac] = node
+            byName[hostname.lowercased()] = node
+            if let ip { byIP[ip] = node }
+            nodes.append(node)
+        }
+        return Inventory(file: file, network: network, defaults: defaults, groups: groups, ranges: ranges, nodes: nodes)
+    }
+
+    static func parseNetwork(_ value: YAMLValue) throws -> Inventory.Network {
+        let map = try value.map(allowed: ["server", "subnet", "router", "dns", "domain", "pool", "lease_time", "http_port", "bios_loader"])
+        func ip(_ value: YAMLValue) throws -> IPv4 {
+            guard let ip = IPv4(try value.string()) else { throw value.error("malformed IP address '\(try value.string())'") }
+            return ip
+        }
+        let subnetValue = try map.required("subnet")
+        guard let subnet = IPv4Network(try subnetValue.string()) else {
+            throw subnetValue.error("'\(try subnetValue.string())' is not a network like 10.77.0.0/24")
+        }
+        let serverValue = try map.required("server")
+        let server = try ip(serverValue)
+        guard subnet.contains(server) else { throw serverValue.error("the server \(server) is outside the subnet \(subnet)") }
+        var pool: ClosedRange<IPv4>?
+        if let poolValue = map["pool"] {
+            let parts = try poolValue.string().split(separator: "-").map { IPv4(String($0).trimmingCharacters(in: .whitespaces)) }
+            guard parts.count == 2, let low = parts[0], let high = parts[1], low <= high else {
+                throw poolValue.error("'\(try poolValue.string())' is not a range like 10.77.0.100-10.77.0.199")
+            }
+            guard subnet.contains(low), subnet.contains(high) else { throw poolValue.error("the pool is outside the subnet \(subnet)") }
+            if (low...high).contains(server) { throw poolValue.error("the pool contains the server's own address \(server)") }
+            pool = low...high
+        }
+        let loader = try map.string("bios_loader") ?? "lpxelinux.0"
+        guard ["pxelinux.0", "lpxelinux.0", "undionly.kpxe"].contains(loader) else {
+            throw map["bios_loader"]!.error("unknown BIOS loader '\(loader)'", hint: "pxelinux.0, lpxelinux.0 or undionly.kpxe")
+        }
+        return Inventory.Network(
+            server: server, subnet: subnet, router: try map["router"].map(ip),
+            dns: try map["dns"]?.list().map(ip) ?? [], domain: try map.string("domain"), pool: pool,
+            leaseTime: try map.int("lease_time", in: 60...31_536_000) ?? 3600,
+            httpPort: try map.int("http_port", in: 1...65535) ?? 80, biosLoader: loader)
+    }
+
+    static func parseSettings(_ value: YAMLValue, extra: [String]) throws -> (Inventory.Settings, YAMLMap) {
+        let map = try value.map(allowed: ["image", "cmdline", "append"] + extra)
+        var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
+        settings.location = value.location
+        for key in ["cmdline", "append"] where (try map.string(key))?.contains("\n") == true {
+            throw map[key]!.error("the kernel command line must be one line")
+        }
+        return (settings, map)
+    }
+}

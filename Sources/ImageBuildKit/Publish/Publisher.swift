@@ -1,0 +1,327 @@
+import Foundation
+
+public enum PublishError: Error, CustomStringConvertible {
+    case missingBootloader(file: String, package: String)
+    case badArtifact(String)
+    case unmanaged(String)
+    case nothingToRollBack(String)
+    case busy(String)
+
+    public var description: String {
+        switch self {
+        case .missingBootloader(let file, let package): return "\(file) is missing: apt-get install \(package)"
+        case .badArtifact(let m), .unmanaged(let m), .nothingToRollBack(let m), .busy(let m): return m
+        }
+    }
+}
+
+/// The `publish.json` index: which image version each node boots.
+public struct PublishIndex: Codable, Sendable, Equatable {
+    public struct NodeEntry: Codable, Sendable, Equatable {
+        public var mac: String
+        public var hostname: String
+        public var ip: String?
+        public var image: String
+        public var digest: String
+        public var pxelinux: [String]
+        public var ipxe: String
+    }
+    public struct RangeEntry: Codable, Sendable, Equatable {
+        public var cidr: String
+        public var image: String
+        public var digest: String
+        public var pxelinux: String
+    }
+    public var generation: Int
+    public var images: [String: PublishedImage]
+    public var defaultImage: String?
+    public var nodes: [NodeEntry]
+    public var ranges: [RangeEntry]
+
+    public static func read(root: String) throws -> PublishIndex {
+        try JSONDecoder().decode(PublishIndex.self, from: Data(contentsOf: URL(fileURLWithPath: root + "/publish.json")))
+    }
+}
+
+/// Lays artifacts and boot configuration into a boot root.
+///
+/// Layout: images are content-addressed and immutable (`images/<name>/<digest>/`);
+/// everything else a node fetches (boot loaders, pxelinux.cfg, iPXE scripts,
+/// publish.json) lives in a generation folder `.publish/gen-N/`, reached
+/// through `.publish/current` and stable top-level symlinks (`pxelinux.cfg ->
+/// .publish/current/pxelinux.cfg`). A publish writes and fsyncs a whole new
+/// generation, then switches `current` with one rename: killed at any point
+/// before that, the root is exactly as it was; after it, it is wholly new.
+public struct Publisher {
+    public let root: String
+    public let inventory: Inventory
+    public var keep: Int = 3
+    /// Test seam: `IMAGEBUILD_FAULT=publish:<point>` kills the process at that point.
+    let fault = ProcessInfo.processInfo.environment["IMAGEBUILD_FAULT"]
+
+    public init(root: String, inventory: Inventory, keep: Int = 3) {
+        self.root = URL(fileURLWithPath: root).standardizedFileURL.path
+        self.inventory = inventory
+        self.keep = max(1, keep)
+    }
+
+    /// Boot files from Debian's packages: (source, name in the root, package).
+    public static let bootloaders: [(source: String, target: String, package: String)] = {
+        var list: [(String, String, String)] = [
+            ("/usr/lib/PXELINUX/pxelinux.0", "boot/pxelinux.0", "pxelinux"),
+            ("/usr/lib/PXELINUX/lpxelinux.0", "boot/lpxelinux.0", "pxelinux"),
+            ("/usr/lib/ipxe/undionly.kpxe", "ipxe/undionly.kpxe", "ipxe"),
+            ("/usr/lib/ipxe/ipxe.efi", "ipxe/ipxe.efi", "ipxe"),
+            ("/usr/lib/ipxe/snponly.efi", "ipxe/snponly.efi", "ipxe"),
+        ]
+        // ldlinux.c32 is required; the rest are the com32 modules configs commonly use.
+        for module in ["ldlinux.c32", "libcom32.c32", "libutil.c32", "menu.c32", "vesamenu.c32", "reboot.c32", "chain.c32", "poweroff.c32"] {
+            list.append(("/usr/lib/syslinux/modules/bios/\(module)", "boot/\(module)", "syslinux-common"))
+        }
+        return list
+    }()
+
+    func checkpoint(_ point: String) {
+        if fault == "publish:\(point)" { kill(getpid(), SIGKILL) }
+    }
+
+    var publishDir: String { root + "/.publish" }
+
+    static func currentGeneration(_ publishDir: String) -> Int? {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: publishDir + "/current") else { return nil }
+        return Int(target.replacingOccurrences(of: "gen-", with: ""))
+    }
+
+    static func generations(_ publishDir: String) -> [Int] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: publishDir)) ?? [])
+            .compactMap { $0.hasPrefix("gen-") ? Int($0.dropFirst(4)) : nil }.sorted()
+    }
+
+    public func currentGeneration() -> Int? { Self.currentGeneration(publishDir) }
+    func generations() -> [Int] { Self.generations(publishDir) }
+
+    /// Publishes `artifacts` (folders with a manifest.json) for the inventory.
+    /// Images the inventory names but that are not given are taken from the
+    /// current generation, so one image can be updated at a time.
+    @discardableResult
+    public func publish(artifacts: [String]) throws -> PublishIndex {
+        try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
+        let lock = try PublishLock(path: publishDir + "/lock")
+        defer { lock.release() }
+
+        // 1. Artifacts: verified against their manifests before anything is copied.
+        var images: [String: PublishedImage] = [:]
+        var sources: [String: String] = [:]
+        if let current = try? PublishIndex.read(root: root) { images = current.images }
+        for dir in artifacts {
+            let manifest: Manifest
+            do { manifest = try Manifest.read(from: dir) } catch {
+                throw PublishError.badArtifact("\(dir): no readable manifest.json (is it an artifacts/<name> folder?)")
+            }
+            for (name, info) in manifest.files {
+                let actual = try sha256File(dir + "/" + name)
+                guard actual.digest == info.sha256 else {
+                    throw PublishError.badArtifact("\(dir)/\(name): sha256 does not match manifest.json (changed or half-copied); rebuild it")
+                }
+            }
+            let image = PublishedImage(manifest: manifest)
+            images[image.name] = image
+            sources[image.name] = dir
+        }
+        try inventory.checkImages(Set(images.keys))
+        let used = Set(inventory.imageReferences.map(\.name))
+        images = images.filter { used.contains($0.key) || sources[$0.key] != nil }
+
+        // 2. Images, content-addressed: an existing digest folder is already right.
+        for (name, dir) in sources.sorted(by: { $0.key < $1.key }) {
+            let image = images[name]!
+            let target = root + "/" + image.path
+            if FileManager.default.fileExists(atPath: target + "/" + Manifest.fileName) { continue }
+            let staging = root + "/images/\(name)/.\(image.digest).tmp-\(getpid())"
+            try? SafeFileSystem.removeTree(staging)
+            try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+            for file in ["vmlinuz", "initramfs.img", image.imageFile, "cmdline", Manifest.fileName] {
+                try Tool.run(["cp", "--reflink=auto", "--", dir + "/" + file, staging + "/" + file])
+                try SafeFileSystem.fsyncFile(staging + "/" + file)
+            }
+            SafeFileSystem.fsyncDirectory(staging)
+            checkpoint("image-copied")
+            if rename(staging, target) != 0 { throw RootfsError.system(operation: "rename to", path: target, errno: errno) }
+            SafeFileSystem.fsyncDirectory(root + "/images/\(name)")
+        }
+        checkpoint("images-done")
+
+        // 3. A whole new generation, aside.
+        let number = (generations().last ?? 0) + 1
+        let generation = publishDir + "/gen-\(number)"
+        let staging = publishDir + "/.gen-\(number).tmp-\(getpid())"
+        try? SafeFileSystem.removeTree(staging)
+        let index = try writeGeneration(into: staging, number: number, images: images)
+        checkpoint("generation-written")
+        if rename(staging, generation) != 0 { throw RootfsError.system(operation: "rename to", path: generation, errno: errno) }
+        SafeFileSystem.fsyncDirectory(publishDir)
+
+        // 4. Stable top-level links (created once), then the one switch.
+        try ensureTopLevelLinks()
+        checkpoint("before-switch")
+        try switchCurrent(to: number)
+        checkpoint("after-switch")
+
+        // 5. Old generations and unreferenced images go.
+        try collectGarbage()
+        return index
+    }
+
+    /// Points `current` at the previous generation still on disk.
+    @discardableResult
+    public static func rollback(root: String) throws -> Int {
+        let publishDir = URL(fileURLWithPath: root).standardizedFileURL.path + "/.publish"
+        guard FileManager.default.fileExists(atPath: publishDir) else { throw PublishError.nothingToRollBack("\(root) has nothing published") }
+        let lock = try PublishLock(path: publishDir + "/lock")
+        defer { lock.release() }
+        guard let current = currentGeneration(publishDir) else { throw PublishError.nothingToRollBack("\(root) has nothing published") }
+        guard let previous = generations(publishDir).last(where: { $0 < current }) else {
+            throw PublishError.nothingToRollBack("\(root): generation \(current) is the oldest kept; nothing to roll back to")
+        }
+        try switchCurrent(publishDir, to: previous)
+        return previous
+    }
+
+    func switchCurrent(to number: Int) throws { try Self.switchCurrent(publishDir, to: number) }
+
+    static func switchCurrent(_ publishDir: String, to number: Int) throws {
+        let temporary = publishDir + "/.current.tmp-\(getpid())"
+        unlink(temporary)
+        guard symlink("gen-\(number)", temporary) == 0 else { throw RootfsError.system(operation: "symlink", path: temporary, errno: errno) }
+        guard rename(temporary, publishDir + "/current") == 0 else {
+            throw RootfsError.system(operation: "rename to", path: publishDir + "/current", errno: errno)
+        }
+        SafeFileSystem.fsyncDirectory(publishDir)
+    }
+
+    func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage]) throws -> PublishIndex {
+        let fm = FileManager.default
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot"] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
+        var written: [String] = []
+        func write(_ relative: String, _ text: String) throws {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/" + relative))
+            written.append(relative)
+        }
+        for loader in Self.bootloaders {
+            guard fm.fileExists(atPath: loader.source) else { throw PublishError.missingBootloader(file: loader.source, package: loader.package) }
+            try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
+            written.append(loader.target)
+        }
+        let renderer = BootRenderer(network: inventory.network)
+        func target(_ title: String, _ resolved: (image: String?, cmdline: String)) -> BootTarget? {
+            guard let name = resolved.image, let image = images[name] else { return nil }
+            return BootTarget(title: title, image: image, cmdline: resolved.cmdline)
+        }
+
+        // Defaults first, so ranges and nodes overwrite nothing by accident.
+        let defaultTarget = target("any machine not listed", inventory.resolve(Inventory.Settings(), group: nil))
+        try write("pxelinux.cfg/default", defaultTarget.map(renderer.pxelinuxConfig) ?? renderer.pxelinuxUnregistered())
+        try write("ipxe/default.ipxe", defaultTarget.map(renderer.ipxeScript) ?? renderer.ipxeUnregistered())
+        try write("ipxe/boot.ipxe", renderer.bootIPXE())
+
+        var ranges: [PublishIndex.RangeEntry] = []
+        for range in inventory.ranges {
+            guard let t = target("range \(range.network)", inventory.resolved(range)) else { continue }
+            try write("pxelinux.cfg/\(range.pxelinuxName)", renderer.pxelinuxConfig(t))
+            ranges.append(.init(cidr: range.network.description, image: t.image.name, digest: t.image.digest, pxelinux: "pxelinux.cfg/\(range.pxelinuxName)"))
+        }
+        var nodes: [PublishIndex.NodeEntry] = []
+        for node in inventory.nodes {
+            guard let t = target("\(node.hostname) (\(node.mac))", inventory.resolved(node)) else { continue }
+            let config = renderer.pxelinuxConfig(t)
+            var names = ["pxelinux.cfg/\(node.mac.pxelinuxName)"]
+            if let ip = node.ip { names.append("pxelinux.cfg/\(ip.hex)") }
+            for name in names { try write(name, config) }
+            let script = "ipxe/nodes/\(node.mac.hyphenated).ipxe"
+            try write(script, renderer.ipxeScript(t))
+            nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
+                               image: t.image.name, digest: t.image.digest, pxelinux: names, ipxe: script))
+        }
+        let index = PublishIndex(generation: number, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try write("publish.json", String(decoding: try encoder.encode(index), as: UTF8.self) + "\n")
+        checkpoint("generation-files")
+        for file in written { try SafeFileSystem.fsyncFile(dir + "/" + file) }
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "ipxe", "boot", ""] { SafeFileSystem.fsyncDirectory(dir + "/" + sub) }
+        return index
+    }
+
+    /// Top-level names a node fetches, as symlinks into the current generation.
+    static let topLevel: [(name: String, target: String)] = {
+        var links = [("pxelinux.cfg", ".publish/current/pxelinux.cfg"), ("ipxe", ".publish/current/ipxe"),
+                     ("publish.json", ".publish/current/publish.json")]
+        for loader in bootloaders where loader.target.hasPrefix("boot/") {
+            let name = String(loader.target.dropFirst(5))
+            links.append((name, ".publish/current/boot/\(name)"))
+        }
+        return links
+    }()
+
+    func ensureTopLevelLinks() throws {
+        for link in Self.topLevel {
+            let path = root + "/" + link.name
+            if let existing = try? FileManager.default.destinationOfSymbolicLink(atPath: path) {
+                if existing == link.target { continue }
+            } else if FileManager.default.fileExists(atPath: path) {
+                throw PublishError.unmanaged("\(path) exists and is not managed by imagebuild (not a link into .publish/); move it away and publish again")
+            }
+            let temporary = root + "/.\(link.name).tmp-\(getpid())"
+            unlink(temporary)
+            guard symlink(link.target, temporary) == 0, rename(temporary, path) == 0 else {
+                throw RootfsError.system(operation: "link", path: path, errno: errno)
+            }
+        }
+        SafeFileSystem.fsyncDirectory(root)
+    }
+
+    /// Keeps the newest `keep` generations (and the current one) and the images they use.
+    func collectGarbage() throws {
+        let all = generations()
+        let current = currentGeneration()
+        let kept = Set(all.suffix(keep) + (current.map { [$0] } ?? []))
+        for number in all where !kept.contains(number) {
+            try SafeFileSystem.removeTree(publishDir + "/gen-\(number)")
+        }
+        var referenced = Set<String>()
+        for number in kept {
+            if let data = try? Data(contentsOf: URL(fileURLWithPath: publishDir + "/gen-\(number)/publish.json")),
+               let index = try? JSONDecoder().decode(PublishIndex.self, from: data) {
+                for image in index.images.values { referenced.insert(image.path) }
+            }
+        }
+        let imagesDir = root + "/images"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: imagesDir)) ?? [] {
+            for digest in (try? FileManager.default.contentsOfDirectory(atPath: imagesDir + "/" + name)) ?? [] {
+                let relative = "images/\(name)/\(digest)"
+                if digest.hasPrefix(".") || !referenced.contains(relative) {
+                    // Staging folders of a publish that died, and versions no kept generation boots.
+                    if digest.hasPrefix("."), let pid = Int32(digest.split(separator: "-").last ?? ""), kill(pid, 0) == 0 { continue }
+                    try SafeFileSystem.removeTree(imagesDir + "/" + relative.dropFirst("images/".count))
+                }
+            }
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: publishDir)) ?? [] where name.hasPrefix(".") {
+            try? SafeFileSystem.removeTree(publishDir + "/" + name)
+        }
+    }
+}
+
+/// An exclusive lock on the boot root, so two publishes never interleave.
+final class PublishLock {
+    let fd: Int32
+    init(path: String) throws {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 { throw RootfsError.system(operation: "open", path: path, errno: errno) }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            close(fd)
+            throw PublishError.busy("another publish is running on this root (\(path)); wait for it")
+        }
+    }
+    func release() { flock(fd, LOCK_UN); close(fd) }
+}

@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import ImageBuildKit
+
+struct PublishCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish",
+        abstract: "Lay artifacts and boot configuration into a boot root (served by TFTP and HTTP).",
+        discussion: """
+            Copies each artifacts/<name> to images/<name>/<digest>/, the boot loaders of
+            Debian's pxelinux, syslinux-common and ipxe packages, and renders
+            pxelinux.cfg/{default,01-<mac>,<HEXIP>} and ipxe/{boot.ipxe,nodes/<mac>.ipxe}
+            from nodes.yaml. Atomic: the new configuration is written aside and switched
+            in with one rename; a failed or killed publish leaves the root as it was.
+            Earlier versions are kept (--keep); --rollback goes back one.
+            """)
+
+    @Argument(help: "Artifact folders (artifacts/<name>) to publish.")
+    var artifacts: [String] = []
+
+    @Option(help: "The boot root.")
+    var root: String = "tftpboot"
+
+    @Option(help: "The node inventory.")
+    var nodes: String = "nodes.yaml"
+
+    @Option(help: "How many published versions to keep.")
+    var keep: Int = 3
+
+    @Flag(help: "Switch back to the previous published version.")
+    var rollback = false
+
+    func validate() throws {
+        if keep < 1 { throw ValidationError("--keep must be at least 1") }
+        if !rollback && artifacts.isEmpty && !FileManager.default.fileExists(atPath: root + "/publish.json") {
+            throw ValidationError("give at least one artifact folder (e.g. artifacts/minimal)")
+        }
+    }
+
+    func run() throws {
+        do {
+            if rollback {
+                let generation = try Publisher.rollback(root: root)
+                print("rolled back: \(root) now serves generation \(generation)")
+                return
+            }
+            let inventory = try InventoryLoader.load(path: nodes)
+            let index = try Publisher(root: root, inventory: inventory, keep: keep).publish(artifacts: artifacts)
+            print("published generation \(index.generation) to \(root)")
+            for image in index.images.values.sorted(by: { $0.name < $1.name }) {
+                print("  image \(image.name) \(image.digest) (kernel \(image.kernelVersion))")
+            }
+            print("  \(index.nodes.count) nodes, \(index.ranges.count) ranges, default: \(index.defaultImage ?? "none (unregistered machines wait)")")
+        } catch {
+            fail(error)
+        }
+    }
+}
