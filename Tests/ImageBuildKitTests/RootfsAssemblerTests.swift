@@ -70,7 +70,7 @@ import Testing
     }
 
     @Test func unknownOwnerNameIsLocated() throws {
-        #expect(throws: RootfsError.unknownOwner(name: "nobody9", kind: "user", location: SourceLocation(file: "recipe.yaml", line: 6, column: 5))) {
+        #expect(throws: RootfsError.unknownOwner(name: "nobody9", kind: "user", location: ConfigLocation(file: "recipe.yaml", line: 6, column: 5))) {
             _ = try assemble("""
                 base: {scratch: true}
                 files:

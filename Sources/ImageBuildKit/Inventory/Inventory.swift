@@ -26,7 +26,7 @@ public struct Inventory: Sendable, Equatable {
         public var cmdline: String?
         /// Appended to the command line at every level.
         public var append: String?
-        public var location: SourceLocation?
+        public var location: ConfigLocation?
         public init(image: String? = nil, cmdline: String? = nil, append: String? = nil) {
             self.image = image
             self.cmdline = cmdline
@@ -40,7 +40,7 @@ public struct Inventory: Sendable, Equatable {
         public var ip: IPv4?
         public var group: String?
         public var settings: Settings
-        public var location: SourceLocation
+        public var location: ConfigLocation
     }
 
     /// A pxelinux config for every address under a prefix (`C0A8016` for 192.168.1.96/28):
@@ -49,7 +49,7 @@ public struct Inventory: Sendable, Equatable {
         public var network: IPv4Network
         public var group: String?
         public var settings: Settings
-        public var location: SourceLocation
+        public var location: ConfigLocation
         /// The pxelinux file name: the prefix's hex digits (the prefix length must be a multiple of 4).
         public var pxelinuxName: String { String(network.address.hex.prefix(network.prefix / 4)) }
     }
@@ -83,8 +83,8 @@ public struct Inventory: Sendable, Equatable {
     }
 
     /// Every image name the inventory refers to, with where (for "unknown image" errors).
-    public var imageReferences: [(name: String, location: SourceLocation?)] {
-        var refs: [(String, SourceLocation?)] = []
+    public var imageReferences: [(name: String, location: ConfigLocation?)] {
+        var refs: [(String, ConfigLocation?)] = []
         if let image = defaults.image { refs.append((image, defaults.location)) }
         for (_, settings) in groups.sorted(by: { $0.key < $1.key }) { if let image = settings.image { refs.append((image, settings.location)) } }
         for range in ranges { if let image = range.settings.image { refs.append((image, range.location)) } }
@@ -97,7 +97,7 @@ public struct Inventory: Sendable, Equatable {
         for ref in imageReferences where !images.contains(ref.name) {
             let hint = closestMatch(to: ref.name, in: Array(images)).map { "did you mean '\($0)'?" }
                 ?? (images.isEmpty ? "no images are published" : "published: \(images.sorted().joined(separator: ", "))")
-            throw ConfigError(ref.location ?? SourceLocation(file: file, line: 0, column: 0), "unknown image '\(ref.name)'", hint: hint)
+            throw ConfigError(ref.location ?? ConfigLocation(file: file, line: 0, column: 0), "unknown image '\(ref.name)'", hint: hint)
         }
         for node in nodes where resolved(node).image == nil {
             throw ConfigError(node.location, "node \(node.hostname) has no image", hint: "set 'image' on the node, its group or in 'defaults'")
@@ -110,7 +110,7 @@ public enum InventoryLoader {
     public static func load(path: String) throws -> Inventory {
         let text: String
         do { text = try readTextFile(path) } catch {
-            throw ConfigError(SourceLocation(file: path, line: 0, column: 0), "cannot read the inventory: \(error)")
+            throw ConfigError(ConfigLocation(file: path, line: 0, column: 0), "cannot read the inventory: \(error)")
         }
         return try parse(text, file: path)
     }

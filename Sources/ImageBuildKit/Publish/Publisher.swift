@@ -108,6 +108,11 @@ public struct Publisher {
         try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
         let lock = try PublishLock(path: publishDir + "/lock")
         defer { lock.release() }
+        // Generations newer than `current` were written by a publish that died
+        // before its switch (or were rolled back from): they are not history.
+        if let current = currentGeneration() {
+            for number in generations() where number > current { try SafeFileSystem.removeTree(publishDir + "/gen-\(number)") }
+        }
 
         // 1. Artifacts: verified against their manifests before anything is copied.
         var images: [String: PublishedImage] = [:]

@@ -62,7 +62,7 @@ public struct DirectorySpec: Sendable, Equatable {
     public var path: String
     public var mode: UInt32
     public var owner: Owner
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 public struct FileSpec: Sendable, Equatable {
@@ -75,30 +75,30 @@ public struct FileSpec: Sendable, Equatable {
     public var content: Content
     public var mode: UInt32
     public var owner: Owner
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 public struct SymlinkSpec: Sendable, Equatable {
     public var path: String
     public var target: String
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 public struct RemoveSpec: Sendable, Equatable {
     public var path: String
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 /// Public keys appended to `~user/.ssh/authorized_keys` with the modes sshd insists on.
 public struct AuthorizedKeysSpec: Sendable, Equatable {
     public var user: String
     public var keys: [String]
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 public struct RunSpec: Sendable, Equatable {
     public var command: String
-    public var location: SourceLocation
+    public var location: ConfigLocation
 }
 
 public struct KernelSpec: Sendable, Equatable {
@@ -141,7 +141,7 @@ public struct InitramfsSpec: Sendable, Equatable {
     public var onFailDelay: Int = 30
     /// Download attempts before the node gives up (each with a growing back-off).
     public var downloadRetries: Int = 8
-    public var location: SourceLocation?
+    public var location: ConfigLocation?
 }
 
 public enum ImageFormat: String, Sendable, Equatable, CaseIterable {

@@ -15,7 +15,7 @@ public enum RecipeLoader {
         do {
             text = try readTextFile(url.path)
         } catch {
-            throw ConfigError(SourceLocation(file: display, line: 0, column: 0), "cannot read the recipe: \(error)")
+            throw ConfigError(ConfigLocation(file: display, line: 0, column: 0), "cannot read the recipe: \(error)")
         }
         return try parse(text, file: display, folder: url.deletingLastPathComponent().path)
     }

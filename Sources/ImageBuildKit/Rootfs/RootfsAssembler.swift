@@ -23,7 +23,7 @@ public struct RootfsAssembler {
         try applyBase()
         if recipe.busybox == .host { try installBusybox(from: try HostBusybox.path()) }
         // Content first, owners after: a recipe may write the /etc/passwd that names its owners.
-        var owners: [(inner: String, owner: Owner, mode: UInt32, location: SourceLocation)] = []
+        var owners: [(inner: String, owner: Owner, mode: UInt32, location: ConfigLocation)] = []
         for dir in recipe.directories {
             owners.append((try tree.makeDirectories(dir.path, mode: dir.mode), dir.owner, dir.mode, dir.location))
         }
@@ -172,7 +172,7 @@ struct Accounts {
 
     func home(of user: String) -> String? { users[user]?.home }
 
-    func ids(_ owner: Owner, location: SourceLocation?, groupFallbackToUser: Bool = false) throws -> (UInt32, UInt32) {
+    func ids(_ owner: Owner, location: ConfigLocation?, groupFallbackToUser: Bool = false) throws -> (UInt32, UInt32) {
         let uid: UInt32
         switch owner.user {
         case .number(let n): uid = n

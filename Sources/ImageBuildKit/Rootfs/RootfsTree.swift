@@ -7,8 +7,8 @@ public enum RootfsError: Error, CustomStringConvertible, Equatable {
     case symlinkLoop(path: String)
     case notADirectory(path: String)
     case system(operation: String, path: String, errno: Int32)
-    case unknownOwner(name: String, kind: String, location: SourceLocation?)
-    case commandFailed(command: String, status: Int32, location: SourceLocation?)
+    case unknownOwner(name: String, kind: String, location: ConfigLocation?)
+    case commandFailed(command: String, status: Int32, location: ConfigLocation?)
 
     public var description: String {
         switch self {

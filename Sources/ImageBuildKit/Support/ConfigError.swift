@@ -1,7 +1,7 @@
 import Foundation
 
 /// A position in a configuration file, printed the way compilers do: `file:line:column`.
-public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
+public struct ConfigLocation: Sendable, Equatable, CustomStringConvertible {
     public var file: String
     public var line: Int
     public var column: Int
@@ -16,11 +16,11 @@ public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
 /// An error in a recipe or inventory, located at the offending node so an
 /// administrator can jump straight to it: `recipe.yaml:12:5: unknown key 'pakages' (did you mean 'packages'?)`.
 public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var location: SourceLocation
+    public var location: ConfigLocation
     public var message: String
     public var hint: String?
 
-    public init(_ location: SourceLocation, _ message: String, hint: String? = nil) {
+    public init(_ location: ConfigLocation, _ message: String, hint: String? = nil) {
         self.location = location
         self.message = message
         self.hint = hint

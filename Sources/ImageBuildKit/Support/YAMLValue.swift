@@ -17,7 +17,7 @@ public struct YAMLValue {
     public static func parse(_ text: String, file: String) throws -> YAMLValue {
         do {
             guard let node = try Yams.compose(yaml: text) else {
-                throw ConfigError(SourceLocation(file: file, line: 1, column: 1), "the file is empty")
+                throw ConfigError(ConfigLocation(file: file, line: 1, column: 1), "the file is empty")
             }
             return YAMLValue(node: node, file: file)
         } catch let error as YamlError {
@@ -29,19 +29,19 @@ public struct YAMLValue {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _),
              .composer(_, let problem, let mark, _):
-            return ConfigError(SourceLocation(file: file, line: mark.line, column: mark.column), "YAML syntax: \(problem)")
+            return ConfigError(ConfigLocation(file: file, line: mark.line, column: mark.column), "YAML syntax: \(problem)")
         case .duplicatedKeysInMapping(let duplicates, let context):
             return ConfigError(
-                SourceLocation(file: file, line: context.mark.line, column: context.mark.column),
+                ConfigLocation(file: file, line: context.mark.line, column: context.mark.column),
                 "duplicate key \(duplicates.map { "'\($0)'" }.joined(separator: ", "))")
         default:
-            return ConfigError(SourceLocation(file: file, line: 0, column: 0), "YAML: \(error)")
+            return ConfigError(ConfigLocation(file: file, line: 0, column: 0), "YAML: \(error)")
         }
     }
 
-    public var location: SourceLocation {
+    public var location: ConfigLocation {
         let mark = node.mark
-        return SourceLocation(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0)
+        return ConfigLocation(file: file, line: mark?.line ?? 0, column: mark?.column ?? 0)
     }
 
     public func error(_ message: String, hint: String? = nil) -> ConfigError {

@@ -1,0 +1,266 @@
+import Foundation
+import Testing
+@testable import ImageBuildKit
+
+/// Golden files for rendered boot configuration. `RECORD_SNAPSHOTS=1 swift test` rewrites them.
+func assertSnapshot(_ text: String, named name: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) throws {
+    let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Snapshots/\(name)").path
+    if ProcessInfo.processInfo.environment["RECORD_SNAPSHOTS"] != nil {
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return
+    }
+    let expected = try String(contentsOfFile: path, encoding: .utf8)
+    #expect(text == expected, "\(name) differs from its snapshot (RECORD_SNAPSHOTS=1 to re-record)", sourceLocation: sourceLocation)
+}
+
+let sampleInventory = """
+    network:
+      server: 10.77.0.1
+      subnet: 10.77.0.0/24
+      router: 10.77.0.1
+      pool: 10.77.0.100-10.77.0.199
+    defaults:
+      image: minimal
+      cmdline: "console=ttyS0,115200"
+    groups:
+      gpu: {image: compute, cmdline: "console=ttyS0 nomodeset"}
+    ranges:
+      - {cidr: 10.77.0.96/28, append: "rack=r1"}
+    nodes:
+      - {mac: "52:54:00:77:00:01", hostname: node001, ip: 10.77.0.11, group: gpu}
+      - {mac: "52-54-00-77-00-02", hostname: node002, ip: 10.77.0.12}
+      - {mac: "52:54:00:77:00:03", hostname: node003, append: "debug"}
+    """
+
+func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> PublishedImage {
+    let manifest = Manifest(name: name, toolVersion: "t", recipeDigest: "r", inputDigest: nil, sourceDateEpoch: 0,
+                            kernelVersion: "6.1.0-56-amd64", cmdline: "console=ttyS0,115200 imagebuild.sha256=aa",
+                            imageFormat: "tar.gz", initramfsCompression: "gzip", modules: [],
+                            files: ["image.tar.gz": .init(sha256: "aa", size: 1)])
+    var image = PublishedImage(manifest: manifest)
+    image.digest = digest
+    return image
+}
+
+@Suite struct RenderingTests {
+    let inventory = try! InventoryLoader.parse(sampleInventory, file: "nodes.yaml")
+
+    @Test func pxelinuxLookupOrderMatchesTheDocumentedWalk() {
+        // The console trace of PXELINUX for 192.168.1.29 (C0A8011D) and MAC 00:0c:29:19:29:c0.
+        let order = pxelinuxLookupOrder(mac: MAC("00:0C:29:19:29:C0")!, ip: IPv4("192.168.1.98"))
+        #expect(order == [
+            "pxelinux.cfg/01-00-0c-29-19-29-c0",
+            "pxelinux.cfg/C0A80162", "pxelinux.cfg/C0A8016", "pxelinux.cfg/C0A801", "pxelinux.cfg/C0A80",
+            "pxelinux.cfg/C0A8", "pxelinux.cfg/C0A", "pxelinux.cfg/C0", "pxelinux.cfg/C",
+            "pxelinux.cfg/default",
+        ])
+        #expect(pxelinuxLookupOrder(mac: MAC("aa:bb:cc:dd:ee:ff")!, ip: nil) == ["pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", "pxelinux.cfg/default"])
+        #expect(pxelinuxLookupOrder(mac: MAC("aa:bb:cc:dd:ee:ff")!, ip: IPv4("10.0.0.1"), uuid: "B8945908-D6A6-41A9-611D-74A6AB80B83D").first
+                == "pxelinux.cfg/b8945908-d6a6-41a9-611d-74a6ab80b83d")
+    }
+
+    @Test func macSpellingsAreNormalised() {
+        for spelling in ["52:54:00:AB:cd:01", "52-54-00-ab-CD-01", "525400abcd01", "5254.00ab.cd01"] {
+            #expect(MAC(spelling)?.description == "52:54:00:ab:cd:01", "\(spelling)")
+        }
+        for bad in ["52:54:00:ab:cd", "52:54:00:ab:cd:0g", "52:54-00:ab:cd:01", ""] { #expect(MAC(bad) == nil, "\(bad)") }
+        #expect(IPv4("10.77.0.11")?.hex == "0A4D000B")
+    }
+
+    @Test func inheritance() {
+        let node1 = inventory.node(mac: MAC("52:54:00:77:00:01")!)!
+        #expect(inventory.resolved(node1).image == "compute")
+        #expect(inventory.resolved(node1).cmdline == "console=ttyS0 nomodeset")
+        let node3 = inventory.node(mac: MAC("52:54:00:77:00:03")!)!
+        #expect(inventory.resolved(node3) == ("minimal", "console=ttyS0,115200 debug"))
+        #expect(inventory.ranges[0].pxelinuxName == "0A4D006")
+    }
+
+    @Test func renderedFilesMatchSnapshots() throws {
+        let renderer = BootRenderer(network: inventory.network)
+        let node = inventory.node(mac: MAC("52:54:00:77:00:01")!)!
+        let resolved = inventory.resolved(node)
+        let target = BootTarget(title: "node001 (52:54:00:77:00:01)", image: sampleImage("compute"), cmdline: resolved.cmdline)
+        try assertSnapshot(renderer.pxelinuxConfig(target), named: "pxelinux-node-lpxelinux.cfg")
+        try assertSnapshot(renderer.ipxeScript(target), named: "node.ipxe")
+        try assertSnapshot(renderer.bootIPXE(), named: "boot.ipxe")
+        try assertSnapshot(renderer.pxelinuxUnregistered(), named: "pxelinux-unregistered.cfg")
+        try assertSnapshot(renderer.ipxeUnregistered(), named: "unregistered.ipxe")
+        var tftp = inventory.network
+        tftp.biosLoader = "pxelinux.0"
+        try assertSnapshot(BootRenderer(network: tftp).pxelinuxConfig(target), named: "pxelinux-node-tftp.cfg")
+    }
+}
+
+@Suite struct InventoryErrorTests {
+    func error(_ nodes: String, network: String = "network: {server: 10.77.0.1, subnet: 10.77.0.0/24, pool: 10.77.0.100-10.77.0.199}\n") -> String {
+        do {
+            _ = try InventoryLoader.parse(network + "defaults: {image: minimal}\ngroups: {gpu: {image: minimal}}\nnodes:\n" + nodes, file: "nodes.yaml")
+            return "no error"
+        } catch { return "\(error)" }
+    }
+
+    @Test func duplicateMACNamesBothEntries() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a}\n  - {mac: \"52-54-00-77-00-01\", hostname: b}\n")
+                == "nodes.yaml:6:11: duplicate MAC 52:54:00:77:00:01: b and a (nodes.yaml:5:5)")
+    }
+
+    @Test func duplicateHostname() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a}\n  - {mac: \"52:54:00:77:00:02\", hostname: A}\n")
+                == "nodes.yaml:6:42: duplicate hostname 'A': also 52:54:00:77:00:01 (nodes.yaml:5:5)")
+    }
+
+    @Test func duplicateIP() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, ip: 10.77.0.5}\n  - {mac: \"52:54:00:77:00:02\", hostname: b, ip: 10.77.0.5}\n")
+                == "nodes.yaml:6:49: duplicate IP 10.77.0.5: b and a (nodes.yaml:5:5)")
+    }
+
+    @Test func ipOutsideSubnet() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, ip: 10.78.0.5}\n")
+                == "nodes.yaml:5:49: 10.78.0.5 is outside the subnet 10.77.0.0/24")
+    }
+
+    @Test func ipInsidePool() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, ip: 10.77.0.150}\n")
+                == "nodes.yaml:5:49: 10.77.0.150 is inside the dynamic pool 10.77.0.100-10.77.0.199 (fixed addresses must be outside the pool)")
+    }
+
+    @Test func malformedMAC() {
+        #expect(error("  - {mac: \"52:54:00:77:00\", hostname: a}\n")
+                == "nodes.yaml:5:11: malformed MAC '52:54:00:77:00' (six hex bytes, e.g. 52:54:00:77:00:01)")
+    }
+
+    @Test func unknownGroup() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, group: gpus}\n")
+                == "nodes.yaml:5:52: unknown group 'gpus' (did you mean 'gpu'?)")
+    }
+
+    @Test func unknownKey() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostnme: a}\n") == "nodes.yaml:5:32: unknown key 'hostnme' (did you mean 'hostname'?)")
+    }
+
+    @Test func unknownImage() throws {
+        let inventory = try InventoryLoader.parse(sampleInventory, file: "nodes.yaml")
+        #expect(throws: ConfigError(ConfigLocation(file: "nodes.yaml", line: 10, column: 8), "unknown image 'compute'", hint: "published: minimal")) {
+            try inventory.checkImages(["minimal"])
+        }
+    }
+}
+
+/// Publishing into a real boot root, with fault injection at every step.
+@Suite(.serialized) struct PublisherTests {
+    let dir = TemporaryDirectory("publish")
+
+    /// A fake artifacts folder with a valid manifest.
+    func artifact(_ name: String, content: String) throws -> String {
+        let path = dir.path + "/artifacts/\(name)"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        var files: [String: Manifest.FileInfo] = [:]
+        for file in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline"] {
+            try Data("\(name) \(file) \(content)\n".utf8).write(to: URL(fileURLWithPath: path + "/" + file))
+            let info = try sha256File(path + "/" + file)
+            files[file] = .init(sha256: info.digest, size: info.size)
+        }
+        let manifest = Manifest(name: name, toolVersion: "t", recipeDigest: "r", inputDigest: nil, sourceDateEpoch: 0,
+                                kernelVersion: "6.1", cmdline: "console=ttyS0 imagebuild.sha256=\(files["image.tar.gz"]!.sha256)",
+                                imageFormat: "tar.gz", initramfsCompression: "gzip", modules: [], files: files)
+        try manifest.encoded().write(to: URL(fileURLWithPath: path + "/manifest.json"))
+        return path
+    }
+
+    var bootloadersInstalled: Bool { Publisher.bootloaders.allSatisfy { FileManager.default.fileExists(atPath: $0.source) } }
+
+    /// Every file a node could fetch: the boot files and configuration under the
+    /// root's top-level names, and the image versions publish.json points at.
+    func fetchable(_ root: String) throws -> [String: String] {
+        var result: [String: String] = [:]
+        let top = try FileManager.default.contentsOfDirectory(atPath: root).filter { !$0.hasPrefix(".") && $0 != "images" }
+        let names = try sh("cd \(root) && find -L \(top.sorted().joined(separator: " ")) -type f | sort").split(separator: "\n")
+        for name in names { result["./" + name] = try sha256File(root + "/" + name).digest }
+        if let index = try? PublishIndex.read(root: root) {
+            for image in index.images.values {
+                for file in try FileManager.default.contentsOfDirectory(atPath: root + "/" + image.path) {
+                    result["./\(image.path)/\(file)"] = try sha256File(root + "/\(image.path)/\(file)").digest
+                }
+            }
+        }
+        return result
+    }
+
+    @Test func publishesLayoutAndIndex() throws {
+        try #require(bootloadersInstalled, "pxelinux, syslinux-common and ipxe must be installed")
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let root = dir.path + "/tftpboot"
+        let index = try Publisher(root: root, inventory: inventory).publish(artifacts: [try artifact("minimal", content: "v1")])
+        let files = try fetchable(root)
+        let digest = index.images["minimal"]!.digest
+        for name in ["./pxelinux.0", "./lpxelinux.0", "./ldlinux.c32", "./ipxe/undionly.kpxe", "./ipxe/ipxe.efi", "./ipxe/snponly.efi",
+                     "./pxelinux.cfg/default", "./pxelinux.cfg/01-52-54-00-77-00-01", "./pxelinux.cfg/0A4D000B", "./pxelinux.cfg/0A4D006",
+                     "./ipxe/boot.ipxe", "./ipxe/default.ipxe", "./ipxe/nodes/52-54-00-77-00-02.ipxe", "./publish.json",
+                     "./images/minimal/\(digest)/vmlinuz", "./images/minimal/\(digest)/image.tar.gz"] {
+            #expect(files[name] != nil, "\(name) not published")
+        }
+        #expect(files["./pxelinux.cfg/01-52-54-00-77-00-03"] != nil)
+        #expect(files["./pxelinux.cfg/0A4D000B"] == files["./pxelinux.cfg/01-52-54-00-77-00-01"])
+        #expect(index.nodes.map(\.hostname) == ["node001", "node002", "node003"])
+        #expect(try PublishIndex.read(root: root) == index)
+    }
+
+    @Test func refusesAnArtifactThatDoesNotMatchItsManifest() throws {
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let path = try artifact("minimal", content: "v1")
+        try Data("tampered".utf8).write(to: URL(fileURLWithPath: path + "/image.tar.gz"))
+        #expect(throws: PublishError.self) { try Publisher(root: dir.path + "/r", inventory: inventory).publish(artifacts: [path]) }
+    }
+
+    @Test func killedPublishLeavesTheRootWhole() throws {
+        try #require(bootloadersInstalled)
+        let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/.build/debug/imagebuild"
+        let bundled = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/imagebuild"
+        let tool = FileManager.default.isExecutableFile(atPath: bundled) ? bundled : binary
+        try #require(FileManager.default.isExecutableFile(atPath: tool), "imagebuild binary not built")
+        let root = dir.path + "/tftpboot"
+        let nodes = dir.write("nodes.yaml", sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"))
+        let v1 = try artifact("minimal", content: "v1")
+        try sh("\(tool) publish \(v1) --root \(root) --nodes \(nodes)")
+        let before = try fetchable(root)
+        let v2 = try artifact("minimal", content: "v2")
+        for point in ["image-copied", "images-done", "generation-files", "generation-written", "before-switch"] {
+            _ = try? sh("IMAGEBUILD_FAULT=publish:\(point) \(tool) publish \(v2) --root \(root) --nodes \(nodes) 2>/dev/null")
+            #expect(try fetchable(root) == before, "the root changed after a kill at \(point)")
+        }
+        _ = try? sh("IMAGEBUILD_FAULT=publish:after-switch \(tool) publish \(v2) --root \(root) --nodes \(nodes) 2>/dev/null")
+        let after = try fetchable(root)
+        #expect(after != before)
+        #expect(after.keys.contains { $0.hasPrefix("./images/minimal/") && after[$0] == (try? sha256File(v2 + "/vmlinuz").digest) })
+        // A clean publish afterwards clears what the killed ones left, and rollback returns to v1's files.
+        try sh("\(tool) publish \(v2) --root \(root) --nodes \(nodes)")
+        let leftovers = try sh("cd \(root) && find . -name '*.tmp-*'")
+        #expect(leftovers.isEmpty, "left over: \(leftovers)")
+        try sh("\(tool) publish --rollback --root \(root)")
+        try sh("\(tool) publish --rollback --root \(root)")
+        #expect(try fetchable(root) == before, "two rollbacks (v2 -> v2 -> v1) do not give v1's files back")
+    }
+
+    @Test func keepsTheLastNVersions() throws {
+        try #require(bootloadersInstalled)
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let root = dir.path + "/keep"
+        for version in 1...5 {
+            try Publisher(root: root, inventory: inventory, keep: 2).publish(artifacts: [try artifact("minimal", content: "v\(version)")])
+        }
+        let digests = try FileManager.default.contentsOfDirectory(atPath: root + "/images/minimal")
+        #expect(digests.count == 2)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/.publish").filter { $0.hasPrefix("gen-") }.sorted() == ["gen-4", "gen-5"])
+        #expect(try Publisher.rollback(root: root) == 4)
+        #expect(throws: PublishError.self) { try Publisher.rollback(root: root) }
+    }
+
+    @Test func refusesToTakeOverUnmanagedFiles() throws {
+        try #require(bootloadersInstalled)
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let root = dir.path + "/unmanaged"
+        try FileManager.default.createDirectory(atPath: root + "/pxelinux.cfg", withIntermediateDirectories: true)
+        #expect(throws: PublishError.self) { try Publisher(root: root, inventory: inventory).publish(artifacts: [try artifact("minimal", content: "v1")]) }
+    }
+}
