@@ -197,8 +197,9 @@ struct KernelImageTests {
 
             let garbage = dir.appendingPathComponent("garbage.deb")
             try KmodTestSupport.write(Array("!<arch>\nthis is not an ar member header at all".utf8), to: garbage)
-            if case .archive? = kernelError({ _ = try KernelImage.read(garbage) }) {} else {
-                Issue.record("a corrupt package must fail as an archive error")
+            switch kernelError({ _ = try KernelImage.read(garbage) }) {
+            case .archive?, .noDataMember?: break  // how far libarchive gets is its business
+            case let other: Issue.record("a corrupt package must fail as a package error, got \(String(describing: other))")
             }
         }
     }

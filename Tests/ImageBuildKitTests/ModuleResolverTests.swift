@@ -223,8 +223,11 @@ struct ModuleResolverTests {
                 == .missingDependency(module: "a", dependency: "b.ko", directory: "d"))
             #expect(moduleError { _ = try ModuleResolver(kernelVersion: "x", modulesDep: "a.ko:\nb.ko\n", source: "d") }
                 == .malformedLine(path: "d/modules.dep", line: 2, text: "b.ko", reason: "no ':' after the module path"))
-            #expect(moduleError { _ = try ModuleResolver(kernelVersion: "x", modulesDep: "a.ko:\n", modulesAlias: "alias x\n", source: "d") }
-                == .malformedLine(path: "d/modules.alias", line: 1, text: "alias x", reason: "expected 'alias <pattern> <module>'"))
+            // modules.alias is indexed on the first alias lookup, not before.
+            let badAlias = try ModuleResolver(kernelVersion: "x", modulesDep: "a.ko:\n", modulesAlias: "# c\nalias x\n", source: "d")
+            #expect(try badAlias.resolve(["a"]).files == ["a.ko"])
+            #expect(moduleError { _ = try badAlias.resolve(["b"]) }
+                == .malformedLine(path: "d/modules.alias", line: 2, text: "alias x", reason: "expected 'alias <pattern> <module>'"))
             for error in [cycle, unknown, ambiguous, ghost].compactMap({ $0 }) {
                 #expect(error.description.contains("hint:"))
             }
@@ -318,12 +321,13 @@ struct HostModuleResolverTests {
         guard let modprobe else { return nil }
         let base = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
         guard let output = KmodTestSupport.run(modprobe, [
-            "-C", config.path, "-d", base == "/" ? "/" : base, "-S", dir.lastPathComponent, "--show-depends", name,
+            "-C", config.path, "-d", base, "-S", dir.lastPathComponent, "--show-depends", name,
         ]) else { return nil }
+        // kmod prints "insmod <base>/lib/modules/<version>/<path> " (with "//" for base "/").
+        let marker = "/lib/modules/\(dir.lastPathComponent)/"
         return output.split(separator: "\n").compactMap { line in
-            guard line.hasPrefix("insmod ") else { return nil }
-            let path = line.dropFirst("insmod ".count).split(separator: " ").first.map(String.init) ?? ""
-            return path.hasPrefix(dir.path + "/") ? String(path.dropFirst(dir.path.count + 1)) : path
+            guard line.hasPrefix("insmod "), let range = line.range(of: marker) else { return nil }
+            return line[range.upperBound...].split(separator: " ").first.map(String.init)
         }
     }
 
@@ -335,7 +339,9 @@ struct HostModuleResolverTests {
             // ext4: a soft dependency through an alias for two modules.
             for name in Self.requested + ["ext4", "nfsd", "xfs"] {
                 let expected = try #require(Self.kmodOrder(name, in: dir, config: config), "modprobe failed for \(name)")
-                #expect(try resolver.resolve([name]).files == expected, "\(name)")
+                #expect(!expected.isEmpty)
+                let ours = try resolver.resolve([name]).files
+                #expect(ours == expected, "\(name): ours \(ours), kmod \(expected)")
             }
             // btrfs has several softdep lines; kmod 30 uses only the first
             // (kmod issue #33), this resolver all: kmod's order must be a
@@ -343,7 +349,9 @@ struct HostModuleResolverTests {
             if let kmod = Self.kmodOrder("btrfs", in: dir, config: config) {
                 let ours = try resolver.resolve(["btrfs"]).files
                 var it = ours.makeIterator()
-                #expect(kmod.allSatisfy { wanted in while let next = it.next() { if next == wanted { return true } }; return false })
+                #expect(kmod.allSatisfy { wanted in while let next = it.next() { if next == wanted { return true } }; return false },
+                        "btrfs: ours \(ours), kmod \(kmod)")
+                #expect(ours.count >= kmod.count)
             }
         }
     }

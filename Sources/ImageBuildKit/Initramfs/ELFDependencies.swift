@@ -106,7 +106,7 @@ public struct ELFClosure: Sendable, Equatable {
 /// (`$LIB`, `$PLATFORM`) is skipped. A candidate of another class, byte order
 /// or machine is skipped, as ld.so does. LD_LIBRARY_PATH and glibc-hwcaps
 /// subdirectories are not used: an image has neither at build time.
-public struct ELFDependencies {
+public struct ELFDependencies: Sendable {
     /// Host path of the root.
     public let root: String
     private var tree: RootedTree
@@ -304,7 +304,7 @@ public struct ELFDependencies {
 /// Paths inside a root with chroot semantics: an absolute symlink target
 /// starts again at the root, ".." stops at the root, so nothing resolves
 /// outside it. Every link met is reported so it can be recreated.
-struct RootedTree {
+struct RootedTree: Sendable {
     struct Resolution: Sendable {
         /// The final path inside the root, with no symlink in it.
         let path: String

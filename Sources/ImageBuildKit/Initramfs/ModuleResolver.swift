@@ -82,7 +82,7 @@ public struct ModuleResolver: Sendable {
     public func resolve(_ names: [String]) throws(ModuleResolverError) -> ModuleResolution {
         var walk = ModuleWalk(index: index)
         for raw in names {
-            switch try index.lookupRequested(raw) {
+            switch try walk.lookupRequested(raw) {
             case .module(let id):
                 try walk.visit(id)
             case .builtIn(let name):
@@ -177,104 +177,82 @@ public struct ModuleResolution: Sendable, Equatable {
 
 // MARK: - Index (pure)
 
-/// The parsed metadata of one modules directory.
+/// The parsed metadata of one modules directory. The files are ASCII and
+/// parsed as bytes; modules.alias (~30 000 lines, 1.3 MB on Debian) is only
+/// indexed when a name actually needs an alias lookup (`AliasIndex`).
 struct ModuleIndex: Sendable {
     struct Entry: Sendable {
         let name: String
         let path: String
         /// Dependency module ids, in modules.dep order (load from the last).
-        var deps: [Int] = []
-        var depPaths: [String]
-        let line: String
+        var deps: [Int]
+        /// The line's byte range in `depText`, for the trimmed modules.dep.
+        let line: Range<Int>
     }
 
-    enum Requested { case module(Int), builtIn(String) }
-
     let directory: String
-    var modules: [Entry] = []
-    var byName: [String: Int] = [:]
-    var builtIn: Set<String> = []
-    var builtinText: String
-    /// Alias (normalised) -> module names, for patterns without wildcards.
-    var exactAliases: [String: [String]] = [:]
-    /// Patterns with wildcards, matched with fnmatch like kmod.
-    var patternAliases: [(pattern: String, module: String)] = []
-    var aliasLines: [(module: String, line: String)] = []
-    var builtinAliases: [String: [String]] = [:]
-    var softPre: [String: [String]] = [:]
-    var softdepLines: [(module: String, line: String)] = []
-    var orderPaths: [String] = []
+    private(set) var modules: [Entry] = []
+    private(set) var byName: [String: Int] = [:]
+    private(set) var builtIn: Set<String> = []
+    let builtinText: String
+    let depText: [UInt8]
+    let aliasText: [UInt8]
+    let builtinModinfo: [UInt8]
+    private(set) var softPre: [String: [String]] = [:]
+    private(set) var softdepLines: [(module: String, line: String)] = []
+    private(set) var orderPaths: [String] = []
 
     init(directory: String, dep: [UInt8], builtin: [UInt8], alias: [UInt8], softdep: [UInt8], order: [UInt8], builtinModinfo: [UInt8]) throws(ModuleResolverError) {
         self.directory = directory
         self.builtinText = String(decoding: builtin, as: UTF8.self)
+        self.depText = dep
+        self.aliasText = alias
+        self.builtinModinfo = builtinModinfo
 
+        // modules.dep: "path: dep dep ...". Dependencies are looked up by
+        // their path bytes first (one hash, no string), by name as a fallback.
         let depPath = directory + "/modules.dep"
-        for (number, line) in Self.lines(dep) {
-            guard let colon = line.firstIndex(of: ":") else {
-                throw .malformedLine(path: depPath, line: number, text: line, reason: "no ':' after the module path")
+        var byPath: [ArraySlice<UInt8>: Int] = [:]
+        var pending: [[ArraySlice<UInt8>]] = []
+        for (number, line) in Self.byteLines(dep) {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else {
+                throw .malformedLine(path: depPath, line: number, text: Self.text(line), reason: "no ':' after the module path")
             }
-            let path = String(line[..<colon])
-            guard !path.isEmpty, !path.contains(" ") else {
-                throw .malformedLine(path: depPath, line: number, text: line, reason: "empty or spaced module path")
+            let path = line[line.startIndex..<colon]
+            guard !path.isEmpty, !path.contains(0x20), !path.contains(0x09) else {
+                throw .malformedLine(path: depPath, line: number, text: Self.text(line), reason: "empty or spaced module path")
             }
-            let deps = line[line.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             let name = Self.moduleName(path)
-            if byName[name] == nil {
-                byName[name] = modules.count
-                modules.append(Entry(name: name, path: path, depPaths: deps, line: line))
-            }
+            guard byName[name] == nil else { continue }
+            byName[name] = modules.count
+            byPath[path] = modules.count
+            modules.append(Entry(name: name, path: Self.text(path), deps: [], line: line.startIndex..<line.endIndex))
+            pending.append(Self.fields(line[(colon + 1)...]))
         }
-        for id in modules.indices {
+        for (id, depPaths) in pending.enumerated() {
             var ids: [Int] = []
-            for depPath in modules[id].depPaths {
-                guard let dep = byName[Self.moduleName(depPath)] else {
-                    throw .missingDependency(module: modules[id].name, dependency: depPath, directory: directory)
+            ids.reserveCapacity(depPaths.count)
+            for depPath in depPaths {
+                guard let dep = byPath[depPath] ?? byName[Self.moduleName(depPath)] else {
+                    throw .missingDependency(module: modules[id].name, dependency: Self.text(depPath), directory: directory)
                 }
                 ids.append(dep)
             }
             modules[id].deps = ids
         }
 
-        for (_, line) in Self.lines(builtin) {
+        for (_, line) in Self.byteLines(builtin) {
             builtIn.insert(Self.moduleName(line))
         }
 
-        let aliasPath = directory + "/modules.alias"
-        for (number, line) in Self.lines(alias) {
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard fields.count == 3, fields[0] == "alias" else {
-                throw .malformedLine(path: aliasPath, line: number, text: line, reason: "expected 'alias <pattern> <module>'")
-            }
-            let pattern = Self.normaliseAlias(fields[1])
-            let module = Self.normaliseName(fields[2])
-            aliasLines.append((module, line))
-            if pattern.contains(where: { $0 == "*" || $0 == "?" || $0 == "[" }) {
-                patternAliases.append((pattern, module))
-            } else {
-                exactAliases[pattern, default: []].append(module)
-            }
-        }
-
-        // modules.builtin.modinfo: NUL-separated "module.key=value" records.
-        for record in builtinModinfo.split(separator: 0) {
-            guard let dot = record.firstIndex(of: UInt8(ascii: ".")),
-                  let equals = record[dot...].firstIndex(of: UInt8(ascii: "=")),
-                  String(decoding: record[(dot + 1)..<equals], as: UTF8.self) == "alias"
-            else { continue }
-            let module = Self.normaliseName(String(decoding: record[..<dot], as: UTF8.self))
-            let value = Self.normaliseAlias(String(decoding: record[(equals + 1)...], as: UTF8.self))
-            builtinAliases[value, default: []].append(module)
-        }
-
         let softPath = directory + "/modules.softdep"
-        for (number, line) in Self.lines(softdep) {
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        for (number, line) in Self.byteLines(softdep) {
+            let fields = Self.fields(line).map(Self.text)
             guard fields.count >= 2, fields[0] == "softdep" else {
-                throw .malformedLine(path: softPath, line: number, text: line, reason: "expected 'softdep <module> pre: ... post: ...'")
+                throw .malformedLine(path: softPath, line: number, text: Self.text(line), reason: "expected 'softdep <module> pre: ... post: ...'")
             }
             let module = Self.normaliseName(fields[1])
-            softdepLines.append((module, line))
+            softdepLines.append((module, Self.text(line)))
             // Tokens before "pre:"/"post:" belong to neither list (kmod ignores them).
             var inPre = false
             for token in fields.dropFirst(2) {
@@ -286,94 +264,92 @@ struct ModuleIndex: Sendable {
             }
         }
 
-        orderPaths = Self.lines(order).map { $0.1 }
+        orderPaths = Self.byteLines(order).map { Self.text($0.1) }
     }
 
-    /// Non-empty, non-comment lines with their 1-based numbers.
-    static func lines(_ bytes: [UInt8]) -> [(Int, String)] {
-        var result: [(Int, String)] = []
-        var number = 0
-        for raw in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            number += 1
-            var line = Substring(decoding: raw, as: UTF8.self)
-            while let last = line.last, last == " " || last == "\t" || last == "\r" { line.removeLast() }
-            guard let first = line.first, first != "#" else { continue }
-            result.append((number, String(line)))
+    // MARK: Byte helpers
+
+    static func text(_ bytes: ArraySlice<UInt8>) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    /// Non-empty, non-comment lines, right-trimmed, with 1-based numbers.
+    static func byteLines(_ bytes: [UInt8]) -> [(Int, ArraySlice<UInt8>)] {
+        // memchr finds the line ends: this runs over modules.alias on every
+        // resolve, and byte-wise Swift loops are slow in debug builds.
+        let ranges: [(Int, Range<Int>)] = bytes.withUnsafeBufferPointer { buffer in
+            guard let base = buffer.baseAddress else { return [] }
+            var result: [(Int, Range<Int>)] = []
+            var number = 0
+            var start = 0
+            while start < buffer.count {
+                number += 1
+                let found: UnsafeMutableRawPointer? = memchr(base + start, 0x0A, buffer.count - start)
+                let end = found.map { UnsafeRawPointer($0) - UnsafeRawPointer(base) } ?? buffer.count
+                var last = end
+                while last > start && (base[last - 1] == 0x20 || base[last - 1] == 0x09 || base[last - 1] == 0x0D) { last -= 1 }
+                if last > start && base[start] != UInt8(ascii: "#") {
+                    result.append((number, start..<last))
+                }
+                start = end + 1
+            }
+            return result
         }
-        return result
+        return ranges.map { ($0.0, bytes[$0.1]) }
+    }
+
+    static func fields(_ line: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
+        line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 })
     }
 
     /// "kernel/net/core/failover.ko.zst" -> "failover"; "crc32c-intel" -> "crc32c_intel".
-    static func moduleName(_ path: String) -> String {
-        let base = path.split(separator: "/" as Character).last.map(String.init) ?? path
-        return normaliseName(base.prefix(while: { $0 != "." }))
+    static func moduleName(_ path: ArraySlice<UInt8>) -> String {
+        let start = path.lastIndex(of: UInt8(ascii: "/")).map { $0 + 1 } ?? path.startIndex
+        let end = path[start...].firstIndex(of: UInt8(ascii: ".")) ?? path.endIndex
+        return normaliseName(path[start..<end])
     }
 
-    static func normaliseName<S: StringProtocol>(_ name: S) -> String {
-        String(name.map { $0 == "-" ? "_" : $0 })
+    static func normaliseName(_ name: ArraySlice<UInt8>) -> String {
+        name.contains(UInt8(ascii: "-")) ? String(decoding: name.map { $0 == 0x2D ? 0x5F : $0 }, as: UTF8.self) : text(name)
+    }
+
+    static func normaliseName(_ name: String) -> String {
+        normaliseName(Array(name.utf8)[...])
     }
 
     /// kmod's alias normalisation: `-` becomes `_` except inside `[...]`.
-    static func normaliseAlias<S: StringProtocol>(_ alias: S) -> String {
+    /// Also tells whether the alias holds fnmatch wildcards.
+    static func normaliseAlias(_ alias: ArraySlice<UInt8>) -> (String, wildcard: Bool) {
         var inBracket = false
-        var out = ""
-        out.reserveCapacity(alias.utf8.count)
-        for c in alias {
-            switch c {
-            case "[": inBracket = true; out.append(c)
-            case "]": inBracket = false; out.append(c)
-            case "-" where !inBracket: out.append("_")
-            default: out.append(c)
+        var wildcard = false
+        var out = [UInt8]()
+        out.reserveCapacity(alias.count)
+        for byte in alias {
+            switch byte {
+            case UInt8(ascii: "["): inBracket = true; wildcard = true; out.append(byte)
+            case UInt8(ascii: "]"): inBracket = false; out.append(byte)
+            case UInt8(ascii: "*"), UInt8(ascii: "?"): wildcard = true; out.append(byte)
+            case UInt8(ascii: "-") where !inBracket: out.append(UInt8(ascii: "_"))
+            default: out.append(byte)
             }
         }
-        return out
+        return (String(decoding: out, as: UTF8.self), wildcard)
     }
 
-    /// Modules an alias stands for, in file order, each once; built-in
-    /// modules that carry the alias come back in `builtIn`.
-    func aliasTargets(_ name: String) -> (modules: [String], builtIn: [String]) {
-        let key = Self.normaliseAlias(name)
-        var seen: Set<String> = []
-        var found: [String] = []
-        for module in exactAliases[key] ?? [] where seen.insert(module).inserted { found.append(module) }
-        for (pattern, module) in patternAliases where !seen.contains(module) && fnmatch(pattern, key, 0) == 0 {
-            seen.insert(module)
-            found.append(module)
-        }
-        var builtins: [String] = []
-        for module in builtinAliases[key] ?? [] where seen.insert(module).inserted { builtins.append(module) }
-        let modules = found.filter { byName[$0] != nil }
-        builtins += found.filter { byName[$0] == nil && builtIn.contains($0) }
-        return (modules, builtins)
-    }
+    // MARK: Lookups
 
-    func lookupRequested(_ raw: String) throws(ModuleResolverError) -> Requested {
-        let name = Self.normaliseName(raw.trimmingCharacters(in: .whitespaces))
-        if let id = byName[name] { return .module(id) }
-        if builtIn.contains(name) { return .builtIn(name) }
-        let (modules, builtins) = aliasTargets(name)
-        let all = modules + builtins
-        if all.count > 1 {
-            throw .ambiguousAlias(name: raw, directory: directory, candidates: all)
-        }
-        if let module = modules.first { return .module(byName[module]!) }
-        if let builtin = builtins.first { return .builtIn(builtin) }
-        throw .unknownModule(name: raw, directory: directory, suggestions: suggestions(for: name))
-    }
-
-    /// Up to three known names closest to `name` by edit distance (or that
-    /// start with it), for the "did you mean" hint.
+    /// Up to three known names closest to `name`, for the "did you mean"
+    /// hint: names it is a prefix of first ("mlx5" -> "mlx5_core"), then by
+    /// edit distance.
     func suggestions(for name: String) -> [String] {
         let query = Array(name.utf8)
         let limit = max(2, query.count / 3)
-        var scored: [(Int, String)] = []
+        var scored: [(Int, Int, String)] = []
         for candidate in Set(modules.map(\.name)).union(builtIn) {
             let bytes = Array(candidate.utf8)
             let isPrefix = query.count >= 3 && bytes.starts(with: query)
-            let distance = ModuleNameDistance.levenshtein(query, bytes, limit: isPrefix ? Int.max : limit)
-            if let distance, distance <= limit || isPrefix { scored.append((distance, candidate)) }
+            guard let distance = ModuleNameDistance.levenshtein(query, bytes, limit: isPrefix ? Int.max : limit) else { continue }
+            scored.append((isPrefix ? 0 : 1, distance, candidate))
         }
-        return scored.sorted { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }.prefix(3).map(\.1)
+        return scored.sorted { ($0.0, $0.1, $0.2) < ($1.0, $1.1, $1.2) }.prefix(3).map(\.2)
     }
 
     func resolution(kernelVersion: String, order: [Int], skipped: [ModuleResolution.Skip]) -> ModuleResolution {
@@ -381,30 +357,119 @@ struct ModuleIndex: Sendable {
         let chosenNames = Set(order.map { modules[$0].name })
         let chosenPaths = Set(order.map { modules[$0].path })
         func text(_ lines: [String]) -> String { lines.map { $0 + "\n" }.joined() }
+        // modules.alias lines whose last field is a chosen module, found
+        // without indexing the file.
+        var aliasLines: [String] = []
+        for (_, line) in Self.byteLines(aliasText) {
+            guard let space = line.lastIndex(where: { $0 == 0x20 || $0 == 0x09 }),
+                  chosenNames.contains(Self.normaliseName(line[(space + 1)...]))
+            else { continue }
+            aliasLines.append(Self.text(line))
+        }
         return ModuleResolution(
             kernelVersion: kernelVersion,
             modules: order.map { ModuleResolution.Module(name: modules[$0].name, path: modules[$0].path) },
             skipped: skipped,
-            modulesDep: text(modules.indices.filter { chosen.contains($0) }.map { modules[$0].line }),
+            modulesDep: text(modules.indices.filter { chosen.contains($0) }.map { String(decoding: depText[modules[$0].line], as: UTF8.self) }),
             modulesBuiltin: builtinText,
             modulesOrder: text(orderPaths.filter { chosenPaths.contains($0) }),
-            modulesAlias: text(aliasLines.filter { chosenNames.contains($0.module) }.map(\.line)),
+            modulesAlias: text(aliasLines),
             modulesSoftdep: text(softdepLines.filter { chosenNames.contains($0.module) }.map(\.line)))
+    }
+}
+
+/// modules.alias and the aliases of built-in modules, indexed: exact
+/// aliases in a dictionary, wildcard patterns matched with fnmatch as kmod does.
+struct AliasIndex {
+    private var exact: [String: [String]] = [:]
+    private var patterns: [(pattern: String, module: String)] = []
+    private var builtinExact: [String: [String]] = [:]
+    private var builtinPatterns: [(pattern: String, module: String)] = []
+
+    init(_ index: ModuleIndex) throws(ModuleResolverError) {
+        let path = index.directory + "/modules.alias"
+        let keyword = Array("alias".utf8)
+        for (number, line) in ModuleIndex.byteLines(index.aliasText) {
+            let fields = ModuleIndex.fields(line)
+            guard fields.count == 3, fields[0].elementsEqual(keyword) else {
+                throw .malformedLine(path: path, line: number, text: ModuleIndex.text(line), reason: "expected 'alias <pattern> <module>'")
+            }
+            let module = ModuleIndex.normaliseName(fields[2])
+            let (pattern, wildcard) = ModuleIndex.normaliseAlias(fields[1])
+            if wildcard { patterns.append((pattern, module)) } else { exact[pattern, default: []].append(module) }
+        }
+        // modules.builtin.modinfo: NUL-separated "module.key=value" records.
+        let aliasKey = Array("alias".utf8)
+        for record in index.builtinModinfo.split(separator: 0) {
+            guard let dot = record.firstIndex(of: UInt8(ascii: ".")),
+                  let equals = record[dot...].firstIndex(of: UInt8(ascii: "=")),
+                  record[(dot + 1)..<equals].elementsEqual(aliasKey)
+            else { continue }
+            let module = ModuleIndex.normaliseName(record[..<dot])
+            let (value, wildcard) = ModuleIndex.normaliseAlias(record[(equals + 1)...])
+            if wildcard { builtinPatterns.append((value, module)) } else { builtinExact[value, default: []].append(module) }
+        }
+    }
+
+    /// Modules an alias stands for, in file order, each once; built-in
+    /// modules that carry the alias come back in `builtIn`.
+    func targets(_ name: String, in index: ModuleIndex) -> (modules: [String], builtIn: [String]) {
+        let key = ModuleIndex.normaliseAlias(Array(name.utf8)[...]).0
+        var seen: Set<String> = []
+        var found: [String] = []
+        for module in exact[key] ?? [] where seen.insert(module).inserted { found.append(module) }
+        for (pattern, module) in patterns where !seen.contains(module) && fnmatch(pattern, key, 0) == 0 {
+            seen.insert(module)
+            found.append(module)
+        }
+        var builtins: [String] = []
+        for module in builtinExact[key] ?? [] where seen.insert(module).inserted { builtins.append(module) }
+        for (pattern, module) in builtinPatterns where !seen.contains(module) && fnmatch(pattern, key, 0) == 0 {
+            seen.insert(module)
+            builtins.append(module)
+        }
+        let modules = found.filter { index.byName[$0] != nil }
+        builtins += found.filter { index.byName[$0] == nil && index.builtIn.contains($0) }
+        return (modules, builtins)
     }
 }
 
 /// Depth-first walk with an explicit stack (no recursion limit), so a long
 /// chain cannot overflow and a cycle is an error instead of a hang.
 struct ModuleWalk {
+    enum Requested { case module(Int), builtIn(String) }
+
     let index: ModuleIndex
     private(set) var order: [Int] = []
     private(set) var skipped: [ModuleResolution.Skip] = []
     private var state: [Int: Bool] = [:]  // false: on the stack, true: done
+    private var aliasIndex: AliasIndex?
 
     init(index: ModuleIndex) { self.index = index }
 
     mutating func note(_ skip: ModuleResolution.Skip) {
         if !skipped.contains(skip) { skipped.append(skip) }
+    }
+
+    private mutating func aliases() throws(ModuleResolverError) -> AliasIndex {
+        if let aliasIndex { return aliasIndex }
+        let built = try AliasIndex(index)
+        aliasIndex = built
+        return built
+    }
+
+    mutating func lookupRequested(_ raw: String) throws(ModuleResolverError) -> Requested {
+        let name = ModuleIndex.normaliseName(raw.trimmingCharacters(in: .whitespaces))
+        if let id = index.byName[name] { return .module(id) }
+        if index.builtIn.contains(name) { return .builtIn(name) }
+        let (modules, builtins) = try aliases().targets(name, in: index)
+        let all = modules + builtins
+        if all.count > 1 {
+            throw .ambiguousAlias(name: raw, directory: index.directory, candidates: all)
+        }
+        if let module = modules.first { return .module(index.byName[module]!) }
+        if let builtin = builtins.first { return .builtIn(builtin) }
+        throw .unknownModule(name: raw, directory: index.directory, suggestions: index.suggestions(for: name))
     }
 
     private struct Frame {
@@ -415,7 +480,7 @@ struct ModuleWalk {
         var next = 0
     }
 
-    private mutating func frame(_ id: Int) -> Frame {
+    private mutating func frame(_ id: Int) throws(ModuleResolverError) -> Frame {
         var children = index.modules[id].deps.reversed().map { (id: $0, soft: false) }
         let name = index.modules[id].name
         for pre in index.softPre[name] ?? [] {
@@ -425,7 +490,7 @@ struct ModuleWalk {
             } else if index.builtIn.contains(normal) {
                 continue
             } else {
-                let (modules, builtins) = index.aliasTargets(normal)
+                let (modules, builtins) = try aliases().targets(normal, in: index)
                 if modules.isEmpty && builtins.isEmpty {
                     note(.softDependencyNotFound(name: pre, neededBy: name))
                 }
@@ -437,7 +502,7 @@ struct ModuleWalk {
 
     mutating func visit(_ root: Int) throws(ModuleResolverError) {
         if state[root] == true { return }
-        var stack = [frame(root)]
+        var stack = [try frame(root)]
         state[root] = false
         while !stack.isEmpty {
             let top = stack.count - 1
@@ -463,7 +528,7 @@ struct ModuleWalk {
                 throw .dependencyCycle(chain: chain, directory: index.directory)
             case nil:
                 state[child.id] = false
-                stack.append(frame(child.id))
+                stack.append(try frame(child.id))
             }
         }
     }
