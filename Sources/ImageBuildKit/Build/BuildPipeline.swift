@@ -247,9 +247,12 @@ public final class BuildPipeline {
     func buildInitramfs(tree: RootfsTree, kernel: LocatedKernel, epoch: Int64, to path: String) throws -> [String] {
         let spec = recipe.initramfs
         var plan = ArchivePlan(epoch: epoch)
-        for dir in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/etc", "/proc", "/sys", "/dev", "/run", "/newroot", "/root", "/lib/modules"] {
+        // Merged /usr, as Debian 12: a library closure bringing `/lib -> usr/lib`
+        // then agrees with where the modules are.
+        for dir in ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/lib/modules", "/etc", "/proc", "/sys", "/dev", "/run", "/newroot", "/root"] {
             plan.addDirectory(dir)
         }
+        plan.addSymlink("/lib", target: "usr/lib")
         plan.addDirectory("/tmp", mode: 0o1777)
         plan.addDevice("/dev/console", .characterDevice(major: 5, minor: 1), mode: 0o600)
         plan.addDevice("/dev/null", .characterDevice(major: 1, minor: 3), mode: 0o666)
@@ -291,12 +294,12 @@ public final class BuildPipeline {
                 throw BuildError.modules("\(spec.location.map { "\($0)" } ?? recipe.file): \(error)")
             }
             for skip in resolution.skipped { reporter?.warning("module \(skip)") }
-            let base = "/lib/modules/\(kernel.version)"
+            let base = "/usr/lib/modules/\(kernel.version)"
             for module in resolution.modules {
                 try plan.addHostFile(base + "/" + module.path, from: dir + "/" + module.path, mode: 0o644)
             }
             for file in resolution.metadataFiles { plan.addText(base + "/" + file.name, file.contents) }
-            plan.addText("/modules.txt", resolution.modules.map { "\($0.path)\n" }.joined())
+            plan.addText("/modules.txt", resolution.modulesTxt)
             moduleNames = resolution.modules.map(\.name)
         } else {
             plan.addText("/modules.txt", "")

@@ -72,7 +72,7 @@ public enum StageOneScripts {
                 [ -n "$module" ] || continue
                 name=${module##*/}; name=${name%%.ko*}
                 grep -q "^$(echo "$name" | tr - _) " /proc/modules 2>/dev/null && continue
-                insmod "/lib/modules/$(uname -r)/$module" 2>/tmp/insmod.err ||
+                insmod "$module" 2>/tmp/insmod.err ||
                     grep -q 'File exists' /tmp/insmod.err || say "warning: $name: $(cat /tmp/insmod.err)"
             done < /modules.txt
         fi
