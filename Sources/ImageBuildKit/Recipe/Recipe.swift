@@ -118,10 +118,6 @@ public struct KernelSpec: Sendable, Equatable {
     public var modulesDirectory: String?
 }
 
-public enum Compression: String, Sendable, Equatable, CaseIterable {
-    case gzip, zstd, xz, none
-}
-
 public enum OnFail: String, Sendable, Equatable, CaseIterable {
     case shell, reboot
 }
