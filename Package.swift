@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -48,6 +51,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .executableTarget(
@@ -60,7 +66,10 @@ let package = Package(
         ),
         .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"]),
-        .testTarget(name: "BootServerTests", dependencies: ["BootServer", "BootProtocols"]),
+        .testTarget(
+            name: "BootServerTests",
+            dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", .product(name: "HummingbirdTesting", package: "hummingbird")]
+        ),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit"]),
     ]
 )
