@@ -76,7 +76,9 @@ public struct TFTPNegotiatedOptions: Sendable, Hashable, CustomStringConvertible
                 acknowledged.append(name: "timeout", value: option.value)
             case "tsize":
                 // Only in octet mode: the netascii size on the wire is not known without converting the file.
-                guard request.mode == .octet, parseDecimal(option.value) != nil else { continue }
+                // Not for an empty file either: curl takes "tsize 0" in an OACK for an illegal operation and
+                // aborts, and declining an option is always allowed (RFC 2347).
+                guard request.mode == .octet, fileSize > 0, parseDecimal(option.value) != nil else { continue }
                 result.transferSize = fileSize
                 acknowledged.append(name: "tsize", value: String(fileSize))
             default:

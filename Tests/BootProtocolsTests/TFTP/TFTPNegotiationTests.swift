@@ -48,6 +48,9 @@ struct TFTPNegotiationTests {
         #expect(negotiate(["tsize": "0"], size: 123_456).optionAcknowledgement?["tsize"] == "123456")
         #expect(negotiate(["tsize": "0"], size: 123_456).transferSize == 123_456)
         #expect(negotiate(["tsize": "0"], mode: .netascii).optionAcknowledgement == nil)
+        // An empty file gets no tsize (curl rejects "tsize 0"); with nothing else accepted there is no OACK.
+        #expect(negotiate(["tsize": "0"], size: 0).optionAcknowledgement == nil)
+        #expect(negotiate(["tsize": "0", "blksize": "1468"], size: 0).optionAcknowledgement == ["blksize": "1468"])
     }
 
     @Test func timeoutAcceptedOnlyInRange() {
