@@ -1,0 +1,456 @@
+import BootProtocols
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Read-only TFTP server (RFC 1350, 2347, 2348, 2349, 7440) on SwiftNIO.
+///
+/// One listening socket takes requests; each transfer gets its own channel on an ephemeral port
+/// (RFC 1350's transfer ID), spread over the event loop group: no thread or process per transfer.
+/// The protocol itself is `TFTPReadSession` (BootProtocols); the handlers here only carry out its actions.
+public actor TFTPServer {
+    public nonisolated let configuration: TFTPServerConfiguration
+    private let logger: Logger
+    private let group: any EventLoopGroup
+    private let observer: (@Sendable (TFTPTransferReport) -> Void)?
+    private var listener: (channel: any Channel, handler: NIOLoopBound<TFTPListenerHandler>)?
+
+    /// - Parameter observer: called once per request (served, aborted, failed or refused), on an event
+    ///   loop thread: keep it short (the boot timeline appends a record).
+    public init(configuration: TFTPServerConfiguration, logger: Logger,
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                observer: (@Sendable (TFTPTransferReport) -> Void)? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.group = eventLoopGroup
+        self.observer = observer
+    }
+
+    /// Binds the listening socket and starts serving; returns the bound address (useful with port 0).
+    @discardableResult
+    public func start() async throws -> SocketAddress {
+        guard listener == nil else { throw TFTPServerError.alreadyRunning }
+        guard let root = TFTPFileStore.canonicalRoot(configuration.root) else {
+            throw TFTPServerError.rootNotFound(configuration.root)
+        }
+        let configuration = self.configuration
+        let logger = self.logger
+        let group = self.group
+        let observer = self.observer
+        let channel = try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            // A boot storm sends hundreds of RRQs at once; the kernel's default buffer (~200 KiB, a few
+            // hundred datagrams) drops the rest, and each drop costs that client a multi-second retry.
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(configuration.listenerReceiveBufferSize))
+            .channelOption(.datagramVectorReadMessageCount, value: 32)
+            // Vector reads split one receive buffer evenly between the messages: give each 2 KiB, more
+            // than any request (RFC 1350 requests fit 512 bytes), or long RRQs arrive truncated.
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 32 * 2048))
+            .channelOption(.maxMessagesPerRead, value: 8)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let store = TFTPFileStore(root: root, cacheFileLimit: configuration.cacheFileSizeLimit,
+                                              cacheTotalLimit: configuration.cacheTotalSizeLimit,
+                                              requireWorldReadable: configuration.requireWorldReadable)
+                    let handler = TFTPListenerHandler(configuration: configuration, store: store, group: group,
+                                                      logger: logger, observer: observer)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        let handler = try await channel.eventLoop.submit {
+            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: TFTPListenerHandler.self), eventLoop: channel.eventLoop)
+        }.get()
+        listener = (channel, handler)
+        let address = channel.localAddress!
+        logger.info("TFTP server listening", metadata: ["address": "\(address)", "root": "\(root)"])
+        return address
+    }
+
+    /// Closes the listening socket and every running transfer.
+    public func stop() async {
+        guard let listener else { return }
+        self.listener = nil
+        let handler = listener.handler
+        try? await listener.channel.eventLoop.submit { handler.value.closeTransfers() }.get()
+        try? await listener.channel.close()
+        logger.info("TFTP server stopped")
+    }
+
+    /// Serves until the task is cancelled (or `stop()` is called), for use inside a service group.
+    public func run() async throws {
+        if listener == nil { try await start() }
+        guard let channel = listener?.channel else { return }
+        try await withTaskCancellationHandler {
+            try await channel.closeFuture.get()
+        } onCancel: {
+            Task { await self.stop() }
+        }
+    }
+
+    /// The bound address while running.
+    public var localAddress: SocketAddress? { listener?.channel.localAddress }
+
+    /// Totals since start.
+    public func statistics() async throws -> TFTPServerStatistics {
+        guard let listener else { return TFTPServerStatistics() }
+        let handler = listener.handler
+        return try await listener.channel.eventLoop.submit { handler.value.snapshot() }.get()
+    }
+}
+
+/// Takes requests on the listening port. Owns all cross-transfer state (limits, cache, totals) and lives
+/// on one event loop, so none of it needs a lock; transfers on other loops report back with `execute`.
+final class TFTPListenerHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    private let configuration: TFTPServerConfiguration
+    private let store: TFTPFileStore
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let observer: (@Sendable (TFTPTransferReport) -> Void)?
+    private let metrics = TFTPServerMetrics()
+    private var context: ChannelHandlerContext?
+    /// A running transfer; its channel is nil while the socket is being bound.
+    private struct Transfer {
+        var id: UInt64
+        var request: TFTPRequest
+        var channel: (any Channel)?
+    }
+
+    /// Running transfers by client endpoint.
+    private var transfers: [SocketAddress: Transfer] = [:]
+    private var nextTransferID: UInt64 = 0
+    private var transfersPerClient: [String: Int] = [:]
+    private var statistics = TFTPServerStatistics()
+    private var closing = false
+
+    init(configuration: TFTPServerConfiguration, store: TFTPFileStore, group: any EventLoopGroup,
+         logger: Logger, observer: (@Sendable (TFTPTransferReport) -> Void)?) {
+        self.configuration = configuration
+        self.store = store
+        self.group = group
+        self.logger = logger
+        self.observer = observer
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func snapshot() -> TFTPServerStatistics {
+        var snapshot = statistics
+        snapshot.activeTransfers = transfers.count
+        snapshot.cacheHits = store.cacheHits
+        snapshot.cacheMisses = store.cacheMisses
+        return snapshot
+    }
+
+    func closeTransfers() {
+        closing = true
+        for case let channel? in transfers.values.map(\.channel) {
+            channel.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        let client = envelope.remoteAddress
+        let packet: TFTPPacket
+        do {
+            packet = try TFTPPacket.decode(envelope.data)
+        } catch {
+            // Answer only what claims to be a request; anything else on this port is noise.
+            if let opcode = envelope.data.getInteger(at: envelope.data.readerIndex, as: UInt16.self), opcode == 1 || opcode == 2 {
+                reject(client: client, path: "", code: .illegalOperation, message: error.description,
+                       reason: "malformed request: \(error)", level: .notice)
+            } else {
+                logger.debug("ignoring undecodable datagram on the TFTP port", metadata: ["client": "\(client)", "reason": "\(error)"])
+            }
+            return
+        }
+        switch packet {
+        case .readRequest(let request):
+            read(request, from: client, context: context)
+        case .writeRequest(let request):
+            reject(client: client, path: request.filename, code: .accessViolation, message: "read-only server",
+                   reason: "write request refused: this server is read-only", level: .notice)
+        case .data, .acknowledgement, .error, .optionAcknowledgement:
+            logger.debug("ignoring \(packet.opcode) on the TFTP request port", metadata: ["client": "\(client)"])
+        }
+    }
+
+    private func read(_ request: TFTPRequest, from client: SocketAddress, context: ChannelHandlerContext) {
+        let clientKey = client.ipAddress ?? "\(client)"
+        if let running = transfers[client] {
+            if running.request == request {
+                // The client re-sent its RRQ before our first answer reached it; the running session's own
+                // retransmission covers that, so a second transfer would only compete with the first.
+                statistics.duplicateRequests += 1
+                logger.debug("duplicate read request ignored", metadata: ["client": "\(client)", "file": "\(request.filename)"])
+                return
+            }
+            // A different request from the same port: the client has moved on (PXE ROMs send the real
+            // RRQ from the probe's port right after aborting it, and that ERROR may still be in flight
+            // on the transfer's own loop). The old transfer is superseded.
+            transfers[client] = nil
+            release(clientKey)
+            running.channel?.close(promise: nil)
+        }
+        guard !closing else { return }
+        guard transfersPerClient[clientKey, default: 0] < configuration.maximumTransfersPerClient else {
+            reject(client: client, path: request.filename, code: .notDefined, message: "too many concurrent transfers",
+                   reason: "client already has \(configuration.maximumTransfersPerClient) transfers running", level: .warning)
+            return
+        }
+        guard transfers.count < configuration.maximumTransfers else {
+            reject(client: client, path: request.filename, code: .notDefined, message: "server busy",
+                   reason: "\(configuration.maximumTransfers) transfers running", level: .warning)
+            return
+        }
+        guard request.mode != .mail else {
+            reject(client: client, path: request.filename, code: .illegalOperation, message: "mail mode is not supported",
+                   reason: "mail mode requested", level: .notice)
+            return
+        }
+        let content: TFTPServedContent
+        do {
+            content = try store.open(request.filename)
+        } catch {
+            // pxelinux probes many config names per boot; the misses are expected, not news.
+            let expectedMiss: Bool
+            if case .notFound = error {
+                expectedMiss = request.filename.replacingOccurrencesOfBackslash().contains("pxelinux.cfg/")
+            } else {
+                expectedMiss = false
+            }
+            let level: Logger.Level = expectedMiss ? .debug : (error.errorCode == .accessViolation ? .warning : .info)
+            reject(client: client, path: request.filename, code: error.errorCode, message: error.clientMessage,
+                   reason: error.description, level: level)
+            return
+        }
+
+        nextTransferID += 1
+        let id = nextTransferID
+        transfers[client] = Transfer(id: id, request: request, channel: nil)
+        transfersPerClient[clientKey, default: 0] += 1
+        let listener = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let onEnd: @Sendable (TFTPTransferReport) -> Void = { report in
+            listener.eventLoop.execute { listener.value.transferEnded(report, id: id) }
+        }
+        let sessionConfiguration = configuration.session
+        DatagramBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = TFTPTransferHandler(request: request, client: client, content: content,
+                                                      configuration: sessionConfiguration, onEnd: onEnd)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .bind(host: configuration.host, port: 0)
+            .hop(to: context.eventLoop)
+            .assumeIsolated()
+            .whenComplete { result in
+                let handler = listener.value
+                switch result {
+                case .success(let channel):
+                    if handler.transfers[client]?.id == id {
+                        handler.transfers[client]?.channel = channel
+                        if handler.closing { channel.close(promise: nil) }
+                    } else {
+                        channel.close(promise: nil)  // superseded while binding
+                    }
+                case .failure(let error):
+                    if handler.transfers[client]?.id == id {
+                        handler.transfers[client] = nil
+                        handler.release(clientKey)
+                    }
+                    handler.reject(client: client, path: request.filename, code: .notDefined,
+                                   message: "cannot open transfer socket", reason: "bind failed: \(error)", level: .error)
+                }
+            }
+    }
+
+    private func release(_ clientKey: String) {
+        let remaining = transfersPerClient[clientKey, default: 1] - 1
+        transfersPerClient[clientKey] = remaining > 0 ? remaining : nil
+    }
+
+    /// Refuses a request with an ERROR from the listening port. Clients take the first answer's port as
+    /// the server's transfer ID, so this is accepted, and it costs no socket for the common misses.
+    private func reject(client: SocketAddress, path: String, code: TFTPErrorCode, message: String, reason: String, level: Logger.Level) {
+        if let context {
+            let packet = TFTPPacket.error(code: code, message: message)
+            var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
+            packet.encode(into: &buffer)
+            context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: client, data: buffer)), promise: nil)
+        }
+        finished(TFTPTransferReport(client: client, path: path, bytes: 0, result: .rejected(code: code, reason: reason),
+                                    blockSize: 0, windowSize: 0, duration: .zero, retransmissions: 0, timeouts: 0),
+                 level: level)
+    }
+
+    private func transferEnded(_ report: TFTPTransferReport, id: UInt64) {
+        // A superseded transfer was already released; its endpoint may belong to a newer one now.
+        if transfers[report.client]?.id == id {
+            transfers[report.client] = nil
+            release(report.client.ipAddress ?? "\(report.client)")
+        }
+        let level: Logger.Level
+        switch report.result {
+        case .completed, .abortedByClient, .cancelled, .rejected: level = .info
+        case .failed: level = .warning
+        }
+        finished(report, level: level)
+    }
+
+    private func finished(_ report: TFTPTransferReport, level: Logger.Level) {
+        switch report.result {
+        case .completed: statistics.completed += 1
+        case .abortedByClient: statistics.abortedByClient += 1
+        case .failed, .cancelled: statistics.failed += 1
+        case .rejected: statistics.rejected += 1
+        }
+        statistics.bytesSent += report.bytes
+        statistics.retransmissions += report.retransmissions
+        statistics.timeouts += report.timeouts
+        metrics.record(report)
+        logger.log(level: level, "TFTP \(report.result.label)", metadata: [
+            "client": "\(report.client)",
+            "file": "\(report.path)",
+            "bytes": "\(report.bytes)",
+            "blksize": "\(report.blockSize)",
+            "windowsize": "\(report.windowSize)",
+            "duration_ms": "\(report.duration.nanoseconds / 1_000_000)",
+            "retransmissions": "\(report.retransmissions)",
+            "outcome": "\(report.result)",
+        ])
+        observer?(report)
+    }
+}
+
+/// Runs one read transfer on its own ephemeral-port channel: feeds the session what arrives and
+/// carries out what it returns. Per block: one pread or slice, one datagram buffer, no other allocation.
+final class TFTPTransferHandler: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    typealias Session = TFTPReadSession<TFTPServedContent>
+
+    private var session: Session
+    private let client: SocketAddress
+    private let onEnd: @Sendable (TFTPTransferReport) -> Void
+    private var actions: [Session.Action] = []
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: NIODeadline?
+    private var startedAt = NIODeadline.now()
+    private var ended = false
+
+    init(request: TFTPRequest, client: SocketAddress, content: TFTPServedContent,
+         configuration: TFTPSessionConfiguration, onEnd: @escaping @Sendable (TFTPTransferReport) -> Void) {
+        self.session = Session(request: request, fileSize: content.size, content: content, configuration: configuration)
+        self.client = client
+        self.onEnd = onEnd
+        actions.reserveCapacity(session.negotiated.windowSize + 2)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        startedAt = .now()
+        run(.start(startedAt), context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        if !ended { end(.cancelled) }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard envelope.remoteAddress == client else {
+            // RFC 1350 §4: answer a stranger with "unknown transfer ID" without disturbing the transfer.
+            let packet = TFTPPacket.error(code: .unknownTransferID, message: "unknown transfer ID")
+            var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
+            packet.encode(into: &buffer)
+            context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: buffer)), promise: nil)
+            return
+        }
+        // A datagram that does not decode is dropped, like a corrupted one: the session's timer recovers.
+        guard let packet = try? TFTPPacket.decode(envelope.data) else { return }
+        run(.packet(packet, .now()), context: context)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // ICMP port unreachable and the like surface here on UDP; the client is gone or will retry.
+        // The session's time-outs decide when to give up, so the error is not fatal by itself.
+    }
+
+    private func run(_ event: Session.Event, context: ChannelHandlerContext) {
+        actions.removeAll(keepingCapacity: true)
+        session.handle(event, into: &actions)
+        var wrote = false
+        for action in actions {
+            switch action {
+            case .send(let packet):
+                var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
+                packet.encode(into: &buffer)
+                context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: client, data: buffer)), promise: nil)
+                wrote = true
+            case .armTimer(let deadline):
+                arm(deadline, context: context)
+            case .finish(let outcome):
+                switch outcome {
+                case .completed: end(.completed)
+                case .abortedByClient(let code, let message): end(.abortedByClient(code: code, message: message))
+                }
+            case .fail(let failure):
+                end(.failed(failure))
+            }
+        }
+        if wrote { context.flush() }
+        if ended {
+            timer?.cancel()
+            timer = nil
+            context.close(promise: nil)
+        }
+    }
+
+    /// One scheduled task per transfer, moved only when the session wants an earlier deadline: a busy
+    /// transfer pushes its deadline forward on every ACK, and re-scheduling each time would allocate per
+    /// packet. A task that fires early is harmless; the session answers it with the real deadline.
+    private func arm(_ deadline: NIODeadline, context: ChannelHandlerContext) {
+        if let current = timerDeadline, current <= deadline { return }
+        timer?.cancel()
+        timerDeadline = deadline
+        let loopBoundContext = context
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            self.timer = nil
+            self.timerDeadline = nil
+            guard !self.ended else { return }
+            self.run(.timerFired(.now()), context: loopBoundContext)
+        }
+    }
+
+    private func end(_ result: TFTPTransferResult) {
+        guard !ended else { return }
+        ended = true
+        let statistics = session.statistics
+        onEnd(TFTPTransferReport(
+            client: client, path: session.request.filename, bytes: statistics.bytesAcknowledged, result: result,
+            blockSize: session.negotiated.blockSize, windowSize: session.negotiated.windowSize,
+            duration: .now() - startedAt, retransmissions: statistics.retransmissions, timeouts: statistics.timeouts))
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrencesOfBackslash() -> String {
+        String(decoding: utf8.map { $0 == 0x5C ? 0x2F : $0 }, as: UTF8.self)
+    }
+}
