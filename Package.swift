@@ -59,7 +59,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
-        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"]),
+        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], resources: [.copy("Fixtures")]),
         .testTarget(name: "BootServerTests", dependencies: ["BootServer", "BootProtocols"]),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit"]),
     ]
