@@ -239,8 +239,13 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
         let simple = DHCPMessage.headerLength + optionBytes <= limit
         var plan = OverloadPlan(limit: limit, fileFree: file.isEmpty, snameFree: sname.isEmpty)
         if !simple {
-            guard plan.place(options, into: nil) else {
-                throw .optionsTooLarge(needed: optionBytes, available: plan.totalCapacity)
+            // Prefer keeping each option whole within one area (not every client joins RFC 3396
+            // fragments); when that wastes too much room, fill every area to the last byte.
+            if !plan.place(options, into: nil) {
+                plan.splitEagerly = true
+                guard plan.place(options, into: nil) else {
+                    throw .optionsTooLarge(needed: optionBytes, available: plan.totalCapacity)
+                }
             }
         }
         let total = simple ? max(DHCPMessage.minimumBOOTPLength, DHCPMessage.headerLength + optionBytes) : limit
@@ -267,8 +272,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
                 }
                 p[at] = DHCPOptionCode.end.rawValue
             } else {
-                var writer = plan
-                _ = writer.place(options, into: p)
+                _ = plan.place(options, into: p)
             }
             return total
         }
@@ -303,6 +307,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
     struct OverloadPlan {
         struct Area { var start: Int; var capacity: Int; var kind: DHCPOptionArea }
         var areas: [Area] = []
+        var splitEagerly = false
         var totalCapacity: Int { areas.reduce(0) { $0 + $1.capacity - 1 } }
 
         init(limit: Int, fileFree: Bool, snameFree: Bool) {
@@ -313,7 +318,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
         }
 
         /// Returns false when the options do not fit.
-        mutating func place(_ options: DHCPOptions, into p: UnsafeMutableRawBufferPointer?) -> Bool {
+        func place(_ options: DHCPOptions, into p: UnsafeMutableRawBufferPointer?) -> Bool {
             let storage = options.storage
             var area = 0
             var at = areas[0].start
@@ -329,7 +334,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
                     let free = areaEnd - at
                     if free < 2 + want {
                         let nextCapacity = area + 1 < areas.count ? areas[area + 1].capacity - 1 : 0
-                        if free >= 3 && 2 + want > nextCapacity {
+                        if free >= 3 && (splitEagerly || 2 + want > nextCapacity) {
                             take = free - 2  // split here (RFC 3396); the rest goes on in the next area
                         } else {
                             if let p { p[at] = DHCPOptionCode.end.rawValue }

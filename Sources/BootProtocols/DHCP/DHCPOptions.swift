@@ -189,6 +189,8 @@ public struct DHCPOptions: Hashable, Sendable, Sequence, CustomStringConvertible
     public var hostName: String? { string(.hostName) }
     public var domainName: String? { string(.domainName) }
     public var tftpServerName: String? { string(.tftpServerName) }
+    /// Option 56 text (why a NAK was sent, etc.).
+    public var message: String? { string(.message) }
     public var bootfileName: String? { string(.bootfileName) }
     public var vendorClassIdentifier: ArraySlice<UInt8>? { self[.vendorClassIdentifier] }
     public var clientIdentifier: ArraySlice<UInt8>? { self[.clientIdentifier] }

@@ -1,3 +1,5 @@
+import NIOCore
+
 // The reply decision: a pure function of the received packet, the inventory, the lease state and
 // the time. It returns a complete reply (message + where to send it + what to record) or a reason
 // for silence; the NIO handler only carries that out and logs the reason.
@@ -54,6 +56,13 @@ public struct DHCPDestination: Hashable, Sendable, CustomStringConvertible {
     public var port: UInt16
     /// Whether the reply carries the broadcast flag (set for NAKs through a relay, else the client's).
     public var broadcastFlag: Bool
+
+    public init(kind: Kind, address: IPv4Address, port: UInt16, broadcastFlag: Bool) {
+        self.kind = kind
+        self.address = address
+        self.port = port
+        self.broadcastFlag = broadcastFlag
+    }
 
     public var description: String {
         "\(kind.rawValue) \(address):\(port)\(broadcastFlag ? " (broadcast flag)" : "")"
@@ -166,8 +175,6 @@ public enum DHCPDecision: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-import NIOCore
-
 /// Server settings plus the decision function.
 public struct DHCPPolicy: Hashable, Sendable {
     public enum Mode: String, Hashable, Sendable {
@@ -251,17 +258,17 @@ public struct DHCPPolicy: Hashable, Sendable {
             return proxyOffer(received, mac: mac, host: host)
         }
         switch type {
-        case .discover: return discover(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
-        case .request: return request_(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
-        case .decline: return decline(request, mac: mac, now: now)
-        case .release: return release(request, mac: mac, now: now, leases: leases)
-        default: return inform(received, mac: mac, host: host, inventory: inventory)
+        case .discover: return answerDiscover(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
+        case .request: return answerRequest(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
+        case .decline: return answerDecline(request, mac: mac, now: now)
+        case .release: return answerRelease(request, mac: mac, now: now, leases: leases)
+        default: return answerInform(received, mac: mac, host: host, inventory: inventory)
         }
     }
 
     // MARK: Authoritative
 
-    private func discover(
+    private func answerDiscover(
         _ received: DHCPReceived, mac: MACAddress, host: DHCPHost?, now: DHCPTimestamp,
         inventory: some DHCPInventory, leases: some DHCPLeaseView
     ) -> DHCPDecision {
@@ -316,7 +323,7 @@ public struct DHCPPolicy: Hashable, Sendable {
 
     private enum RequestState { case selecting, initReboot, renewing }
 
-    private func request_(
+    private func answerRequest(
         _ received: DHCPReceived, mac: MACAddress, host: DHCPHost?, now: DHCPTimestamp,
         inventory: some DHCPInventory, leases: some DHCPLeaseView
     ) -> DHCPDecision {
@@ -388,7 +395,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         return .reply(makeReply(reply, received: received, lease: .commit(lease)))
     }
 
-    private func decline(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp) -> DHCPDecision {
+    private func answerDecline(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp) -> DHCPDecision {
         if let serverID = request.options.serverIdentifier, serverID != serverAddress {
             return .ignore(.requestForOtherServer(serverID))
         }
@@ -396,7 +403,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         return .record(.decline(mac: mac, address: address, until: now.adding(seconds: declineHoldTime)))
     }
 
-    private func release(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp, leases: some DHCPLeaseView) -> DHCPDecision {
+    private func answerRelease(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp, leases: some DHCPLeaseView) -> DHCPDecision {
         if let serverID = request.options.serverIdentifier, serverID != serverAddress {
             return .ignore(.requestForOtherServer(serverID))
         }
@@ -407,7 +414,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         return .record(.release(mac: mac, address: request.ciaddr))
     }
 
-    private func inform(_ received: DHCPReceived, mac: MACAddress, host: DHCPHost?, inventory: some DHCPInventory) -> DHCPDecision {
+    private func answerInform(_ received: DHCPReceived, mac: MACAddress, host: DHCPHost?, inventory: some DHCPInventory) -> DHCPDecision {
         let request = received.message
         let subnet: DHCPSubnet
         if request.giaddr.isAny, !request.ciaddr.isAny {
