@@ -149,28 +149,57 @@ func sampleRequest() -> DHCPMessage {
 
     // MARK: Malformed input
 
+    struct Malformed: Sendable, CustomTestStringConvertible {
+        var name: String
+        var bytes: [UInt8]
+        var error: DHCPError
+        init(_ name: String, _ bytes: [UInt8], _ error: DHCPError) {
+            self.name = name
+            self.bytes = bytes
+            self.error = error
+        }
+        var testDescription: String { name }
+    }
+
     @Test(arguments: [
-        ([UInt8](repeating: 0, count: 0), DHCPError.truncated(length: 0, minimum: 240)),
-        ([UInt8](repeating: 1, count: 239), .truncated(length: 239, minimum: 240)),
-        (Array(rawPacket(options: [53, 1, 1, 255]).prefix(236)) + [0x63, 0x82, 0x53, 0x64], .badMagicCookie(0x6382_5364)),
-        (rawPacket(op: 3, options: [255]), .badOpcode(3)),
-        (rawPacket(hlen: 17, options: [255]), .badHardwareAddressLength(17)),
-        (rawPacket(options: [53, 1, 1]), .missingEnd(area: .options)),
-        (rawPacket(options: []), .missingEnd(area: .options)),
-        (rawPacket(options: [0, 0, 0]), .missingEnd(area: .options)),
-        (rawPacket(options: [53, 1, 1, 12, 5, 0x61]), .optionOverrun(code: 12, offset: 243, length: 5, area: .options)),
-        (rawPacket(options: [53, 1, 1, 12]), .optionOverrun(code: 12, offset: 243, length: 1, area: .options)),
-        (rawPacket(options: [52, 1, 0, 255]), .badOptionOverload(offset: 240)),
-        (rawPacket(options: [52, 1, 4, 255]), .badOptionOverload(offset: 240)),
-        (rawPacket(options: [52, 2, 1, 1, 255]), .badOptionOverload(offset: 240)),
-        (rawPacket(options: [52, 1, 1, 52, 1, 1, 255]), .badOptionOverload(offset: 243)),
-        // Overloaded file with no End, and an overrun inside sname.
-        (rawPacket(file: [12, 1, 0x61], options: [52, 1, 1, 255]), .missingEnd(area: .file)),
-        (rawPacket(sname: [12, 70], options: [52, 1, 2, 255]), .optionOverrun(code: 12, offset: 44, length: 70, area: .sname)),
+        Malformed("empty", [], .truncated(length: 0, minimum: 240)),
+        Malformed("one byte short of the cookie", [UInt8](repeating: 1, count: 239), .truncated(length: 239, minimum: 240)),
+        Malformed("bad magic cookie", Array(rawPacket(options: [53, 1, 1, 255]).prefix(236)) + [0x63, 0x82, 0x53, 0x64], .badMagicCookie(0x6382_5364)),
+        Malformed("bad op", rawPacket(op: 3, options: [255]), .badOpcode(3)),
+        Malformed("hlen past chaddr", rawPacket(hlen: 17, options: [255]), .badHardwareAddressLength(17)),
+        Malformed("no End", rawPacket(options: [53, 1, 1]), .missingEnd(area: .options)),
+        Malformed("cookie only", rawPacket(options: []), .missingEnd(area: .options)),
+        Malformed("pads only", rawPacket(options: [0, 0, 0]), .missingEnd(area: .options)),
+        Malformed("length past the end", rawPacket(options: [53, 1, 1, 12, 5, 0x61]), .optionOverrun(code: 12, offset: 243, length: 5, area: .options)),
+        Malformed("length byte missing", rawPacket(options: [53, 1, 1, 12]), .optionOverrun(code: 12, offset: 243, length: 1, area: .options)),
+        Malformed("overload value 0", rawPacket(options: [52, 1, 0, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload value 4", rawPacket(options: [52, 1, 4, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload length 2", rawPacket(options: [52, 2, 1, 1, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload twice", rawPacket(options: [52, 1, 1, 52, 1, 1, 255]), .badOptionOverload(offset: 243)),
+        Malformed("overloaded file without End", rawPacket(file: [12, 1, 0x61], options: [52, 1, 1, 255]), .missingEnd(area: .file)),
+        Malformed("overrun inside overloaded sname", rawPacket(sname: [12, 70], options: [52, 1, 2, 255]), .optionOverrun(code: 12, offset: 44, length: 70, area: .sname)),
     ])
-    func malformedPacketsFailWithAReason(bytes: [UInt8], error: DHCPError) {
-        #expect(throws: error) { try DHCPMessage(decoding: bytes) }
-        #expect(!error.description.isEmpty)
+    func malformedPacketsFailWithAReason(_ c: Malformed) {
+        #expect(throws: c.error) { try DHCPMessage(decoding: c.bytes) }
+        #expect(!c.error.description.isEmpty)
+    }
+
+    @Test func truncationAtEveryLengthNeverCrashes() throws {
+        // Every prefix of a real packet either decodes or throws a DHCPError; none traps.
+        let full = try sampleRequest().encoded()
+        for n in 0...full.count {
+            _ = try? DHCPMessage(decoding: Array(full.prefix(n)))
+        }
+        // Deterministic byte noise in the options area: decode stays bounded and typed.
+        var state: UInt32 = 0x2545_F491
+        for _ in 0..<2000 {
+            var bytes = full
+            for i in 240..<bytes.count {
+                state ^= state << 13; state ^= state >> 17; state ^= state << 5
+                bytes[i] = UInt8(truncatingIfNeeded: state)
+            }
+            do { _ = try DHCPMessage(decoding: bytes) } catch { #expect(!error.description.isEmpty) }
+        }
     }
 
     @Test func overloadedFieldsAreReadInRFC3396Order() throws {

@@ -147,7 +147,7 @@ func reply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sourceLo
         BootCase(name: "ARM64 UEFI (11)", mac: macUEFI, client: .pxe(.arm64UEFI), file: "ipxe/ipxe-arm64.efi", vendorClass: "PXEClient", tftpName: "192.0.2.1"),
         BootCase(name: "x64 UEFI HTTP (16)", mac: macUEFI, client: .http(.x64UEFIHTTP), file: "http://192.0.2.1:8080/ipxe/ipxe.efi", vendorClass: "HTTPClient"),
         BootCase(name: "ARM64 UEFI HTTP (19)", mac: macUEFI, client: .http(.arm64UEFIHTTP), file: "http://192.0.2.1:8080/ipxe/ipxe-arm64.efi", vendorClass: "HTTPClient"),
-        BootCase(name: "iPXE gets the boot script", mac: macBIOS, client: .ipxe, file: "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01", vendorClass: "PXEClient"),
+        BootCase(name: "iPXE gets the boot script", mac: macBIOS, client: .ipxe, file: "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01"),
         BootCase(name: "inventory overrides arch and file", mac: macOverride, client: .pxe(.x86BIOS), file: "custom/boot.efi", vendorClass: "PXEClient", tftpName: "192.0.2.1"),
         BootCase(name: "plain client gets no boot info", mac: macBIOS, client: .plain),
     ])
@@ -161,9 +161,13 @@ func reply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sourceLo
         #expect(m.options.vendorClassIdentifier.map { String(decoding: $0, as: UTF8.self) } == c.vendorClass)
         #expect(m.options.tftpServerName == c.tftpName)
         #expect((m.sname.isEmpty ? nil : m.serverHostName) == c.tftpName)
-        // PXE clients get their UUID echoed; nobody gets option 43 outside proxy mode.
-        if case .pxe = c.client { #expect(m.options.clientMachineIdentifier.map(Array.init) == [0] + Array(1...16)) }
-        #expect(!m.options.contains(.vendorSpecific))
+        // Firmware PXE clients get their UUID echoed and discovery control "use this file" (option 43).
+        if case .pxe = c.client {
+            #expect(m.options.clientMachineIdentifier.map(Array.init) == [0] + Array(1...16))
+            #expect(m.options[.vendorSpecific].map(Array.init) == [6, 1, 8, 255])
+        } else {
+            #expect(!m.options.contains(.vendorSpecific))
+        }
         // It still encodes within the client's limit.
         var buffer = ByteBuffer()
         try r.encode(into: &buffer)
@@ -474,6 +478,8 @@ func reply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sourceLo
         let ipxe = try reply(decide(message(.discover, macBIOS, client: .ipxe), policy: proxyPolicy))
         #expect(ipxe.message.bootFileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01")
         #expect(!ipxe.message.options.contains(.vendorSpecific))
+        // A proxy offer must say PXEClient or iPXE does not take it as ProxyDHCP.
+        #expect(ipxe.message.options.vendorClassIdentifier.map(Array.init) == Array("PXEClient".utf8))
         let http = try reply(decide(message(.discover, macUEFI, client: .http(.x64UEFIHTTP)), policy: proxyPolicy))
         #expect(http.message.bootFileName == "http://192.0.2.1:8080/ipxe/ipxe.efi")
         #expect(http.message.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))

@@ -528,7 +528,8 @@ public struct DHCPPolicy: Hashable, Sendable {
         if let domain = subnet.domainName { reply.options.set(.domainName(domain)) }
     }
 
-    /// Boot information for one client, or nil for a client that is not network booting.
+    /// Boot information for one client (nil for a client that is not network booting). `apply` must
+    /// run after `yiaddr` is set: whether option 60 is echoed depends on it.
     struct BootInfo {
         enum Kind { case pxe, ipxe, http }
         var kind: Kind
@@ -566,7 +567,10 @@ public struct DHCPPolicy: Hashable, Sendable {
         case .http:
             reply.options.set(.vendorClassIdentifier(Array("HTTPClient".utf8)))
         case .pxe, .ipxe:
-            if request.options.vendorClassHasPrefix("PXEClient") {
+            // Option 60 marks a PXE offer. Firmware PXE needs it; iPXE would answer it in an address
+            // offer with an extra ProxyDHCP round trip, so it only gets it where the reply is
+            // proxy-style (no yiaddr) and must be recognised as PXE.
+            if request.options.vendorClassHasPrefix("PXEClient") && (boot.kind == .pxe || reply.yiaddr.isAny) {
                 reply.options.set(.vendorClassIdentifier(Array("PXEClient".utf8)))
             }
             if boot.kind == .pxe {
@@ -579,7 +583,8 @@ public struct DHCPPolicy: Hashable, Sendable {
         if let uuid = request.options[.clientMachineIdentifier] {
             reply.options.setRaw(.clientMachineIdentifier, uuid)  // PXE spec: echo option 97
         }
-        if mode == .proxy && boot.kind == .pxe {
+        if boot.kind == .pxe {
+            // Skip boot server discovery and the port 4011 round trip: the file is right here.
             reply.options.set(DHCPOption.pxeDiscoveryControlBootFileOnly)
         }
     }
