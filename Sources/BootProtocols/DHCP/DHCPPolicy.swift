@@ -565,13 +565,13 @@ public struct DHCPPolicy: Hashable, Sendable {
         if fileBytes.count <= 128 { reply.file = fileBytes }
         switch boot.kind {
         case .http:
-            reply.options.set(.vendorClassIdentifier(Array("HTTPClient".utf8)))
+            reply.options.setRaw(.vendorClassIdentifier, "HTTPClient".utf8)
         case .pxe, .ipxe:
             // Option 60 marks a PXE offer. Firmware PXE needs it; iPXE would answer it in an address
             // offer with an extra ProxyDHCP round trip, so it only gets it where the reply is
             // proxy-style (no yiaddr) and must be recognised as PXE.
             if request.options.vendorClassHasPrefix("PXEClient") && (boot.kind == .pxe || reply.yiaddr.isAny) {
-                reply.options.set(.vendorClassIdentifier(Array("PXEClient".utf8)))
+                reply.options.setRaw(.vendorClassIdentifier, "PXEClient".utf8)
             }
             if boot.kind == .pxe {
                 let name = tftpServerName ?? server.description

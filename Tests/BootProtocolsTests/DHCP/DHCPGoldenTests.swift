@@ -6,7 +6,7 @@ import Testing
 /// `RECORD_GOLDEN=1` rewrites the `.txt` renderings instead of comparing.
 enum DHCPFixtures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/DHCP", isDirectory: true)
+        .deletingLastPathComponent().appendingPathComponent("Fixtures/DHCP", isDirectory: true)
 
     static let names: [String] = {
         guard let manifest = try? String(contentsOf: directory.appendingPathComponent("manifest.txt"), encoding: .utf8) else {
@@ -54,7 +54,7 @@ enum DHCPFixtures {
         #expect(m.messageType == .discover && m.options.userClassIsIPXE)
         #expect(m.options.clientArchitecture == .x86BIOS && m.options.vendorClassHasPrefix("PXEClient"))
         #expect(m.clientMAC?.description == "52:54:00:00:00:b1")
-        let r = try reply(decide(m))
+        let r = try dhcpReply(dhcpDecide(m))
         #expect(r.message.bootFileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:b1")
         #expect(r.message.xid == m.xid && r.message.yiaddr == IPv4Address(192, 0, 2, 101))
         #expect(r.destination.kind == .clientHardwareAddress)  // iPXE leaves the broadcast bit clear
@@ -64,9 +64,9 @@ enum DHCPFixtures {
         let m = try DHCPFixtures.message("edk2-x64-uefi-discover")
         #expect(m.options.clientArchitecture == .x64UEFI && !m.options.userClassIsIPXE)
         #expect(m.flags.contains(.broadcast))
-        for p in [policy, proxyPolicy] {
-            let r = try reply(decide(m, policy: p))
-            #expect(r.message.bootFileName == "ipxe/ipxe.efi" && r.message.siaddr == server)
+        for p in [dhcpPolicy, dhcpProxyPolicy] {
+            let r = try dhcpReply(dhcpDecide(m, policy: p))
+            #expect(r.message.bootFileName == "ipxe/ipxe.efi" && r.message.siaddr == dhcpServer)
             #expect(r.destination.kind == .broadcast)
         }
     }
@@ -74,7 +74,7 @@ enum DHCPFixtures {
     @Test func edk2HTTPBootDiscoverGetsAURL() throws {
         let m = try DHCPFixtures.message("edk2-x64-uefi-http-discover")
         #expect(m.options.clientArchitecture == .x64UEFIHTTP && m.options.vendorClassHasPrefix("HTTPClient"))
-        let r = try reply(decide(m))
+        let r = try dhcpReply(dhcpDecide(m))
         #expect(r.message.bootFileName == "http://192.0.2.1:8080/ipxe/ipxe.efi")
         #expect(r.message.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
     }
@@ -82,8 +82,8 @@ enum DHCPFixtures {
     @Test func plainClientsAndProxyMode() throws {
         for name in ["udhcpc-discover", "dhclient-discover"] {
             let m = try DHCPFixtures.message(name)
-            #expect(decide(m, policy: proxyPolicy) == .ignore(.notPXEClient))
-            let r = try reply(decide(m))
+            #expect(dhcpDecide(m, policy: dhcpProxyPolicy) == .ignore(.notPXEClient))
+            let r = try dhcpReply(dhcpDecide(m))
             #expect(r.message.messageType == .offer && r.message.file.isEmpty && r.message.siaddr == .any)
         }
     }
@@ -92,20 +92,20 @@ enum DHCPFixtures {
         // Both clients selected dnsmasq at 192.0.2.1, which is our server address in these tests.
         for name in ["udhcpc-request", "dhclient-request", "ipxe-bios-request"] {
             let m = try DHCPFixtures.message(name)
-            #expect(m.messageType == .request && m.options.serverIdentifier == server && m.ciaddr == .any)
+            #expect(m.messageType == .request && m.options.serverIdentifier == dhcpServer && m.ciaddr == .any)
             let requested = try #require(m.options.requestedIPAddress)
             // dnsmasq's range is not our pool: our policy refuses the address with a reason.
-            #expect(try reply(decide(m)).nakReason == .addressNotInPool(requested))
+            #expect(try dhcpReply(dhcpDecide(m)).nakReason == .addressNotInPool(requested))
         }
     }
 
     @Test func dnsmasqRepliesDecode() throws {
         let offer = try DHCPFixtures.message("dnsmasq-offer")
-        #expect(offer.op == .bootReply && offer.messageType == .offer && offer.options.serverIdentifier == server)
+        #expect(offer.op == .bootReply && offer.messageType == .offer && offer.options.serverIdentifier == dhcpServer)
         let ack = try DHCPFixtures.message("dnsmasq-ack-ipxe")
         // dnsmasq answers iPXE's request for option 67 with a NUL-terminated value and an empty file field.
         #expect(ack.messageType == .ack && ack.file.isEmpty && ack.options.bootfileName == "pxelinux.0\u{0}")
-        #expect(ack.yiaddr == IPv4Address(192, 0, 2, 124) && ack.siaddr == server)
-        #expect(decide(ack) == .ignore(.notABootRequest))
+        #expect(ack.yiaddr == IPv4Address(192, 0, 2, 124) && ack.siaddr == dhcpServer)
+        #expect(dhcpDecide(ack) == .ignore(.notABootRequest))
     }
 }

@@ -3,7 +3,7 @@ import NIOCore
 import Testing
 
 /// A minimal valid request: BOOTP header, cookie, the given option bytes (caller adds End).
-func rawPacket(op: UInt8 = 1, hlen: UInt8 = 6, sname: [UInt8] = [], file: [UInt8] = [], options: [UInt8]) -> [UInt8] {
+func dhcpRawPacket(op: UInt8 = 1, hlen: UInt8 = 6, sname: [UInt8] = [], file: [UInt8] = [], options: [UInt8]) -> [UInt8] {
     var p = [UInt8](repeating: 0, count: 236)
     p[0] = op; p[1] = 1; p[2] = hlen
     p[4] = 0xde; p[5] = 0xad; p[6] = 0xbe; p[7] = 0xef
@@ -13,7 +13,7 @@ func rawPacket(op: UInt8 = 1, hlen: UInt8 = 6, sname: [UInt8] = [], file: [UInt8
     return p + [99, 130, 83, 99] + options
 }
 
-func sampleRequest() -> DHCPMessage {
+func dhcpSampleRequest() -> DHCPMessage {
     var m = DHCPMessage(
         op: .bootRequest, xid: 0x1234_5678, chaddr: DHCPHardwareAddress(MACAddress(0x52, 0x54, 0, 0, 0, 1)),
         hops: 1, secs: 4, flags: .broadcast, giaddr: IPv4Address(192, 0, 2, 254))
@@ -29,7 +29,7 @@ func sampleRequest() -> DHCPMessage {
 
 @Suite struct DHCPCodecTests {
     @Test func roundTripsAHeaderAndOptions() throws {
-        let m = sampleRequest()
+        let m = dhcpSampleRequest()
         let bytes = try m.encoded()
         #expect(bytes.count == 240 + 72 + 3)  // options + End, no padding needed
         let back = try DHCPMessage(decoding: bytes)
@@ -57,8 +57,8 @@ func sampleRequest() -> DHCPMessage {
         var buffer = ByteBuffer()
         buffer.writeString("prefix")
         buffer.moveReaderIndex(forwardBy: 6)
-        try sampleRequest().encode(into: &buffer)
-        #expect(try DHCPMessage(decoding: buffer) == sampleRequest())
+        try dhcpSampleRequest().encode(into: &buffer)
+        #expect(try DHCPMessage(decoding: buffer) == dhcpSampleRequest())
     }
 
     @Test(arguments: [
@@ -123,7 +123,7 @@ func sampleRequest() -> DHCPMessage {
 
     @Test func repeatedOptionsConcatenate() throws {
         // RFC 3396: two instances of option 77 are one value.
-        let m = try DHCPMessage(decoding: rawPacket(options: [53, 1, 1, 77, 2, 0x69, 0x50, 12, 1, 0x61, 77, 2, 0x58, 0x45, 255]))
+        let m = try DHCPMessage(decoding: dhcpRawPacket(options: [53, 1, 1, 77, 2, 0x69, 0x50, 12, 1, 0x61, 77, 2, 0x58, 0x45, 255]))
         #expect(m.options.userClass.map(Array.init) == Array("iPXE".utf8))
         #expect(m.options.codes == [.messageType, .userClass, .hostName])
     }
@@ -138,7 +138,7 @@ func sampleRequest() -> DHCPMessage {
     }
 
     @Test func sname_and_file_are_C_strings() throws {
-        let m = try DHCPMessage(decoding: rawPacket(sname: Array("srv\0junk".utf8), file: Array("boot/x.efi".utf8), options: [53, 1, 2, 255]))
+        let m = try DHCPMessage(decoding: dhcpRawPacket(sname: Array("srv\0junk".utf8), file: Array("boot/x.efi".utf8), options: [53, 1, 2, 255]))
         #expect(m.serverHostName == "srv" && m.bootFileName == "boot/x.efi")
         var full = m
         full.file = [UInt8](repeating: 0x41, count: 128)
@@ -164,20 +164,20 @@ func sampleRequest() -> DHCPMessage {
     @Test(arguments: [
         Malformed("empty", [], .truncated(length: 0, minimum: 240)),
         Malformed("one byte short of the cookie", [UInt8](repeating: 1, count: 239), .truncated(length: 239, minimum: 240)),
-        Malformed("bad magic cookie", Array(rawPacket(options: [53, 1, 1, 255]).prefix(236)) + [0x63, 0x82, 0x53, 0x64], .badMagicCookie(0x6382_5364)),
-        Malformed("bad op", rawPacket(op: 3, options: [255]), .badOpcode(3)),
-        Malformed("hlen past chaddr", rawPacket(hlen: 17, options: [255]), .badHardwareAddressLength(17)),
-        Malformed("no End", rawPacket(options: [53, 1, 1]), .missingEnd(area: .options)),
-        Malformed("cookie only", rawPacket(options: []), .missingEnd(area: .options)),
-        Malformed("pads only", rawPacket(options: [0, 0, 0]), .missingEnd(area: .options)),
-        Malformed("length past the end", rawPacket(options: [53, 1, 1, 12, 5, 0x61]), .optionOverrun(code: 12, offset: 243, length: 5, area: .options)),
-        Malformed("length byte missing", rawPacket(options: [53, 1, 1, 12]), .optionOverrun(code: 12, offset: 243, length: 1, area: .options)),
-        Malformed("overload value 0", rawPacket(options: [52, 1, 0, 255]), .badOptionOverload(offset: 240)),
-        Malformed("overload value 4", rawPacket(options: [52, 1, 4, 255]), .badOptionOverload(offset: 240)),
-        Malformed("overload length 2", rawPacket(options: [52, 2, 1, 1, 255]), .badOptionOverload(offset: 240)),
-        Malformed("overload twice", rawPacket(options: [52, 1, 1, 52, 1, 1, 255]), .badOptionOverload(offset: 243)),
-        Malformed("overloaded file without End", rawPacket(file: [12, 1, 0x61], options: [52, 1, 1, 255]), .missingEnd(area: .file)),
-        Malformed("overrun inside overloaded sname", rawPacket(sname: [12, 70], options: [52, 1, 2, 255]), .optionOverrun(code: 12, offset: 44, length: 70, area: .sname)),
+        Malformed("bad magic cookie", Array(dhcpRawPacket(options: [53, 1, 1, 255]).prefix(236)) + [0x63, 0x82, 0x53, 0x64], .badMagicCookie(0x6382_5364)),
+        Malformed("bad op", dhcpRawPacket(op: 3, options: [255]), .badOpcode(3)),
+        Malformed("hlen past chaddr", dhcpRawPacket(hlen: 17, options: [255]), .badHardwareAddressLength(17)),
+        Malformed("no End", dhcpRawPacket(options: [53, 1, 1]), .missingEnd(area: .options)),
+        Malformed("cookie only", dhcpRawPacket(options: []), .missingEnd(area: .options)),
+        Malformed("pads only", dhcpRawPacket(options: [0, 0, 0]), .missingEnd(area: .options)),
+        Malformed("length past the end", dhcpRawPacket(options: [53, 1, 1, 12, 5, 0x61]), .optionOverrun(code: 12, offset: 243, length: 5, area: .options)),
+        Malformed("length byte missing", dhcpRawPacket(options: [53, 1, 1, 12]), .optionOverrun(code: 12, offset: 243, length: 1, area: .options)),
+        Malformed("overload value 0", dhcpRawPacket(options: [52, 1, 0, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload value 4", dhcpRawPacket(options: [52, 1, 4, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload length 2", dhcpRawPacket(options: [52, 2, 1, 1, 255]), .badOptionOverload(offset: 240)),
+        Malformed("overload twice", dhcpRawPacket(options: [52, 1, 1, 52, 1, 1, 255]), .badOptionOverload(offset: 243)),
+        Malformed("overloaded file without End", dhcpRawPacket(file: [12, 1, 0x61], options: [52, 1, 1, 255]), .missingEnd(area: .file)),
+        Malformed("overrun inside overloaded sname", dhcpRawPacket(sname: [12, 70], options: [52, 1, 2, 255]), .optionOverrun(code: 12, offset: 44, length: 70, area: .sname)),
     ])
     func malformedPacketsFailWithAReason(_ c: Malformed) {
         #expect(throws: c.error) { try DHCPMessage(decoding: c.bytes) }
@@ -186,7 +186,7 @@ func sampleRequest() -> DHCPMessage {
 
     @Test func truncationAtEveryLengthNeverCrashes() throws {
         // Every prefix of a real packet either decodes or throws a DHCPError; none traps.
-        let full = try sampleRequest().encoded()
+        let full = try dhcpSampleRequest().encoded()
         for n in 0...full.count {
             _ = try? DHCPMessage(decoding: Array(full.prefix(n)))
         }
@@ -203,7 +203,7 @@ func sampleRequest() -> DHCPMessage {
     }
 
     @Test func overloadedFieldsAreReadInRFC3396Order() throws {
-        let m = try DHCPMessage(decoding: rawPacket(
+        let m = try DHCPMessage(decoding: dhcpRawPacket(
             sname: [77, 2, 0x58, 0x45, 255], file: [12, 1, 0x61, 77, 2, 0x69, 0x50, 255],
             options: [53, 1, 1, 52, 1, 3, 255]))
         #expect(m.options.hostName == "a")
@@ -214,13 +214,13 @@ func sampleRequest() -> DHCPMessage {
 
     @Test func overloadInsideAnOverloadedFieldDoesNotLoop() throws {
         // file says "overload sname+file" again: ignored, so each area is read exactly once.
-        let m = try DHCPMessage(decoding: rawPacket(file: [52, 1, 3, 12, 1, 0x62, 255], options: [53, 1, 1, 52, 1, 1, 255]))
+        let m = try DHCPMessage(decoding: dhcpRawPacket(file: [52, 1, 3, 12, 1, 0x62, 255], options: [53, 1, 1, 52, 1, 1, 255]))
         #expect(m.options.hostName == "b")
         #expect(m.options.codes == [.messageType, .hostName])
     }
 
     @Test func padAfterEndAndTrailingGarbageAreIgnored() throws {
-        let m = try DHCPMessage(decoding: rawPacket(options: [0, 0, 53, 1, 3, 255, 12, 99]))
+        let m = try DHCPMessage(decoding: dhcpRawPacket(options: [0, 0, 53, 1, 3, 255, 12, 99]))
         #expect(m.messageType == .request && m.options.count == 1)
     }
 
@@ -277,7 +277,7 @@ func sampleRequest() -> DHCPMessage {
     }
 
     @Test func replySkeletonCopiesTheRequest() {
-        let request = sampleRequest()
+        let request = dhcpSampleRequest()
         let reply = DHCPMessage(replyTo: request, type: .offer)
         #expect(reply.op == .bootReply && reply.xid == request.xid && reply.flags == request.flags)
         #expect(reply.chaddr == request.chaddr && reply.giaddr == request.giaddr && reply.hops == request.hops)
