@@ -234,7 +234,9 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
         let limit = max(maxMessageSize, DHCPMessage.defaultMaximumMessageSize) - 28
         let storage = options.storage
         var optionBytes = 1  // End
-        options.forEachEntry { _, range in optionBytes += DHCPMessage.wireLength(range.count) }
+        options.forEachEntry { code, range in
+            if code != overloadCode { optionBytes += DHCPMessage.wireLength(range.count) }
+        }
 
         let simple = DHCPMessage.headerLength + optionBytes <= limit
         var plan = OverloadPlan(limit: limit, fileFree: file.isEmpty, snameFree: sname.isEmpty)
@@ -268,7 +270,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
             if simple {
                 var at = 240
                 options.forEachEntry { code, range in
-                    DHCPMessage.writeFragments(code, storage, range, p, &at)
+                    if code != overloadCode { DHCPMessage.writeFragments(code, storage, range, p, &at) }
                 }
                 p[at] = DHCPOptionCode.end.rawValue
             } else {
@@ -296,10 +298,18 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
             let take = min(255, range.upperBound - offset)
             p[at] = code
             p[at + 1] = UInt8(take)
-            for i in 0..<take { p[at + 2 + i] = storage[offset + i] }
+            copy(storage, offset..<(offset + take), to: p, at: at + 2)
             at += 2 + take
             offset += take
         } while offset < range.upperBound
+    }
+
+    static func copy(_ storage: [UInt8], _ range: Range<Int>, to p: UnsafeMutableRawBufferPointer, at: Int) {
+        guard !range.isEmpty else { return }
+        storage.withUnsafeBytes { src in
+            UnsafeMutableRawBufferPointer(rebasing: p[at..<(at + range.count)])
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: src[range]))
+        }
     }
 
     /// Places options across the options field, then `file`, then `sname` (RFC 3396 order). Run once
@@ -326,7 +336,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
             var usedFile = false, usedSname = false
             var fits = true
             options.forEachEntry { code, range in
-                guard fits else { return }
+                guard fits, code != overloadCode else { return }
                 var offset = range.lowerBound
                 repeat {
                     let want = min(255, range.upperBound - offset)
@@ -348,7 +358,7 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
                     if let p {
                         p[at] = code
                         p[at + 1] = UInt8(take)
-                        for i in 0..<take { p[at + 2 + i] = storage[offset + i] }
+                        DHCPMessage.copy(storage, offset..<(offset + take), to: p, at: at + 2)
                     }
                     if areas[area].kind == .file { usedFile = true }
                     if areas[area].kind == .sname { usedSname = true }
@@ -395,6 +405,9 @@ public struct DHCPMessage: Hashable, Sendable, CustomStringConvertible {
         return lines.joined(separator: "\n")
     }
 }
+
+/// Option 52 is framing the encoder decides on its own; a stored copy is never written.
+private let overloadCode = DHCPOptionCode.optionOverload.rawValue
 
 private func hex32(_ v: UInt32) -> String {
     let s = String(v, radix: 16)

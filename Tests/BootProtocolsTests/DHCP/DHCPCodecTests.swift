@@ -254,6 +254,16 @@ func dhcpSampleRequest() -> DHCPMessage {
         #expect(decoded == m)
     }
 
+    @Test func aStoredOverloadOptionIsNeverWritten() throws {
+        var m = DHCPMessage(op: .bootReply, xid: 7, chaddr: DHCPHardwareAddress())
+        m.options.set(.messageType(.ack))
+        m.options.set(.optionOverload(.both))
+        let bytes = try m.encoded()
+        #expect(bytes[240...243].elementsEqual([53, 1, 5, 255]))
+        m.options.remove(.optionOverload)
+        #expect(try DHCPMessage(decoding: bytes) == m)
+    }
+
     @Test func optionsThatCannotFitThrow() {
         var m = DHCPMessage(op: .bootReply, xid: 7, chaddr: DHCPHardwareAddress())
         m.options.setRaw(DHCPOptionCode(224), [UInt8](repeating: 1, count: 2000))
