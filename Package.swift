@@ -65,7 +65,8 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
-        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"]),
+        // Fixtures are read through #filePath (so re-recording writes into the source tree).
+        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], exclude: ["Fixtures"]),
         .testTarget(
             name: "BootServerTests",
             dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", .product(name: "HummingbirdTesting", package: "hummingbird")]

@@ -1,0 +1,111 @@
+import BootProtocols
+import Foundation
+import Testing
+
+/// Golden tests over packets captured from real clients (see Fixtures/DHCP/README.md).
+/// `RECORD_GOLDEN=1` rewrites the `.txt` renderings instead of comparing.
+enum DHCPFixtures {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fixtures/DHCP", isDirectory: true)
+
+    static let names: [String] = {
+        guard let manifest = try? String(contentsOf: directory.appendingPathComponent("manifest.txt"), encoding: .utf8) else {
+            return []
+        }
+        return manifest.split(separator: "\n").compactMap { line in
+            line.hasPrefix("#") ? nil : line.split(separator: " ").first.map(String.init)
+        }
+    }()
+
+    static func bytes(_ name: String) throws -> [UInt8] {
+        let text = try String(contentsOf: directory.appendingPathComponent("\(name).hex"), encoding: .utf8)
+        return try text.split(separator: "\n").filter { !$0.hasPrefix("#") }
+            .flatMap { $0.split(separator: " ") }
+            .map { try #require(UInt8($0, radix: 16), "bad hex byte \($0) in \(name).hex") }
+    }
+
+    static func message(_ name: String) throws -> DHCPMessage { try DHCPMessage(decoding: bytes(name)) }
+}
+
+@Suite struct DHCPGoldenTests {
+    @Test func allFixturesAreListed() {
+        #expect(DHCPFixtures.names.count >= 10)
+    }
+
+    @Test(arguments: DHCPFixtures.names)
+    func renderingMatchesGolden(name: String) throws {
+        let raw = try DHCPFixtures.bytes(name)
+        let message = try DHCPMessage(decoding: raw)
+        let rendering = "# \(raw.count) bytes\n" + message.description + "\n"
+        let golden = DHCPFixtures.directory.appendingPathComponent("\(name).txt")
+        if ProcessInfo.processInfo.environment["RECORD_GOLDEN"] == "1" {
+            try rendering.write(to: golden, atomically: true, encoding: .utf8)
+        } else {
+            let expected = try String(contentsOf: golden, encoding: .utf8)
+            #expect(rendering == expected, "re-record with RECORD_GOLDEN=1 if the change is intended")
+        }
+        // What we decode, we re-encode to the same message (within the sender's own size).
+        let again = try DHCPMessage(decoding: message.encoded(maxMessageSize: max(576, raw.count + 28)))
+        #expect(again == message)
+    }
+
+    @Test func ipxeDiscoverGetsTheBootScript() throws {
+        let m = try DHCPFixtures.message("ipxe-bios-discover")
+        #expect(m.messageType == .discover && m.options.userClassIsIPXE)
+        #expect(m.options.clientArchitecture == .x86BIOS && m.options.vendorClassHasPrefix("PXEClient"))
+        #expect(m.clientMAC?.description == "52:54:00:00:00:b1")
+        let r = try dhcpReply(dhcpDecide(m))
+        #expect(r.message.bootFileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:b1")
+        #expect(r.message.xid == m.xid && r.message.yiaddr == IPv4Address(192, 0, 2, 101))
+        #expect(r.destination.kind == .clientHardwareAddress)  // iPXE leaves the broadcast bit clear
+    }
+
+    @Test func edk2PXEDiscoverGetsIPXEEFI() throws {
+        let m = try DHCPFixtures.message("edk2-x64-uefi-discover")
+        #expect(m.options.clientArchitecture == .x64UEFI && !m.options.userClassIsIPXE)
+        #expect(m.flags.contains(.broadcast))
+        for p in [dhcpPolicy, dhcpProxyPolicy] {
+            let r = try dhcpReply(dhcpDecide(m, policy: p))
+            #expect(r.message.bootFileName == "ipxe/ipxe.efi" && r.message.siaddr == dhcpServer)
+            #expect(r.destination.kind == .broadcast)
+        }
+    }
+
+    @Test func edk2HTTPBootDiscoverGetsAURL() throws {
+        let m = try DHCPFixtures.message("edk2-x64-uefi-http-discover")
+        #expect(m.options.clientArchitecture == .x64UEFIHTTP && m.options.vendorClassHasPrefix("HTTPClient"))
+        let r = try dhcpReply(dhcpDecide(m))
+        #expect(r.message.bootFileName == "http://192.0.2.1:8080/ipxe/ipxe.efi")
+        #expect(r.message.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
+    }
+
+    @Test func plainClientsAndProxyMode() throws {
+        for name in ["udhcpc-discover", "dhclient-discover"] {
+            let m = try DHCPFixtures.message(name)
+            #expect(dhcpDecide(m, policy: dhcpProxyPolicy) == .ignore(.notPXEClient))
+            let r = try dhcpReply(dhcpDecide(m))
+            #expect(r.message.messageType == .offer && r.message.file.isEmpty && r.message.siaddr == .any)
+        }
+    }
+
+    @Test func capturedRequestsAreSelecting() throws {
+        // Both clients selected dnsmasq at 192.0.2.1, which is our server address in these tests.
+        for name in ["udhcpc-request", "dhclient-request", "ipxe-bios-request"] {
+            let m = try DHCPFixtures.message(name)
+            #expect(m.messageType == .request && m.options.serverIdentifier == dhcpServer && m.ciaddr == .any)
+            let requested = try #require(m.options.requestedIPAddress)
+            // dnsmasq's range is not our pool: our policy refuses the address with a reason.
+            #expect(try dhcpReply(dhcpDecide(m)).nakReason == .addressNotInPool(requested))
+        }
+    }
+
+    @Test func dnsmasqRepliesDecode() throws {
+        let offer = try DHCPFixtures.message("dnsmasq-offer")
+        #expect(offer.op == .bootReply && offer.messageType == .offer && offer.options.serverIdentifier == dhcpServer)
+        let ack = try DHCPFixtures.message("dnsmasq-ack-ipxe")
+        // dnsmasq answers iPXE's request for option 67 with a NUL-terminated value and an empty file field.
+        #expect(ack.messageType == .ack && ack.file.isEmpty && ack.options.bootfileName == "pxelinux.0\u{0}")
+        #expect(ack.yiaddr == IPv4Address(192, 0, 2, 124) && ack.siaddr == dhcpServer)
+        #expect(dhcpDecide(ack) == .ignore(.notABootRequest))
+    }
+}
