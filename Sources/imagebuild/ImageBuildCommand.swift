@@ -4,7 +4,7 @@ import ImageBuildKit
 import Logging
 
 @main
-struct ImageBuildCommand: ParsableCommand {
+struct ImageBuildCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "imagebuild",
         abstract: "Build network-boot images for diskless nodes, and serve them.",
@@ -17,7 +17,7 @@ struct ImageBuildCommand: ParsableCommand {
               imagebuild inspect artifacts/minimal/initramfs.img
             """,
         version: ImageBuildVersion.current,
-        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self],
+        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self, ServeCommand.self],
         defaultSubcommand: BuildCommand.self
     )
 }

@@ -37,8 +37,9 @@ public actor TFTPServer {
         let logger = self.logger
         let group = self.group
         let observer = self.observer
+        // No SO_REUSEADDR: for UDP it lets a second server bind the same port and silently take
+        // half the requests; a clear "port in use" at start-up is what an administrator needs.
         let channel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
             // A boot storm sends hundreds of RRQs at once; the kernel's default buffer (~200 KiB, a few
             // hundred datagrams) drops the rest, and each drop costs that client a multi-second retry.
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(configuration.listenerReceiveBufferSize))
