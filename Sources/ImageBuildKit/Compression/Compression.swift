@@ -53,15 +53,16 @@ public enum Compression: String, Sendable, CaseIterable, Codable {
     /// A sink that compresses into `file` and finishes it on `finish()`.
     /// - Parameters:
     ///   - gzipLevel: only for `gzip`.
+    ///   - gzipMaxChain: only for `gzip`: see `ParallelGzipWriter.init`.
     ///   - threads: only for `gzip`; the external tools use a fixed two, so
     ///     their output does not depend on the machine.
     public func makeSink(
-        into file: FileSink, gzipLevel: Int32 = 6,
+        into file: FileSink, gzipLevel: Int32 = 6, gzipMaxChain: Int32? = nil,
         threads: Int = ProcessInfo.processInfo.activeProcessorCount
     ) throws -> ByteSink {
         switch self {
         case .gzip:
-            return try ParallelGzipWriter(level: gzipLevel, threads: threads, into: file)
+            return try ParallelGzipWriter(level: gzipLevel, maxChain: gzipMaxChain, threads: threads, into: file)
         case .none:
             return PassthroughSink(file)
         case .zstd, .xz:
