@@ -410,6 +410,22 @@ struct ParallelGzipTests {
         #expect(throws: SinkFailure.self) { try writer.finish() }
     }
 
+    @Test("output streams out before finish: blocks in flight are bounded")
+    func bounded() throws {
+        var received = 0
+        let writer = try ParallelGzipWriter(blockSize: 4096, threads: 1) { received += $0.count }
+        // 1 thread allows 4 blocks in flight; 40 blocks of input must force
+        // the oldest ones out to the sink while writing.
+        let input = TestData.random(40 * 4096, seed: 23)
+        try input.withUnsafeBytes { raw in
+            for start in stride(from: 0, to: raw.count, by: 4096) {
+                try writer.write(UnsafeRawBufferPointer(rebasing: raw[start..<start + 4096]))
+            }
+        }
+        #expect(received >= 30 * 4096)
+        try writer.finish()
+    }
+
     @Test("writing after finish is refused")
     func writeAfterFinish() throws {
         let writer = try ParallelGzipWriter(threads: 1) { _ in }

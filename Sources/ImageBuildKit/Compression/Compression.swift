@@ -110,9 +110,9 @@ public final class ProcessFilterSink: ByteSink {
             throw CompressionError.spawnFailed(tool: tool, reason: "\(error)")
         }
         self.process = process
-        // Keep our own close-on-exec copy of the write end (so a child spawned
-        // later by another thread cannot hold it open), and close the pipe ends
-        // that belong to the child so EOF propagates both ways.
+        // Keep our own close-on-exec copy of the write end, so a child spawned
+        // later by another thread (outside Foundation) cannot hold it open.
+        // Foundation's run() has already closed the child's ends in this process.
         let fd = fcntl(input.fileHandleForWriting.fileDescriptor, F_DUPFD_CLOEXEC, 0)
         if fd < 0 {
             let code = errno
@@ -121,9 +121,6 @@ public final class ProcessFilterSink: ByteSink {
         }
         stdinFD = fd
         try? input.fileHandleForWriting.close()
-        try? input.fileHandleForReading.close()
-        try? output.fileHandleForWriting.close()
-        try? errors.fileHandleForWriting.close()
         relay = FilterRelay(tool: tool, downstream: downstream,
                             stdout: output.fileHandleForReading, stderr: errors.fileHandleForReading)
         relay.start()

@@ -244,9 +244,9 @@ public final class ParallelGzipWriter: ByteSink {
 /// `@unchecked Sendable`: ownership moves between threads through
 /// `GzipWorkPool`'s lock. The writer's thread fills it, hands it to the queue;
 /// exactly one worker compresses it and marks it done under the lock; only
-/// then does the writer's thread read the output. The only overlap is the
-/// writer reading a submitted block's tail to prime the next block's
-/// dictionary while a worker also reads it: both only read.
+/// then does the writer's thread read the output. The next block's dictionary
+/// is copied from a full block before that block is submitted, so no block
+/// is ever touched by two threads at once.
 final class GzipJob: @unchecked Sendable {
     let input: UnsafeMutableRawPointer
     let dataStart: UnsafeMutableRawPointer
