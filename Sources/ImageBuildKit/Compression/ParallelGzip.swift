@@ -57,11 +57,12 @@ public final class ParallelGzipWriter: ByteSink {
     ///   - level: zlib level 0...9; 6 is gzip's default.
     ///   - maxChain: if set, overrides the level's hash-chain limit (zlib's
     ///     `max_chain`, 128 at level 6) through `deflateTune`, keeping the
-    ///     level's other parameters. Nearly half of deflate's time at level 6
-    ///     goes to walking these chains; 64 cuts about 19% of the instructions
-    ///     at about +0.3% size (measured on cpios of kernel modules, locales and
-    ///     gcc's libraries: still within 0.3% of `gzip -6`). nil keeps zlib's
-    ///     level exactly, so the stream matches what pigz at that level makes.
+    ///     level's other parameters. About half of deflate's time at level 6
+    ///     goes to walking these chains (perf: zlib's longest_match); 64 cuts
+    ///     about 19% of the instructions for 0.3-0.5% more output (measured on
+    ///     cpios of kernel modules, locales and gcc's libraries, still within
+    ///     0.5% of `gzip -6`). nil keeps zlib's parameters for the level, the
+    ///     ones gzip and pigz use.
     ///   - blockSize: input bytes per block; pigz uses 128 KiB. Smaller blocks
     ///     cost ratio (5 bytes of sync marker plus a fresh Huffman table each).
     ///   - threads: compression threads; the default is the active processor count.
