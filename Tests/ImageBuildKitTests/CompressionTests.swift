@@ -34,28 +34,42 @@ enum TestData {
     }
 
     /// Compressible, text-like bytes with repeats at all distances, including
-    /// across block boundaries and beyond the 32 KiB window.
+    /// across block boundaries and beyond the 32 KiB window. Written into a
+    /// preallocated buffer: debug builds are slow at element-wise appends.
     static func text(_ count: Int, seed: UInt64 = 2) -> [UInt8] {
         var rng = TestRandom(seed: seed)
-        let words = (0..<400).map { i -> [UInt8] in
+        var words: [[UInt8]] = []
+        for i in 0..<400 {
             let length = 2 + Int(rng.next() % 9)
-            return (0..<length).map { _ in UInt8(97 + rng.next() % 26) } + [i % 13 == 0 ? 10 : 32]
+            words.append((0..<length).map { _ in UInt8(97 + rng.next() % 26) } + [i % 13 == 0 ? 10 : 32])
         }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(count + 16)
-        while bytes.count < count {
-            let r = rng.next()
-            if r % 7 == 0, bytes.count > 1000 {
-                // Copy an earlier stretch (a long-distance match).
-                let start = Int(rng.next() % UInt64(bytes.count - 200))
-                bytes.append(contentsOf: bytes[start..<start + 40 + Int(r % 150)])
-            } else if r % 11 == 0 {
-                bytes.append(contentsOf: TestData.random(16, seed: r))
-            } else {
-                bytes.append(contentsOf: words[Int((r >> 8) % UInt64(words.count))])
+        return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            guard let base = buffer.baseAddress else { initialized = 0; return }
+            var n = 0
+            while n < count {
+                let r = rng.next()
+                if r % 7 == 0, n > 1000 {
+                    // Copy an earlier stretch (a long-distance match).
+                    let start = Int(rng.next() % UInt64(n - 200))
+                    let length = min(40 + Int(r % 150), count - n)
+                    (base + n).update(from: base + start, count: length)
+                    n += length
+                } else if r % 11 == 0 {
+                    var noise = rng.next()
+                    for _ in 0..<min(8, count - n) {
+                        base[n] = UInt8(truncatingIfNeeded: noise)
+                        noise >>= 8
+                        n += 1
+                    }
+                } else {
+                    let word = words[Int((r >> 8) % UInt64(words.count))]
+                    let length = min(word.count, count - n)
+                    word.withUnsafeBufferPointer { (base + n).update(from: $0.baseAddress!, count: length) }
+                    n += length
+                }
             }
+            initialized = count
         }
-        return Array(bytes.prefix(count))
     }
 }
 
@@ -343,6 +357,35 @@ struct ParallelGzipTests {
         #expect(ratio <= 1.01, "ours \(ours.count) bytes, gzip -6 -n \(reference.stdout.count) bytes, cpio \(cpio.count) bytes")
     }
 
+    @Test("maxChain set to the level's own chain limit changes nothing (the tuning table matches zlib's)",
+          arguments: [(Int32(4), Int32(16)), (5, 32), (6, 128), (7, 256), (8, 1024), (9, 4096)])
+    func tuningTableMatchesZlib(level: Int32, chain: Int32) throws {
+        let input = TestData.text(400_000, seed: 17)
+        let plain = try parallelGzipTuned(input, level: level, maxChain: nil)
+        #expect(try parallelGzipTuned(input, level: level, maxChain: chain) == plain)
+    }
+
+    @Test("a shorter chain round-trips, is thread-invariant, and trades a little size")
+    func shorterChain() throws {
+        let input = TestData.text(2 << 20, seed: 19)
+        let tuned = try parallelGzipTuned(input, level: 6, maxChain: 8, threads: 1)
+        #expect(try zlibGunzip(tuned) == input)
+        #expect(try parallelGzipTuned(input, level: 6, maxChain: 8, threads: 3) == tuned)
+        let plain = try parallelGzip(input)
+        #expect(tuned != plain)
+        #expect(tuned.count >= plain.count)
+        #expect(throws: CompressionError.self) { _ = try ParallelGzipWriter(level: 6, maxChain: 0) { _ in } }
+        #expect(throws: CompressionError.self) { _ = try ParallelGzipWriter(level: 3, maxChain: 64) { _ in } }
+    }
+
+    func parallelGzipTuned(_ input: [UInt8], level: Int32, maxChain: Int32?, threads: Int = 2) throws -> [UInt8] {
+        var output: [UInt8] = []
+        let writer = try ParallelGzipWriter(level: level, maxChain: maxChain, threads: threads) { output.append(contentsOf: $0) }
+        try input.withUnsafeBytes { try writer.write($0) }
+        try writer.finish()
+        return output
+    }
+
     @Test("a throwing sink fails write or finish, and the writer stays failed")
     func sinkError() throws {
         var calls = 0
@@ -365,6 +408,22 @@ struct ParallelGzipTests {
         #expect(thrown is SinkFailure)
         #expect(throws: SinkFailure.self) { try writer.write(UnsafeRawBufferPointer(start: nil, count: 0)) }
         #expect(throws: SinkFailure.self) { try writer.finish() }
+    }
+
+    @Test("output streams out before finish: blocks in flight are bounded")
+    func bounded() throws {
+        var received = 0
+        let writer = try ParallelGzipWriter(blockSize: 4096, threads: 1) { received += $0.count }
+        // 1 thread allows 4 blocks in flight; 40 blocks of input must force
+        // the oldest ones out to the sink while writing.
+        let input = TestData.random(40 * 4096, seed: 23)
+        try input.withUnsafeBytes { raw in
+            for start in stride(from: 0, to: raw.count, by: 4096) {
+                try writer.write(UnsafeRawBufferPointer(rebasing: raw[start..<start + 4096]))
+            }
+        }
+        #expect(received >= 30 * 4096)
+        try writer.finish()
     }
 
     @Test("writing after finish is refused")

@@ -53,15 +53,16 @@ public enum Compression: String, Sendable, CaseIterable, Codable {
     /// A sink that compresses into `file` and finishes it on `finish()`.
     /// - Parameters:
     ///   - gzipLevel: only for `gzip`.
+    ///   - gzipMaxChain: only for `gzip`: see `ParallelGzipWriter.init`.
     ///   - threads: only for `gzip`; the external tools use a fixed two, so
     ///     their output does not depend on the machine.
     public func makeSink(
-        into file: FileSink, gzipLevel: Int32 = 6,
+        into file: FileSink, gzipLevel: Int32 = 6, gzipMaxChain: Int32? = nil,
         threads: Int = ProcessInfo.processInfo.activeProcessorCount
     ) throws -> ByteSink {
         switch self {
         case .gzip:
-            return try ParallelGzipWriter(level: gzipLevel, threads: threads, into: file)
+            return try ParallelGzipWriter(level: gzipLevel, maxChain: gzipMaxChain, threads: threads, into: file)
         case .none:
             return PassthroughSink(file)
         case .zstd, .xz:
@@ -109,9 +110,9 @@ public final class ProcessFilterSink: ByteSink {
             throw CompressionError.spawnFailed(tool: tool, reason: "\(error)")
         }
         self.process = process
-        // Keep our own close-on-exec copy of the write end (so a child spawned
-        // later by another thread cannot hold it open), and close the pipe ends
-        // that belong to the child so EOF propagates both ways.
+        // Keep our own close-on-exec copy of the write end, so a child spawned
+        // later by another thread (outside Foundation) cannot hold it open.
+        // Foundation's run() has already closed the child's ends in this process.
         let fd = fcntl(input.fileHandleForWriting.fileDescriptor, F_DUPFD_CLOEXEC, 0)
         if fd < 0 {
             let code = errno
@@ -120,9 +121,6 @@ public final class ProcessFilterSink: ByteSink {
         }
         stdinFD = fd
         try? input.fileHandleForWriting.close()
-        try? input.fileHandleForReading.close()
-        try? output.fileHandleForWriting.close()
-        try? errors.fileHandleForWriting.close()
         relay = FilterRelay(tool: tool, downstream: downstream,
                             stdout: output.fileHandleForReading, stderr: errors.fileHandleForReading)
         relay.start()
