@@ -1,129 +1,131 @@
 import Foundation
 import Testing
 
-@Suite("imagebuild build, validate, inspect", .serialized)
-struct BuildCommandTests {
-    @Test("the minimal recipe builds every artifact and the manifest describes them")
-    func minimalArtifacts() throws {
-        let dir = try Harness.minimal.get()
-        for name in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline", "manifest.json"] {
-            #expect(FileManager.default.fileExists(atPath: dir + "/" + name), "\(name) missing")
+extension EndToEnd {
+    @Suite("imagebuild build, validate, inspect", .serialized)
+    struct BuildCommandTests {
+        @Test("the minimal recipe builds every artifact and the manifest describes them")
+        func minimalArtifacts() throws {
+            let dir = try Harness.minimal.get()
+            for name in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline", "manifest.json"] {
+                #expect(FileManager.default.fileExists(atPath: dir + "/" + name), "\(name) missing")
+            }
+            let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/manifest.json"))) as! [String: Any]
+            #expect(manifest["sourceDateEpoch"] as? Int == Int(Harness.epoch))
+            let files = manifest["files"] as! [String: [String: Any]]
+            let image = try Harness.shell("sha256sum \(dir)/image.tar.gz | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(files["image.tar.gz"]?["sha256"] as? String == image)
+            let cmdline = try String(contentsOfFile: dir + "/cmdline", encoding: .utf8)
+            #expect(cmdline.contains("imagebuild.sha256=\(image)"))
+            #expect((manifest["modules"] as? [String])?.contains("virtio_net") == true)
         }
-        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/manifest.json"))) as! [String: Any]
-        #expect(manifest["sourceDateEpoch"] as? Int == Int(Harness.epoch))
-        let files = manifest["files"] as! [String: [String: Any]]
-        let image = try Harness.shell("sha256sum \(dir)/image.tar.gz | cut -d' ' -f1").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(files["image.tar.gz"]?["sha256"] as? String == image)
-        let cmdline = try String(contentsOfFile: dir + "/cmdline", encoding: .utf8)
-        #expect(cmdline.contains("imagebuild.sha256=\(image)"))
-        #expect((manifest["modules"] as? [String])?.contains("virtio_net") == true)
-    }
 
-    @Test("cpio -t and bsdtar -tv read the initramfs and show what the recipe asked for")
-    func initramfsIsReadableByStandardTools() throws {
-        let dir = try Harness.minimal.get()
-        let cpio = try Harness.shell("gzip -dc \(dir)/initramfs.img | cpio -t 2>/dev/null")
-        #expect(cpio.status == 0)
-        let names = Set(cpio.stdout.split(separator: "\n").map(String.init))
-        for expected in ["init", "load_img.sh", "modules.txt", "bin/busybox", "bin/sh", "etc/udhcpc.script", "dev/console", "newroot"] {
-            #expect(names.contains(expected), "\(expected) not in the initramfs")
+        @Test("cpio -t and bsdtar -tv read the initramfs and show what the recipe asked for")
+        func initramfsIsReadableByStandardTools() throws {
+            let dir = try Harness.minimal.get()
+            let cpio = try Harness.shell("gzip -dc \(dir)/initramfs.img | cpio -t 2>/dev/null")
+            #expect(cpio.status == 0)
+            let names = Set(cpio.stdout.split(separator: "\n").map(String.init))
+            for expected in ["init", "load_img.sh", "modules.txt", "bin/busybox", "bin/sh", "etc/udhcpc.script", "dev/console", "newroot"] {
+                #expect(names.contains(expected), "\(expected) not in the initramfs")
+            }
+            #expect(names.contains { $0.hasSuffix("/virtio_net.ko") })
+            #expect(names.contains { $0.hasSuffix("/e1000e.ko") })
+            let bsdtar = try Harness.shell("bsdtar -tvf \(dir)/initramfs.img")
+            #expect(bsdtar.status == 0)
+            #expect(bsdtar.stdout.range(of: #"crw-------\s+\d+\s+0\s+0\s+5,\s*1 .*dev/console"#, options: .regularExpression) != nil,
+                    "no /dev/console char 5,1 in:\n\(bsdtar.stdout.prefix(2000))")
+            #expect(bsdtar.stdout.range(of: #"-rwxr-xr-x\s+\d+\s+0\s+0\s+\d+ .* init\n"#, options: .regularExpression) != nil)
+            // modules.txt lists dependencies before the module that needs them.
+            let modules = try Harness.shell("gzip -dc \(dir)/initramfs.img | cpio -i --to-stdout modules.txt 2>/dev/null").stdout
+            let order = modules.split(separator: "\n").map { ($0 as NSString).lastPathComponent }
+            let net = try #require(order.firstIndex(of: "virtio_net.ko"))
+            let failover = try #require(order.firstIndex(of: "net_failover.ko"))
+            #expect(failover < net)
         }
-        #expect(names.contains { $0.hasSuffix("/virtio_net.ko") })
-        #expect(names.contains { $0.hasSuffix("/e1000e.ko") })
-        let bsdtar = try Harness.shell("bsdtar -tvf \(dir)/initramfs.img")
-        #expect(bsdtar.status == 0)
-        #expect(bsdtar.stdout.range(of: #"crw-------\s+\d+\s+0\s+0\s+5,\s*1 .*dev/console"#, options: .regularExpression) != nil,
-                "no /dev/console char 5,1 in:\n\(bsdtar.stdout.prefix(2000))")
-        #expect(bsdtar.stdout.range(of: #"-rwxr-xr-x\s+\d+\s+0\s+0\s+\d+ .* init\n"#, options: .regularExpression) != nil)
-        // modules.txt lists dependencies before the module that needs them.
-        let modules = try Harness.shell("gzip -dc \(dir)/initramfs.img | cpio -i --to-stdout modules.txt 2>/dev/null").stdout
-        let order = modules.split(separator: "\n").map { ($0 as NSString).lastPathComponent }
-        let net = try #require(order.firstIndex(of: "virtio_net.ko"))
-        let failover = try #require(order.firstIndex(of: "net_failover.ko"))
-        #expect(failover < net)
-    }
 
-    @Test("the image carries the recipe's files with their modes")
-    func imageContents() throws {
-        let dir = try Harness.minimal.get()
-        let listing = try Harness.imagebuild(["inspect", dir + "/image.tar.gz"])
-        #expect(listing.status == 0)
-        #expect(listing.stdout.range(of: #"-rwxr-xr-x 0/0\s+\d+ etc/init.d/rcS"#, options: .regularExpression) != nil, "\(listing.stdout.prefix(3000))")
-        #expect(listing.stdout.contains("sbin/init -> /bin/busybox"))
-    }
-
-    @Test("two builds of the same recipe are byte-identical")
-    func reproducible() throws {
-        let first = try Harness.minimal.get()
-        let out = Harness.temporaryDirectory("repro")
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        let result = try Harness.imagebuild([Harness.packageRoot + "/recipes/minimal.yaml", "--out", out, "--force"],
-                                            environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
-        #expect(result.status == 0, "\(result.stderr)")
-        for name in ["initramfs.img", "image.tar.gz", "vmlinuz", "cmdline", "manifest.json"] {
-            let a = try Data(contentsOf: URL(fileURLWithPath: first + "/" + name))
-            let b = try Data(contentsOf: URL(fileURLWithPath: out + "/minimal/" + name))
-            #expect(a == b, "\(name) differs between two builds")
+        @Test("the image carries the recipe's files with their modes")
+        func imageContents() throws {
+            let dir = try Harness.minimal.get()
+            let listing = try Harness.imagebuild(["inspect", dir + "/image.tar.gz"])
+            #expect(listing.status == 0)
+            #expect(listing.stdout.range(of: #"-rwxr-xr-x 0/0\s+\d+ etc/init.d/rcS"#, options: .regularExpression) != nil, "\(listing.stdout.prefix(3000))")
+            #expect(listing.stdout.contains("sbin/init -> /bin/busybox"))
         }
-    }
 
-    @Test("an unchanged recipe is not rebuilt; --force rebuilds")
-    func cache() throws {
-        let out = Harness.temporaryDirectory("cache")
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
-        let env = ["SOURCE_DATE_EPOCH": Harness.epoch]
-        #expect(try Harness.imagebuild([recipe, "--out", out, "--json"], environment: env).stdout.contains("\"upToDate\" : false"))
-        let again = try Harness.imagebuild([recipe, "--out", out, "--json"], environment: env)
-        #expect(again.stdout.contains("\"upToDate\" : true"), "\(again.stdout) \(again.stderr)")
-        let forced = try Harness.imagebuild([recipe, "--out", out, "--json", "--force"], environment: env)
-        #expect(forced.stdout.contains("\"upToDate\" : false"))
-        // A different epoch is a different input.
-        let other = try Harness.imagebuild([recipe, "--out", out, "--json"], environment: ["SOURCE_DATE_EPOCH": "1700000001"])
-        #expect(other.stdout.contains("\"upToDate\" : false"))
-    }
-
-    @Test("a build killed midway leaves the previous artifacts untouched")
-    func killedBuildKeepsPreviousArtifacts() throws {
-        let out = Harness.temporaryDirectory("kill")
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
-        #expect(try Harness.imagebuild([recipe, "--out", out], environment: ["SOURCE_DATE_EPOCH": Harness.epoch]).status == 0)
-        var before = try Harness.shell("cd \(out)/minimal && sha256sum * | sort").stdout
-        // Kill rebuilds at several points: early, during assembly, during compression.
-        // (A different epoch makes a build that completes before the kill visible.)
-        for delay in [0.3, 1.0, 2.0, 3.5] {
-            let build = try BackgroundProcess(Harness.binary, [recipe, "--out", out, "--force", "--source-date-epoch", "1700000123"], log: out + "/log")
-            usleep(useconds_t(delay * 1_000_000))
-            let finished = !build.process.isRunning
-            kill(build.process.processIdentifier, SIGKILL)
-            build.process.waitUntilExit()
-            let after = try Harness.shell("cd \(out)/minimal && sha256sum * | sort").stdout
-            if finished && build.process.terminationStatus == 0 {
-                // It completed on its own: the new artifacts must be whole and agree with their manifest.
-                let check = try Harness.shell("cd \(out)/minimal && for f in vmlinuz initramfs.img image.tar.gz cmdline; do grep -q \"$(sha256sum $f | cut -c1-64)\" manifest.json || exit 1; done")
-                #expect(check.status == 0, "a completed build left artifacts that disagree with their manifest")
-                before = after
-            } else {
-                #expect(after == before, "artifacts changed after a kill at \(delay) s")
+        @Test("two builds of the same recipe are byte-identical")
+        func reproducible() throws {
+            let first = try Harness.minimal.get()
+            let out = Harness.temporaryDirectory("repro")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let result = try Harness.imagebuild([Harness.packageRoot + "/recipes/minimal.yaml", "--out", out, "--force"],
+                                                environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
+            #expect(result.status == 0, "\(result.stderr)")
+            for name in ["initramfs.img", "image.tar.gz", "vmlinuz", "cmdline", "manifest.json"] {
+                let a = try Data(contentsOf: URL(fileURLWithPath: first + "/" + name))
+                let b = try Data(contentsOf: URL(fileURLWithPath: out + "/minimal/" + name))
+                #expect(a == b, "\(name) differs between two builds")
             }
         }
-        // The next build cleans the dead work folders up and succeeds.
-        #expect(try Harness.imagebuild([recipe, "--out", out, "--force"], environment: ["SOURCE_DATE_EPOCH": Harness.epoch]).status == 0)
-        let leftovers = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix(".minimal.build-") }
-        #expect(leftovers.isEmpty, "left over: \(leftovers)")
-    }
 
-    @Test("validate reports a located error and exits 1")
-    func validateError() throws {
-        let dir = Harness.temporaryDirectory("validate")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let recipe = dir + "/recipe.yaml"
-        try "name: x\nbase: {scratch: true}\nkernel: {path: /boot/vmlinuz-*}\npakages: [a]\n".write(toFile: recipe, atomically: true, encoding: .utf8)
-        let result = try Harness.imagebuild(["validate", recipe])
-        #expect(result.status == 1)
-        #expect(result.stderr == "imagebuild: error: \(recipe):4:1: unknown key 'pakages' (did you mean 'packages'?)\n")
-        let ok = try Harness.imagebuild(["validate", Harness.packageRoot + "/recipes/minimal.yaml"])
-        #expect(ok.status == 0, "\(ok.stderr)")
+        @Test("an unchanged recipe is not rebuilt; --force rebuilds")
+        func cache() throws {
+            let out = Harness.temporaryDirectory("cache")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
+            let env = ["SOURCE_DATE_EPOCH": Harness.epoch]
+            #expect(try Harness.imagebuild([recipe, "--out", out, "--json"], environment: env).stdout.contains("\"upToDate\" : false"))
+            let again = try Harness.imagebuild([recipe, "--out", out, "--json"], environment: env)
+            #expect(again.stdout.contains("\"upToDate\" : true"), "\(again.stdout) \(again.stderr)")
+            let forced = try Harness.imagebuild([recipe, "--out", out, "--json", "--force"], environment: env)
+            #expect(forced.stdout.contains("\"upToDate\" : false"))
+            // A different epoch is a different input.
+            let other = try Harness.imagebuild([recipe, "--out", out, "--json"], environment: ["SOURCE_DATE_EPOCH": "1700000001"])
+            #expect(other.stdout.contains("\"upToDate\" : false"))
+        }
+
+        @Test("a build killed midway leaves the previous artifacts untouched")
+        func killedBuildKeepsPreviousArtifacts() throws {
+            let out = Harness.temporaryDirectory("kill")
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
+            #expect(try Harness.imagebuild([recipe, "--out", out], environment: ["SOURCE_DATE_EPOCH": Harness.epoch]).status == 0)
+            var before = try Harness.shell("cd \(out)/minimal && sha256sum * | sort").stdout
+            // Kill rebuilds at several points: early, during assembly, during compression.
+            // (A different epoch makes a build that completes before the kill visible.)
+            for delay in [0.3, 1.0, 2.0, 3.5] {
+                let build = try BackgroundProcess(Harness.binary, [recipe, "--out", out, "--force", "--source-date-epoch", "1700000123"], log: out + "/log")
+                usleep(useconds_t(delay * 1_000_000))
+                let finished = !build.process.isRunning
+                build.process.kill(SIGKILL)
+                build.process.wait()
+                let after = try Harness.shell("cd \(out)/minimal && sha256sum * | sort").stdout
+                if finished && build.process.terminationStatus == 0 {
+                    // It completed on its own: the new artifacts must be whole and agree with their manifest.
+                    let check = try Harness.shell("cd \(out)/minimal && for f in vmlinuz initramfs.img image.tar.gz cmdline; do grep -q \"$(sha256sum $f | cut -c1-64)\" manifest.json || exit 1; done")
+                    #expect(check.status == 0, "a completed build left artifacts that disagree with their manifest")
+                    before = after
+                } else {
+                    #expect(after == before, "artifacts changed after a kill at \(delay) s")
+                }
+            }
+            // The next build cleans the dead work folders up and succeeds.
+            #expect(try Harness.imagebuild([recipe, "--out", out, "--force"], environment: ["SOURCE_DATE_EPOCH": Harness.epoch]).status == 0)
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasPrefix(".minimal.build-") }
+            #expect(leftovers.isEmpty, "left over: \(leftovers)")
+        }
+
+        @Test("validate reports a located error and exits 1")
+        func validateError() throws {
+            let dir = Harness.temporaryDirectory("validate")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let recipe = dir + "/recipe.yaml"
+            try "name: x\nbase: {scratch: true}\nkernel: {path: /boot/vmlinuz-*}\npakages: [a]\n".write(toFile: recipe, atomically: true, encoding: .utf8)
+            let result = try Harness.imagebuild(["validate", recipe])
+            #expect(result.status == 1)
+            #expect(result.stderr == "imagebuild: error: \(recipe):4:1: unknown key 'pakages' (did you mean 'packages'?)\n")
+            let ok = try Harness.imagebuild(["validate", Harness.packageRoot + "/recipes/minimal.yaml"])
+            #expect(ok.status == 0, "\(ok.stderr)")
+        }
     }
 }

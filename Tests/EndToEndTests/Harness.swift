@@ -28,27 +28,15 @@ enum Harness {
     @discardableResult
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
                     directory: String? = nil, timeout: Double = 600) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { $1 }
-        process.environment = env
-        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let outFile = NSTemporaryDirectory() + "ib-out-\(UUID().uuidString)"
         let errFile = outFile + ".err"
-        FileManager.default.createFile(atPath: outFile, contents: nil)
-        FileManager.default.createFile(atPath: errFile, contents: nil)
         defer { unlink(outFile); unlink(errFile) }
-        process.standardOutput = FileHandle(forWritingAtPath: outFile)
-        process.standardError = FileHandle(forWritingAtPath: errFile)
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        let child = try ChildProcess(executable, arguments, environment: environment, directory: directory, stdout: outFile, stderr: errFile)
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus,
+        while child.isRunning && Date() < deadline { usleep(10_000) }
+        if child.isRunning { child.kill(SIGKILL) }
+        let status = child.wait()
+        return Result(status: status,
                       stdout: (try? String(contentsOfFile: outFile, encoding: .utf8)) ?? "",
                       stderr: (try? String(contentsOfFile: errFile, encoding: .utf8)) ?? "")
     }
@@ -92,24 +80,77 @@ struct HarnessError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// A child process started with posix_spawn and reaped with waitpid: no
+/// dependence on Foundation's child monitoring, which can miss an exit when
+/// many children come and go.
+final class ChildProcess: @unchecked Sendable {
+    let pid: pid_t
+    private let lock = NSLock()
+    private var exitStatus: Int32?
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil,
+         stdout: String, stderr: String) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        // posix_spawn has no portable chdir action: a directory is entered by a shell first.
+        let command = directory.map { ["/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", $0, executable] + arguments } ?? [executable] + arguments
+        let argv = command.map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
+        var pid = pid_t()
+        let rc = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
+        guard rc == 0 else { throw HarnessError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        self.pid = pid
+    }
+
+    /// Non-blocking check; reaps the child when it has exited.
+    var isRunning: Bool {
+        lock.lock(); defer { lock.unlock() }
+        if exitStatus != nil { return false }
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        if result == pid { exitStatus = Self.decode(status); return false }
+        return result == 0
+    }
+
+    func kill(_ signal: Int32) { if isRunning { _ = Glibc.kill(pid, signal) } }
+
+    @discardableResult
+    func wait() -> Int32 {
+        lock.lock(); defer { lock.unlock() }
+        if let exitStatus { return exitStatus }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        exitStatus = Self.decode(status)
+        return exitStatus!
+    }
+
+    var terminationStatus: Int32 { wait() }
+
+    static func decode(_ status: Int32) -> Int32 {
+        (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
+
 /// A process started in the background and stopped by its PID when released.
 final class BackgroundProcess {
-    let process = Process()
+    let process: ChildProcess
     let logPath: String
 
-    init(_ executable: String, _ arguments: [String], log: String) throws {
+    init(_ executable: String, _ arguments: [String], log: String, environment: [String: String] = [:]) throws {
         logPath = log
         FileManager.default.createFile(atPath: log, contents: nil)
-        let handle = FileHandle(forWritingAtPath: log)
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
+        process = try ChildProcess(executable, arguments, environment: environment, stdout: log, stderr: log)
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    var isRunning: Bool { process.isRunning }
 
     /// Waits until the log contains `pattern` (true) or the process exits / time runs out (false).
     func wait(for pattern: String, timeout: Double) -> Bool {
@@ -124,11 +165,11 @@ final class BackgroundProcess {
 
     func stop() {
         guard process.isRunning else { return }
-        kill(process.processIdentifier, SIGTERM)
+        process.kill(SIGTERM)
         let deadline = Date().addingTimeInterval(5)
         while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        if process.isRunning { process.kill(SIGKILL) }
+        process.wait()
     }
 
     deinit { stop() }
@@ -147,7 +188,7 @@ final class LoopbackHTTPServer {
                 let process = try BackgroundProcess("/bin/busybox", ["httpd", "-f", "-vv", "-p", "127.0.0.1:\(port)", "-h", root],
                                                     log: NSTemporaryDirectory() + "ib-httpd-\(port).log")
                 usleep(300_000)
-                if process.process.isRunning {
+                if process.isRunning {
                     self.port = port
                     self.server = process
                     return

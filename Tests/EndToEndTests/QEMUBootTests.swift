@@ -35,36 +35,38 @@ enum QEMU {
     }
 }
 
-@Suite("Boot the minimal artifacts in QEMU", .serialized, .enabled(if: QEMU.available, "qemu-system-x86_64 is not installed (scripts/setup installs it)"))
-struct QEMUBootTests {
-    @Test("stage 1 downloads and verifies the image, stage 2 prints NODE-UP")
-    func bootsToNodeUp() throws {
-        let artifacts = try Harness.minimal.get()
-        let http = try LoopbackHTTPServer(root: artifacts)
-        let started = Date()
-        let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.tar.gz imagebuild.onfail=reboot")
-        defer { vm.console.stop(); http.server.stop() }
-        let up = vm.console.wait(for: "NODE-UP 52:54:00:12:34:56", timeout: 240)
-        let log = vm.console.log
-        #expect(up, "no NODE-UP within 240 s (\(QEMU.accelerator)); console:\n\(log.suffix(3000))")
-        #expect(log.contains("imagebuild: sha256 OK"))
-        #expect(log.contains("[switch-root] starting /sbin/init"))
-        if up { print("QEMU (\(QEMU.accelerator)) start to NODE-UP: \(String(format: "%.1f", Date().timeIntervalSince(started))) s") }
-    }
+extension EndToEnd {
+    @Suite("Boot the minimal artifacts in QEMU", .serialized, .enabled(if: QEMU.available, "qemu-system-x86_64 is not installed (scripts/setup installs it)"))
+    struct QEMUBootTests {
+        @Test("stage 1 downloads and verifies the image, stage 2 prints NODE-UP")
+        func bootsToNodeUp() throws {
+            let artifacts = try Harness.minimal.get()
+            let http = try LoopbackHTTPServer(root: artifacts)
+            let started = Date()
+            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.tar.gz imagebuild.onfail=reboot")
+            defer { vm.console.stop(); http.server.stop() }
+            let up = vm.console.wait(for: "NODE-UP 52:54:00:12:34:56", timeout: 240)
+            let log = vm.console.log
+            #expect(up, "no NODE-UP within 240 s (\(QEMU.accelerator)); console:\n\(log.suffix(3000))")
+            #expect(log.contains("imagebuild: sha256 OK"))
+            #expect(log.contains("[switch-root] starting /sbin/init"))
+            if up { print("QEMU (\(QEMU.accelerator)) start to NODE-UP: \(String(format: "%.1f", Date().timeIntervalSince(started))) s") }
+        }
 
-    @Test("a corrupted image is refused with the sha256 failure message")
-    func corruptImageIsRefused() throws {
-        let artifacts = try Harness.minimal.get()
-        let root = Harness.temporaryDirectory("corrupt")
-        defer { try? FileManager.default.removeItem(atPath: root) }
-        var image = try Data(contentsOf: URL(fileURLWithPath: artifacts + "/image.tar.gz"))
-        image[image.count / 2] ^= 0xFF
-        try image.write(to: URL(fileURLWithPath: root + "/image.tar.gz"))
-        let http = try LoopbackHTTPServer(root: root)
-        let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.tar.gz imagebuild.onfail=reboot")
-        defer { vm.console.stop(); http.server.stop() }
-        let refused = vm.console.wait(for: "FAILED at step 'verify': sha256 mismatch", timeout: 240)
-        #expect(refused, "console:\n\(vm.console.log.suffix(3000))")
-        #expect(!vm.console.log.contains("NODE-UP"))
+        @Test("a corrupted image is refused with the sha256 failure message")
+        func corruptImageIsRefused() throws {
+            let artifacts = try Harness.minimal.get()
+            let root = Harness.temporaryDirectory("corrupt")
+            defer { try? FileManager.default.removeItem(atPath: root) }
+            var image = try Data(contentsOf: URL(fileURLWithPath: artifacts + "/image.tar.gz"))
+            image[image.count / 2] ^= 0xFF
+            try image.write(to: URL(fileURLWithPath: root + "/image.tar.gz"))
+            let http = try LoopbackHTTPServer(root: root)
+            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.tar.gz imagebuild.onfail=reboot")
+            defer { vm.console.stop(); http.server.stop() }
+            let refused = vm.console.wait(for: "FAILED at step 'verify': sha256 mismatch", timeout: 240)
+            #expect(refused, "console:\n\(vm.console.log.suffix(3000))")
+            #expect(!vm.console.log.contains("NODE-UP"))
+        }
     }
 }

@@ -66,6 +66,7 @@ public enum StageOneScripts {
         }
 
         step kernel "stage 1 started on $(uname -r)"
+        say "command line: $(cat /proc/cmdline)"
         step modules "loading $(grep -c . /modules.txt 2>/dev/null || echo 0) modules"
         if [ -s /modules.txt ]; then
             while read -r module; do

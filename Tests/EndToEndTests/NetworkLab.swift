@@ -1,0 +1,104 @@
+import Foundation
+
+/// A private boot network: a network namespace with a bridge holding the
+/// server's address and one tap device per VM. Nothing touches a host
+/// interface; `close()` (or deinit) stops every process started here by PID
+/// and deletes the namespace, whatever happened.
+final class NetworkLab {
+    let namespace: String
+    let serverAddress = "10.77.0.1"
+    let directory: String
+    private var processes: [BackgroundProcess] = []
+    private var taps = 0
+    private var closed = false
+
+    /// Why the lab cannot run here, or nil when it can.
+    static let unavailableReason: String? = {
+        if !FileManager.default.fileExists(atPath: "/dev/net/tun") { return "no /dev/net/tun on this machine" }
+        let probe = "ibprobe\(getpid())"
+        guard let result = try? Harness.shell("ip netns add \(probe) && ip netns del \(probe)"), result.status == 0 else {
+            return "cannot create network namespaces here (needs root / CAP_NET_ADMIN)"
+        }
+        return nil
+    }()
+
+    init() throws {
+        namespace = "ibe2e\(getpid())x\(Int.random(in: 1000...9999))"
+        directory = Harness.temporaryDirectory("lab")
+        try run("ip netns add \(namespace)")
+        do {
+            try exec("ip link set lo up")
+            try exec("ip link add br0 type bridge stp_state 0 forward_delay 0")
+            try exec("ip addr add \(serverAddress)/24 dev br0")
+            try exec("ip link set br0 up")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    func run(_ command: String) throws {
+        let result = try Harness.shell(command)
+        if result.status != 0 { throw HarnessError("\(command): \(result.stderr)") }
+    }
+
+    /// Runs a command inside the namespace.
+    func exec(_ command: String) throws { try run("ip netns exec \(namespace) \(command)") }
+
+    /// A new tap device on the bridge, for one VM.
+    func addTap() throws -> String {
+        taps += 1
+        let name = "tap\(taps)"
+        try exec("ip tuntap add dev \(name) mode tap")
+        try exec("ip link set \(name) master br0 up")
+        return name
+    }
+
+    /// Starts a program inside the namespace; it is stopped by PID in `close()`.
+    @discardableResult
+    func start(_ name: String, _ arguments: [String]) throws -> BackgroundProcess {
+        let process = try BackgroundProcess("/usr/sbin/ip", ["netns", "exec", namespace] + arguments,
+                                            log: directory + "/\(name).log")
+        processes.append(process)
+        return process
+    }
+
+    /// Drops `permille`/1000 of UDP packets on the bridge, silently, like a lossy network
+    /// (this kernel has no netem; see TEST-NOTES).
+    func addUDPLoss(permille: Int) throws {
+        try exec("nft add table inet lab")
+        try exec("nft add chain inet lab loss '{ type filter hook prerouting priority -300; }'")
+        try exec("nft add rule inet lab loss iifname tap* meta l4proto udp numgen random mod 1000 '<' \(permille) counter drop")
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        for process in processes.reversed() { process.stop() }
+        _ = try? Harness.shell("ip netns del \(namespace)")
+    }
+
+    /// A QEMU VM whose NIC is on the lab's bridge, booting from the network.
+    func startVM(name: String, mac: String, firmware: Firmware = .bios, memory: Int = 512) throws -> BackgroundProcess {
+        let tap = try addTap()
+        var arguments = ["/usr/bin/qemu-system-x86_64", "-accel", QEMU.accelerator, "-m", "\(memory)", "-smp", "1",
+                         "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot", "-boot", "n",
+                         "-netdev", "tap,id=n0,ifname=\(tap),script=no,downscript=no"]
+        switch firmware {
+        case .bios:
+            arguments += ["-device", "virtio-net-pci,netdev=n0,mac=\(mac)"]
+        case .uefi:
+            // EDK2's own PXE client (not iPXE): the NIC's option ROM is disabled.
+            let vars = directory + "/\(name)-OVMF_VARS.fd"
+            try run("cp /usr/share/OVMF/OVMF_VARS_4M.fd \(vars)")
+            arguments += ["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                          "-drive", "if=pflash,format=raw,file=\(vars)",
+                          "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
+        }
+        return try start(name, arguments)
+    }
+
+    enum Firmware { case bios, uefi }
+}
