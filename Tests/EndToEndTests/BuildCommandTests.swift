@@ -115,6 +115,24 @@ extension EndToEnd {
             #expect(leftovers.isEmpty, "left over: \(leftovers)")
         }
 
+        @Test("image format squashfs: a squashfs image, and loop/squashfs/overlay in stage 1",
+              .enabled(if: Harness.have("mksquashfs") && Harness.have("unsquashfs"), "squashfs-tools not installed"))
+        func squashfsImage() throws {
+            let dir = Harness.temporaryDirectory("sqfs")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
+            let recipe = minimal.replacingOccurrences(of: "name: minimal", with: "name: minimal-sqfs")
+                .replacingOccurrences(of: "format: tar.gz", with: "format: squashfs")
+            try recipe.write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
+            let result = try Harness.imagebuild([dir + "/recipe.yaml", "--out", dir], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
+            try #require(result.status == 0, "\(result.stderr)")
+            let listing = try Harness.shell("unsquashfs -l \(dir)/minimal-sqfs/image.squashfs")
+            #expect(listing.stdout.contains("squashfs-root/etc/init.d/rcS"))
+            #expect(try String(contentsOfFile: dir + "/minimal-sqfs/cmdline", encoding: .utf8).contains("imagebuild.format=squashfs"))
+            let manifest = try String(contentsOfFile: dir + "/minimal-sqfs/manifest.json", encoding: .utf8)
+            for module in ["\"loop\"", "\"squashfs\"", "\"overlay\""] { #expect(manifest.contains(module), "\(module) not in stage 1") }
+        }
+
         @Test("validate reports a located error and exits 1")
         func validateError() throws {
             let dir = Harness.temporaryDirectory("validate")
