@@ -17,7 +17,7 @@ struct ImageBuildCommand: ParsableCommand {
               imagebuild inspect artifacts/minimal/initramfs.img
             """,
         version: ImageBuildVersion.current,
-        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self],
+        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self, StatusCommand.self],
         defaultSubcommand: BuildCommand.self
     )
 }
