@@ -17,7 +17,8 @@ struct ImageBuildCommand: AsyncParsableCommand {
               imagebuild inspect artifacts/minimal/initramfs.img
             """,
         version: ImageBuildVersion.current,
-        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self, NodesCommand.self, ServeCommand.self],
+        subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self,
+                      NodesCommand.self, ServeCommand.self, StatusCommand.self],
         defaultSubcommand: BuildCommand.self
     )
 }

@@ -26,6 +26,12 @@ public struct BootTarget: Sendable, Equatable {
     public var image: PublishedImage
     /// The inventory's part of the command line (node > group > defaults).
     public var cmdline: String
+
+    public init(title: String, image: PublishedImage, cmdline: String) {
+        self.title = title
+        self.image = image
+        self.cmdline = cmdline
+    }
 }
 
 /// Renders pxelinux.cfg files and iPXE scripts. Pure: the same inventory and

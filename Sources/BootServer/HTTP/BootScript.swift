@@ -1,0 +1,97 @@
+import BootProtocols
+import Foundation
+import ImageBuildKit
+import Synchronization
+
+/// What the bootscript endpoint does for a MAC that is not in the inventory.
+public enum UnknownMACPolicy: String, Sendable, CaseIterable {
+    /// Boot the inventory's range (by the client's address) or default image, like `ipxe/default.ipxe`.
+    case defaultImage = "default"
+    /// Always send the "not registered, retrying" script, even when there is a default image.
+    case wait
+}
+
+/// The iPXE script for one request to `GET /boot/v1/bootscript?mac=…&retry=N`, built from the inventory
+/// in force and the published images at request time. Pure: inputs in, script out.
+struct BootScriptDecision: Equatable {
+    var script: String
+    /// The image the script boots; nil for a wait-and-retry script.
+    var image: String?
+    /// Why (for the timeline and the log).
+    var detail: String
+
+    /// Seconds a waiting node sleeps before asking again: grows with each retry, capped at a minute.
+    static func retryDelay(_ retry: Int) -> Int { min(60, 5 * (max(0, retry) + 1)) }
+
+    static func decide(mac: MAC, clientIP: IPv4?, retry: Int, inventory: Inventory?, index: PublishIndex?,
+                       policy: UnknownMACPolicy, httpBaseOverride: String? = nil) -> BootScriptDecision {
+        let base = httpBaseOverride ?? inventory?.network.httpBase ?? ""
+        let retryURL = "\(base)/boot/v1/bootscript?mac=\(mac)&retry=\(retry + 1)"
+        let delay = retryDelay(retry)
+        func wait(_ reason: String) -> BootScriptDecision {
+            BootScriptDecision(script: waitScript(reason: reason, retryURL: retryURL, delay: delay), image: nil, detail: reason)
+        }
+        guard let inventory else { return wait("no inventory is loaded on the server") }
+        guard let index else { return wait("nothing is published in the boot root (no publish.json)") }
+        let renderer = BootRenderer(network: inventory.network)
+        func boot(_ title: String, _ resolved: (image: String?, cmdline: String), why: String) -> BootScriptDecision {
+            guard let name = resolved.image else { return wait("\(title) has no image in nodes.yaml") }
+            guard let image = index.images[name] else {
+                return wait("image '\(name)' for \(title) is not published (run imagebuild publish)")
+            }
+            let target = BootTarget(title: title, image: image, cmdline: resolved.cmdline)
+            return BootScriptDecision(script: renderer.ipxeScript(target), image: name, detail: why)
+        }
+        if let node = inventory.node(mac: mac) {
+            return boot("\(node.hostname) (\(mac))", inventory.resolved(node), why: "registered as \(node.hostname)")
+        }
+        if policy == .defaultImage {
+            if let clientIP, let range = inventory.ranges.first(where: { $0.network.contains(clientIP) }),
+               inventory.resolved(range).image != nil {
+                return boot("range \(range.network)", inventory.resolved(range), why: "unregistered, in range \(range.network)")
+            }
+            if inventory.defaults.image != nil {
+                return boot("any machine not listed", inventory.resolve(Inventory.Settings(), group: nil), why: "unregistered, default image")
+            }
+        }
+        return BootScriptDecision(script: BootRenderer(network: inventory.network).ipxeUnregistered(retryURL: retryURL, delay: delay),
+                                  image: nil, detail: "not registered in nodes.yaml")
+    }
+
+    /// Like `BootRenderer.ipxeUnregistered`, for the server's own reasons to make a node wait.
+    static func waitScript(reason: String, retryURL: String, delay: Int) -> String {
+        """
+        #!ipxe
+        # imagebuild: cannot boot this machine yet; it waits and asks again
+        echo imagebuild: ${mac}: \(reason.replacingOccurrences(of: "\n", with: " ")); asking again in \(delay) s
+        sleep \(delay)
+        chain --autofree \(retryURL)
+
+        """
+    }
+}
+
+/// `publish.json`, re-read only when it changes (a publish switches `.publish/current`, which gives the
+/// resolved file a new inode), so a boot storm does not decode it once per node.
+final class PublishIndexCache: Sendable {
+    private struct Entry {
+        var key: [Int]
+        var index: PublishIndex
+    }
+
+    let root: String
+    private let entry = Mutex<Entry?>(nil)
+
+    init(root: String) { self.root = root }
+
+    func current() -> PublishIndex? {
+        let path = root + "/publish.json"
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let key = [Int(info.st_dev), Int(info.st_ino), Int(info.st_size), info.st_mtim.tv_sec, info.st_mtim.tv_nsec]
+        if let hit = entry.withLock({ $0 }), hit.key == key { return hit.index }
+        guard let index = try? PublishIndex.read(root: root) else { return nil }
+        entry.withLock { $0 = Entry(key: key, index: index) }
+        return index
+    }
+}

@@ -1,0 +1,171 @@
+import NIOCore
+import NIOHTTPTypes
+
+/// Time limits per connection, against clients that hold a connection without using it.
+public struct HTTPTimeouts: Sendable, Hashable {
+    /// No request in progress (before the first, between keep-alive requests).
+    public var idle: TimeAmount = .seconds(60)
+    /// From the first byte of a request head to its end (slowloris).
+    public var header: TimeAmount = .seconds(15)
+    /// Between two reads of a request body.
+    public var body: TimeAmount = .seconds(15)
+    /// The client has not read any of our response for this long (socket buffer full, not writable).
+    public var send: TimeAmount = .seconds(60)
+
+    public init() {}
+}
+
+/// Why a connection was closed by a time-out.
+enum ConnectionTimeoutReason: String, Sendable, CaseIterable {
+    case idle, header, body, send
+}
+
+/// Tracks one connection's activity; pure (time comes in as an argument), so every time-out rule is
+/// unit-tested without sockets. `ConnectionTimeoutHandler` feeds it from the channel pipeline.
+struct ConnectionTimeoutState {
+    let limits: HTTPTimeouts
+    private(set) var lastActivity: NIODeadline
+    /// A read brought bytes but no complete head: a head is arriving since then.
+    private(set) var headStarted: NIODeadline?
+    /// A head arrived and its end has not: the body is arriving (last progress).
+    private(set) var bodyProgress: NIODeadline?
+    /// Requests whose head arrived and whose response has not ended.
+    private(set) var inFlight = 0
+    private(set) var unwritableSince: NIODeadline?
+    private var partInThisRead = false
+
+    init(limits: HTTPTimeouts, now: NIODeadline) {
+        self.limits = limits
+        lastActivity = now
+    }
+
+    enum RequestPart { case head, body, end }
+
+    mutating func read(_ part: RequestPart, now: NIODeadline) {
+        lastActivity = now
+        partInThisRead = true
+        switch part {
+        case .head:
+            headStarted = nil
+            inFlight += 1
+            bodyProgress = now
+        case .body:
+            bodyProgress = now
+        case .end:
+            bodyProgress = nil
+        }
+    }
+
+    /// The socket delivered bytes; if none of them completed a part, a head is on its way.
+    mutating func readComplete(now: NIODeadline) {
+        lastActivity = now
+        if !partInThisRead && bodyProgress == nil && headStarted == nil { headStarted = now }
+        if bodyProgress != nil && !partInThisRead { bodyProgress = now }
+        partInThisRead = false
+    }
+
+    mutating func wroteResponseEnd(now: NIODeadline) {
+        lastActivity = now
+        inFlight = max(0, inFlight - 1)
+    }
+
+    mutating func wrote(now: NIODeadline) {
+        lastActivity = now
+    }
+
+    mutating func writabilityChanged(writable: Bool, now: NIODeadline) {
+        if writable {
+            unwritableSince = nil
+            lastActivity = now
+        } else if unwritableSince == nil {
+            unwritableSince = now
+        }
+    }
+
+    /// The reason to close the connection at `now`, if any.
+    func expired(now: NIODeadline) -> ConnectionTimeoutReason? {
+        if let since = unwritableSince, now - since >= limits.send { return .send }
+        if let since = headStarted, now - since >= limits.header { return .header }
+        if let since = bodyProgress, now - since >= limits.body { return .body }
+        if inFlight == 0, headStarted == nil, unwritableSince == nil, now - lastActivity >= limits.idle { return .idle }
+        return nil
+    }
+}
+
+/// Closes connections whose client stalls (see `HTTPTimeouts`). Sits after the HTTP codec, so it sees
+/// request/response parts, and learns of raw reads through `channelReadComplete`.
+final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    private var state: ConnectionTimeoutState
+    private var timer: RepeatedTask?
+    private let tick: TimeAmount
+    private let closed: @Sendable (ConnectionTimeoutReason) -> Void
+
+    init(limits: HTTPTimeouts, closed: @escaping @Sendable (ConnectionTimeoutReason) -> Void) {
+        state = ConnectionTimeoutState(limits: limits, now: .now())
+        let shortest = min(limits.idle, limits.header, limits.body, limits.send)
+        tick = max(.milliseconds(50), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
+        self.closed = closed
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { task in
+            let (handler, context) = loopBound.value
+            handler.check(context: context, task: task)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    private func check(context: ChannelHandlerContext, task: RepeatedTask) {
+        guard let reason = state.expired(now: .now()) else { return }
+        task.cancel()
+        timer = nil
+        closed(reason)
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part: ConnectionTimeoutState.RequestPart
+        switch unwrapInboundIn(data) {
+        case .head: part = .head
+        case .body: part = .body
+        case .end: part = .end
+        }
+        state.read(part, now: .now())
+        context.fireChannelRead(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        state.readComplete(now: .now())
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        state.writabilityChanged(writable: context.channel.isWritable, now: .now())
+        context.fireChannelWritabilityChanged()
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            state.wroteResponseEnd(now: .now())
+        } else {
+            state.wrote(now: .now())
+        }
+        context.write(data, promise: promise)
+    }
+}

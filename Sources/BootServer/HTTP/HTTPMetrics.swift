@@ -1,0 +1,102 @@
+import Hummingbird
+import Prometheus
+
+/// The HTTP service's metrics, made directly in the Prometheus registry `/metrics` renders. The TFTP and
+/// DHCP services count through swift-metrics; when `serve` bootstraps `MetricsSystem` once with a
+/// `PrometheusMetricsFactory` over this same registry, their counters appear on the same page.
+/// Every metric is created up front: a lookup per request would cost more than the increment.
+final class HTTPMetrics: Sendable {
+    /// Route groups: a bounded label set, never the raw path.
+    enum Route: String, CaseIterable, Sendable {
+        case files, bootscript, events, nodes, metrics, status, other
+    }
+
+    let registry: PrometheusCollectorRegistry
+    private let requests: [Route: [Counter]]
+    private let bytes: [Route: Counter]
+    let downloadsCompleted: Counter
+    let downloadsIncomplete: Counter
+    let imageBytes: Counter
+    private let closedByTimeout: [ConnectionTimeoutReason: Counter]
+    private let nodesByStage: [BootStage: Gauge]
+    let unattributed: Gauge
+
+    init(registry: PrometheusCollectorRegistry) {
+        self.registry = registry
+        var requests: [Route: [Counter]] = [:]
+        var bytes: [Route: Counter] = [:]
+        for route in Route.allCases {
+            requests[route] = (1...5).map {
+                registry.makeCounter(descriptor: Self.name("imagebuild_http_requests_total", "HTTP requests answered, by route group and status class"), labels: [("route", route.rawValue), ("code", "\($0)xx")])
+            }
+            bytes[route] = registry.makeCounter(descriptor: Self.name("imagebuild_http_response_bytes_total", "HTTP response body bytes sent"), labels: [("route", route.rawValue)])
+        }
+        self.requests = requests
+        self.bytes = bytes
+        downloadsCompleted = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_downloads_total", "Downloads of files under images/"), labels: [("outcome", "completed")])
+        downloadsIncomplete = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_downloads_total", "Downloads of files under images/"), labels: [("outcome", "incomplete")])
+        imageBytes = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_bytes_total", "Bytes of files under images/ sent"))
+        var closed: [ConnectionTimeoutReason: Counter] = [:]
+        for reason in ConnectionTimeoutReason.allCases {
+            closed[reason] = registry.makeCounter(descriptor: Self.name("imagebuild_http_connections_timed_out_total", "Connections closed because the client stalled"), labels: [("reason", reason.rawValue)])
+        }
+        closedByTimeout = closed
+        var stages: [BootStage: Gauge] = [:]
+        for stage in BootStage.allCases {
+            stages[stage] = registry.makeGauge(descriptor: Self.name("imagebuild_nodes", "Nodes by current boot stage"), labels: [("stage", stage.rawValue)])
+        }
+        nodesByStage = stages
+        unattributed = registry.makeGauge(descriptor: Self.name("imagebuild_timeline_unattributed_events", "TFTP/HTTP requests from addresses no node is known at"))
+    }
+
+    private static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    func request(_ route: Route, status: Int, bodyBytes: Int?) {
+        let index = min(4, max(0, status / 100 - 1))
+        requests[route]![index].increment()
+        if let bodyBytes, bodyBytes > 0 { bytes[route]!.increment(by: Int64(bodyBytes)) }
+    }
+
+    func timedOut(_ reason: ConnectionTimeoutReason) {
+        closedByTimeout[reason]!.increment()
+    }
+
+    /// Sets the per-stage gauges from the current node list (done at scrape time: always exact).
+    func updateStages(_ nodes: [NodeStatus], unattributed count: UInt64) {
+        var counts: [BootStage: Int] = [:]
+        for node in nodes { counts[node.stage, default: 0] += 1 }
+        for (stage, gauge) in nodesByStage { gauge.set(Double(counts[stage] ?? 0)) }
+        unattributed.set(Double(count))
+    }
+}
+
+/// Counts every response by route group and status class (errors thrown by handlers included).
+struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    let metrics: HTTPMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            let route = Self.route(request.uri.path, endpoint: context.coreContext.endpointPath.value)
+            // File bodies are counted as they are sent (a download can stop half-way).
+            metrics.request(route, status: response.status.code, bodyBytes: route == .files ? nil : response.body.contentLength)
+            return response
+        } catch {
+            let status = (error as? any HTTPResponseError)?.status.code ?? 500
+            metrics.request(Self.route(request.uri.path, endpoint: context.coreContext.endpointPath.value), status: status, bodyBytes: nil)
+            throw error
+        }
+    }
+
+    static func route(_ path: String, endpoint: String?) -> HTTPMetrics.Route {
+        if endpoint == "FileMiddleware" { return .files }
+        if path.hasPrefix("/boot/v1/bootscript") { return .bootscript }
+        if path.hasPrefix("/api/v1/events") { return .events }
+        if path.hasPrefix("/api/v1/nodes") { return .nodes }
+        if path == "/metrics" { return .metrics }
+        if path == "/" { return .status }
+        return .other
+    }
+}

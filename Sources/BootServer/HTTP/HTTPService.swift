@@ -1,0 +1,310 @@
+import BootProtocols
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import ImageBuildKit
+import Logging
+import NIOCore
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// Settings of the HTTP service.
+public struct HTTPServiceConfiguration: Sendable {
+    /// The boot root served (the same one TFTP serves). Nothing outside it is readable.
+    public var root: String
+    public var host: String
+    public var port: Int
+    /// Connections served at once; past it new ones wait in the listen backlog.
+    public var maximumConnections = 4096
+    public var backlog = 1024
+    public var timeouts = HTTPTimeouts()
+    public var unknownMACPolicy = UnknownMACPolicy.defaultImage
+    /// `POST /api/v1/events` bodies larger than this get 413 (a report is ~200 bytes).
+    public var maximumEventBodySize = 4096
+    /// Files up to this size are served from memory (boot loaders, configs, scripts).
+    public var smallFileLimit = 256 * 1024
+    public var smallFileCacheLimit = 64 << 20
+    /// Read size when streaming large files.
+    public var chunkSize = 512 * 1024
+    /// Where `/metrics` comes from. Pass the registry `MetricsSystem` was bootstrapped with
+    /// (`PrometheusMetricsFactory(registry:)`) so TFTP and DHCP counters show up on the same page.
+    public var metrics: PrometheusCollectorRegistry
+    /// Overrides the inventory's `http://server:port` in retry URLs (tests on loopback).
+    public var publicBaseURL: String?
+    public var serverName: String? = "imagebuild"
+
+    public init(root: String, host: String = "0.0.0.0", port: Int = 80,
+                metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.root = root
+        self.host = host
+        self.port = port
+        self.metrics = metrics
+    }
+}
+
+public enum HTTPServiceError: Error, CustomStringConvertible {
+    case rootNotFound(String)
+    case notListening
+
+    public var description: String {
+        switch self {
+        case .rootNotFound(let path): "HTTP root '\(path)' does not exist or cannot be resolved"
+        case .notListening: "the HTTP service stopped before it was listening"
+        }
+    }
+}
+
+/// The per-request context: Hummingbird's core storage plus the client's address (for the timeline).
+public struct BootRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = CoreRequestContextStorage(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
+
+/// HTTP for the boot server, on Hummingbird: static files from the boot root (Range, ETag, conditional
+/// requests, HEAD), per-node iPXE scripts built from the live inventory, node stage reports, the boot
+/// timeline as JSON, Prometheus metrics and a status page. A `Service` for the `serve` ServiceGroup.
+public final class HTTPService: Service, Sendable {
+    public let configuration: HTTPServiceConfiguration
+    public let timeline: BootTimeline
+    private let inventory: @Sendable () -> Inventory?
+    private let logger: Logger
+    private let eventLoopGroup: any EventLoopGroup
+    private let threadPool: NIOThreadPool
+    private let metrics: HTTPMetrics
+    private let listening = Mutex<ListeningState>(.starting([]))
+
+    private enum ListeningState {
+        case starting([CheckedContinuation<SocketAddress, any Error>])
+        case listening(SocketAddress)
+        case stopped
+    }
+
+    /// - Parameter inventory: the inventory in force, asked on every request that needs it, so a reload
+    ///   is live at once; nil when none is loaded.
+    public init(configuration: HTTPServiceConfiguration, timeline: BootTimeline,
+                inventory: @escaping @Sendable () -> Inventory?, logger: Logger = Logger(label: "imagebuild.http"),
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                threadPool: NIOThreadPool = .singleton) {
+        self.configuration = configuration
+        self.timeline = timeline
+        self.inventory = inventory
+        self.logger = logger
+        self.eventLoopGroup = eventLoopGroup
+        self.threadPool = threadPool
+        metrics = HTTPMetrics(registry: configuration.metrics)
+    }
+
+    /// Waits until the listener is bound and returns its address (useful with port 0).
+    public func listeningAddress() async throws -> SocketAddress {
+        try await withCheckedThrowingContinuation { continuation in
+            listening.withLock { state in
+                switch state {
+                case .starting(var waiters):
+                    waiters.append(continuation)
+                    state = .starting(waiters)
+                case .listening(let address):
+                    continuation.resume(returning: address)
+                case .stopped:
+                    continuation.resume(throwing: HTTPServiceError.notListening)
+                }
+            }
+        }
+    }
+
+    private func setListening(_ next: ListeningState) {
+        let waiters = listening.withLock { state -> [CheckedContinuation<SocketAddress, any Error>] in
+            guard case .starting(let waiters) = state else {
+                if case .stopped = next { state = .stopped }
+                return []
+            }
+            state = next
+            return waiters
+        }
+        for waiter in waiters {
+            switch next {
+            case .listening(let address): waiter.resume(returning: address)
+            default: waiter.resume(throwing: HTTPServiceError.notListening)
+            }
+        }
+    }
+
+    public func run() async throws {
+        defer { setListening(.stopped) }
+        guard let pointer = realpath(configuration.root, nil) else { throw HTTPServiceError.rootNotFound(configuration.root) }
+        let root = String(cString: pointer)
+        free(pointer)
+        let router = makeRouter(root: root)
+        let metrics = self.metrics
+        let server = HTTPServerBuilder.http1(configuration: .init(
+            additionalChannelHandlers: [ConnectionTimeoutHandler(limits: self.configuration.timeouts) { metrics.timedOut($0) }],
+            idleTimeout: nil))
+        let app = Application(
+            router: router, server: server,
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port),
+                                 serverName: configuration.serverName, backlog: configuration.backlog,
+                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maximumConnections, logger: logger)),
+            onServerRunning: { [weak self] channel in
+                if let address = channel.localAddress { self?.setListening(.listening(address)) }
+            },
+            eventLoopGroupProvider: .shared(eventLoopGroup), logger: logger)
+        logger.info("HTTP service starting", metadata: ["root": "\(root)", "port": "\(configuration.port)"])
+        try await app.run()
+    }
+
+    // MARK: Routes
+
+    func makeRouter(root: String) -> Router<BootRequestContext> {
+        let router = Router(context: BootRequestContext.self)
+        let timeline = self.timeline
+        let attribute = self.attributor()
+        let metrics = self.metrics
+        let provider = RootFileProvider(
+            root: root, threadPool: threadPool,
+            cache: SmallFileCache(fileLimit: Int64(configuration.smallFileLimit), totalLimit: configuration.smallFileCacheLimit),
+            chunkSize: configuration.chunkSize,
+            observe: { $0.hasPrefix("images/") },
+            delivered: { delivery in
+                guard delivery.relative.hasPrefix("images/") else { return }
+                let complete = delivery.error == nil && delivery.bytes == delivery.expected
+                (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()
+                metrics.imageBytes.increment(by: Int64(delivery.bytes))
+                guard let ip = delivery.remote?.ipv4Address, let mac = attribute(ip) else { return }
+                let outcome: TransferOutcome = complete ? .completed
+                    : .incomplete(delivery.error.map { "\($0)" } ?? "\(delivery.bytes) of \(delivery.expected) bytes")
+                timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome), mac: mac)
+            })
+        router.add(middleware: MetricsMiddleware(metrics: metrics))
+        router.add(middleware: StaticFileGuard(provider: provider))
+        router.add(middleware: FileMiddleware(fileProvider: provider).withAdditionalMediaTypes(forFileExtensions: [
+            "ipxe": MediaType(type: .text, subType: "plain", parameter: ("charset", "utf-8")),
+            "cfg": MediaType(type: .text, subType: "plain", parameter: ("charset", "utf-8")),
+            "img": .applicationBinary, "efi": .applicationBinary, "kpxe": .applicationBinary, "0": .applicationBinary,
+            "c32": .applicationBinary, "squashfs": .applicationBinary,
+        ]))
+
+        router.get("/") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: StatusPage.html)))
+        }
+        router.get("/metrics") { [self] _, _ in
+            self.metrics.updateStages(self.nodeList(), unattributed: timeline.unattributedCount)
+            var bytes: [UInt8] = []
+            self.metrics.registry.emit(into: &bytes)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+        }
+        let publishIndex = PublishIndexCache(root: root)
+        router.get("/boot/v1/bootscript") { [self] request, context in
+            try self.bootScript(request, context: context, publishIndex: publishIndex)
+        }
+        router.post("/api/v1/events") { [self] request, context in
+            try await self.postEvent(request, context: context)
+        }
+        router.get("/api/v1/nodes") { [self] _, _ in
+            let now = timeline.currentTime
+            return try Self.json(NodesResponse(now: now.timeIntervalSince1970, nodes: self.nodeList(now: now)))
+        }
+        router.get("/api/v1/nodes/:mac") { [self] _, context in
+            let text = context.parameters.get("mac") ?? ""
+            guard let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
+                throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")
+            }
+            let now = timeline.currentTime
+            let node = self.inventory()?.node(mac: parsed)
+            let state = timeline.node(mac)
+            guard node != nil || state != nil else { throw HTTPError(.notFound, message: "no node \(mac): not in nodes.yaml and never seen") }
+            let response = NodeTimelineResponse(now: now.timeIntervalSince1970,
+                                                node: NodeStatus.make(mac: mac, state: state, node: node, now: now),
+                                                events: timeline.events(for: mac))
+            return try Self.json(response)
+        }
+        return router
+    }
+
+    /// The MAC behind a client address: what DHCP acknowledged, else a fixed address from nodes.yaml.
+    private func attributor() -> @Sendable (IPv4Address) -> MACAddress? {
+        let timeline = self.timeline
+        let inventory = self.inventory
+        return { ip in
+            if let mac = timeline.mac(for: ip) { return mac }
+            let fixed = IPv4(ip.rawValue)
+            guard let node = inventory()?.nodes.first(where: { $0.ip == fixed }) else { return nil }
+            return MACAddress(bytes: node.mac.bytes)
+        }
+    }
+
+    func nodeList(now: Date? = nil) -> [NodeStatus] {
+        NodeStatus.list(inventory: inventory(), states: timeline.nodes(), now: now ?? timeline.currentTime)
+    }
+
+    static func json(_ value: some Encodable) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.userInfo[BootEvent.includeSummary] = true
+        let data = try encoder.encode(value)
+        return Response(status: .ok, headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                        body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    // MARK: Boot script
+
+    private func bootScript(_ request: Request, context: BootRequestContext, publishIndex: PublishIndexCache) throws -> Response {
+        let query = request.uri.queryParameters
+        guard let text = query.get("mac") else {
+            throw HTTPError(.badRequest, message: "missing ?mac= (iPXE: chain http://server/boot/v1/bootscript?mac=${mac})")
+        }
+        guard let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
+            throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")
+        }
+        let retry = query.get("retry").flatMap { Int($0) }.map { min(max($0, 0), 10_000) } ?? 0
+        let clientIP = context.remoteAddress?.ipv4Address
+        if let clientIP, !clientIP.isAny { timeline.learn(ip: clientIP, mac: mac) }
+        let decision = BootScriptDecision.decide(
+            mac: parsed, clientIP: clientIP.map { IPv4($0.rawValue) }, retry: retry, inventory: inventory(),
+            index: publishIndex.current(), policy: configuration.unknownMACPolicy, httpBaseOverride: configuration.publicBaseURL)
+        timeline.record(.bootScript(image: decision.image, detail: retry > 0 ? "\(decision.detail), retry \(retry)" : decision.detail), mac: mac)
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"],
+                        body: ResponseBody(byteBuffer: ByteBuffer(string: decision.script)))
+    }
+
+    // MARK: Events
+
+    private struct EventBody: Decodable {
+        var mac: String?
+        var stage: String?
+        var detail: String?
+    }
+
+    private func postEvent(_ request: Request, context: BootRequestContext) async throws -> Response {
+        let body = try await request.body.collect(upTo: configuration.maximumEventBodySize)
+        let report: EventBody
+        do {
+            report = try JSONDecoder().decode(EventBody.self, from: Data(buffer: body))
+        } catch {
+            throw HTTPError(.badRequest, message: "the body is not a JSON object {\"mac\":…, \"stage\":…, \"detail\":…}: \(error)")
+        }
+        let stages = NodeReport.allCases.map(\.rawValue).joined(separator: ", ")
+        guard let stageText = report.stage else { throw HTTPError(.badRequest, message: "missing \"stage\" (one of: \(stages))") }
+        guard let stage = NodeReport(rawValue: stageText) else {
+            throw HTTPError(.badRequest, message: "unknown stage '\(stageText)' (one of: \(stages))")
+        }
+        var mac = report.mac.flatMap(MAC.init).flatMap { MACAddress(bytes: $0.bytes) }
+        if mac == nil, let ip = context.remoteAddress?.ipv4Address { mac = attributor()(ip) }
+        guard let mac else {
+            throw HTTPError(.badRequest, message: "'\(report.mac ?? "")' is not a MAC address, and the client's address is not a known node")
+        }
+        let detail = report.detail.map { String($0.prefix(500)) }.flatMap { $0.isEmpty ? nil : $0 }
+        let event = timeline.record(.report(stage, detail: detail), mac: mac)
+        if let ip = context.remoteAddress?.ipv4Address, !ip.isAny { timeline.learn(ip: ip, mac: mac) }
+        var response = try Self.json(event)
+        response.status = .accepted
+        return response
+    }
+}

@@ -1,0 +1,315 @@
+import BootProtocols
+import Foundation
+import Hummingbird
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Serves files for Hummingbird's `FileMiddleware` (which does ETag, If-None-Match, If-Modified-Since,
+/// Range and HEAD) from the boot root, confined to it, with small files from memory and large ones
+/// streamed in chunks read on the thread pool (a multi-GB image never sits in memory).
+///
+/// Confinement: `FileMiddleware` refuses `..` after percent-decoding; here the path is resolved with
+/// realpath(3) and must stay under the root's own realpath. Symlinks inside the root work (the root is
+/// built from them: `pxelinux.cfg -> .publish/current/pxelinux.cfg`); a link that leaves it is refused
+/// with 403.
+struct RootFileProvider: FileProvider {
+    struct FileAttributes: FileMiddlewareFileAttributes, Sendable {
+        let isFolder: Bool
+        let size: Int
+        let modificationDate: Date
+    }
+
+    /// The request, resolved once in `getFileIdentifier`.
+    struct FileIdentifier: Sendable {
+        /// The path as asked, relative to the root.
+        var relative: String
+        /// Where it resolves to (nil: refused, see `refusal`).
+        var resolved: String?
+        var refusal: String?
+        /// The cached content when the file is small and unchanged since it was cached.
+        var cached: ByteBuffer?
+        var stat: FileStat?
+    }
+
+    struct FileStat: Sendable, Equatable {
+        var device: UInt64
+        var inode: UInt64
+        var size: Int64
+        var modifiedSeconds: Int
+        var modifiedNanoseconds: Int
+        var isDirectory: Bool
+        var isRegular: Bool
+
+        init(_ info: stat) {
+            device = UInt64(info.st_dev)
+            inode = UInt64(info.st_ino)
+            size = Int64(info.st_size)
+            modifiedSeconds = info.st_mtim.tv_sec
+            modifiedNanoseconds = info.st_mtim.tv_nsec
+            let type = info.st_mode & 0o170000
+            isDirectory = type == 0o040000
+            isRegular = type == 0o100000
+        }
+
+        var modificationDate: Date {
+            Date(timeIntervalSince1970: Double(modifiedSeconds) + Double(modifiedNanoseconds) / 1e9)
+        }
+    }
+
+    /// One finished (or abandoned) body, for the timeline and the byte counters.
+    struct Delivery: Sendable {
+        var relative: String
+        var remote: SocketAddress?
+        var bytes: UInt64
+        var expected: UInt64
+        var error: (any Error)?
+    }
+
+    let root: String
+    let threadPool: NIOThreadPool
+    let cache: SmallFileCache
+    let chunkSize: Int
+    /// Called once per body served (completed or not) for paths `observe` selects; keep it short.
+    let observe: @Sendable (String) -> Bool
+    let delivered: @Sendable (Delivery) -> Void
+
+    /// - Parameter root: must be canonical (realpath of the configured root).
+    init(root: String, threadPool: NIOThreadPool, cache: SmallFileCache, chunkSize: Int = 512 * 1024,
+         observe: @escaping @Sendable (String) -> Bool, delivered: @escaping @Sendable (Delivery) -> Void) {
+        self.root = root
+        self.threadPool = threadPool
+        self.cache = cache
+        self.chunkSize = chunkSize
+        self.observe = observe
+        self.delivered = delivered
+    }
+
+    func getFileIdentifier(_ path: String) -> FileIdentifier? {
+        var relative = Substring(path)
+        while relative.first == "/" { relative = relative.dropFirst() }
+        let name = String(relative)
+        // A NUL would end the C string early; '..' is already refused by FileMiddleware, checked again
+        // here per component so this provider is safe on its own.
+        if name.utf8.contains(0) || name.split(separator: "/").contains("..") {
+            return FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
+        }
+        let joined = name.isEmpty ? root : root + "/" + name
+        // Fast path: an unchanged small file we already resolved and read (same inode, size, mtime).
+        // Safe without realpath: it is the very file that was checked to be inside the root.
+        var info = stat()
+        guard stat(joined, &info) == 0 else { return nil }
+        let current = FileStat(info)
+        if current.isRegular, let hit = cache.lookup(name, matching: current) {
+            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, stat: current)
+        }
+        guard let pointer = realpath(joined, nil) else { return nil }
+        let resolved = String(cString: pointer)
+        free(pointer)
+        guard resolved == root || resolved.hasPrefix(root == "/" ? "/" : root + "/") else {
+            return FileIdentifier(relative: name, refusal: "'\(name)' resolves outside the root")
+        }
+        return FileIdentifier(relative: name, resolved: resolved, stat: current)
+    }
+
+    func getAttributes(id: FileIdentifier) async throws -> FileAttributes? {
+        if let refusal = id.refusal { throw HTTPError(.forbidden, message: refusal) }
+        guard let stat = id.stat else { return nil }
+        guard stat.isDirectory || stat.isRegular else { throw HTTPError(.forbidden, message: "'\(id.relative)' is not a regular file") }
+        return FileAttributes(isFolder: stat.isDirectory, size: Int(stat.size), modificationDate: stat.modificationDate)
+    }
+
+    func loadFile(id: FileIdentifier, context: some RequestContext) async throws -> ResponseBody {
+        guard let stat = id.stat, stat.size > 0 else { return ResponseBody() }
+        return try await loadFile(id: id, range: 0...Int(stat.size - 1), context: context)
+    }
+
+    func loadFile(id: FileIdentifier, range: ClosedRange<Int>, context: some RequestContext) async throws -> ResponseBody {
+        guard let resolved = id.resolved, let stat = id.stat else { throw HTTPError(.notFound) }
+        let remote = (context as? any RemoteAddressRequestContext)?.remoteAddress
+        let observed = observe(id.relative)
+        let range = range.clamped(to: 0...max(0, Int(stat.size) - 1))
+        let content: ByteBuffer?
+        if let cached = id.cached {
+            content = cached
+        } else if stat.size <= cache.fileLimit {
+            let whole = try await threadPool.runIfActive { try Self.readWhole(resolved, expected: stat) }
+            cache.insert(id.relative, resolved: resolved, stat: stat, content: whole)
+            content = whole
+        } else {
+            content = nil
+        }
+        if let content {
+            let slice = content.getSlice(at: content.readerIndex + range.lowerBound, length: range.count) ?? content
+            if !observed {
+                delivered(Delivery(relative: id.relative, remote: remote, bytes: UInt64(slice.readableBytes),
+                                   expected: UInt64(range.count), error: nil))
+                return ResponseBody(byteBuffer: slice)
+            }
+            let delivered = self.delivered
+            let relative = id.relative
+            return ResponseBody(contentLength: slice.readableBytes) { writer in
+                do {
+                    try await writer.write(slice)
+                    try await writer.finish(nil)
+                } catch {
+                    delivered(Delivery(relative: relative, remote: remote, bytes: 0, expected: UInt64(range.count), error: error))
+                    throw error
+                }
+                delivered(Delivery(relative: relative, remote: remote, bytes: UInt64(range.count), expected: UInt64(range.count), error: nil))
+            }
+        }
+        return streamBody(resolved: resolved, relative: id.relative, stat: stat, range: range, remote: remote)
+    }
+
+    /// Streams `range` of a large file: one chunk is read ahead on the thread pool while the previous
+    /// one is written, so disk and socket overlap and at most two chunks per download are in memory.
+    private func streamBody(resolved: String, relative: String, stat: FileStat, range: ClosedRange<Int>,
+                            remote: SocketAddress?) -> ResponseBody {
+        let threadPool = self.threadPool
+        let chunkSize = self.chunkSize
+        let delivered = self.delivered
+        return ResponseBody(contentLength: range.count) { writer in
+            let file = try await threadPool.runIfActive { try OpenFile(path: resolved, expected: stat) }
+            var sent: UInt64 = 0
+            do {
+                var offset = range.lowerBound
+                let end = range.upperBound + 1
+                func read(_ at: Int) -> Task<ByteBuffer, any Error> {
+                    let count = min(chunkSize, end - at)
+                    return Task { try await threadPool.runIfActive { try file.read(at: at, count: count) } }
+                }
+                var next: Task<ByteBuffer, any Error>? = read(offset)
+                while let pending = next {
+                    let chunk = try await pending.value
+                    offset += chunk.readableBytes
+                    next = offset < end ? read(offset) : nil
+                    do {
+                        try await writer.write(chunk)
+                    } catch {
+                        next?.cancel()
+                        throw error
+                    }
+                    sent += UInt64(chunk.readableBytes)
+                }
+                try await writer.finish(nil)
+            } catch {
+                delivered(Delivery(relative: relative, remote: remote, bytes: sent, expected: UInt64(range.count), error: error))
+                throw error
+            }
+            delivered(Delivery(relative: relative, remote: remote, bytes: sent, expected: UInt64(range.count), error: nil))
+        }
+    }
+
+    static func readWhole(_ path: String, expected: FileStat) throws -> ByteBuffer {
+        let file = try OpenFile(path: path, expected: expected)
+        return try file.read(at: 0, count: Int(expected.size))
+    }
+}
+
+/// A file open for one download, closed when the last chunk read lets go of it.
+final class OpenFile: Sendable {
+    let descriptor: CInt
+    let path: String
+
+    init(path: String, expected: RootFileProvider.FileStat) throws {
+        // O_NONBLOCK: a FIFO swapped in after the stat must not block a thread in open().
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        guard fd >= 0 else { throw HTTPError(errno == EACCES ? .forbidden : .notFound) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, RootFileProvider.FileStat(info).isRegular,
+              UInt64(info.st_ino) == expected.inode, UInt64(info.st_dev) == expected.device else {
+            // Replaced between the stat and the open (a publish switched it): the headers already
+            // promised the old size, so fail this request rather than send the wrong bytes.
+            close(fd)
+            throw HTTPError(.serviceUnavailable, message: "file changed while being opened; retry")
+        }
+        descriptor = fd
+        self.path = path
+    }
+
+    deinit { close(descriptor) }
+
+    func read(at offset: Int, count: Int) throws -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: count)
+        var failure: CInt = 0
+        let done = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer -> Int in
+            var done = 0
+            while done < count {
+                let result = pread(descriptor, pointer.baseAddress! + done, count - done, off_t(offset + done))
+                if result > 0 {
+                    done += result
+                } else if result == 0 {
+                    break
+                } else if errno != EINTR {
+                    failure = errno
+                    break
+                }
+            }
+            return done
+        }
+        guard done == count else {
+            throw FileReadError(path: path, offset: offset, message: failure != 0 ? String(cString: strerror(failure)) : "file shrank")
+        }
+        return buffer
+    }
+}
+
+struct FileReadError: Error, CustomStringConvertible {
+    var path: String
+    var offset: Int
+    var message: String
+    var description: String { "reading '\(path)' at \(offset): \(message)" }
+}
+
+/// Small files (boot loaders, configs, scripts: what every node fetches) kept in memory, checked against
+/// inode, size and mtime on every hit so a publish or an edit is seen at once.
+final class SmallFileCache: Sendable {
+    struct Entry {
+        var resolved: String
+        var stat: RootFileProvider.FileStat
+        var content: ByteBuffer
+        var lastUse: UInt64
+    }
+
+    struct State {
+        var entries: [String: Entry] = [:]
+        var bytes = 0
+        var clock: UInt64 = 0
+    }
+
+    let fileLimit: Int64
+    let totalLimit: Int
+    private let state = Mutex(State())
+
+    init(fileLimit: Int64, totalLimit: Int) {
+        self.fileLimit = fileLimit
+        self.totalLimit = totalLimit
+    }
+
+    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat) -> (resolved: String, content: ByteBuffer)? {
+        state.withLock { state in
+            guard var entry = state.entries[relative], entry.stat == stat else { return nil }
+            state.clock += 1
+            entry.lastUse = state.clock
+            state.entries[relative] = entry
+            return (entry.resolved, entry.content)
+        }
+    }
+
+    func insert(_ relative: String, resolved: String, stat: RootFileProvider.FileStat, content: ByteBuffer) {
+        let size = content.readableBytes
+        guard size <= totalLimit else { return }
+        state.withLock { state in
+            if let old = state.entries.removeValue(forKey: relative) { state.bytes -= old.content.readableBytes }
+            while state.bytes + size > totalLimit,
+                  let victim = state.entries.min(by: { $0.value.lastUse < $1.value.lastUse }) {
+                state.entries.removeValue(forKey: victim.key)
+                state.bytes -= victim.value.content.readableBytes
+            }
+            state.clock += 1
+            state.entries[relative] = Entry(resolved: resolved, stat: stat, content: content, lastUse: state.clock)
+            state.bytes += size
+        }
+    }
+}

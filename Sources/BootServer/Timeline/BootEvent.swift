@@ -1,0 +1,172 @@
+import BootProtocols
+import Foundation
+
+/// How a file transfer the server made ended.
+public enum TransferOutcome: Sendable, Hashable, CustomStringConvertible {
+    case completed
+    /// The client went away or aborted before the last byte (a PXE `tsize` probe ends this way on purpose).
+    case incomplete(String)
+    /// The server could not finish it (read error, time-out).
+    case failed(String)
+    /// Refused before any data (missing file, outside the root).
+    case refused(String)
+
+    public var label: String {
+        switch self {
+        case .completed: "completed"
+        case .incomplete: "incomplete"
+        case .failed: "failed"
+        case .refused: "refused"
+        }
+    }
+
+    public var reason: String? {
+        switch self {
+        case .completed: nil
+        case .incomplete(let r), .failed(let r), .refused(let r): r
+        }
+    }
+
+    public var description: String { reason.map { "\(label): \($0)" } ?? label }
+
+    init(label: String, reason: String?) {
+        switch label {
+        case "completed": self = .completed
+        case "failed": self = .failed(reason ?? "")
+        case "refused": self = .refused(reason ?? "")
+        default: self = .incomplete(reason ?? "")
+        }
+    }
+}
+
+public enum TransferProtocol: String, Sendable, Codable {
+    case tftp, http
+}
+
+/// One thing that happened in a node's boot: seen by the server or reported by the node.
+public enum BootObservation: Sendable, Hashable {
+    case dhcp(DHCPStep, address: IPv4Address?, detail: String?)
+    /// A file fetched over TFTP or HTTP. `size` is the file's (or range's) length when known.
+    case transfer(TransferProtocol, path: String, bytes: UInt64, size: UInt64?, outcome: TransferOutcome)
+    /// `GET /boot/v1/bootscript`: which image the node was sent (nil: the "not registered" loop).
+    case bootScript(image: String?, detail: String?)
+    case report(NodeReport, detail: String?)
+
+    /// The stage this observation puts a node in.
+    public var stage: BootStage {
+        switch self {
+        case .dhcp: .dhcp
+        case .transfer(_, let path, _, _, _): BootStage.forFile(path)
+        case .bootScript: .config
+        case .report(let report, _): report.stage
+        }
+    }
+
+    /// One line for tables and logs.
+    public var summary: String {
+        switch self {
+        case .dhcp(let step, let address, let detail):
+            var text = "DHCP \(step.rawValue.uppercased())"
+            if let address { text += " \(address)" }
+            if let detail, !detail.isEmpty { text += " (\(detail))" }
+            return text
+        case .transfer(let proto, let path, let bytes, let size, let outcome):
+            let amount = size.map { "\(bytes)/\($0) bytes" } ?? "\(bytes) bytes"
+            return "\(proto.rawValue.uppercased()) \(path) \(amount) \(outcome)"
+        case .bootScript(let image, let detail):
+            let what = image.map { "boots \($0)" } ?? "not registered"
+            return "boot script: \(what)\(detail.map { " (\($0))" } ?? "")"
+        case .report(let report, let detail):
+            return "node: \(report.rawValue)\(detail.map { $0.isEmpty ? "" : " (\($0))" } ?? "")"
+        }
+    }
+}
+
+/// An observation as stored: when, whose, and which boot of that node it belongs to.
+public struct BootEvent: Sendable, Hashable {
+    public var time: Date
+    public var mac: MACAddress
+    /// Counts the node's boots since the journal began; a new DISCOVER after `up` starts the next.
+    public var boot: Int
+    public var observation: BootObservation
+
+    public init(time: Date, mac: MACAddress, boot: Int, observation: BootObservation) {
+        self.time = time
+        self.mac = mac
+        self.boot = boot
+        self.observation = observation
+    }
+}
+
+/// The journal's and the API's JSON form: flat, so `jq` and the status page read it without decoding
+/// enums with associated values.
+extension BootEvent: Codable {
+    private enum CodingKeys: String, CodingKey {
+        case time, mac, boot, kind, stage, step, ip, proto, path, bytes, size, outcome, image, detail, summary
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(time.timeIntervalSince1970, forKey: .time)
+        try c.encode(mac.description, forKey: .mac)
+        try c.encode(boot, forKey: .boot)
+        try c.encode(observation.stage, forKey: .stage)
+        switch observation {
+        case .dhcp(let step, let address, let detail):
+            try c.encode("dhcp", forKey: .kind)
+            try c.encode(step, forKey: .step)
+            try c.encodeIfPresent(address?.description, forKey: .ip)
+            try c.encodeIfPresent(detail, forKey: .detail)
+        case .transfer(let proto, let path, let bytes, let size, let outcome):
+            try c.encode("transfer", forKey: .kind)
+            try c.encode(proto, forKey: .proto)
+            try c.encode(path, forKey: .path)
+            try c.encode(bytes, forKey: .bytes)
+            try c.encodeIfPresent(size, forKey: .size)
+            try c.encode(outcome.label, forKey: .outcome)
+            try c.encodeIfPresent(outcome.reason, forKey: .detail)
+        case .bootScript(let image, let detail):
+            try c.encode("bootscript", forKey: .kind)
+            try c.encodeIfPresent(image, forKey: .image)
+            try c.encodeIfPresent(detail, forKey: .detail)
+        case .report(let report, let detail):
+            try c.encode("report", forKey: .kind)
+            try c.encode(report, forKey: .step)
+            try c.encodeIfPresent(detail, forKey: .detail)
+        }
+        if encoder.userInfo[BootEvent.includeSummary] as? Bool == true {
+            try c.encode(observation.summary, forKey: .summary)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        time = Date(timeIntervalSince1970: try c.decode(Double.self, forKey: .time))
+        let macText = try c.decode(String.self, forKey: .mac)
+        guard let mac = MACAddress(macText) else {
+            throw DecodingError.dataCorruptedError(forKey: .mac, in: c, debugDescription: "malformed MAC '\(macText)'")
+        }
+        self.mac = mac
+        boot = try c.decode(Int.self, forKey: .boot)
+        let detail = try c.decodeIfPresent(String.self, forKey: .detail)
+        switch try c.decode(String.self, forKey: .kind) {
+        case "dhcp":
+            let address = try c.decodeIfPresent(String.self, forKey: .ip).flatMap { IPv4Address($0) }
+            observation = .dhcp(try c.decode(DHCPStep.self, forKey: .step), address: address, detail: detail)
+        case "transfer":
+            observation = .transfer(
+                try c.decode(TransferProtocol.self, forKey: .proto), path: try c.decode(String.self, forKey: .path),
+                bytes: try c.decode(UInt64.self, forKey: .bytes), size: try c.decodeIfPresent(UInt64.self, forKey: .size),
+                outcome: TransferOutcome(label: try c.decode(String.self, forKey: .outcome), reason: detail))
+        case "bootscript":
+            observation = .bootScript(image: try c.decodeIfPresent(String.self, forKey: .image), detail: detail)
+        case "report":
+            observation = .report(try c.decode(NodeReport.self, forKey: .step), detail: detail)
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown event kind '\(other)'")
+        }
+    }
+
+    /// `userInfo` key: also write the one-line `summary` (the API does, the journal does not).
+    public static let includeSummary = CodingUserInfoKey(rawValue: "imagebuild.includeSummary")!
+}

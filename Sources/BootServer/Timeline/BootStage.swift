@@ -1,0 +1,126 @@
+import Foundation
+
+/// Where a node's boot is, derived from what the server saw and what the node reported.
+/// Ordered as a boot goes: a node at `.up` or `.failed` that is seen at an early stage again has rebooted.
+public enum BootStage: String, Sendable, Codable, CaseIterable, Comparable {
+    /// Listed in the inventory, never seen since the journal began.
+    case unseen
+    case dhcp
+    /// Network boot program (pxelinux, iPXE, ldlinux.c32) fetched.
+    case bootloader
+    /// pxelinux.cfg file or iPXE script fetched.
+    case config
+    case kernel
+    case initrd
+    /// Stage 1 (`/init`) reported it runs and has an address.
+    case stage1
+    /// Stage-2 image downloading, downloaded or verified.
+    case image
+    case switchRoot = "switch-root"
+    case up
+    case failed
+
+    public static func < (a: BootStage, b: BootStage) -> Bool {
+        allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
+    }
+
+    /// Stages a reboot starts with: seeing one of them after `.up`/`.failed` begins a new boot.
+    var beginsBoot: Bool { self == .dhcp || self == .bootloader || self == .config }
+
+    /// The stage a fetched file belongs to, by its name. Image folders hold `vmlinuz`, `initramfs.img`
+    /// and `image.<format>` (see `PublishedImage`); everything else a node fetches before the kernel is a
+    /// boot loader or its configuration.
+    public static func forFile(_ path: String) -> BootStage {
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        if name.hasPrefix("vmlinuz") || name == "bzImage" || name == "kernel" { return .kernel }
+        if name.hasPrefix("initramfs") || name.hasPrefix("initrd") { return .initrd }
+        if name.hasPrefix("image.") { return .image }
+        if path.contains("pxelinux.cfg/") || name.hasSuffix(".ipxe") || name.hasSuffix(".cfg") || name == "bootscript" { return .config }
+        return .bootloader
+    }
+}
+
+/// What a node reports to `POST /api/v1/events` (stage 1 and stage 2 scripts).
+public enum NodeReport: String, Sendable, Codable, CaseIterable {
+    case stage1Start = "stage1-start"
+    case imageDownloaded = "image-downloaded"
+    case imageVerified = "image-verified"
+    case switchRoot = "switch-root"
+    case up
+    case failed
+
+    public var stage: BootStage {
+        switch self {
+        case .stage1Start: .stage1
+        case .imageDownloaded, .imageVerified: .image
+        case .switchRoot: .switchRoot
+        case .up: .up
+        case .failed: .failed
+        }
+    }
+}
+
+/// The DHCP exchange steps the timeline tells apart (the DHCP service maps its message types onto these).
+public enum DHCPStep: String, Sendable, Codable, CaseIterable {
+    case discover, offer, request, ack, nak, decline, release, inform
+    /// A request the server chose not to answer (the detail says why).
+    case ignored
+}
+
+/// Why a node sits in a stage, and what usually causes it to stay there. One table, used by the
+/// status page (through `/api/v1/nodes`) and by `imagebuild status`.
+public enum StuckHints {
+    /// How long a node may stay in a stage before it counts as stuck. Generous: TCG VMs and busy
+    /// servers are slow, and a false "stuck" costs an admin's attention.
+    public static func threshold(for stage: BootStage) -> TimeInterval? {
+        switch stage {
+        case .unseen, .up: nil
+        case .failed: 0
+        case .dhcp: 60
+        case .bootloader, .config: 90
+        case .kernel: 180
+        case .initrd: 300
+        case .stage1: 180
+        case .image: 900
+        case .switchRoot: 300
+        }
+    }
+
+    /// The one-line hint for a node stuck in `stage`; `lastDHCPStep` refines the DHCP case.
+    public static func hint(stage: BootStage, lastDHCPStep: DHCPStep? = nil) -> String? {
+        switch stage {
+        case .unseen, .up: return nil
+        case .dhcp:
+            switch lastDHCPStep {
+            case .discover?, .ignored?:
+                return "DISCOVER seen, no offer sent: the MAC is not in nodes.yaml and there is no pool, or the policy ignored it (server log says why)"
+            case .offer?:
+                return "offered but never requested: the client did not accept our offer; another DHCP server on the segment?"
+            case .request?:
+                return "requested but not acknowledged: the request named another server or an address we cannot give"
+            case .nak?:
+                return "request refused (NAK): the client asked for an address it may not have; it should start over with DISCOVER"
+            case .decline?:
+                return "the client declined the address (ARP conflict): another host uses that IP"
+            case .ack?, .inform?, .release?, nil:
+                return "address acknowledged but no boot file fetched: TFTP/HTTP unreachable (firewall on UDP 69?) or the firmware rejected the boot file"
+            }
+        case .bootloader:
+            return "boot loader loaded but no config fetched: wrong loader for the firmware (BIOS vs UEFI) or ldlinux.c32 missing"
+        case .config:
+            return "config fetched but no kernel requested: the config names an unpublished image or an unreachable URL (check publish.json and http_port)"
+        case .kernel:
+            return "kernel requested but no initramfs: the transfer stalled or was cut (look for incomplete downloads in the timeline)"
+        case .initrd:
+            return "initramfs loaded but stage 1 never reported: kernel did not start (console=?), NIC driver missing from modules, or imagebuild.server unreachable"
+        case .stage1:
+            return "stage 1 runs but the image did not arrive: wrong image URL, HTTP errors, or a slow link (see the HTTP downloads)"
+        case .image:
+            return "image downloaded but no switch_root: sha256 mismatch or unpacking failed (tmpfs too small?); see the node console"
+        case .switchRoot:
+            return "switch_root done but the node never reported 'up': stage 2 init did not start its report, or the network went down"
+        case .failed:
+            return "stage 1 reported a failure (detail says which step); the node retries after its onfail delay"
+        }
+    }
+}

@@ -1,0 +1,262 @@
+import BootProtocols
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// Settings of the boot timeline.
+public struct BootTimelineConfiguration: Sendable {
+    /// Where `timeline.jsonl` lives; nil keeps the timeline in memory only.
+    public var stateDirectory: String?
+    /// Events kept per node (older ones are dropped, and compacted out of the journal).
+    public var eventsPerNode = 200
+    /// Nodes tracked at most; beyond it the one seen longest ago is forgotten (any MAC on the segment
+    /// that sends a DISCOVER becomes a node, so this bounds memory against a noisy network).
+    public var maximumNodes = 20_000
+    /// How often pending events are appended to the journal.
+    public var flushInterval: Duration = .seconds(1)
+    /// Events waiting for the journal at most; past it the oldest are not journalled (they stay in memory).
+    public var maximumPendingEvents = 100_000
+
+    public init(stateDirectory: String? = nil) { self.stateDirectory = stateDirectory }
+}
+
+/// Per-node boot history: what the DHCP, TFTP and HTTP services saw and what nodes reported.
+///
+/// Recording is called from NIO event loops of every service, so it only takes a short lock and appends
+/// to memory; the journal is written in batches by `run()` (a `Service`), off the hot path. On start the
+/// journal is replayed (a torn last line from a crash is skipped) and rewritten compacted.
+public final class BootTimeline: Service, Sendable {
+    struct NodeRecord {
+        var state: NodeBootState
+        var events: CircularBuffer<BootEvent>
+    }
+
+    struct State {
+        var nodes: [MACAddress: NodeRecord] = [:]
+        var macByIP: [IPv4Address: MACAddress] = [:]
+        var pending: [BootEvent] = []
+        var droppedFromJournal: UInt64 = 0
+        var unattributed: UInt64 = 0
+        /// Lines appended since the journal was last compacted.
+        var journalLines = 0
+    }
+
+    public let configuration: BootTimelineConfiguration
+    private let state: Mutex<State>
+    private let journal: TimelineJournal?
+    private let now: @Sendable () -> Date
+    private let logger: Logger
+    /// Wakes the writer early when many events are pending (bufferingNewest(1): a signal, not a queue).
+    private let wakeUp: AsyncStream<Void>.Continuation
+    private let wakeUps: AsyncStream<Void>
+
+    /// Loads and compacts the journal in `configuration.stateDirectory` (created if missing).
+    /// - Parameter now: the clock events are stamped with (tests pass a fixed one).
+    public init(configuration: BootTimelineConfiguration = .init(), logger: Logger = Logger(label: "imagebuild.timeline"),
+                now: @escaping @Sendable () -> Date = { Date() }) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.now = now
+        (wakeUps, wakeUp) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+        var initial = State()
+        if let directory = configuration.stateDirectory {
+            let journal = try TimelineJournal(directory: directory)
+            let loaded = try journal.load()
+            if loaded.skippedLines > 0 {
+                logger.warning("timeline journal: skipped unreadable lines (a crash mid-write leaves a torn last line)",
+                               metadata: ["skipped": "\(loaded.skippedLines)", "file": "\(journal.path)"])
+            }
+            for event in loaded.events {
+                Self.insert(event, into: &initial, configuration: configuration)
+            }
+            try journal.rewrite(Self.allEvents(initial))
+            self.journal = journal
+        } else {
+            self.journal = nil
+        }
+        state = Mutex(initial)
+    }
+
+    // MARK: Recording (hot path)
+
+    /// Records what happened to the node with this MAC; returns the stored event.
+    @discardableResult
+    public func record(_ observation: BootObservation, mac: MACAddress) -> BootEvent {
+        let time = now()
+        let (event, wake) = state.withLock { state -> (BootEvent, Bool) in
+            let boot = state.nodes[mac]?.state.boot(for: observation) ?? 1
+            let event = BootEvent(time: time, mac: mac, boot: boot, observation: observation)
+            Self.insert(event, into: &state, configuration: configuration)
+            if journal != nil {
+                if state.pending.count >= configuration.maximumPendingEvents {
+                    let dropped = state.pending.count / 2
+                    state.pending.removeFirst(dropped)
+                    state.droppedFromJournal += UInt64(dropped)
+                }
+                state.pending.append(event)
+            }
+            return (event, state.pending.count == 1024)
+        }
+        if wake { wakeUp.yield() }
+        return event
+    }
+
+    /// Records an observation of a client known only by its IP (TFTP, HTTP), attributing it through the
+    /// addresses DHCP acknowledged. Returns nil when no node is known at that address.
+    @discardableResult
+    public func record(_ observation: BootObservation, ip: IPv4Address) -> BootEvent? {
+        guard let mac = mac(for: ip) else {
+            state.withLock { $0.unattributed += 1 }
+            return nil
+        }
+        return record(observation, mac: mac)
+    }
+
+    /// Remembers that `ip` is `mac` (DHCP acks do this by themselves; the bootscript endpoint and fixed
+    /// inventory addresses call it too).
+    public func learn(ip: IPv4Address, mac: MACAddress) {
+        state.withLock { $0.macByIP[ip] = mac }
+    }
+
+    public func mac(for ip: IPv4Address) -> MACAddress? {
+        state.withLock { $0.macByIP[ip] }
+    }
+
+    /// The TFTP server's per-transfer report, attributed by the client's address.
+    @discardableResult
+    public func record(_ report: TFTPTransferReport) -> BootEvent? {
+        guard let ip = report.client.ipv4Address else { return nil }
+        let outcome: TransferOutcome
+        switch report.result {
+        case .completed: outcome = .completed
+        case .abortedByClient: outcome = .incomplete(report.result.description)
+        case .failed, .cancelled: outcome = .failed(report.result.description)
+        case .rejected(_, let reason): outcome = .refused(reason)
+        }
+        return record(.transfer(.tftp, path: report.path, bytes: report.bytes, size: nil, outcome: outcome), ip: ip)
+    }
+
+    private static func insert(_ event: BootEvent, into state: inout State, configuration: BootTimelineConfiguration) {
+        if state.nodes[event.mac] == nil {
+            if state.nodes.count >= configuration.maximumNodes,
+               let oldest = state.nodes.min(by: { ($0.value.state.lastSeen ?? .distantPast) < ($1.value.state.lastSeen ?? .distantPast) }) {
+                state.nodes.removeValue(forKey: oldest.key)
+            }
+            state.nodes[event.mac] = NodeRecord(state: NodeBootState(mac: event.mac),
+                                                events: CircularBuffer(initialCapacity: 16))
+        }
+        state.nodes[event.mac]!.state.apply(event)
+        if state.nodes[event.mac]!.events.count >= configuration.eventsPerNode {
+            state.nodes[event.mac]!.events.removeFirst()
+        }
+        state.nodes[event.mac]!.events.append(event)
+        if case .dhcp(.ack, let address?, _) = event.observation, !address.isAny {
+            state.macByIP[address] = event.mac
+        }
+    }
+
+    // MARK: Reading
+
+    /// Every node seen, in MAC order.
+    public func nodes() -> [NodeBootState] {
+        state.withLock { $0.nodes.values.map(\.state) }.sorted { $0.mac < $1.mac }
+    }
+
+    public func node(_ mac: MACAddress) -> NodeBootState? {
+        state.withLock { $0.nodes[mac]?.state }
+    }
+
+    /// The node's kept events, oldest first.
+    public func events(for mac: MACAddress) -> [BootEvent] {
+        state.withLock { state in state.nodes[mac].map { Array($0.events) } ?? [] }
+    }
+
+    /// Observations from clients no node is known for (metrics, diagnostics).
+    public var unattributedCount: UInt64 { state.withLock { $0.unattributed } }
+
+    public var currentTime: Date { now() }
+
+    private static func allEvents(_ state: State) -> [BootEvent] {
+        state.nodes.values.flatMap(\.events).sorted { $0.time < $1.time }
+    }
+
+    // MARK: Journal
+
+    /// Appends pending events to the journal now (the writer does this every `flushInterval`), and
+    /// compacts it when it has grown to several times what is kept.
+    public func flush() throws {
+        guard let journal else { return }
+        try journal.serialized {
+            let (batch, lines, kept) = state.withLock { state -> ([BootEvent], Int, Int) in
+                let batch = state.pending
+                state.pending.removeAll(keepingCapacity: true)
+                state.journalLines += batch.count
+                return (batch, state.journalLines, state.nodes.count * configuration.eventsPerNode)
+            }
+            if !batch.isEmpty { try journal.append(batch) }
+            if lines > max(10_000, 2 * kept) { try compact(journal) }
+        }
+    }
+
+    private func compact(_ journal: TimelineJournal) throws {
+        // Everything pending is also in the rings, so the snapshot replaces both.
+        let snapshot = state.withLock { state -> [BootEvent] in
+            state.pending.removeAll(keepingCapacity: true)
+            state.journalLines = 0
+            return Self.allEvents(state)
+        }
+        try journal.rewrite(snapshot)
+        state.withLock { $0.journalLines += snapshot.count }
+    }
+
+    /// Sleeps for `flushInterval` or until woken (many events pending, or shutdown).
+    private func pause() async {
+        let wakeUps = self.wakeUps
+        let interval = configuration.flushInterval
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await Task.sleep(for: interval) }
+            group.addTask { for await _ in wakeUps { break } }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Writes the journal in batches until graceful shutdown or cancellation, then flushes once more.
+    public func run() async throws {
+        guard journal != nil else {
+            try? await gracefulShutdown()
+            return
+        }
+        await withGracefulShutdownHandler {
+            while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                do { try flush() } catch {
+                    logger.error("timeline journal: write failed", metadata: ["error": "\(error)"])
+                }
+                await pause()
+            }
+        } onGracefulShutdown: {
+            self.wakeUp.yield()
+        }
+        do { try flush() } catch {
+            logger.error("timeline journal: final write failed", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+extension SocketAddress {
+    /// The IPv4 address, also of an IPv4-mapped IPv6 peer (a dual-stack listener sees those).
+    var ipv4Address: BootProtocols.IPv4Address? {
+        switch self {
+        case .v4(let address):
+            return BootProtocols.IPv4Address(rawValue: UInt32(bigEndian: address.address.sin_addr.s_addr))
+        case .v6(let address):
+            let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
+            guard bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF else { return nil }
+            return BootProtocols.IPv4Address(bytes[12], bytes[13], bytes[14], bytes[15])
+        default:
+            return nil
+        }
+    }
+}

@@ -1,0 +1,204 @@
+import BootProtocols
+@testable import BootServer
+import Foundation
+import ImageBuildKit
+import NIOCore
+import Testing
+
+@Suite("HTTP: pure decisions")
+struct HTTPDecisionTests {
+    @Test("Range headers against a 1000-byte file", arguments: [
+        ("bytes=0-99", RangeDecision.bytes(0...99)),
+        ("bytes=900-", .bytes(900...999)),
+        ("bytes=900-5000", .bytes(900...999)),
+        ("bytes=-100", .bytes(900...999)),
+        ("bytes=-5000", .bytes(0...999)),
+        ("bytes=999-999", .bytes(999...999)),
+        ("bytes=1000-", .unsatisfiable),
+        ("bytes=1000-2000", .unsatisfiable),
+        ("bytes=-0", .unsatisfiable),
+        ("bytes=5-1", .whole),              // invalid: ignored
+        ("bytes=0-1,5-6", .whole),          // multiple ranges: served whole
+        ("items=0-1", .whole),              // unknown unit
+        ("bytes=abc-", .whole),
+        ("bytes= 10 - 19 ", .bytes(10...19)),
+    ])
+    func ranges(header: String, expected: RangeDecision) {
+        #expect(RangeDecision.decide(header: header, size: 1000) == expected)
+    }
+
+    @Test("any range of an empty file is unsatisfiable")
+    func emptyFile() {
+        #expect(RangeDecision.decide(header: "bytes=0-", size: 0) == .unsatisfiable)
+        #expect(RangeDecision.decide(header: "bytes=-1", size: 0) == .unsatisfiable)
+    }
+
+    func limits() -> HTTPTimeouts {
+        var limits = HTTPTimeouts()
+        limits.idle = .seconds(60)
+        limits.header = .seconds(10)
+        limits.body = .seconds(10)
+        limits.send = .seconds(30)
+        return limits
+    }
+
+    @Test("an idle connection closes after the idle limit, not while a request is served")
+    func idle() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)
+        #expect(state.expired(now: t0 + .seconds(59)) == nil)
+        #expect(state.expired(now: t0 + .seconds(60)) == .idle)
+        state.read(.head, now: t0 + .seconds(1))
+        state.read(.end, now: t0 + .seconds(1))
+        state.readComplete(now: t0 + .seconds(1))
+        // A long download: no idle time-out while the response runs and the client reads.
+        #expect(state.expired(now: t0 + .seconds(600)) == nil)
+        state.wroteResponseEnd(now: t0 + .seconds(600))
+        #expect(state.expired(now: t0 + .seconds(659)) == nil)
+        #expect(state.expired(now: t0 + .seconds(660)) == .idle)
+    }
+
+    @Test("a head trickling in is cut at the header limit (slowloris)")
+    func slowHeaders() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)
+        for second in stride(from: 1, through: 9, by: 2) {
+            state.readComplete(now: t0 + .seconds(Int64(second)))  // a few bytes, no complete head
+        }
+        #expect(state.expired(now: t0 + .seconds(10)) == nil)
+        #expect(state.expired(now: t0 + .seconds(11)) == .header)
+    }
+
+    @Test("a whole request in one read starts no header clock")
+    func wholeRequest() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)
+        state.read(.head, now: t0)
+        state.read(.end, now: t0)
+        state.readComplete(now: t0)
+        #expect(state.headStarted == nil)
+        state.wroteResponseEnd(now: t0 + .seconds(1))
+        #expect(state.expired(now: t0 + .seconds(30)) == nil)
+    }
+
+    @Test("a stalled body and a client that stops reading are cut")
+    func stalledBodyAndReader() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)
+        state.read(.head, now: t0)
+        state.readComplete(now: t0)
+        #expect(state.expired(now: t0 + .seconds(10)) == .body)
+
+        var reader = ConnectionTimeoutState(limits: limits(), now: t0)
+        reader.read(.head, now: t0)
+        reader.read(.end, now: t0)
+        reader.readComplete(now: t0)
+        reader.writabilityChanged(writable: false, now: t0 + .seconds(1))
+        #expect(reader.expired(now: t0 + .seconds(30)) == nil)
+        reader.writabilityChanged(writable: true, now: t0 + .seconds(20))
+        reader.writabilityChanged(writable: false, now: t0 + .seconds(21))
+        #expect(reader.expired(now: t0 + .seconds(50)) == nil)
+        #expect(reader.expired(now: t0 + .seconds(51)) == .send)
+    }
+
+    static let inventoryText = """
+        network:
+          server: 10.77.0.1
+          subnet: 10.77.0.0/24
+          http_port: 8080
+        defaults:
+          image: compute
+          append: quiet
+        ranges:
+          - cidr: 10.77.0.64/28
+            image: gpu
+        nodes:
+          - mac: 52:54:00:77:00:01
+            hostname: node01
+            ip: 10.77.0.11
+            append: node01.flag
+          - mac: 52:54:00:77:00:02
+            hostname: node02
+            image: missing
+        """
+
+    static func index(_ names: [String]) throws -> PublishIndex {
+        var images: [String] = []
+        for name in names {
+            images.append(#""\#(name)": {"name": "\#(name)", "digest": "d1g3st\#(name)", "kernelVersion": "6.1.0", "cmdline": "console=ttyS0 imagebuild.sha256=ab", "imageFile": "image.tar.gz"}"#)
+        }
+        let json = #"{"generation": 1, "images": {\#(images.joined(separator: ","))}, "nodes": [], "ranges": []}"#
+        return try JSONDecoder().decode(PublishIndex.self, from: Data(json.utf8))
+    }
+
+    @Test("boot script: registered node, its image and command line")
+    func registered() throws {
+        let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
+        let decision = BootScriptDecision.decide(mac: MAC("52-54-00-77-00-01")!, clientIP: nil, retry: 0, inventory: inventory,
+                                                 index: try Self.index(["compute", "gpu"]), policy: .defaultImage)
+        #expect(decision.image == "compute")
+        #expect(decision.script.hasPrefix("#!ipxe\n"))
+        #expect(decision.script.contains("kernel http://10.77.0.1:8080/images/compute/d1g3stcompute/vmlinuz"))
+        #expect(decision.script.contains("quiet node01.flag"))
+        #expect(decision.script.contains("node01 (52:54:00:77:00:01)"))
+    }
+
+    @Test("boot script: unknown MACs get the range's or default image, or wait with a growing delay")
+    func unknown() throws {
+        let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
+        let index = try Self.index(["compute", "gpu"])
+        let stranger = MAC("02:00:00:00:00:99")!
+        let byDefault = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.200"), retry: 0, inventory: inventory,
+                                                  index: index, policy: .defaultImage)
+        #expect(byDefault.image == "compute")
+        let inRange = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.70"), retry: 0, inventory: inventory,
+                                                index: index, policy: .defaultImage)
+        #expect(inRange.image == "gpu")
+        for (retry, delay) in [(0, 5), (1, 10), (3, 20), (11, 60), (500, 60)] {
+            let waiting = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.70"), retry: retry, inventory: inventory,
+                                                    index: index, policy: .wait)
+            #expect(waiting.image == nil)
+            #expect(waiting.script.contains("sleep \(delay)\n"))
+            #expect(waiting.script.contains("chain --autofree http://10.77.0.1:8080/boot/v1/bootscript?mac=02:00:00:00:00:99&retry=\(retry + 1)"))
+            #expect(waiting.script.contains("not registered"))
+        }
+    }
+
+    @Test("boot script: an unpublished image or no publish.json makes the node wait, saying why")
+    func unpublished() throws {
+        let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
+        let missing = BootScriptDecision.decide(mac: MAC("52:54:00:77:00:02")!, clientIP: nil, retry: 2, inventory: inventory,
+                                                index: try Self.index(["compute"]), policy: .defaultImage)
+        #expect(missing.image == nil)
+        #expect(missing.script.contains("image 'missing' for node02 (52:54:00:77:00:02) is not published"))
+        #expect(missing.script.contains("retry=3"))
+        let nothing = BootScriptDecision.decide(mac: MAC("52:54:00:77:00:01")!, clientIP: nil, retry: 0, inventory: inventory,
+                                                index: nil, policy: .defaultImage)
+        #expect(nothing.detail.contains("no publish.json"))
+    }
+
+    @Test("status table: stuck first with hints, durations readable")
+    func table() {
+        let now = 1_700_000_000.0
+        func node(_ name: String, _ stage: BootStage, stuck: Bool, hint: String? = nil) -> NodeStatus {
+            NodeStatus(mac: "52:54:00:00:00:0\(name.last!)", hostname: name, ip: "10.0.0.\(name.last!)", registered: true, stage: stage,
+                       since: now - 125, secondsInStage: 125, lastSeen: now - 3, boot: 1, bootSeconds: stage == .up ? 31.5 : nil,
+                       bootElapsed: stage == .up ? nil : 200, stuck: stuck, hint: hint, image: nil, failure: nil, lastEvent: nil,
+                       lastDHCPStep: nil)
+        }
+        let nodes = [node("n1", .up, stuck: false), node("n2", .dhcp, stuck: true, hint: "another DHCP server?")]
+            .sorted(by: NodeStatus.ordered)
+        let text = NodeStatusTable.render(nodes, now: now)
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(lines[0].hasPrefix("HOSTNAME"))
+        #expect(lines[1].hasPrefix("n2"))
+        #expect(lines[1].contains("dhcp (stuck)"))
+        #expect(lines[1].contains("2m05s"))
+        #expect(lines[1].contains("3s ago"))
+        #expect(lines[1].contains("3m20s…"))
+        #expect(lines[2].contains("hint: another DHCP server?"))
+        #expect(lines[3].hasPrefix("n1"))
+        #expect(lines[3].contains("31s"))
+        #expect(lines.last == "2 nodes, 1 up, 1 stuck")
+    }
+}

@@ -1,0 +1,297 @@
+import BootProtocols
+@testable import BootServer
+import Foundation
+import ImageBuildKit
+import Testing
+
+@Suite("HTTP service against a live server on 127.0.0.1", .serialized)
+struct HTTPServiceTests {
+    @Test("static files: whole, Range (206/416), HEAD, ETag and dates, content types, streaming")
+    func staticFiles() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        // Larger than the in-memory limit (256 KiB) and the chunk size: exercises the streamed path.
+        let big = try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: 3 * 1024 * 1024 + 17, seed: 7)
+        let small = try fixture.writeBinary("\(fixture.imageDir)/vmlinuz", size: 4096, seed: 3)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, _ in
+            let path = "/\(fixture.imageDir)/image.tar.gz"
+            let whole = try await RawHTTP.get(port: port, path)
+            #expect(whole.status == 200)
+            #expect(whole.body == big)
+            #expect(whole.header("content-length") == "\(big.count)")
+            #expect(whole.header("accept-ranges") == "bytes")
+            #expect(whole.header("content-type") == "application/gzip" || whole.header("content-type") == "application/x-gzip")
+
+            let part = try await RawHTTP.get(port: port, path, headers: ["Range": "bytes=1000000-1000099"])
+            #expect(part.status == 206)
+            #expect(part.body == Array(big[1_000_000...1_000_099]))
+            #expect(part.header("content-range") == "bytes 1000000-1000099/\(big.count)")
+            #expect(part.header("content-length") == "100")
+
+            let resume = try await RawHTTP.get(port: port, path, headers: ["Range": "bytes=3000000-"])
+            #expect(resume.status == 206)
+            #expect(resume.body == Array(big[3_000_000...]))
+
+            let suffix = try await RawHTTP.get(port: port, path, headers: ["Range": "bytes=-10"])
+            #expect(suffix.status == 206)
+            #expect(suffix.body == Array(big.suffix(10)))
+            #expect(suffix.header("content-range") == "bytes \(big.count - 10)-\(big.count - 1)/\(big.count)")
+
+            let beyond = try await RawHTTP.get(port: port, path, headers: ["Range": "bytes=\(big.count)-"])
+            #expect(beyond.status == 416)
+            #expect(beyond.header("content-range") == "bytes */\(big.count)")
+
+            let multi = try await RawHTTP.get(port: port, path, headers: ["Range": "bytes=0-1,5-6"])
+            #expect(multi.status == 200)
+            #expect(multi.body.count == big.count)
+
+            let head = try await RawHTTP.get(port: port, path, method: "HEAD")
+            #expect(head.status == 200)
+            #expect(head.header("content-length") == "\(big.count)")
+            #expect(head.body.isEmpty)
+
+            // Small file from memory, twice (the second from the cache), with validators.
+            let kernelPath = "/\(fixture.imageDir)/vmlinuz"
+            let first = try await RawHTTP.get(port: port, kernelPath)
+            let second = try await RawHTTP.get(port: port, kernelPath)
+            #expect(first.body == small)
+            #expect(second.body == small)
+            #expect(second.header("content-type") == "application/octet-stream")
+            let etag = try #require(first.header("etag"))
+            let modified = try #require(first.header("last-modified"))
+            let notModified = try await RawHTTP.get(port: port, kernelPath, headers: ["If-None-Match": etag])
+            #expect(notModified.status == 304)
+            #expect(notModified.body.isEmpty)
+            let otherTag = try await RawHTTP.get(port: port, kernelPath, headers: ["If-None-Match": "W/\"0000\""])
+            #expect(otherTag.status == 200)
+            let sinceSame = try await RawHTTP.get(port: port, kernelPath, headers: ["If-Modified-Since": modified])
+            #expect(sinceSame.status == 304)
+            let sinceOld = try await RawHTTP.get(port: port, kernelPath, headers: ["If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"])
+            #expect(sinceOld.status == 200)
+            #expect(sinceOld.body == small)
+            let smallRange = try await RawHTTP.get(port: port, kernelPath, headers: ["Range": "bytes=10-19"])
+            #expect(smallRange.status == 206)
+            #expect(smallRange.body == Array(small[10...19]))
+
+            // An edit in place is served at once (the cache checks inode, size and mtime).
+            let changed = try fixture.writeBinary("\(fixture.imageDir)/vmlinuz", size: 5000, seed: 99)
+            let fresh = try await RawHTTP.get(port: port, kernelPath)
+            #expect(fresh.body == changed)
+
+            // Through the publish symlinks: pxelinux.cfg -> .publish/current/pxelinux.cfg -> gen-1/...
+            let config = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            #expect(config.status == 200)
+            #expect(config.text == "DEFAULT imagebuild\n")
+            #expect(config.header("content-type")?.hasPrefix("text/plain") == true)
+            let script = try await RawHTTP.get(port: port, "/ipxe/boot.ipxe")
+            #expect(script.status == 200)
+            #expect(script.header("content-type")?.hasPrefix("text/plain") == true)
+            let missing = try await RawHTTP.get(port: port, "/images/nope")
+            #expect(missing.status == 404)
+        }
+    }
+
+    @Test("paths that leave the root are refused; symlinks inside it work", arguments: [
+        ("/../secret.txt", [400, 403, 404]),
+        ("/images/../../secret.txt", [400, 403, 404]),
+        ("/%2e%2e/secret.txt", [400, 403, 404]),
+        ("/images/%2e%2e/%2e%2e/secret.txt", [400, 403, 404]),
+        ("/..%2fsecret.txt", [400, 403, 404]),
+        ("/escape.txt", [403]),
+        ("/escape-dir/secret.txt", [403]),
+        ("/passwd", [403]),
+        ("/pxelinux.cfg%00/default", [400, 403, 404]),
+    ])
+    func confinement(path: String, allowed: [Int]) async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(nil)) { port, _ in
+            let response = try await RawHTTP.get(port: port, path)
+            #expect(allowed.contains(response.status), "\(path) -> \(response.status)")
+            #expect(!response.text.contains("top secret"))
+            #expect(!response.text.contains("root:"))
+            let inside = try await RawHTTP.get(port: port, "/publish.json")
+            #expect(inside.status == 200)
+        }
+    }
+
+    @Test("bootscript: known MAC, unknown MAC, and a MAC added while the server runs")
+    func bootScripts() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let inventory = InventoryBox(try httpTestInventory())
+        try await withHTTPService(root: fixture, inventory: inventory, policy: .wait) { port, service in
+            let known = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
+            #expect(known.status == 200)
+            #expect(known.header("content-type")?.hasPrefix("text/plain") == true)
+            #expect(known.text.hasPrefix("#!ipxe\n"))
+            #expect(known.text.contains("kernel http://127.0.0.1:8080/images/compute/\(HTTPTestRoot.digest)/vmlinuz"))
+            #expect(known.text.contains("alpha.flag"))
+
+            let unknown = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52-54-00-bb-00-02&retry=2")
+            #expect(unknown.status == 200)
+            #expect(unknown.text.contains("not registered"))
+            #expect(unknown.text.contains("sleep 15\n"))
+            #expect(unknown.text.contains("/boot/v1/bootscript?mac=52:54:00:bb:00:02&retry=3"))
+
+            // nodes.yaml gains the machine: the very next request boots it, no restart.
+            inventory.set(try httpTestInventory(extraNodes: """
+                  - mac: 52:54:00:bb:00:02
+                    hostname: beta
+                    image: compute
+                    append: beta.flag
+                """))
+            let added = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52-54-00-bb-00-02&retry=3")
+            #expect(added.text.contains("kernel http://127.0.0.1:8080/images/compute/"))
+            #expect(added.text.contains("beta.flag"))
+
+            let bad = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=zz")
+            #expect(bad.status == 400)
+            let none = try await RawHTTP.get(port: port, "/boot/v1/bootscript")
+            #expect(none.status == 400)
+
+            // Each script served is on the node's timeline, and the client's IP now maps to the MAC.
+            let beta = MACAddress(0x52, 0x54, 0x00, 0xbb, 0x00, 0x02)
+            let scripts = service.timeline.events(for: beta).compactMap { event -> String? in
+                if case .bootScript(let image, _) = event.observation { return image ?? "wait" }
+                return nil
+            }
+            #expect(scripts == ["wait", "compute"])
+            #expect(service.timeline.node(beta)?.stage == .config)
+        }
+    }
+
+    @Test("unknown MACs boot the default image under the default policy")
+    func defaultImage() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let inventory = try InventoryLoader.parse("""
+            network: {server: 127.0.0.1, subnet: 127.0.0.0/8}
+            defaults: {image: compute}
+            """, file: "nodes.yaml")
+        try await withHTTPService(root: fixture, inventory: InventoryBox(inventory)) { port, _ in
+            let script = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=02:00:00:00:00:09")
+            #expect(script.text.contains("any machine not listed"))
+            #expect(script.text.contains("kernel http://127.0.0.1/images/compute/"))
+        }
+    }
+
+    @Test("events in, validated; timeline out; kept across a restart on the same state directory")
+    func eventsAndRestart() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let inventory = InventoryBox(try httpTestInventory())
+        try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: 600_000, seed: 5)
+        try await withHTTPService(root: fixture, inventory: inventory) { port, service in
+            // The node's own address is learnt from its bootscript request, so its download is attributed.
+            _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
+            let accepted = try await RawHTTP.post(port: port, "/api/v1/events",
+                                                  json: #"{"mac":"52:54:00:AA:00:01","stage":"stage1-start","detail":"eth0 10.0.0.5"}"#)
+            #expect(accepted.status == 202)
+            _ = try await RawHTTP.get(port: port, "/\(fixture.imageDir)/image.tar.gz")
+            for stage in ["image-downloaded", "image-verified", "switch-root"] {
+                let response = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52-54-00-aa-00-01","stage":"\#(stage)"}"#)
+                #expect(response.status == 202)
+            }
+            let failed = try await RawHTTP.post(port: port, "/api/v1/events",
+                                                json: #"{"mac":"52:54:00:cc:00:03","stage":"failed","detail":"download: HTTP 404"}"#)
+            #expect(failed.status == 202)
+
+            let unknownStage = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"booting"}"#)
+            #expect(unknownStage.status == 400)
+            #expect(unknownStage.text.contains("unknown stage 'booting'"))
+            #expect(unknownStage.text.contains("stage1-start"))
+            let notJSON = try await RawHTTP.post(port: port, "/api/v1/events", json: "stage=up")
+            #expect(notJSON.status == 400)
+            let noStage = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01"}"#)
+            #expect(noStage.status == 400)
+            let huge = try await RawHTTP.post(port: port, "/api/v1/events",
+                                              json: #"{"mac":"52:54:00:aa:00:01","stage":"up","detail":"\#(String(repeating: "x", count: 10_000))"}"#)
+            #expect(huge.status == 413)
+
+            let nodes = try JSONDecoder().decode(NodesResponse.self, from: Data(try await RawHTTP.get(port: port, "/api/v1/nodes").body))
+            #expect(nodes.nodes.count == 2)
+            // The failed (unregistered) node comes first, with its detail and hint.
+            #expect(nodes.nodes[0].mac == "52:54:00:cc:00:03")
+            #expect(nodes.nodes[0].stuck)
+            #expect(nodes.nodes[0].registered == false)
+            #expect(nodes.nodes[0].failure == "download: HTTP 404")
+            #expect(nodes.nodes[0].hint != nil)
+            #expect(nodes.nodes[1].hostname == "alpha")
+            #expect(nodes.nodes[1].stage == .switchRoot)
+            #expect(!nodes.nodes[1].stuck)
+
+            let detail = try await RawHTTP.get(port: port, "/api/v1/nodes/52-54-00-aa-00-01")
+            #expect(detail.status == 200)
+            let timeline = try JSONDecoder().decode(NodeTimelineResponse.self, from: Data(detail.body))
+            let kinds = timeline.events.map(\.observation)
+            #expect(kinds.contains(.transfer(.http, path: "\(fixture.imageDir)/image.tar.gz", bytes: 600_000, size: 600_000, outcome: .completed)))
+            #expect(kinds.last == .report(.switchRoot, detail: nil))
+            #expect(detail.text.contains(#""summary":"#))
+            let nobody = try await RawHTTP.get(port: port, "/api/v1/nodes/02:00:00:00:00:00")
+            #expect(nobody.status == 404)
+            #expect(service.timeline.node(MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01))?.image == "compute")
+        }
+
+        // A new service and timeline on the same state directory: the history is still there.
+        try await withHTTPService(root: fixture, inventory: inventory) { port, _ in
+            let detail = try await RawHTTP.get(port: port, "/api/v1/nodes/52:54:00:aa:00:01")
+            let timeline = try JSONDecoder().decode(NodeTimelineResponse.self, from: Data(detail.body))
+            #expect(timeline.node.stage == .switchRoot)
+            #expect(timeline.events.count == 6)
+            #expect(timeline.node.image == "compute")
+            let up = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"up"}"#)
+            #expect(up.status == 202)
+            let nodes = try JSONDecoder().decode(NodesResponse.self, from: Data(try await RawHTTP.get(port: port, "/api/v1/nodes").body))
+            let alpha = try #require(nodes.nodes.first { $0.hostname == "alpha" })
+            #expect(alpha.stage == .up)
+            #expect(alpha.bootSeconds != nil)
+        }
+    }
+
+    @Test("metrics: requests, bytes and nodes by stage in Prometheus text; the status page is self-contained")
+    func metricsAndStatusPage() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try fixture.writeBinary("\(fixture.imageDir)/vmlinuz", size: 1000)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, _ in
+            _ = try await RawHTTP.get(port: port, "/\(fixture.imageDir)/vmlinuz")
+            _ = try await RawHTTP.get(port: port, "/nope")
+            _ = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"up"}"#)
+            let metrics = try await RawHTTP.get(port: port, "/metrics")
+            #expect(metrics.status == 200)
+            #expect(metrics.header("content-type")?.hasPrefix("text/plain; version=0.0.4") == true)
+            let text = metrics.text
+            #expect(text.contains(#"imagebuild_http_requests_total{route="files",code="2xx"} 1"#))
+            #expect(text.contains(#"imagebuild_http_requests_total{route="other",code="4xx"} 1"#))
+            #expect(text.contains(#"imagebuild_http_requests_total{route="events",code="2xx"} 1"#))
+            #expect(text.contains(#"imagebuild_nodes{stage="up"} 1"#))
+            #expect(text.contains(#"imagebuild_nodes{stage="dhcp"} 0"#))
+            #expect(text.contains(#"imagebuild_http_image_bytes_total 1000"#))
+
+            let page = try await RawHTTP.get(port: port, "/")
+            #expect(page.status == 200)
+            #expect(page.header("content-type") == "text/html; charset=utf-8")
+            #expect(page.text.contains("/api/v1/nodes"))
+            #expect(!page.text.contains("http://") && !page.text.contains("https://"))
+        }
+    }
+
+    @Test("a client that sends its request head too slowly is disconnected")
+    func slowloris() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(nil), configure: {
+            $0.timeouts.header = .milliseconds(600)
+            $0.timeouts.idle = .seconds(5)
+        }) { port, _ in
+            let chunks = ["GET /publish.json HTTP/1.1\r\n"] + Array(repeating: "X-Slow: 1\r\n", count: 20)
+            let (bytes, closedAfter) = try await RawHTTP.exchangeTimed(port: port, chunks: chunks, pause: .milliseconds(200))
+            #expect(bytes.isEmpty, "got a response: \(String(decoding: bytes.prefix(100), as: UTF8.self))")
+            #expect(closedAfter < .seconds(3))
+            // A normal client on the same server is unaffected.
+            let normal = try await RawHTTP.get(port: port, "/publish.json")
+            #expect(normal.status == 200)
+        }
+    }
+}
