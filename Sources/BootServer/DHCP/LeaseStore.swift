@@ -86,8 +86,11 @@ public final class LeaseStore: DHCPLeaseView {
     }
 
     public func address(heldBy client: MACAddress, at now: DHCPTimestamp) -> IPv4Address? {
-        if let address = boundByMAC[client], let binding = bound[address], binding.lease.expires > now { return address }
-        if let address = offersByMAC[client], let offer = offers[address], offer.expires > now { return address }
+        if let address = boundByMAC[client], let binding = bound[address], binding.lease.mac == client,
+           binding.lease.expires > now { return address }
+        if let address = offersByMAC[client], let offer = offers[address], offer.mac == client, offer.expires > now {
+            return address
+        }
         return nil
     }
 
@@ -131,6 +134,10 @@ public final class LeaseStore: DHCPLeaseView {
         case .offer(let lease):
             try checkFree(lease.address, for: lease.mac, at: now)
             removeOffer(of: lease.mac)
+            // An expired offer of another client for this address goes with it.
+            if let previous = offers[lease.address], offersByMAC[previous.mac] == lease.address {
+                offersByMAC[previous.mac] = nil
+            }
             offers[lease.address] = lease
             offersByMAC[lease.mac] = lease.address
             onDurable?(.success(()))
