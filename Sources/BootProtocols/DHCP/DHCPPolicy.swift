@@ -111,6 +111,7 @@ public enum DHCPIgnoreReason: Error, Hashable, Sendable, CustomStringConvertible
     case noRecordOfClient(MACAddress, IPv4Address)
     case missingAddress(DHCPMessageType)
     case releaseOfAddressNotHeld(IPv4Address, by: MACAddress)
+    case declineOfAddressNotOffered(IPv4Address, by: MACAddress)
     case proxyLeavesAddressingToMainServer(DHCPMessageType)
     case notServedOnPort(DHCPMessageType, DHCPServerPort)
 
@@ -137,6 +138,8 @@ public enum DHCPIgnoreReason: Error, Hashable, Sendable, CustomStringConvertible
             "no record of \(mac) holding \(address) (RFC 2131 §4.3.2: stay silent)"
         case .missingAddress(let type): "\(type) names no address (option 50 / ciaddr)"
         case .releaseOfAddressNotHeld(let address, let mac): "\(mac) released \(address), which it does not hold"
+        case .declineOfAddressNotOffered(let address, let mac):
+            "\(mac) declined \(address), which was not offered or leased to it"
         case .proxyLeavesAddressingToMainServer(let type):
             "proxyDHCP mode: \(type) on port 67 is for the main DHCP server"
         case .notServedOnPort(let type, let port): "\(type) is not served on port \(port)"
@@ -260,7 +263,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         switch type {
         case .discover: return answerDiscover(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
         case .request: return answerRequest(received, mac: mac, host: host, now: now, inventory: inventory, leases: leases)
-        case .decline: return answerDecline(request, mac: mac, now: now)
+        case .decline: return answerDecline(request, mac: mac, now: now, leases: leases)
         case .release: return answerRelease(request, mac: mac, now: now, leases: leases)
         default: return answerInform(received, mac: mac, host: host, inventory: inventory)
         }
@@ -395,11 +398,16 @@ public struct DHCPPolicy: Hashable, Sendable {
         return .reply(makeReply(reply, received: received, lease: .commit(lease)))
     }
 
-    private func answerDecline(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp) -> DHCPDecision {
+    private func answerDecline(_ request: DHCPMessage, mac: MACAddress, now: DHCPTimestamp, leases: some DHCPLeaseView) -> DHCPDecision {
         if let serverID = request.options.serverIdentifier, serverID != serverAddress {
             return .ignore(.requestForOtherServer(serverID))
         }
         guard let address = request.options.requestedIPAddress else { return .ignore(.missingAddress(.decline)) }
+        // Only the client that was given the address may set it aside: a stray or spoofed DECLINE
+        // would otherwise take addresses out of the pool one by one.
+        guard leases.holder(of: address, at: now) == mac else {
+            return .ignore(.declineOfAddressNotOffered(address, by: mac))
+        }
         return .record(.decline(mac: mac, address: address, until: now.adding(seconds: declineHoldTime)))
     }
 

@@ -429,14 +429,20 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
             == .ignore(.requestForOtherServer(dhcpRelay)))
         #expect(dhcpDecide(dhcpRequest(.release, macUnknown, serverID: dhcpServer)) == .ignore(.missingAddress(.release)))
 
-        #expect(dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpServer))
+        #expect(dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpServer), leases: .holding(a101, by: macUnknown))
             == .record(.decline(mac: macUnknown, address: a101, until: dhcpNow.adding(seconds: 3600))))
+        // Only the client given the address may decline it (a spoofed DECLINE would drain the pool).
+        #expect(dhcpDecide(dhcpRequest(.decline, macOther, requested: a101, serverID: dhcpServer), leases: .holding(a101, by: macUnknown))
+            == .ignore(.declineOfAddressNotOffered(a101, by: macOther)))
+        #expect(dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpServer))
+            == .ignore(.declineOfAddressNotOffered(a101, by: macUnknown)))
         #expect(dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpRelay)) == .ignore(.requestForOtherServer(dhcpRelay)))
         #expect(dhcpDecide(dhcpRequest(.decline, macUnknown, serverID: dhcpServer)) == .ignore(.missingAddress(.decline)))
 
         // A declined address is set aside: the pool skips it.
         var leases = DHCPMemoryLeases()
-        if case .record(let action) = dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpServer)) { leases.apply(action) }
+        leases.held[a101] = (macUnknown, dhcpNow.adding(seconds: 60))
+        if case .record(let action) = dhcpDecide(dhcpRequest(.decline, macUnknown, requested: a101, serverID: dhcpServer), leases: leases) { leases.apply(action) }
         #expect(leases.isDeclined(a101, at: dhcpNow))
         #expect(try dhcpReply(dhcpDecide(dhcpRequest(.discover, macUnknown), leases: leases)).message.yiaddr == IPv4Address(192, 0, 2, 102))
     }

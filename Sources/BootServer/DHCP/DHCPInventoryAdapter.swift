@@ -1,0 +1,67 @@
+import BootProtocols
+import ImageBuildKit
+
+/// `nodes.yaml` as the DHCP policy sees it: hosts by MAC and the reserved set are indexed once per
+/// inventory generation, so a lookup per packet is one hash probe (the `Inventory` model itself
+/// searches its node list linearly).
+public struct DHCPServerInventory: DHCPInventory, Sendable {
+    public let hosts: [MACAddress: DHCPHost]
+    public let subnets: [DHCPSubnet]
+    private let reserved: Set<IPv4Address>
+
+    public init(_ inventory: Inventory) {
+        let network = inventory.network
+        var hosts: [MACAddress: DHCPHost] = [:]
+        hosts.reserveCapacity(inventory.nodes.count)
+        var reserved = Set<IPv4Address>()
+        for node in inventory.nodes {
+            guard let mac = MACAddress(bytes: node.mac.bytes) else { continue }
+            let address = node.ip.map { IPv4Address(rawValue: $0.value) }
+            hosts[mac] = DHCPHost(mac: mac, address: address, hostname: node.hostname)
+            if let address { reserved.insert(address) }
+        }
+        // The server's own address is never handed out either.
+        reserved.insert(IPv4Address(rawValue: network.server.value))
+        self.hosts = hosts
+        self.reserved = reserved
+        let pool = network.pool.map { IPv4Address(rawValue: $0.lowerBound.value)...IPv4Address(rawValue: $0.upperBound.value) }
+        subnets = [DHCPSubnet(
+            network: IPv4Address(rawValue: network.subnet.address.value),
+            mask: IPv4Address(rawValue: network.subnet.mask.value),
+            routers: network.router.map { [IPv4Address(rawValue: $0.value)] } ?? [],
+            dnsServers: network.dns.map { IPv4Address(rawValue: $0.value) },
+            domainName: network.domain,
+            leaseTime: UInt32(clamping: network.leaseTime),
+            pool: pool)]
+    }
+
+    public func host(for mac: MACAddress) -> DHCPHost? { hosts[mac] }
+    public func isReserved(_ address: IPv4Address) -> Bool { reserved.contains(address) }
+}
+
+extension DHCPBootFileTable {
+    /// The standard table with the BIOS entry following `network.bios_loader`: `pxelinux.0` and
+    /// `lpxelinux.0` sit at the top of the boot root, `undionly.kpxe` under `ipxe/` (as publish lays them out).
+    public static func forInventory(_ network: Inventory.Network) -> DHCPBootFileTable {
+        var table = DHCPBootFileTable.standard
+        table[.x86BIOS] = network.biosLoader == "undionly.kpxe" ? "ipxe/undionly.kpxe" : network.biosLoader
+        return table
+    }
+}
+
+extension DHCPPolicy {
+    /// The reply policy for an inventory and the server's settings: server identifier, next server and
+    /// the HTTP base of iPXE boot-script URLs all come from `network.server` / `network.http_port`.
+    public init(inventory: Inventory, configuration: DHCPServerConfiguration) {
+        let network = inventory.network
+        self.init(
+            mode: configuration.mode,
+            serverAddress: IPv4Address(rawValue: network.server.value),
+            httpPort: UInt16(clamping: network.httpPort),
+            ignoreUnknownClients: configuration.ignoreUnknownClients,
+            rapidCommit: configuration.rapidCommit,
+            offerHoldTime: configuration.offerHoldTime,
+            declineHoldTime: configuration.declineHoldTime,
+            bootFiles: .forInventory(network))
+    }
+}
