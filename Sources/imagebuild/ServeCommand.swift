@@ -1,5 +1,8 @@
 import ArgumentParser
 import BootServer
+import Dispatch
+import Metrics
+import Prometheus
 import Foundation
 import ImageBuildKit
 import Logging
@@ -82,20 +85,70 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = Logger(label: "imagebuild.serve")
         do {
             try checkRoot()
-            var services: [any Service] = []
+            try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            let inventory: InventoryStore
+            do {
+                inventory = try InventoryStore(path: nodes, logger: Logger(label: "imagebuild.inventory"))
+            } catch {
+                throw StartupError("\(error)")
+            }
+            let timeline: BootTimeline
+            do {
+                timeline = try BootTimeline(configuration: .init(stateDirectory: stateDir + "/timeline"),
+                                            logger: Logger(label: "imagebuild.timeline"))
+            } catch {
+                throw StartupError("boot timeline in \(stateDir)/timeline: \(error)")
+            }
+            var services: [any Service] = [inventory, timeline]
+            // SIGHUP reloads the inventory at once (it is also reloaded when the file changes).
+            let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
+            signal(SIGHUP, SIG_IGN)
+            hangup.setEventHandler { _ = inventory.reload() }
+            hangup.resume()
+
             if !noTftp {
                 var configuration = TFTPServerConfiguration(root: root, host: listen, port: tftpPort)
                 configuration.maximumTransfers = 10_000
-                let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp"))
+                let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp")) { report in
+                    _ = timeline.record(report)
+                }
                 do { try await server.start() } catch {
                     throw StartupError.bind(error, service: "TFTP", host: listen, port: tftpPort, flag: "--tftp-port")
                 }
                 services.append(ServerService(name: "tftp") { try await server.run() })
             }
-            let group = ServiceGroup(configuration: .init(
-                services: services.map { .init(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+            if !noDhcp {
+                var configuration = DHCPServerConfiguration(stateDirectory: stateDir + "/dhcp", mode: proxyDhcp ? .proxy : .authoritative,
+                                                            interfaces: interface.map { [$0] } ?? [], port: dhcpPort)
+                if listen != "0.0.0.0" { configuration.listenAddress = listen }
+                let server = DHCPServer(configuration: configuration, inventory: inventory, logger: Logger(label: "imagebuild.dhcp")) { event in
+                    timeline.record(event)
+                }
+                do { try await server.start() } catch {
+                    if error is DHCPServerError { throw StartupError("DHCP: \(error)") }
+                    throw StartupError.bind(error, service: "DHCP", host: listen, port: dhcpPort, flag: "--dhcp-port")
+                }
+                services.append(ServerService(name: "dhcp") { try await server.run() })
+            }
+            if !noHttp {
+                let port = httpPort ?? inventory.current.inventory.network.httpPort
+                let configuration = HTTPServiceConfiguration(root: root, host: listen, port: port, metrics: registry)
+                let http = HTTPService(configuration: configuration, timeline: timeline,
+                                       inventory: { inventory.current.inventory }, logger: Logger(label: "imagebuild.http"))
+                services.append(http)
+                let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                              gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                logger.info("serving \(root)")
+                // A bind failure of the HTTP listener surfaces from the group; phrase it like the others.
+                do { try await group.run() } catch let error as IOError {
+                    throw StartupError.bind(error, service: "HTTP", host: listen, port: port, flag: "--http-port")
+                }
+                return
+            }
+            let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             logger.info("serving \(root)")
             try await group.run()
         } catch let error as StartupError {
