@@ -84,7 +84,10 @@ final class DHCPTestNetwork: @unchecked Sendable {
         let pidFile = output + ".pid"
         let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
         let env = environment.map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
-        let script = "\(env.isEmpty ? "" : "env \(env) ")\(quoted) > '\(output)' 2>&1 < /dev/null & echo $! > '\(pidFile)'"
+        // Close every inherited descriptor first: Foundation leaves pipe ends without close-on-exec, and a
+        // long-running child holding one keeps that other command's output from ever reaching EOF.
+        let closeFDs = "for fd in $(seq 3 255); do eval \"exec $fd>&-\"; done 2>/dev/null; "
+        let script = closeFDs + "\(env.isEmpty ? "" : "env \(env) ")\(quoted) > '\(output)' 2>&1 < /dev/null & echo $! > '\(pidFile)'"
         try await run(["sh", "-c", script])
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
