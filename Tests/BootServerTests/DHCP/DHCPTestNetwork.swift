@@ -81,17 +81,20 @@ final class DHCPTestNetwork: @unchecked Sendable {
     /// Started through `sh -c '... &'` rather than `Process`: on Linux, a `Process` left running while
     /// `runCommand` waits for another one made that wait hang (the second child was never reaped).
     func spawn(_ arguments: [String], output: String, environment: [String: String] = [:]) async throws -> Int32 {
-        let pidFile = output + ".pid"
-        let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
-        let env = environment.map { "\($0.key)='\($0.value)'" }.joined(separator: " ")
-        // Close every inherited descriptor first: Foundation leaves pipe ends without close-on-exec, and a
-        // long-running child holding one keeps that other command's output from ever reaching EOF.
-        let closeFDs = "for fd in $(seq 3 255); do eval \"exec $fd>&-\"; done 2>/dev/null; "
-        let script = closeFDs + "\(env.isEmpty ? "" : "env \(env) ")\(quoted) > '\(output)' 2>&1 < /dev/null & echo $! > '\(pidFile)'"
-        try await run(["sh", "-c", script])
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-              let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw DHCPTestFailure("no PID for \(arguments.joined(separator: " "))")
+        // Python's Popen closes every other descriptor (close_fds): Foundation leaves pipe ends without
+        // close-on-exec, and a long-running child holding one would keep that command from reaching EOF.
+        let launcher = """
+        import json, os, subprocess, sys
+        args, out, env = json.loads(sys.argv[1]), sys.argv[2], dict(os.environ, **json.loads(sys.argv[3]))
+        p = subprocess.Popen(args, stdout=open(out, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             close_fds=True, env=env, start_new_session=True)
+        print(p.pid)
+        """
+        let argsJSON = String(decoding: try JSONSerialization.data(withJSONObject: arguments), as: UTF8.self)
+        let envJSON = String(decoding: try JSONSerialization.data(withJSONObject: environment), as: UTF8.self)
+        let result = try await run(["/usr/bin/python3", "-c", launcher, argsJSON, output, envJSON])
+        guard let pid = Int32(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw DHCPTestFailure("no PID for \(arguments.joined(separator: " ")): \(result.output)")
         }
         pids.append(pid)
         return pid
