@@ -51,8 +51,8 @@ struct DHCPCrashTests {
             print("skipping DHCP crash test: \(reason)")
             return
         }
-        let network = try DHCPTestNetwork()
-        defer { Task { await network.cleanup() } }
+        try await DHCPTestNetwork.with { network in
+
         let octet = dhcpTestSubnetOctet()
         let serverNS = try await network.addNamespace("s")
         let clientNS = try await network.addNamespace("c")
@@ -62,22 +62,22 @@ struct DHCPCrashTests {
         try dhcpInventoryYAML(server: "10.\(octet).0.1", subnet: "10.\(octet).0.0/16", pool: "10.\(octet).1.0-10.\(octet).60.255",
                               leaseTime: 3600).write(toFile: dir + "/nodes.yaml", atomically: true, encoding: .utf8)
 
-        func startServer(_ round: Int) async throws -> Process {
+        func startServer(_ round: Int) async throws -> Int32 {
             let ready = dir + "/ready-\(round)"
-            let process = try network.spawn(
+            let pid = try await network.spawn(
                 ["/usr/sbin/ip", "netns", "exec", serverNS] + Self.childCommand(), output: dir + "/server-\(round).log",
                 environment: [DHCPChildEnvironment.flag: "1", DHCPChildEnvironment.nodes: dir + "/nodes.yaml",
                               DHCPChildEnvironment.state: dir + "/state", DHCPChildEnvironment.interface: "srv0",
                               DHCPChildEnvironment.ready: ready, DHCPChildEnvironment.seconds: "90"])
             let clock = ContinuousClock()
             let start = clock.now
-            while !FileManager.default.fileExists(atPath: ready) && clock.now - start < .seconds(30) && process.isRunning {
+            while !FileManager.default.fileExists(atPath: ready) && clock.now - start < .seconds(30) && DHCPTestNetwork.isRunning(pid) {
                 try await Task.sleep(for: .milliseconds(50))
             }
             guard FileManager.default.fileExists(atPath: ready) else {
                 throw DHCPTestFailure("server child did not start: \((try? String(contentsOfFile: dir + "/server-\(round).log", encoding: .utf8)) ?? "")")
             }
-            return process
+            return pid
         }
 
         let first = try await startServer(1)
@@ -86,8 +86,7 @@ struct DHCPCrashTests {
             try await network.exec(clientNS, ["/usr/bin/python3", dir + "/dhcp_client.py", "load", "cl0", "20000", "6", "020000000000"], timeout: 30)
         }
         try await Task.sleep(for: .seconds(2))
-        kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
+        kill(first, SIGKILL)
         let output = try await load.value.output
         let acked: [(mac: String, ip: String)] = output.split(separator: "\n").compactMap { line in
             let f = line.split(separator: " ")
@@ -112,10 +111,9 @@ struct DHCPCrashTests {
             return f.count == 3 && f[0] == "OFFER" ? (String(f[1]), String(f[2])) : nil
         }, uniquingKeysWith: { a, _ in a })
         for (mac, ip) in sample { #expect(offered[mac] == ip, "after restart \(mac) was offered \(offered[mac] ?? "nothing"), had \(ip)") }
-        kill(second.processIdentifier, SIGKILL)
-        second.waitUntilExit()
+        kill(second, SIGKILL)
         let after = try LeaseJournalContents.read(path: dir + "/state/dhcp-leases.journal")
         #expect(leaseJournalViolation(after.records) == nil)
-        await network.cleanup()
+        }
     }
 }

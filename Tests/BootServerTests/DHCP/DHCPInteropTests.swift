@@ -106,17 +106,23 @@ struct DHCPInteropTests {
             """.write(toFile: hook, atomically: true, encoding: .utf8)
             chmod(hook, 0o755)
             try "timeout 20;\nretry 1;\n".write(toFile: dir + "/dhclient.conf", atomically: true, encoding: .utf8)
-            let dhclient = try await setup.network.exec(setup.clientNamespace, [
-                "dhclient", "-1", "-v", "-cf", dir + "/dhclient.conf", "-sf", hook, "-lf", dir + "/dhclient.leases",
-                "-pf", dir + "/dhclient.pid", "cl0",
-            ], timeout: 40)
-            if let pid = try? String(contentsOfFile: dir + "/dhclient.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
-               let number = Int32(pid) {
-                kill(number, SIGKILL)  // the dhclient we started, by its pid file
+            // Foreground (-d) and spawned: a daemonised dhclient would keep the output pipe open.
+            let dhclient = try await setup.network.spawn([
+                "/usr/sbin/ip", "netns", "exec", setup.clientNamespace, "dhclient", "-1", "-d", "-v", "-cf", dir + "/dhclient.conf",
+                "-sf", hook, "-lf", dir + "/dhclient.leases", "-pf", dir + "/dhclient.pid", "cl0",
+            ], output: dir + "/dhclient.log")
+            let clock = ContinuousClock()
+            let started = clock.now
+            var out = ""
+            while clock.now - started < .seconds(30) {
+                out = (try? String(contentsOfFile: dir + "/dhclient.out", encoding: .utf8)) ?? ""
+                if out.contains("reason=BOUND") || !DHCPTestNetwork.isRunning(dhclient) { break }
+                try await Task.sleep(for: .milliseconds(100))
             }
-            let out = (try? String(contentsOfFile: dir + "/dhclient.out", encoding: .utf8)) ?? ""
+            kill(dhclient, SIGKILL)
+            let log = (try? String(contentsOfFile: dir + "/dhclient.log", encoding: .utf8)) ?? ""
             let boundLine = out.split(separator: "\n").first { $0.hasPrefix("reason=BOUND") }
-            #expect(boundLine == "reason=BOUND ip=\(setup.ip(12)) router=\(setup.ip(1)) lease=900", "dhclient: \(out)\n\(dhclient.output)")
+            #expect(boundLine == "reason=BOUND ip=\(setup.ip(12)) router=\(setup.ip(1)) lease=900", "dhclient: \(out)\n\(log)")
             _ = try? await setup.network.exec(setup.clientNamespace, ["ip", "addr", "flush", "dev", "cl0"])
 
             // An unknown MAC gets a pool address.
@@ -137,12 +143,12 @@ struct DHCPInteropTests {
             // Reload: a new node and no pool. The new node is answered within a second of the change.
             let generation = setup.inventory.current.generation
             try nodesYAML(setup.octet, pool: false, extra: true).write(toFile: setup.nodesPath, atomically: true, encoding: .utf8)
-            let clock = ContinuousClock()
-            let written = clock.now
-            while setup.inventory.current.generation == generation && clock.now - written < .seconds(3) {
+            let reloadClock = ContinuousClock()
+            let written = reloadClock.now
+            while setup.inventory.current.generation == generation && reloadClock.now - written < .seconds(3) {
                 try await Task.sleep(for: .milliseconds(20))
             }
-            #expect(clock.now - written < .seconds(1), "inventory reload took \(clock.now - written)")
+            #expect(reloadClock.now - written < .seconds(1), "inventory reload took \(reloadClock.now - written)")
             let third = try #require(try await udhcpc(setup, mac: Self.node3), "new node not answered after reload")
             #expect(third.contains("ip=\(setup.ip(13)) "))
             #expect(try await udhcpc(setup, mac: "52:54:00:99:01:02", tries: 2) == nil, "no pool: an unknown MAC gets nothing")
@@ -163,8 +169,8 @@ struct DHCPInteropTests {
             print("skipping DHCP namespace test: \(reason)")
             return
         }
-        let network = try DHCPTestNetwork()
-        defer { Task { await network.cleanup() } }
+        try await DHCPTestNetwork.with { network in
+
         let octet = dhcpTestSubnetOctet()
         let net = "10.213.\(octet)"
         // Bridge namespace (dnsmasq), client namespace, and our veth end on the host side.
@@ -180,12 +186,12 @@ struct DHCPInteropTests {
         try await network.setMAC(clientNS, "cl0", Self.node1)
 
         let dir = network.directory.path
-        let dnsmasq = try network.spawn([
+        let dnsmasq = try await network.spawn([
             "/usr/sbin/ip", "netns", "exec", bridgeNS, "/usr/sbin/dnsmasq", "--no-daemon", "--port=0", "--interface=br0",
             "--bind-interfaces", "--dhcp-range=\(net).50,\(net).99,255.255.255.0,600", "--no-ping",
             "--dhcp-leasefile=\(dir)/dnsmasq.leases", "--log-dhcp", "--conf-file=/dev/null",
         ], output: dir + "/dnsmasq.log")
-        #expect(dnsmasq.isRunning)
+        #expect(DHCPTestNetwork.isRunning(dnsmasq))
 
         let nodesPath = dir + "/nodes.yaml"
         try nodesYAML(octet, pool: false).write(toFile: nodesPath, atomically: true, encoding: .utf8)
@@ -198,8 +204,7 @@ struct DHCPInteropTests {
         try await Task.sleep(for: .milliseconds(500))  // dnsmasq binding
         let result = try await network.exec(clientNS, ["/usr/bin/python3", dir + "/dhcp_client.py", "pxe", "cl0", Self.node1], timeout: 40)
         await server.stop()
-        kill(dnsmasq.processIdentifier, SIGTERM)
-        dnsmasq.waitUntilExit()
+        kill(dnsmasq, SIGKILL)
 
         let json = try #require(result.output.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] },
                                 "client output: \(result.output)")
@@ -212,6 +217,6 @@ struct DHCPInteropTests {
         #expect(json["pxe_ack_file"] as? String == "lpxelinux.0", "port 4011 answer: \(json)")
         #expect(try await server.leases().isEmpty, "proxy mode never binds addresses")
         #expect(events.all.contains { $0.outcome.description.hasPrefix("sent ACK to requester") })
-        await network.cleanup()
+        }
     }
 }

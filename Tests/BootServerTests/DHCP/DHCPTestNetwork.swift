@@ -9,7 +9,7 @@ final class DHCPTestNetwork: @unchecked Sendable {
     let id: String
     private(set) var namespaces: [String] = []
     private(set) var hostLinks: [String] = []
-    private var processes: [Process] = []
+    private var pids: [Int32] = []
     let directory: DHCPTemporaryDirectory
 
     init() throws {
@@ -76,29 +76,50 @@ final class DHCPTestNetwork: @unchecked Sendable {
         try await run(["ip", "-n", namespace, "link", "set", "dev", link, "address", mac])
     }
 
-    /// Starts a long-running process (stopped by PID in `cleanup`).
-    func spawn(_ arguments: [String], output: String, environment: [String: String] = [:]) throws -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        FileManager.default.createFile(atPath: output, contents: nil)
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        process.standardOutput = handle
-        process.standardError = handle
-        process.standardInput = FileHandle.nullDevice
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    /// Starts a long-running process in the background and returns its PID (killed in `cleanup`).
+    ///
+    /// Started through `sh -c '... &'` rather than `Process`: on Linux, a `Process` left running while
+    /// `runCommand` waits for another one made that wait hang (the second child was never reaped).
+    func spawn(_ arguments: [String], output: String, environment: [String: String] = [:]) async throws -> Int32 {
+        // Python's Popen closes every other descriptor (close_fds): Foundation leaves pipe ends without
+        // close-on-exec, and a long-running child holding one would keep that command from reaching EOF.
+        let launcher = """
+        import json, os, subprocess, sys
+        args, out, env = json.loads(sys.argv[1]), sys.argv[2], dict(os.environ, **json.loads(sys.argv[3]))
+        p = subprocess.Popen(args, stdout=open(out, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             close_fds=True, env=env, start_new_session=True)
+        print(p.pid)
+        """
+        let argsJSON = String(decoding: try JSONSerialization.data(withJSONObject: arguments), as: UTF8.self)
+        let envJSON = String(decoding: try JSONSerialization.data(withJSONObject: environment), as: UTF8.self)
+        let result = try await run(["/usr/bin/python3", "-c", launcher, argsJSON, output, envJSON])
+        guard let pid = Int32(result.output.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw DHCPTestFailure("no PID for \(arguments.joined(separator: " ")): \(result.output)")
         }
-        try process.run()
-        processes.append(process)
-        return process
+        pids.append(pid)
+        return pid
+    }
+
+    static func isRunning(_ pid: Int32) -> Bool {
+        // A zombie still answers kill(0); /proc says whether it is really running.
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        return !stat.contains(") Z ")
+    }
+
+    /// Runs `body` with a fresh network and always cleans up.
+    static func with(_ body: (DHCPTestNetwork) async throws -> Void) async throws {
+        let network = try DHCPTestNetwork()
+        do {
+            try await body(network)
+        } catch {
+            await network.cleanup()
+            throw error
+        }
+        await network.cleanup()
     }
 
     func cleanup() async {
-        for process in processes where process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        for pid in pids where DHCPTestNetwork.isRunning(pid) { kill(pid, SIGKILL) }
         for link in hostLinks { _ = try? await runCommand(["ip", "link", "del", link], timeoutSeconds: 10) }
         for namespace in namespaces { _ = try? await runCommand(["ip", "netns", "del", namespace], timeoutSeconds: 10) }
         directory.cleanup()
