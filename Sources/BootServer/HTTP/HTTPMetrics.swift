@@ -59,6 +59,10 @@ final class HTTPMetrics: Sendable {
         if let bodyBytes, bodyBytes > 0 { bytes[route]!.increment(by: Int64(bodyBytes)) }
     }
 
+    func sent(_ route: Route, bytes count: UInt64) {
+        if count > 0 { bytes[route]!.increment(by: Int64(clamping: count)) }
+    }
+
     func timedOut(_ reason: ConnectionTimeoutReason) {
         closedByTimeout[reason]!.increment()
     }

@@ -171,6 +171,7 @@ public final class HTTPService: Service, Sendable {
             chunkSize: configuration.chunkSize,
             observe: { $0.hasPrefix("images/") },
             delivered: { delivery in
+                metrics.sent(.files, bytes: delivery.bytes)
                 guard delivery.relative.hasPrefix("images/") else { return }
                 let complete = delivery.error == nil && delivery.bytes == delivery.expected
                 (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()

@@ -133,6 +133,7 @@ enum StatusPage {
 
     function select(mac) {
       selected = mac;
+      history.replaceState(null, "", "#" + mac);
       for (const row of document.querySelectorAll("#nodes tr")) row.classList.remove("selected");
       loadDetail(mac);
     }
@@ -143,7 +144,7 @@ enum StatusPage {
       const data = await response.json();
       const n = data.node;
       const detail = document.getElementById("detail");
-      const close = el("button", { title: "close", onclick: () => { selected = null; detail.hidden = true; document.getElementById("main").classList.remove("with-detail"); } }, "×");
+      const close = el("button", { title: "close", onclick: () => { selected = null; history.replaceState(null, "", "#"); detail.hidden = true; document.getElementById("main").classList.remove("with-detail"); } }, "×");
       const facts = [n.ip ? "IP " + n.ip : null, n.image ? "image " + n.image : null, "boot #" + n.boot,
                      n.bootSeconds != null ? "booted in " + duration(n.bootSeconds) : null].filter(Boolean).join(" · ");
       const list = el("ol", { id: "events" });
@@ -168,6 +169,8 @@ enum StatusPage {
       }
     }
 
+    // A node in the address (#52:54:00:77:00:01) opens its timeline: links and bookmarks work.
+    if (location.hash.length > 1) selected = decodeURIComponent(location.hash.slice(1));
     refresh();
     setInterval(refresh, REFRESH_MS);
     </script>

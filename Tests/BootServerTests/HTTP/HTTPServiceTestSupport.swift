@@ -162,7 +162,10 @@ enum RawHTTP {
         try await exchangeTimed(port: port, chunks: chunks, pause: pause).bytes
     }
 
-    static func exchangeTimed(port: Int, chunks: [String], pause: Duration = .zero) async throws -> (bytes: [UInt8], closedAfter: Duration) {
+    /// The connection is closed from this side after `deadline`, so a server that never answers fails
+    /// the test instead of hanging it.
+    static func exchangeTimed(port: Int, chunks: [String], pause: Duration = .zero,
+                              deadline: Duration = .seconds(20)) async throws -> (bytes: [UInt8], closedAfter: Duration) {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -170,6 +173,12 @@ enum RawHTTP {
                 }
             }
         let start = ContinuousClock.now
+        let underlying = channel.channel
+        let watchdog = Task {
+            try await Task.sleep(for: deadline)
+            try await underlying.close()
+        }
+        defer { watchdog.cancel() }
         return try await channel.executeThenClose { inbound, outbound in
             var received: [UInt8] = []
             async let reading: [UInt8] = {
