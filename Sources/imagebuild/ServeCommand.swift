@@ -75,6 +75,12 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Block SIGHUP before any thread exists, so every thread inherits the mask and the dispatch
+        // sources (signalfd underneath) get it; otherwise it can land on a thread that ignores it.
+        var hangupSet = sigset_t()
+        sigemptyset(&hangupSet)
+        sigaddset(&hangupSet, SIGHUP)
+        pthread_sigmask(SIG_BLOCK, &hangupSet, nil)
         let format = logFormat
         let level = logLevel
         LoggingSystem.bootstrap { label in
