@@ -75,12 +75,6 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // Block SIGHUP before any thread exists, so every thread inherits the mask and the dispatch
-        // sources (signalfd underneath) get it; otherwise it can land on a thread that ignores it.
-        var hangupSet = sigset_t()
-        sigemptyset(&hangupSet)
-        sigaddset(&hangupSet, SIGHUP)
-        pthread_sigmask(SIG_BLOCK, &hangupSet, nil)
         let format = logFormat
         let level = logLevel
         LoggingSystem.bootstrap { label in
@@ -108,11 +102,6 @@ struct ServeCommand: AsyncParsableCommand {
                 throw StartupError("boot timeline in \(stateDir)/timeline: \(error)")
             }
             var services: [any Service] = [inventory, timeline]
-            // SIGHUP reloads the inventory at once (it is also reloaded when the file changes).
-            let hangup = DispatchSource.makeSignalSource(signal: SIGHUP)
-            signal(SIGHUP, SIG_IGN)
-            hangup.setEventHandler { _ = inventory.reload() }
-            hangup.resume()
 
             if !noTftp {
                 var configuration = TFTPServerConfiguration(root: root, host: listen, port: tftpPort)
