@@ -14,7 +14,8 @@
 # without loss; default 5), REF_RUNS (references under loss; default 3), TIMEOUT (seconds per download,
 # default 300), PARALLEL_REFERENCES (1: under loss, the reference downloads of one loss rate run at the
 # same time, since they spend their time waiting on multi-second time-outs, not on CPU; 0: one by one),
-# SERVER_CPUS / CLIENT_CPUS (taskset lists, default 0 and 1).
+# SERVER_CPUS / CLIENT_CPUS (taskset lists, default 0 and 1), REFERENCE_SERVERS (subset of
+# "tftpd-hpa dnsmasq atftpd"; empty for ours alone).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/tftp-common.sh"
@@ -46,6 +47,7 @@ for size in $SIZES; do head -c "$((size << 20))" /dev/urandom >"$ROOT/file-${siz
 chmod 644 "$ROOT"/*
 
 read -r -a REFERENCES <<<"$(available_references)"
+[[ -n ${REFERENCE_SERVERS+set} ]] && read -r -a REFERENCES <<<"$REFERENCE_SERVERS"  # e.g. "" for ours alone
 SERVERS=("${REFERENCES[@]}" ours)
 nft -f - <<'EOF' || die "cannot create the nftables loss table"
 table inet tftploss {

@@ -20,16 +20,18 @@ SWIFT_BIN=${SWIFT_BIN:-$(dirname "$(command -v swiftc)")}
 swift build -c release --package-path "$REPO" --scratch-path "$SCRATCH" --target NIOCore >&2
 BUILD=$SCRATCH/release
 # Only NIOCore's dependency closure: the scratch directory may hold other products with their own main.
-objects=()
+objects=() modulemaps=() includes=()
 for target in NIOCore NIOConcurrencyHelpers CNIOAtomics _NIODataStructures _NIOBase64 CNIOLinux CNIODarwin CNIOWindows \
     CNIOWASI CNIOOpenBSD CNIOFreeBSD Atomics _AtomicsShims DequeModule InternalCollectionsUtilities; do
     [[ -d $BUILD/$target.build ]] || continue
     while IFS= read -r -d '' object; do objects+=("$object"); done < <(find "$BUILD/$target.build" -name '*.o' -print0)
+    # C targets: SwiftPM's generated module map, or the package's own one next to its headers.
+    [[ -f $BUILD/$target.build/module.modulemap ]] && modulemaps+=(-Xcc "-fmodule-map-file=$BUILD/$target.build/module.modulemap")
+    while IFS= read -r -d '' include; do
+        includes+=(-Xcc "-I$include")
+        [[ -f $include/module.modulemap ]] && modulemaps+=(-Xcc "-fmodule-map-file=$include/module.modulemap")
+    done < <(find "$SCRATCH/checkouts" -path "*/Sources/$target/include" -type d -print0)
 done
-modulemaps=()
-while IFS= read -r -d '' map; do modulemaps+=(-Xcc "-fmodule-map-file=$map"); done < <(find "$BUILD" -name module.modulemap -print0)
-includes=()
-while IFS= read -r -d '' dir; do includes+=(-Xcc "-I$dir"); done < <(find "$SCRATCH/checkouts/swift-nio/Sources" -type d -name include -print0)
 
 binary=$SCRATCH/tftp-fuzzer
 "$SWIFT_BIN/swiftc" -O -g -parse-as-library -sanitize=fuzzer,address -module-name TFTPFuzz \
