@@ -252,6 +252,9 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         }
         let sessionConfiguration = configuration.session
         DatagramBootstrap(group: group)
+            // A transfer socket gets one ACK per window; reading on until EAGAIN would cost a second recvmsg
+            // per ACK. NIO's epoll is level-triggered, so a datagram left queued wakes the loop again.
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = TFTPTransferHandler(request: request, client: client, content: content,
