@@ -37,6 +37,8 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d /tmp/imagebuild-http-bench.XXXXXX)
+# nginx workers drop to an unprivileged user: they must be able to read the root.
+chmod 755 "$work"
 our_pid= nginx_pid=
 cleanup() {
   [ -n "$our_pid" ] && kill "$our_pid" 2>/dev/null && wait "$our_pid" 2>/dev/null
@@ -151,7 +153,7 @@ for file in large small; do
     done
     a=$(printf "%s\n" "${ours[@]}" | median)
     b=$(printf "%s\n" "${theirs[@]}" | median)
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')
     verdict=ok
     awk -v r="$ratio" -v g="$goal" 'BEGIN { exit !(r >= g) }' || { verdict="below ${goal}x"; status=1; }
     [ "$errors" -eq 0 ] || { verdict="$verdict, errors"; status=1; }

@@ -10,10 +10,11 @@ struct StatusCommand: ParsableCommand {
         commandName: "status",
         abstract: "Show where each node's boot is, from a running 'imagebuild serve'.",
         discussion: """
-            Lists every node in the server's nodes.yaml and every MAC it has seen: current
-            stage, time in that stage, last seen and total boot time (first DHCP DISCOVER of
-            the boot to 'up'). Nodes stuck in a stage longer than it normally takes come
-            first, each with a hint of what usually causes it.
+            Lists every node in the server's nodes.yaml and every MAC it has
+            seen: current stage, time in that stage, last seen and total boot
+            time (first DHCP DISCOVER of the boot to 'up'). Nodes stuck in a
+            stage longer than it normally takes come first, each with a hint
+            of what usually causes it.
             """)
 
     @Option(help: "The server's HTTP base URL.")

@@ -7,16 +7,38 @@ public struct TFTPSessionConfiguration: Sendable, Hashable {
     public var maximumBlockSize: Int = 1468
     /// Largest `windowsize` granted (RFC 7440). Bounds the burst one ACK can trigger.
     public var maximumWindowSize: Int = 64
-    /// Lower bound of the retransmission time-out. LAN round trips are well below a millisecond, but
-    /// firmware clients are slow to answer; below ~50 ms spurious retransmissions start to cost more than they save.
-    public var minimumRetransmissionTimeout: TimeAmount = .milliseconds(50)
+    /// Lower bound of the retransmission time-out. It is what every lost DATA or ACK costs in lock-step:
+    /// clients hardly ever fill the gap themselves (curl re-sends its ACK after 72 s, atftp after 5 s), so
+    /// at 5 % loss a 1 MiB transfer (715 blocks) waits out about 70 time-outs. At 50 ms that was 3.5 s;
+    /// at 20 ms it is about 1.4 s. LAN round trips are well below a millisecond, and a client slower than
+    /// the floor raises the time-out through its RTT samples (RFC 6298); a spurious retransmission costs
+    /// one duplicate DATA that the client re-ACKs and the session ignores. The floor leaves margin for
+    /// a loaded server's event-loop delay, which the samples include.
+    public var minimumRetransmissionTimeout: TimeAmount = .milliseconds(20)
     /// Time-out before the first round-trip sample. RFC 6298 says 1 s for the Internet; on a boot LAN a
     /// lost first packet should be resent well before the client's own (usually ≥ 1 s) retry.
     public var initialRetransmissionTimeout: TimeAmount = .milliseconds(250)
     /// Upper bound of the retransmission time-out when the client did not negotiate `timeout` (RFC 2349).
     public var maximumRetransmissionTimeout: TimeAmount = .seconds(2)
-    /// Consecutive time-outs without progress before the transfer is given up.
+    /// Consecutive time-outs without progress before the transfer is given up. With the defaults that is
+    /// four quick retransmissions and then three quiet periods: about 18 s in which the client's own
+    /// retries had three chances.
     public var maximumRetries: Int = 6
+    /// Retransmissions at the (doubling) retransmission time-out before the session falls quiet for
+    /// `clientRetryAllowance` between tries. Some clients drop duplicates of a block they already hold
+    /// and re-send their ACK only when their own timer fires: atftp answers the first duplicate with one
+    /// extra ACK and ignores the rest, restarting its 5 s timer on each; U-Boot ignores them all. Once that
+    /// ACK and its extra copy are lost, repeating the block cannot help: only a quiet line lets the client's
+    /// timer fire. Clients that re-ACK duplicates (curl, iPXE) lose a block's round trip five times in a row
+    /// before they would meet the quiet period: about once in 160 MiB at 5 % loss with 1468-byte blocks.
+    public var quickRetransmissions: Int = 4
+    /// The pause between retransmissions after the quick ones, and before an OACK is first repeated:
+    /// longer than the common client time-out (5 s in atftp, U-Boot and tftp-hpa's client), so the client's
+    /// own retry reaches the server first. A client that negotiated `timeout` (RFC 2349) gets that plus a
+    /// quarter instead. The OACK waits from the start because atftp aborts on a second OACK: if its ACK 0
+    /// was lost, its own re-sent ACK must come first; if the OACK was lost, the client re-sends its request
+    /// and the session answers that at once (`Event.requestRepeated`).
+    public var clientRetryAllowance: TimeAmount = .seconds(6)
 
     public init() {}
 

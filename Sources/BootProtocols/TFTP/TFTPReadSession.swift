@@ -68,8 +68,10 @@ public struct TFTPTransferStatistics: Sendable, Hashable {
 /// after `.finish` or `.fail`. File bytes come from `Content`, asked only for the block being sent.
 ///
 /// Loss handling: the retransmission time-out follows RFC 6298 from per-transfer round-trip samples,
-/// never from retransmitted blocks (Karn), backs off on consecutive time-outs and gives up after
-/// `maximumRetries`. A duplicate or stale ACK never causes a send (no Sorcerer's Apprentice); an ACK
+/// never from retransmitted blocks (Karn), backs off on consecutive time-outs, falls quiet for longer than
+/// a client's own time-out after `quickRetransmissions` (clients that drop duplicates recover only by
+/// their own retry) and gives up after `maximumRetries`. An OACK is repeated only after that quiet period
+/// or when the client repeats its request (atftp aborts on a duplicate OACK). A duplicate or stale ACK never causes a send (no Sorcerer's Apprentice); an ACK
 /// inside the window means the rest of it was lost, so the window restarts after it (RFC 7440), once
 /// per window: a repeat of that ACK is a duplicate, and a later partial ACK before the resent window is
 /// acknowledged only slides the window with new blocks.
@@ -78,6 +80,9 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         case start(NIODeadline)
         case packet(TFTPPacket, NIODeadline)
         case timerFired(NIODeadline)
+        /// The client sent its read request again: it has not seen the server's first answer (OACK, or
+        /// DATA 1 without options), so that answer is repeated at once.
+        case requestRepeated(NIODeadline)
     }
 
     public enum Action {
@@ -103,6 +108,9 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
 
     private let content: Content
     private let maximumRetries: Int
+    private let quickRetransmissions: Int
+    /// How long the session stays quiet after the quick retransmissions (see `TFTPSessionConfiguration`).
+    private let clientRetryAllowance: TimeAmount
     private var state: State = .idle
     private var timer: TFTPRetransmissionTimer
     private var deadline: NIODeadline?
@@ -127,6 +135,7 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         self.fileSize = fileSize
         self.content = content
         self.maximumRetries = configuration.maximumRetries
+        self.quickRetransmissions = configuration.quickRetransmissions
         let negotiated = TFTPNegotiatedOptions.negotiate(request, fileSize: fileSize, configuration: configuration)
         self.negotiated = negotiated
         self.timer = TFTPRetransmissionTimer(
@@ -135,6 +144,9 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
             maximum: negotiated.clientTimeout ?? configuration.maximumRetransmissionTimeout
         )
         self.statistics.retransmissionTimeout = timer.timeout
+        // Never below the timer's own floor: a zero pause would retransmit in a busy loop.
+        self.clientRetryAllowance = max(timer.minimum, negotiated.clientTimeout.map { $0 + .nanoseconds($0.nanoseconds / 4) }
+            ?? configuration.clientRetryAllowance)
         if request.mode == .octet {
             finalBlock = fileSize / UInt64(negotiated.blockSize) + 1
         } else {
@@ -158,6 +170,8 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
             receive(packet, now: now, into: &actions)
         case .timerFired(let now):
             timerFired(now: now, into: &actions)
+        case .requestRepeated(let now):
+            requestRepeated(now: now, into: &actions)
         }
         statistics.retransmissionTimeout = timer.timeout
         statistics.smoothedRoundTripTime = timer.smoothedRoundTripTime
@@ -183,11 +197,32 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
             actions.append(.send(.optionAcknowledgement(options)))
             timedBlock = 0
             timedSince = now
+            arm(now: now, after: clientRetryAllowance, into: &actions)
         } else {
             state = .transferring
             sendWindow(from: 1, now: now, into: &actions)
+            if !isDone { arm(now: now, into: &actions) }
         }
-        if !isDone { arm(now: now, into: &actions) }
+    }
+
+    private mutating func requestRepeated(now: NIODeadline, into actions: inout [Action]) {
+        switch state {
+        case .idle, .done:
+            return
+        case .awaitingOptionAcknowledgement:
+            guard let options = negotiated.optionAcknowledgement else { return }
+            statistics.retransmissions += 1
+            timedBlock = nil  // Karn: ACK 0 may now answer either OACK
+            actions.append(.send(.optionAcknowledgement(options)))
+            arm(now: now, after: clientRetryAllowance, into: &actions)
+        case .transferring:
+            // Only before the first ACK of a transfer without options is the request news: DATA 1 was lost.
+            guard negotiated.optionAcknowledgement == nil, lastAcknowledged == 0 else { return }
+            timedBlock = nil
+            recoveryPoint = nil
+            sendBlocks(1, through: lastSent, now: now, into: &actions)
+            if !isDone { arm(now: now, into: &actions) }
+        }
     }
 
     private mutating func receive(_ packet: TFTPPacket, now: NIODeadline, into actions: inout [Action]) {
@@ -284,10 +319,17 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         if case .awaitingOptionAcknowledgement = state, let options = negotiated.optionAcknowledgement {
             statistics.retransmissions += 1
             actions.append(.send(.optionAcknowledgement(options)))
-        } else {
-            sendBlocks(lastAcknowledged + 1, through: lastSent, now: now, into: &actions)
+            arm(now: now, after: clientRetryAllowance, into: &actions)
+            return
         }
-        if !isDone { arm(now: now, into: &actions) }
+        sendBlocks(lastAcknowledged + 1, through: lastSent, now: now, into: &actions)
+        guard !isDone else { return }
+        if consecutiveTimeouts >= quickRetransmissions {
+            // Quiet for longer than the client's own time-out, in case it ignores our duplicates.
+            arm(now: now, after: max(timer.timeout, clientRetryAllowance), into: &actions)
+        } else {
+            arm(now: now, into: &actions)
+        }
     }
 
     // MARK: Sending
@@ -364,7 +406,11 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
     }
 
     private mutating func arm(now: NIODeadline, into actions: inout [Action]) {
-        let next = now + timer.timeout
+        arm(now: now, after: timer.timeout, into: &actions)
+    }
+
+    private mutating func arm(now: NIODeadline, after interval: TimeAmount, into actions: inout [Action]) {
+        let next = now + interval
         deadline = next
         actions.append(.armTimer(next))
     }

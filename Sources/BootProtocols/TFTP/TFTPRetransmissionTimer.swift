@@ -16,7 +16,10 @@ public struct TFTPRetransmissionTimer: Sendable, Hashable {
     /// Clock granularity G of RFC 6298 §2; NIO deadlines are nanoseconds but scheduling is ~1 ms.
     private static let granularity: TimeAmount = .milliseconds(1)
 
+    /// A `minimum` below the clock granularity is raised to it: a zero time-out would arm a timer that is
+    /// already due, and a session would retransmit in a busy loop.
     public init(initial: TimeAmount, minimum: TimeAmount, maximum: TimeAmount) {
+        let minimum = max(minimum, Self.granularity)
         self.minimum = minimum
         self.maximum = max(minimum, maximum)
         self.timeout = Self.clamp(initial, minimum, max(minimum, maximum))

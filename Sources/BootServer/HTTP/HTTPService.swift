@@ -26,7 +26,8 @@ public struct HTTPServiceConfiguration: Sendable {
     /// Files up to this size are served from memory (boot loaders, configs, scripts).
     public var smallFileLimit = 256 * 1024
     public var smallFileCacheLimit = 64 << 20
-    /// Read size when streaming large files.
+    /// Largest read when streaming large files; it shrinks as concurrent downloads multiply so their
+    /// buffers stay within 64 MiB in all.
     public var chunkSize = 512 * 1024
     /// Where `/metrics` comes from. Pass the registry `MetricsSystem` was bootstrapped with
     /// (`PrometheusMetricsFactory(registry:)`) so TFTP and DHCP counters show up on the same page.
@@ -213,7 +214,7 @@ public final class HTTPService: Service, Sendable {
             return try Self.json(NodesResponse(now: now.timeIntervalSince1970, nodes: self.nodeList(now: now)))
         }
         router.get("/api/v1/nodes/:mac") { [self] _, context in
-            let text = context.parameters.get("mac") ?? ""
+            let text = (context.parameters.get("mac") ?? "").removingPercentEncoding ?? ""
             guard let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
                 throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")
             }

@@ -69,7 +69,7 @@ struct RootFileProvider: FileProvider {
     let root: String
     let threadPool: NIOThreadPool
     let cache: SmallFileCache
-    let chunkSize: Int
+    let budget: StreamBudget
     /// Called once per body served (completed or not) for paths `observe` selects; keep it short.
     let observe: @Sendable (String) -> Bool
     let delivered: @Sendable (Delivery) -> Void
@@ -80,7 +80,7 @@ struct RootFileProvider: FileProvider {
         self.root = root
         self.threadPool = threadPool
         self.cache = cache
-        self.chunkSize = chunkSize
+        budget = StreamBudget(maximumChunk: chunkSize)
         self.observe = observe
         self.delivered = delivered
     }
@@ -164,19 +164,23 @@ struct RootFileProvider: FileProvider {
 
     /// Streams `range` of a large file: one chunk is read ahead on the thread pool while the previous
     /// one is written, so disk and socket overlap and at most two chunks per download are in memory.
+    /// Chunks shrink as downloads multiply (`StreamBudget`): a boot storm of 1000 image downloads holds
+    /// tens of MiB, not GiB.
     private func streamBody(resolved: String, relative: String, stat: FileStat, range: ClosedRange<Int>,
                             remote: SocketAddress?) -> ResponseBody {
         let threadPool = self.threadPool
-        let chunkSize = self.chunkSize
+        let budget = self.budget
         let delivered = self.delivered
         return ResponseBody(contentLength: range.count) { writer in
             let file = try await threadPool.runIfActive { try OpenFile(path: resolved, expected: stat) }
+            budget.begin()
+            defer { budget.end() }
             var sent: UInt64 = 0
             do {
                 var offset = range.lowerBound
                 let end = range.upperBound + 1
                 func read(_ at: Int) -> Task<ByteBuffer, any Error> {
-                    let count = min(chunkSize, end - at)
+                    let count = min(budget.chunkSize, end - at)
                     return Task { try await threadPool.runIfActive { try file.read(at: at, count: count) } }
                 }
                 var next: Task<ByteBuffer, any Error>? = read(offset)
@@ -260,6 +264,27 @@ struct FileReadError: Error, CustomStringConvertible {
     var offset: Int
     var message: String
     var description: String { "reading '\(path)' at \(offset): \(message)" }
+}
+
+/// Read-buffer memory shared by all streamed downloads: each takes `budget / active` per chunk, between
+/// 64 KiB (below that, per-chunk overhead dominates) and the configured chunk size.
+final class StreamBudget: Sendable {
+    let maximumChunk: Int
+    let total: Int
+    private let active = Mutex(0)
+
+    init(maximumChunk: Int, total: Int = 64 << 20) {
+        self.maximumChunk = max(64 * 1024, maximumChunk)
+        self.total = total
+    }
+
+    func begin() { active.withLock { $0 += 1 } }
+    func end() { active.withLock { $0 -= 1 } }
+
+    var chunkSize: Int {
+        let streams = max(1, active.withLock { $0 })
+        return min(maximumChunk, max(64 * 1024, total / streams / 2))
+    }
 }
 
 /// Small files (boot loaders, configs, scripts: what every node fetches) kept in memory, checked against

@@ -27,6 +27,7 @@ enum StatusPage {
       tbody tr { cursor:pointer; }
       tbody tr:hover { background:#f2f4f7; }
       tbody tr.selected { background:#eef4ff; }
+      td.last { white-space:normal; word-break:break-word; min-width:180px; }
       td.mono, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12.5px; }
       tr.hintrow td { white-space:normal; color:var(--stuck); font-size:12.5px; padding-top:0; border-bottom:1px solid var(--line); }
       tr.stuckrow td { border-bottom:none; }
@@ -39,7 +40,7 @@ enum StatusPage {
       #detail h2 button { margin-left:auto; border:none; background:none; font-size:18px; cursor:pointer; color:var(--muted); }
       #detail .facts { padding:10px 14px; color:var(--muted); border-bottom:1px solid var(--line); white-space:normal; }
       ol#events { list-style:none; margin:0; padding:0; max-height:70vh; overflow:auto; }
-      ol#events li { display:grid; grid-template-columns: 80px 90px minmax(0,1fr); gap:8px; padding:5px 14px; border-bottom:1px solid var(--line); }
+      ol#events li { display:grid; grid-template-columns: 70px 90px minmax(0,1fr); gap:8px; padding:5px 14px; border-bottom:1px solid var(--line); }
       ol#events li.boot { background:#f2f4f7; font-weight:600; grid-template-columns: 1fr; }
       ol#events li .what { white-space:normal; word-break:break-word; }
       ol#events li.bad .what { color:var(--stuck); }
@@ -80,7 +81,7 @@ enum StatusPage {
       if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
       return Math.floor(s / 86400) + "d" + String(Math.floor(s % 86400 / 3600)).padStart(2, "0") + "h";
     }
-    function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+    function clock(t) { return new Date(t * 1000).toLocaleTimeString([], { hour12: false }); }
     function stageBadge(n) {
       const cls = n.stuck ? "stuck" : n.stage;
       return el("span", { class: "stage " + cls }, n.stage + (n.stuck && n.stage !== "failed" ? " · stuck" : ""));
@@ -102,11 +103,10 @@ enum StatusPage {
           el("td", {}, duration(n.secondsInStage)),
           el("td", {}, n.lastSeen != null ? duration(data.now - n.lastSeen) + " ago" : el("span", { class: "muted" }, "never")),
           el("td", {}, boot),
-          el("td", { class: "muted" }, n.lastEvent || ""));
+          el("td", { class: "muted last" }, n.lastEvent || ""));
         body.append(row);
         if (n.hint) {
-          const text = (n.failure ? "failed: " + n.failure + " — " : "") + n.hint;
-          body.append(el("tr", { class: "hintrow", onclick: () => select(n.mac) }, el("td", { colspan: 8 }, "⚠ " + text)));
+          body.append(el("tr", { class: "hintrow", onclick: () => select(n.mac) }, el("td", { colspan: 8 }, "⚠ " + n.hint)));
         }
       }
       const counts = {};
@@ -139,7 +139,8 @@ enum StatusPage {
     }
 
     async function loadDetail(mac) {
-      const response = await fetch("/api/v1/nodes/" + encodeURIComponent(mac), { cache: "no-store" });
+      // A MAC is hex and colons: safe in a path as it is.
+      const response = await fetch("/api/v1/nodes/" + mac.replace(/[^0-9a-fA-F:-]/g, ""), { cache: "no-store" });
       if (!response.ok) return;
       const data = await response.json();
       const n = data.node;
@@ -159,7 +160,7 @@ enum StatusPage {
       }
       if (data.events.length === 0) list.append(el("li", { class: "boot" }, "no events yet"));
       detail.replaceChildren(
-        el("h2", {}, n.hostname || n.mac, el("span", { class: "mono muted" }, n.mac), stageBadge(n), close),
+        el("h2", {}, n.hostname || (n.registered ? "(no hostname)" : "unregistered"), el("span", { class: "mono muted" }, n.mac), stageBadge(n), close),
         el("div", { class: "facts" }, facts, n.hint ? el("div", { style: "color:var(--stuck);margin-top:4px" }, "⚠ " + n.hint) : null),
         list);
       detail.hidden = false;

@@ -37,29 +37,33 @@ public actor TFTPServer {
         let logger = self.logger
         let group = self.group
         let observer = self.observer
-        // No SO_REUSEADDR: for UDP it lets a second server bind the same port and silently take
-        // half the requests; a clear "port in use" at start-up is what an administrator needs.
-        let channel = try await DatagramBootstrap(group: group)
-            // A boot storm sends hundreds of RRQs at once; the kernel's default buffer (~200 KiB, a few
-            // hundred datagrams) drops the rest, and each drop costs that client a multi-second retry.
-            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(configuration.listenerReceiveBufferSize))
-            .channelOption(.datagramVectorReadMessageCount, value: 32)
-            // Vector reads split one receive buffer evenly between the messages: give each 2 KiB, more
-            // than any request (RFC 1350 requests fit 512 bytes), or long RRQs arrive truncated.
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 32 * 2048))
-            .channelOption(.maxMessagesPerRead, value: 8)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let store = TFTPFileStore(root: root, cacheFileLimit: configuration.cacheFileSizeLimit,
-                                              cacheTotalLimit: configuration.cacheTotalSizeLimit,
-                                              requireWorldReadable: configuration.requireWorldReadable)
-                    let handler = TFTPListenerHandler(configuration: configuration, store: store, group: group,
-                                                      logger: logger, observer: observer)
-                    try channel.pipeline.syncOperations.addHandler(handler)
+        // The socket is made on one of the group's threads, never the caller's: a socket lives in the network
+        // namespace of the thread that creates it, so a group whose threads joined a namespace serves inside
+        // it (the loss tests run the server so). Transfer sockets are made on the listener's loop anyway.
+        let channel = try await group.next().flatSubmit {
+            // No SO_REUSEADDR: for UDP it lets a second server bind the same port and silently take
+            // half the requests; a clear "port in use" at start-up is what an administrator needs.
+            DatagramBootstrap(group: group)
+                // A boot storm sends hundreds of RRQs at once; the kernel's default buffer (~200 KiB, a few
+                // hundred datagrams) drops the rest, and each drop costs that client a multi-second retry.
+                .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(configuration.listenerReceiveBufferSize))
+                .channelOption(.datagramVectorReadMessageCount, value: 32)
+                // Vector reads split one receive buffer evenly between the messages: give each 2 KiB, more
+                // than any request (RFC 1350 requests fit 512 bytes), or long RRQs arrive truncated.
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 32 * 2048))
+                .channelOption(.maxMessagesPerRead, value: 8)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let store = TFTPFileStore(root: root, cacheFileLimit: configuration.cacheFileSizeLimit,
+                                                  cacheTotalLimit: configuration.cacheTotalSizeLimit,
+                                                  requireWorldReadable: configuration.requireWorldReadable)
+                        let handler = TFTPListenerHandler(configuration: configuration, store: store, group: group,
+                                                          logger: logger, observer: observer)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
                 }
-            }
-            .bind(host: configuration.host, port: configuration.port)
-            .get()
+                .bind(host: configuration.host, port: configuration.port)
+        }.get()
         let handler = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: TFTPListenerHandler.self), eventLoop: channel.eventLoop)
         }.get()
@@ -191,10 +195,11 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         let clientKey = client.ipAddress ?? "\(client)"
         if let running = transfers[client] {
             if running.request == request {
-                // The client re-sent its RRQ before our first answer reached it; the running session's own
-                // retransmission covers that, so a second transfer would only compete with the first.
+                // The client re-sent its RRQ: our first answer (or all of them) did not reach it. A second
+                // transfer would only compete with the first; the running session repeats its answer at once.
                 statistics.duplicateRequests += 1
-                logger.debug("duplicate read request ignored", metadata: ["client": "\(client)", "file": "\(request.filename)"])
+                logger.debug("repeated read request passed to its transfer", metadata: ["client": "\(client)", "file": "\(request.filename)"])
+                running.channel?.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.RequestRepeated())
                 return
             }
             // A different request from the same port: the client has moved on (PXE ROMs send the real
@@ -247,6 +252,9 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         }
         let sessionConfiguration = configuration.session
         DatagramBootstrap(group: group)
+            // A transfer socket gets one ACK per window; reading on until EAGAIN would cost a second recvmsg
+            // per ACK. NIO's epoll is level-triggered, so a datagram left queued wakes the loop again.
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = TFTPTransferHandler(request: request, client: client, content: content,
@@ -386,6 +394,17 @@ final class TFTPTransferHandler: ChannelInboundHandler {
         // A datagram that does not decode is dropped, like a corrupted one: the session's timer recovers.
         guard let packet = try? TFTPPacket.decode(envelope.data) else { return }
         run(.packet(packet, .now()), context: context)
+    }
+
+    /// Sent by the listener when this transfer's client repeats its request.
+    struct RequestRepeated: Sendable {}
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is RequestRepeated {
+            run(.requestRepeated(.now()), context: context)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

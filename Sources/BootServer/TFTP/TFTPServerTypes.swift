@@ -94,7 +94,8 @@ public struct TFTPServerStatistics: Sendable, Hashable {
     public var timeouts: UInt64 = 0
     public var cacheHits: UInt64 = 0
     public var cacheMisses: UInt64 = 0
-    /// Retransmitted RRQs from a client whose transfer is already running, ignored.
+    /// Retransmitted RRQs from a client whose transfer is already running; passed to that transfer, which
+    /// repeats its first answer, never a second transfer.
     public var duplicateRequests: UInt64 = 0
 
     public init() {}

@@ -4,9 +4,12 @@ import Synchronization
 /// Why the timeline's journal could not be used.
 public enum TimelineJournalError: Error, CustomStringConvertible {
     case system(operation: String, path: String, errno: Int32)
+    case cannotCreateDirectory(path: String, reason: String)
 
     public var description: String {
         switch self {
+        case .cannotCreateDirectory(let path, let reason):
+            "timeline journal: cannot create the state directory '\(path)': \(reason)"
         case .system(let operation, let path, let code):
             "timeline journal: \(operation) '\(path)' failed: \(String(cString: strerror(code)))"
         }
@@ -29,7 +32,7 @@ final class TimelineJournal: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw TimelineJournalError.system(operation: "create directory", path: directory, errno: EACCES)
+            throw TimelineJournalError.cannotCreateDirectory(path: directory, reason: error.localizedDescription)
         }
         file = Mutex(-1)
     }

@@ -51,7 +51,8 @@ struct TFTPReadSessionTests {
         var s = session(patternBytes(count: 70_000), options: ["tsize": "0"])
         let first = s.handle(.start(ms(0)))
         #expect(first.sent == [.optionAcknowledgement(["tsize": "70000"])])
-        #expect(first.timerDeadline == ms(250))
+        // The OACK is repeated only after the quiet period (atftp aborts on a second OACK).
+        #expect(first.timerDeadline == ms(6000))
         let abort = s.handle(.packet(.error(code: .optionNegotiationFailed, message: "User aborted the transfer"), ms(1)))
         #expect(abort.sent.isEmpty)
         #expect(abort.finish == .abortedByClient(code: .optionNegotiationFailed, message: "User aborted the transfer"))
@@ -207,7 +208,8 @@ struct TFTPReadSessionTests {
             intervals.append((next.uptimeNanoseconds - now.uptimeNanoseconds).asMilliseconds)
             deadline = next
         }
-        #expect(intervals == [500, 1000, 2000, 2000])
+        // Doubling, then after the fourth quick retransmission a pause longer than a client's own time-out.
+        #expect(intervals == [500, 1000, 2000, 6000])
         #expect(s.statistics.timeouts == 4)
         #expect(s.statistics.retransmissions == 4)
         let last = s.handle(.timerFired(deadline))
@@ -227,6 +229,25 @@ struct TFTPReadSessionTests {
             deadline = s.handle(.packet(.acknowledgement(block: block), now)).timerDeadline ?? now
         }
         #expect(s.statistics.timeouts == 6)
+    }
+
+    @Test func repeatedRequestRepeatsTheFirstAnswerAtOnce() {
+        // With options: the OACK again, long before its own time-out.
+        var s = session(patternBytes(count: 3000), options: ["blksize": "1024"])
+        _ = s.handle(.start(ms(0)))
+        let again = s.handle(.requestRepeated(ms(400)))
+        #expect(again.sent == [.optionAcknowledgement(["blksize": "1024"])])
+        #expect(again.timerDeadline == ms(6400))
+        #expect(s.handle(.packet(.acknowledgement(block: 0), ms(401))).dataBlocks == [1])
+        // Once data flows, a late copy of the request is stale.
+        #expect(s.handle(.requestRepeated(ms(402))).sent.isEmpty)
+
+        // Without options: DATA 1 again, but not after the client acknowledged it.
+        var plain = session(patternBytes(count: 3000))
+        _ = plain.handle(.start(ms(0)))
+        #expect(plain.handle(.requestRepeated(ms(10))).dataBlocks == [1])
+        _ = plain.handle(.packet(.acknowledgement(block: 1), ms(11)))
+        #expect(plain.handle(.requestRepeated(ms(12))).sent.isEmpty)
     }
 
     @Test func oackIsRetransmittedOnTimeout() {
@@ -262,12 +283,17 @@ struct TFTPReadSessionTests {
         var s = session(patternBytes(count: 5000), options: ["timeout": "1"])
         _ = s.handle(.start(ms(0)))
         let after = s.handle(.packet(.acknowledgement(block: 0), ms(1)))  // 1 ms RTT
-        #expect(s.statistics.retransmissionTimeout == .milliseconds(50))
+        #expect(s.statistics.retransmissionTimeout == TFTPSessionConfiguration().minimumRetransmissionTimeout)
         var deadline = after.timerDeadline!
+        var intervals: [Int64] = []
         for _ in 0..<6 {
-            deadline = s.handle(.timerFired(deadline)).timerDeadline!
+            let next = s.handle(.timerFired(deadline)).timerDeadline!
+            intervals.append((next.uptimeNanoseconds - deadline.uptimeNanoseconds).asMilliseconds)
+            deadline = next
         }
         #expect(s.statistics.retransmissionTimeout == .seconds(1))
+        // The quiet period follows the client's own time-out (1 s) plus a quarter.
+        #expect(intervals == [40, 80, 160, 1250, 1250, 1250])
     }
 
     @Test func windowTimeoutResendsWholeWindow() {

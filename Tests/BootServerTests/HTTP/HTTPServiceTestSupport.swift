@@ -199,6 +199,31 @@ enum RawHTTP {
         }
     }
 
+    /// Sends `request`, reads until `bytes` bytes arrived, then hangs up (a node rebooting mid-download).
+    static func abandon(port: Int, _ request: String, after bytes: Int) async throws -> Int {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: request))
+            var received = 0
+            for try await buffer in inbound {
+                received += buffer.readableBytes
+                if received >= bytes { break }
+            }
+            return received
+        }
+    }
+
+    /// A connected client that sends nothing (holds one of the server's connection slots).
+    static func idleConnection(port: Int) async throws -> any Channel {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port).get()
+    }
+
     static func parse(_ bytes: [UInt8], headRequest: Bool = false) throws -> RawResponse {
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
         guard let end = bytes.firstRange(of: separator) else {

@@ -2,6 +2,8 @@ import BootProtocols
 @testable import BootServer
 import Foundation
 import ImageBuildKit
+import NIOCore
+import Synchronization
 import Testing
 
 /// Byte comparison outside `#expect`: on a mismatch `#expect(a == b)` diffs the operands, and a diff
@@ -283,6 +285,56 @@ struct HTTPServiceTests {
             #expect(page.header("content-type") == "text/html; charset=utf-8")
             #expect(page.text.contains("/api/v1/nodes"))
             #expect(!page.text.contains("http://") && !page.text.contains("https://"))
+        }
+    }
+
+    @Test("a download the client abandons is on the node's timeline as incomplete, with the bytes sent")
+    func abandonedDownload() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let size = 8 * 1024 * 1024
+        try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: size)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
+            _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
+            let request = "GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            let received = try await RawHTTP.abandon(port: port, request, after: 100_000)
+            #expect(received >= 100_000)
+            let alpha = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
+            // The server notices on its next write; give it a moment.
+            var transfer: (UInt64, UInt64?, TransferOutcome)?
+            for _ in 0..<100 where transfer == nil {
+                try await Task.sleep(for: .milliseconds(50))
+                for event in service.timeline.events(for: alpha) {
+                    if case .transfer(.http, _, let bytes, let expected, let outcome) = event.observation { transfer = (bytes, expected, outcome) }
+                }
+            }
+            let (bytes, expected, outcome) = try #require(transfer)
+            #expect(outcome.label == "incomplete")
+            #expect(bytes < UInt64(size))
+            #expect(expected == UInt64(size))
+            #expect(service.timeline.node(alpha)?.stage == .image)
+        }
+    }
+
+    @Test("past the connection limit, a new client waits until a slot frees")
+    func connectionLimit() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(nil), configure: { $0.maximumConnections = 2 }) { port, _ in
+            let first = try await RawHTTP.idleConnection(port: port)
+            let second = try await RawHTTP.idleConnection(port: port)
+            let answered = Mutex(false)
+            let waiting = Task {
+                let response = try await RawHTTP.get(port: port, "/publish.json")
+                answered.withLock { $0 = true }
+                return response
+            }
+            try await Task.sleep(for: .milliseconds(800))
+            #expect(!answered.withLock { $0 }, "a third connection was served while two held both slots")
+            try await first.close()
+            let response = try await waiting.value
+            #expect(response.status == 200)
+            try await second.close()
         }
     }
 

@@ -244,6 +244,42 @@ struct TFTPServerBehaviourTests {
         }
     }
 
+    @Test func repeatedRequestGetsTheOptionAcknowledgementAgainAtOnce() async throws {
+        let root = try TemporaryRoot()
+        defer { root.cleanup() }
+        let file = try root.write("kernel", size: 3000)
+        try await withTFTPServer(root: root) { server, address, _ in
+            let client = try await RawTFTPClient()
+            let request = TFTPPacket.readRequest(TFTPRequest(filename: "kernel", options: ["blksize": "1024"]))
+            try await client.send(request, to: address)
+            guard let answer = try await client.receive(where: { $0.opcode == .optionAcknowledgement }) else {
+                Issue.record("no OACK")
+                return
+            }
+            let (first, port) = (answer.packet, answer.from)
+            // As if that OACK was lost: the client repeats its request to the server port. The answer comes
+            // from the same transfer, well before the OACK's own 6 s time-out.
+            try await client.send(request, to: address)
+            let again = try await client.receive(timeout: .seconds(2), where: { $0.opcode == .optionAcknowledgement })
+            #expect(again?.packet == first)
+            #expect(again?.from == port)
+            try await client.send(.acknowledgement(block: 0), to: port)
+            var received: [UInt8] = []
+            for block in UInt16(1)...3 {
+                guard case .data(block, let payload)? = try await client.receive(from: port, where: { $0.opcode == .data })?.packet else {
+                    Issue.record("no DATA \(block)")
+                    return
+                }
+                received += Array(buffer: payload)
+                try await client.send(.acknowledgement(block: block), to: port)
+            }
+            #expect(Data(received) == file)
+            let statistics = try await server.statistics()
+            #expect(statistics.duplicateRequests == 1)
+            await client.close()
+        }
+    }
+
     @Test func perClientLimitAndDuplicateRequests() async throws {
         let root = try TemporaryRoot()
         defer { root.cleanup() }

@@ -228,6 +228,28 @@ struct BootTimelineTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).hasSuffix("\n"))
     }
 
+    @Test("the journal is compacted while running, so it stays bounded")
+    func periodicCompaction() throws {
+        let directory = try timelineTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var configuration = BootTimelineConfiguration(stateDirectory: directory)
+        configuration.eventsPerNode = 50
+        let timeline = try BootTimeline(configuration: configuration)
+        let path = directory + "/timeline.jsonl"
+        var largest = 0
+        for index in 0..<30_000 {
+            timeline.record(.transfer(.tftp, path: "f\(index)", bytes: 1, size: nil, outcome: .completed), mac: index % 2 == 0 ? nodeA : nodeB)
+            if index % 1000 == 999 {
+                try timeline.flush()
+                largest = max(largest, try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").count)
+            }
+        }
+        #expect(largest <= 10_100)
+        let reloaded = try BootTimeline(configuration: configuration)
+        #expect(reloaded.events(for: nodeA).count == 50)
+        #expect(reloaded.events(for: nodeA).last?.observation == .transfer(.tftp, path: "f29998", bytes: 1, size: nil, outcome: .completed))
+    }
+
     @Test("events round-trip through the journal's JSON", arguments: typicalBoot.map(\.1) + [
         .transfer(.http, path: "images/x/y/image.tar.gz", bytes: 5, size: 10, outcome: .incomplete("client went away")),
         .transfer(.tftp, path: "nope", bytes: 0, size: nil, outcome: .refused("file not found")),
