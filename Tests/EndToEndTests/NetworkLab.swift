@@ -65,12 +65,30 @@ final class NetworkLab {
         return process
     }
 
-    /// Drops `permille`/1000 of UDP packets on the bridge, silently, like a lossy network
-    /// (this kernel has no netem; see TEST-NOTES).
-    func addUDPLoss(permille: Int) throws {
-        try exec("nft add table inet lab")
-        try exec("nft add chain inet lab loss '{ type filter hook prerouting priority -300; }'")
-        try exec("nft add rule inet lab loss iifname tap* meta l4proto udp numgen random mod 1000 '<' \(permille) counter drop")
+    /// Drops `permille`/1000 of the frames crossing the bridge's VM ports, both ways and whatever the
+    /// protocol, silently, like a lossy network (this kernel has no netem; see TEST-NOTES). Frames from a
+    /// VM are dropped as they enter the bridge, frames to a VM as they leave it.
+    func addLoss(permille: Int) throws {
+        let rules = """
+            table bridge lab {
+              chain in { type filter hook prerouting priority -300; policy accept; iifname "tap*" numgen random mod 1000 < \(permille) counter drop; }
+              chain out { type filter hook postrouting priority 300; policy accept; oifname "tap*" numgen random mod 1000 < \(permille) counter drop; }
+            }
+
+            """
+        let file = directory + "/loss.nft"
+        try rules.write(toFile: file, atomically: true, encoding: .utf8)
+        try exec("nft -f \(file)")
+    }
+
+    /// Frames the loss rules dropped so far.
+    func droppedPackets() throws -> Int {
+        let result = try Harness.shell("ip netns exec \(namespace) nft list table bridge lab")
+        guard result.status == 0 else { throw HarnessError("nft list: \(result.stderr)") }
+        return result.stdout.split(separator: "\n").compactMap { line -> Int? in
+            guard let range = line.range(of: #"packets [0-9]+"#, options: .regularExpression) else { return nil }
+            return Int(line[range].dropFirst("packets ".count))
+        }.reduce(0, +)
     }
 
     func close() {

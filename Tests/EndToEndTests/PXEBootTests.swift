@@ -1,75 +1,245 @@
 import Foundation
 import Testing
 
-/// Real PXE clients on a private network: QEMU's iPXE ROM gets an address,
-/// chainloads pxelinux over imagebuild's TFTP server, pxelinux walks
-/// pxelinux.cfg/ (per-MAC file, hex-IP prefixes, default) and boots what it finds.
+/// Real machines network-boot from `imagebuild serve` (its own DHCP, TFTP and HTTP) on a private
+/// network: QEMU's iPXE ROM (BIOS) and EDK2's own PXE client (UEFI) on taps in a namespace.
 extension EndToEnd {
-    @Suite("PXE boot through pxelinux on a private network", .serialized,
+    @Suite("Network boot from imagebuild serve", .serialized,
            .enabled(if: QEMU.available && NetworkLab.unavailableReason == nil,
                     "needs qemu-system-x86_64, /dev/net/tun and network namespaces: \(NetworkLab.unavailableReason ?? "qemu missing")"))
     struct PXEBootTests {
+        /// node001 boots through pxelinux and its 01-<mac> file; node004 keeps iPXE (its boot script);
+        /// node005 is UEFI. Machines not listed get pxelinux (`defaults.loader`) and one of the two pool
+        /// addresses: .111 is in the range (hex prefix 0A4D006), .112 is not (falls to `default`).
         static let nodes = """
             network:
               server: 10.77.0.1
               subnet: 10.77.0.0/24
+              pool: 10.77.0.111-10.77.0.112
               http_port: 8080
-              bios_loader: pxelinux.0
             defaults:
               image: minimal
+              loader: pxelinux
               append: "imagebuild.test=default"
             ranges:
               - {cidr: 10.77.0.96/28, append: "imagebuild.test=range"}
             nodes:
               - {mac: "52:54:00:77:00:01", hostname: node001, ip: 10.77.0.11, append: "imagebuild.test=node"}
+              - {mac: "52:54:00:77:00:04", hostname: node004, ip: 10.77.0.14, loader: ipxe, append: "imagebuild.test=ipxe"}
+              - {mac: "52:54:00:77:00:05", hostname: node005, ip: 10.77.0.15, append: "imagebuild.test=uefi"}
             """
 
-        @Test("a registered node boots its 01-<mac> file; an unknown one finds its hex-IP prefix file")
-        func perMACAndHexPrefix() throws {
-            let artifacts = try Harness.minimal.get()
-            let lab = try NetworkLab()
-            defer { lab.close() }
-            let root = lab.directory + "/tftpboot"
-            try Self.nodes.write(toFile: lab.directory + "/nodes.yaml", atomically: true, encoding: .utf8)
-            let published = try Harness.imagebuild(["publish", artifacts, "--root", root, "--nodes", lab.directory + "/nodes.yaml"])
-            try #require(published.status == 0, "\(published.stderr)")
+        /// A published boot root and a running `imagebuild serve` (all three services) in a fresh lab.
+        final class Site {
+            let lab: NetworkLab
+            let root: String
+            let nodesFile: String
+            private(set) var serve: BackgroundProcess
+            private var starts = 0
 
-            let serve = try lab.start("serve", [Harness.binary, "serve", "--root", root, "--nodes", lab.directory + "/nodes.yaml",
-                                                "--no-dhcp", "--no-http", "--listen", lab.serverAddress, "--log-level", "debug",
-                                                "--state-dir", lab.directory + "/state"])
-            try lab.start("dnsmasq", ["/usr/sbin/dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=br0",
-                                      "--bind-interfaces", "--dhcp-range=10.77.0.96,10.77.0.99,255.255.255.0,1h",
-                                      "--dhcp-host=52:54:00:77:00:01,10.77.0.11", "--dhcp-boot=pxelinux.0,,10.77.0.1",
-                                      "--no-ping", "--dhcp-leasefile=\(lab.directory)/leases", "--log-dhcp"])
-            try lab.start("httpd", ["/bin/busybox", "httpd", "-f", "-p", "10.77.0.1:8080", "-h", root])
-            #expect(serve.wait(for: "TFTP server listening", timeout: 20), "serve did not start: \(serve.log)")
-
-            let started = Date()
-            let vm1 = try lab.startVM(name: "vm1", mac: "52:54:00:77:00:01")
-            let vm2 = try lab.startVM(name: "vm2", mac: "52:54:00:77:00:02")
-            let up1 = vm1.wait(for: "NODE-UP 52:54:00:77:00:01", timeout: 300)
-            let t1 = Date().timeIntervalSince(started)
-            let up2 = vm2.wait(for: "NODE-UP 52:54:00:77:00:02", timeout: 300 - t1)
-            let t2 = Date().timeIntervalSince(started)
-            #expect(up1, "vm1 did not come up:\n\(vm1.log.suffix(2500))")
-            #expect(up2, "vm2 did not come up:\n\(vm2.log.suffix(2500))")
-            print("PXE (pxelinux over imagebuild TFTP, \(QEMU.accelerator)): vm1 NODE-UP at \(String(format: "%.1f", t1)) s, vm2 at \(String(format: "%.1f", t2)) s")
-
-            // Which config each one booted, as its kernel saw it.
-            #expect(vm1.log.contains("imagebuild.test=node"))
-            #expect(vm2.log.contains("imagebuild.test=range"))
-            // The walk pxelinux made for vm2, as our TFTP server saw it.
-            let requests = serve.log.split(separator: "\n").filter { $0.contains("pxelinux.cfg/") }
-            let walk = requests.compactMap { line -> String? in
-                guard let range = line.range(of: #"pxelinux\.cfg/[0-9A-Za-z-]+"#, options: .regularExpression) else { return nil }
-                return String(line[range])
+            init() throws {
+                let artifacts = try Harness.minimal.get()
+                lab = try NetworkLab()
+                root = lab.directory + "/tftpboot"
+                nodesFile = lab.directory + "/nodes.yaml"
+                try PXEBootTests.nodes.write(toFile: nodesFile, atomically: true, encoding: .utf8)
+                let published = try Harness.imagebuild(["publish", artifacts, "--root", root, "--nodes", nodesFile])
+                guard published.status == 0 else { throw HarnessError("publish failed: \(published.stderr)") }
+                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, number: 1)
+                starts = 1
             }
-            print("pxelinux.cfg requests seen by the TFTP server:\n  " + walk.joined(separator: "\n  "))
+
+            static func startServe(lab: NetworkLab, root: String, nodes: String, number: Int) throws -> BackgroundProcess {
+                let process = try lab.start("serve-\(number)", [
+                    Harness.binary, "serve", "--root", root, "--nodes", nodes, "--interface", "br0",
+                    "--listen", lab.serverAddress, "--log-level", "debug", "--state-dir", lab.directory + "/state"])
+                for service in ["DHCP", "TFTP"] where !process.wait(for: "\(service) server listening", timeout: 60) {
+                    throw HarnessError("serve did not start its \(service) server:\n\(process.log.suffix(3000))")
+                }
+                let deadline = Date().addingTimeInterval(60)
+                while try Harness.shell("ip netns exec \(lab.namespace) curl -sf -o /dev/null --max-time 2 http://\(lab.serverAddress):8080/api/v1/nodes").status != 0 {
+                    guard Date() < deadline, process.isRunning else {
+                        throw HarnessError("serve's HTTP server does not answer:\n\(process.log.suffix(3000))")
+                    }
+                    usleep(200_000)
+                }
+                return process
+            }
+
+            /// Kills the server outright (a crash: no graceful shutdown, leases only in the journal) and starts it again.
+            func crashAndRestart() throws {
+                serve.process.kill(SIGKILL)
+                serve.process.wait()
+                starts += 1
+                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, number: starts)
+            }
+
+            /// Every server log so far, oldest first.
+            var serveLogs: String {
+                (1...starts).map { (try? String(contentsOfFile: lab.directory + "/serve-\($0).log", encoding: .utf8)) ?? "" }
+                    .joined(separator: "\n")
+            }
+
+            /// The server's timeline for one node (`GET /api/v1/nodes/MAC`).
+            func timeline(_ mac: String) throws -> Timeline {
+                let result = try Harness.shell("ip netns exec \(lab.namespace) curl -sf --max-time 10 http://\(lab.serverAddress):8080/api/v1/nodes/\(mac)")
+                guard result.status == 0, let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+                      let node = json["node"] as? [String: Any], let events = json["events"] as? [[String: Any]] else {
+                    throw HarnessError("no timeline for \(mac): \(result.stderr) \(result.stdout.prefix(500))")
+                }
+                return Timeline(stage: node["stage"] as? String ?? "?", ip: node["ip"] as? String,
+                                bootSeconds: node["bootSeconds"] as? Double,
+                                events: events.map { ($0["stage"] as? String ?? "?", $0["summary"] as? String ?? "") })
+            }
+
+            func close() { lab.close() }
+        }
+
+        struct Timeline {
+            var stage: String
+            var ip: String?
+            var bootSeconds: Double?
+            var events: [(stage: String, summary: String)]
+            var stages: [String] { events.map(\.stage).reduce(into: []) { if $0.last != $1 { $0.append($1) } } }
+            var text: String { events.map { "    \($0.stage.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.summary)" }.joined(separator: "\n") }
+        }
+
+        /// Stage names every boot must pass through, in order, ending in `up`.
+        static func expectFullBoot(_ t: Timeline, _ mac: String, bootloader: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
+            var wanted = ["dhcp", "config", "kernel", "initrd", "stage1", "image", "switch-root", "up"]
+            if bootloader { wanted.insert("bootloader", at: 1) }
+            #expect(t.stage == "up", "\(mac) ends in '\(t.stage)', not 'up':\n\(t.text)", sourceLocation: sourceLocation)
+            var rest = t.stages[...]
+            for stage in wanted {
+                guard let at = rest.firstIndex(of: stage) else {
+                    Issue.record("\(mac)'s timeline lacks '\(stage)' (in order):\n\(t.text)", sourceLocation: sourceLocation)
+                    return
+                }
+                rest = rest[(at + 1)...]
+            }
+        }
+
+        /// Waits for every VM's `NODE-UP <mac>`; returns seconds from `started` to each, nil for a VM that never came up.
+        static func waitForNodes(_ vms: [(mac: String, vm: BackgroundProcess)], started: Date, timeout: Double) -> [String: Double] {
+            var upAt: [String: Double] = [:]
+            let deadline = started.addingTimeInterval(timeout)
+            while Date() < deadline && upAt.count < vms.count {
+                for (mac, vm) in vms where upAt[mac] == nil && vm.log.contains("NODE-UP \(mac)") {
+                    upAt[mac] = Date().timeIntervalSince(started)
+                }
+                if vms.allSatisfy({ upAt[$0.mac] != nil || !$0.vm.isRunning }) { break }
+                usleep(250_000)
+            }
+            return upAt
+        }
+
+        static func seconds(_ value: Double?) -> String { value.map { String(format: "%.1f s", $0) } ?? "never" }
+
+        @Test("four machines at once: pxelinux by MAC, by hex-IP prefix, by default, and iPXE by user class")
+        func fourMachines() throws {
+            let site = try Site()
+            defer { site.close() }
+            let machines = [("vm1", "52:54:00:77:00:01"), ("vm2", "52:54:00:77:00:02"), ("vm3", "52:54:00:77:00:03"), ("vm4", "52:54:00:77:00:04")]
+            let started = Date()
+            let vms = try machines.map { (mac: $0.1, vm: try site.lab.startVM(name: $0.0, mac: $0.1)) }
+            let upAt = Self.waitForNodes(vms, started: started, timeout: 420)
+            for (name, mac) in machines {
+                print("serve, BIOS, 4 at once (\(QEMU.accelerator)): \(name) \(mac) NODE-UP after \(Self.seconds(upAt[mac]))")
+            }
+            for (mac, vm) in vms {
+                #expect(upAt[mac] != nil, "\(mac) did not come up:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+            }
+            guard upAt.count == vms.count else { return }
+
+            // Which configuration each one booted, as its kernel command line shows.
+            let log = Dictionary(uniqueKeysWithValues: vms.map { ($0.mac, $0.vm.log) })
+            #expect(log["52:54:00:77:00:01"]!.contains("imagebuild.test=node"))
+            #expect(log["52:54:00:77:00:04"]!.contains("imagebuild.test=ipxe"))
+            // The two unlisted machines: the one on .111 found the range's hex-prefix file, the one on .112 `default`.
+            var unlisted: [String: String] = [:]
+            for mac in ["52:54:00:77:00:02", "52:54:00:77:00:03"] {
+                let t = try site.timeline(mac)
+                unlisted[t.ip ?? "?"] = mac
+            }
+            #expect(Set(unlisted.keys) == ["10.77.0.111", "10.77.0.112"], "pool addresses: \(unlisted)")
+            if let inRange = unlisted["10.77.0.111"], let outside = unlisted["10.77.0.112"] {
+                #expect(log[inRange]!.contains("imagebuild.test=range"), "\(inRange) on .111 did not boot the range file")
+                #expect(log[outside]!.contains("imagebuild.test=default") && !log[outside]!.contains("imagebuild.test=range"),
+                        "\(outside) on .112 did not boot default")
+            }
+
+            // The pxelinux.cfg walk as our TFTP server saw it.
+            let walk = site.serveLogs.split(separator: "\n").compactMap { line -> String? in
+                line.range(of: #"pxelinux\.cfg/[0-9A-Za-z-]+"#, options: .regularExpression).map { String(line[$0]) }
+            }
+            print("pxelinux.cfg requests seen by the TFTP server:\n  " + Array(NSOrderedSet(array: walk)).map { "\($0)" }.joined(separator: "\n  "))
             #expect(walk.contains("pxelinux.cfg/01-52-54-00-77-00-01"))
-            let vm2Walk = walk.filter { !$0.hasSuffix("01-52-54-00-77-00-01") && !$0.hasSuffix("0A4D000B") }
-            #expect(vm2Walk.starts(with: ["pxelinux.cfg/01-52-54-00-77-00-02", "pxelinux.cfg/0A4D0060", "pxelinux.cfg/0A4D006"])
-                    || vm2Walk.contains("pxelinux.cfg/0A4D006"), "vm2's walk: \(vm2Walk)")
-            #expect(!vm2Walk.contains("pxelinux.cfg/default"), "vm2 fell through to default: \(vm2Walk)")
+            #expect(walk.contains("pxelinux.cfg/0A4D006"))
+            #expect(walk.contains("pxelinux.cfg/default"))
+            #expect(!walk.contains("pxelinux.cfg/01-52-54-00-77-00-04"), "node004 (loader: ipxe) went through pxelinux")
+
+            // The server's timeline: every stage, in order, ending in `up`.
+            for (mac, _) in vms {
+                let t = try site.timeline(mac)
+                Self.expectFullBoot(t, mac, bootloader: mac != "52:54:00:77:00:04")
+                if mac == "52:54:00:77:00:01" {
+                    print("timeline of \(mac) (boot took \(Self.seconds(t.bootSeconds)) by the server's clock):\n\(t.text)")
+                }
+            }
+        }
+
+        @Test("UEFI firmware PXE chainloads ipxe.efi, and a server crash mid-boot does not stop the boot")
+        func uefiAndServerCrash() throws {
+            let site = try Site()
+            defer { site.close() }
+            let started = Date()
+            let uefi = try site.lab.startVM(name: "vm5", mac: "52:54:00:77:00:05", firmware: .uefi)
+            let bios = try site.lab.startVM(name: "vm4", mac: "52:54:00:77:00:04")
+            // Crash the server once the first of them is fetching its kernel or initramfs over HTTP.
+            let deadline = Date().addingTimeInterval(300)
+            var crashedAt: Double?
+            while Date() < deadline && uefi.isRunning && bios.isRunning {
+                if site.serve.log.contains("vmlinuz") || site.serve.log.contains("initramfs") {
+                    try site.crashAndRestart()
+                    crashedAt = Date().timeIntervalSince(started)
+                    break
+                }
+                usleep(100_000)
+            }
+            #expect(crashedAt != nil, "no node reached its kernel download:\n\(uefi.log.suffix(2000))\n\(bios.log.suffix(2000))")
+            let vms = [(mac: "52:54:00:77:00:05", vm: uefi), (mac: "52:54:00:77:00:04", vm: bios)]
+            let upAt = Self.waitForNodes(vms, started: started, timeout: 480)
+            print("serve, server killed (-9) and restarted at \(Self.seconds(crashedAt)): UEFI vm5 NODE-UP after \(Self.seconds(upAt[vms[0].mac])), BIOS iPXE vm4 after \(Self.seconds(upAt[vms[1].mac]))")
+            for (mac, vm) in vms {
+                #expect(upAt[mac] != nil, "\(mac) did not come up after the restart:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+            }
+            guard upAt.count == vms.count else { return }
+            #expect(uefi.log.contains("imagebuild.test=uefi"))
+            // EDK2's PXE client fetched ipxe.efi over TFTP; the iPXE it started then got its boot script.
+            let logs = site.serveLogs
+            #expect(logs.contains("ipxe/ipxe.efi"), "the UEFI node never fetched ipxe.efi")
+            let t = try site.timeline("52:54:00:77:00:05")
+            Self.expectFullBoot(t, "52:54:00:77:00:05", bootloader: true)
+            print("timeline of the UEFI node across the restart:\n\(t.text)")
+        }
+
+        @Test("5 % packet loss both ways on the boot network: BIOS pxelinux nodes still come up")
+        func packetLoss() throws {
+            let site = try Site()
+            defer { site.close() }
+            try site.lab.addLoss(permille: 50)
+            let started = Date()
+            let vms = try [("vm1", "52:54:00:77:00:01"), ("vm2", "52:54:00:77:00:02")].map {
+                (mac: $0.1, vm: try site.lab.startVM(name: $0.0, mac: $0.1))
+            }
+            let upAt = Self.waitForNodes(vms, started: started, timeout: 480)
+            let dropped = try site.lab.droppedPackets()
+            print("serve, 5 % loss (\(dropped) packets dropped): " + vms.map { "\($0.mac) NODE-UP after \(Self.seconds(upAt[$0.mac]))" }.joined(separator: ", "))
+            #expect(dropped > 0, "the loss rule dropped nothing: the test did not test loss")
+            for (mac, vm) in vms {
+                #expect(upAt[mac] != nil, "\(mac) did not come up under loss:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+                if upAt[mac] != nil { Self.expectFullBoot(try site.timeline(mac), mac, bootloader: true) }
+            }
         }
     }
 }

@@ -139,6 +139,35 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(error("  - {mac: \"52:54:00:77:00:01\", hostnme: a}\n") == "nodes.yaml:5:32: unknown key 'hostnme' (did you mean 'hostname'?)")
     }
 
+    @Test func loaderResolvesNodeGroupDefaults() throws {
+        let inventory = try InventoryLoader.parse("""
+            network: {server: 10.77.0.1, subnet: 10.77.0.0/24, bios_loader: undionly.kpxe}
+            defaults: {image: minimal, loader: ipxe}
+            groups: {vms: {loader: pxelinux}}
+            nodes:
+              - {mac: "52:54:00:77:00:01", hostname: a, group: vms}
+              - {mac: "52:54:00:77:00:02", hostname: b}
+              - {mac: "52:54:00:77:00:03", hostname: c, group: vms, loader: ipxe}
+            """, file: "nodes.yaml")
+        #expect(inventory.nodes.map { inventory.loader(for: $0) } == [.pxelinux, .ipxe, .ipxe])
+        #expect(inventory.loader(for: nil) == .ipxe)
+        // undionly.kpxe is not a pxelinux: `loader: pxelinux` machines get lpxelinux.
+        #expect(inventory.pxelinuxLoader == "lpxelinux.0")
+    }
+
+    @Test func unknownLoader() {
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, loader: grub}\n")
+                == "nodes.yaml:5:53: unknown loader 'grub' (pxelinux or ipxe (or leave it out: the firmware decides))")
+    }
+
+    @Test func rangeCannotChooseTheLoader() {
+        let text = "network: {server: 10.77.0.1, subnet: 10.77.0.0/24}\nranges:\n  - {cidr: 10.77.0.96/28, loader: pxelinux}\n"
+        #expect(throws: ConfigError(ConfigLocation(file: "nodes.yaml", line: 3, column: 35), "a range cannot choose the loader",
+                                    hint: "DHCP picks the loader before the machine has an address; set 'loader' in defaults, a group or a node")) {
+            try InventoryLoader.parse(text, file: "nodes.yaml")
+        }
+    }
+
     @Test func unknownImage() throws {
         let inventory = try InventoryLoader.parse(sampleInventory, file: "nodes.yaml")
         #expect(throws: ConfigError(ConfigLocation(file: "nodes.yaml", line: 10, column: 8), "unknown image 'compute'", hint: "published: minimal")) {

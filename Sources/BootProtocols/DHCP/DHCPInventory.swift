@@ -55,17 +55,29 @@ public struct DHCPHost: Hashable, Sendable {
     public var architecture: DHCPClientArchitecture?
     /// Overrides the architecture table for this node (a path in the boot root, or a full URL).
     public var bootFile: String?
+    /// The site's BIOS boot path for this node, whatever its firmware would get.
+    public var biosLoader: DHCPBIOSLoader?
 
     public init(
         mac: MACAddress, address: IPv4Address? = nil, hostname: String? = nil,
-        architecture: DHCPClientArchitecture? = nil, bootFile: String? = nil
+        architecture: DHCPClientArchitecture? = nil, bootFile: String? = nil, biosLoader: DHCPBIOSLoader? = nil
     ) {
         self.mac = mac
         self.address = address
         self.hostname = hostname
         self.architecture = architecture
         self.bootFile = bootFile
+        self.biosLoader = biosLoader
     }
+}
+
+/// A BIOS boot path chosen by the site rather than by the firmware.
+public enum DHCPBIOSLoader: Hashable, Sendable {
+    /// This pxelinux binary, iPXE clients included: NIC ROMs that are iPXE already (QEMU's, Proxmox's)
+    /// would otherwise skip pxelinux and its `pxelinux.cfg/` walk.
+    case pxelinux(String)
+    /// Chainload iPXE (this file, e.g. `ipxe/undionly.kpxe`) from firmware PXE; iPXE then gets its script.
+    case ipxe(String)
 }
 
 /// The inventory as the policy sees it; BootServer implements this over its reloadable nodes file.

@@ -205,13 +205,17 @@ public struct DHCPPolicy: Hashable, Sendable {
     public var bootFiles: DHCPBootFileTable
     /// Path of the per-node iPXE script on the HTTP server; `?mac=` is appended.
     public var bootScriptPath: String
+    /// The BIOS boot path of machines not in the inventory (a node's own is `DHCPHost.biosLoader`).
+    public var unknownClientBIOSLoader: DHCPBIOSLoader?
 
     public init(
         mode: Mode = .authoritative, serverAddress: IPv4Address, nextServer: IPv4Address? = nil,
         tftpServerName: String? = nil, httpPort: UInt16 = 80, ignoreUnknownClients: Bool = false,
         rapidCommit: Bool = true, offerHoldTime: UInt32 = 60, declineHoldTime: UInt32 = 3600,
-        bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String = "/boot/v1/bootscript"
+        bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String = "/boot/v1/bootscript",
+        unknownClientBIOSLoader: DHCPBIOSLoader? = nil
     ) {
+        self.unknownClientBIOSLoader = unknownClientBIOSLoader
         self.mode = mode
         self.serverAddress = serverAddress
         self.nextServer = nextServer
@@ -547,7 +551,11 @@ public struct DHCPPolicy: Hashable, Sendable {
     private func bootInfo(_ request: DHCPMessage, mac: MACAddress, host: DHCPHost?) -> Result<BootInfo?, DHCPIgnoreReason> {
         let options = request.options
         let kind: BootInfo.Kind
+        // PXE clients that send no option 93 are BIOS (PXE 2.1 predates it).
+        let arch = host?.architecture ?? options.clientArchitecture ?? .x86BIOS
+        let siteLoader = arch == .x86BIOS ? (host != nil ? host?.biosLoader : unknownClientBIOSLoader) : nil
         if options.userClassIsIPXE {
+            if case .pxelinux(let file) = siteLoader { return .success(BootInfo(kind: .pxe, file: file)) }
             // iPXE already runs: hand it the boot script so the chainload loop ends.
             return .success(BootInfo(kind: .ipxe, file: bootScriptURL(for: mac)))
         } else if options.vendorClassHasPrefix("HTTPClient") {
@@ -557,9 +565,11 @@ public struct DHCPPolicy: Hashable, Sendable {
         } else {
             return .success(nil)
         }
-        // PXE clients that send no option 93 are BIOS (PXE 2.1 predates it).
-        let arch = host?.architecture ?? options.clientArchitecture ?? .x86BIOS
-        guard let path = host?.bootFile ?? bootFiles[arch] else { return .failure(.noBootFile(arch)) }
+        let chosen: String? = switch siteLoader {
+        case .pxelinux(let file), .ipxe(let file): kind == .pxe ? file : nil
+        case nil: nil
+        }
+        guard let path = host?.bootFile ?? chosen ?? bootFiles[arch] else { return .failure(.noBootFile(arch)) }
         if kind == .http && !path.contains("://") {
             return .success(BootInfo(kind: .http, file: "\(httpBase)/\(path.drop { $0 == "/" })"))
         }
@@ -578,7 +588,9 @@ public struct DHCPPolicy: Hashable, Sendable {
             // Option 60 marks a PXE offer. Firmware PXE needs it; iPXE would answer it in an address
             // offer with an extra ProxyDHCP round trip, so it only gets it where the reply is
             // proxy-style (no yiaddr) and must be recognised as PXE.
-            if request.options.vendorClassHasPrefix("PXEClient") && (boot.kind == .pxe || reply.yiaddr.isAny) {
+            // iPXE sent to pxelinux by the site's choice is still iPXE: no option 60 in its address offer.
+            let firmwarePXE = boot.kind == .pxe && !request.options.userClassIsIPXE
+            if request.options.vendorClassHasPrefix("PXEClient") && (firmwarePXE || reply.yiaddr.isAny) {
                 reply.options.setRaw(.vendorClassIdentifier, "PXEClient".utf8)
             }
             if boot.kind == .pxe {

@@ -17,7 +17,8 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
         for node in inventory.nodes {
             guard let mac = MACAddress(bytes: node.mac.bytes) else { continue }
             let address = node.ip.map { IPv4Address(rawValue: $0.value) }
-            hosts[mac] = DHCPHost(mac: mac, address: address, hostname: node.hostname)
+            hosts[mac] = DHCPHost(mac: mac, address: address, hostname: node.hostname,
+                                  biosLoader: DHCPBIOSLoader(inventory.loader(for: node), inventory: inventory))
             if let address { reserved.insert(address) }
         }
         // The server's own address is never handed out either.
@@ -62,6 +63,18 @@ extension DHCPPolicy {
             rapidCommit: configuration.rapidCommit,
             offerHoldTime: configuration.offerHoldTime,
             declineHoldTime: configuration.declineHoldTime,
-            bootFiles: .forInventory(network))
+            bootFiles: .forInventory(network),
+            unknownClientBIOSLoader: DHCPBIOSLoader(inventory.loader(for: nil), inventory: inventory))
+    }
+}
+
+extension DHCPBIOSLoader {
+    /// The boot-root file behind a `loader:` setting, as publish lays the root out.
+    init?(_ loader: Inventory.Loader?, inventory: Inventory) {
+        switch loader {
+        case .pxelinux: self = .pxelinux(inventory.pxelinuxLoader)
+        case .ipxe: self = .ipxe("ipxe/undionly.kpxe")
+        case nil: return nil
+        }
     }
 }

@@ -26,12 +26,26 @@ public struct Inventory: Sendable, Equatable {
         public var cmdline: String?
         /// Appended to the command line at every level.
         public var append: String?
+        /// How a BIOS machine boots when its firmware leaves a choice (defaults, groups and nodes only:
+        /// DHCP picks it before the machine has an address, so a range cannot).
+        public var loader: Loader?
         public var location: ConfigLocation?
-        public init(image: String? = nil, cmdline: String? = nil, append: String? = nil) {
+        public init(image: String? = nil, cmdline: String? = nil, append: String? = nil, loader: Loader? = nil) {
             self.image = image
             self.cmdline = cmdline
             self.append = append
+            self.loader = loader
         }
+    }
+
+    /// The BIOS boot path a site chooses for a machine. Without one, firmware PXE gets
+    /// `network.bios_loader` and a NIC ROM that is iPXE already (QEMU, Proxmox, flashed NICs) gets its
+    /// boot script.
+    public enum Loader: String, Sendable, Equatable, CaseIterable {
+        /// pxelinux whatever the firmware, iPXE ROMs included: the `pxelinux.cfg/` walk decides.
+        case pxelinux
+        /// iPXE whatever the firmware: BIOS PXE ROMs chainload `ipxe/undionly.kpxe`, then the boot script.
+        case ipxe
     }
 
     public struct Node: Sendable, Equatable {
@@ -62,6 +76,16 @@ public struct Inventory: Sendable, Equatable {
     public var nodes: [Node]
 
     public func node(mac: MAC) -> Node? { nodes.first { $0.mac == mac } }
+
+    /// The loader choice for a node (node > group > defaults); `nil` node: a machine not listed.
+    public func loader(for node: Node?) -> Loader? {
+        guard let node else { return defaults.loader }
+        return node.settings.loader ?? node.group.flatMap { groups[$0]?.loader } ?? defaults.loader
+    }
+
+    /// The pxelinux binary `loader: pxelinux` machines get: `bios_loader` when it is a pxelinux,
+    /// else lpxelinux.0 (kernel and initrd over HTTP).
+    public var pxelinuxLoader: String { network.biosLoader == "undionly.kpxe" ? "lpxelinux.0" : network.biosLoader }
 
     /// Effective image and command line for a node (node > group > defaults).
     public func resolved(_ node: Node) -> (image: String?, cmdline: String) {
@@ -140,6 +164,9 @@ public enum InventoryLoader {
         var ranges: [Inventory.Range] = []
         for value in try top["ranges"]?.list() ?? [] {
             let (settings, map) = try parseSettings(value, extra: ["cidr", "group"])
+            if let loaderValue = map["loader"] {
+                throw loaderValue.error("a range cannot choose the loader", hint: "DHCP picks the loader before the machine has an address; set 'loader' in defaults, a group or a node")
+            }
             let cidrValue = try map.required("cidr")
             guard let cidr = IPv4Network(try cidrValue.string()) else {
                 throw cidrValue.error("'\(try cidrValue.string())' is not a network like 10.77.0.96/28")
@@ -234,9 +261,16 @@ public enum InventoryLoader {
     }
 
     static func parseSettings(_ value: YAMLValue, extra: [String]) throws -> (Inventory.Settings, YAMLMap) {
-        let map = try value.map(allowed: ["image", "cmdline", "append"] + extra)
+        let map = try value.map(allowed: ["image", "cmdline", "append", "loader"] + extra)
         var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
         settings.location = value.location
+        if let loaderValue = map["loader"] {
+            let name = try loaderValue.string()
+            guard let loader = Inventory.Loader(rawValue: name) else {
+                throw loaderValue.error("unknown loader '\(name)'", hint: "pxelinux or ipxe (or leave it out: the firmware decides)")
+            }
+            settings.loader = loader
+        }
         for key in ["cmdline", "append"] where (try map.string(key))?.contains("\n") == true {
             throw map[key]!.error("the kernel command line must be one line")
         }

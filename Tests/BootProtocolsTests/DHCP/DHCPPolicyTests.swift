@@ -178,6 +178,33 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
         #expect(dhcpDecide(dhcpRequest(.discover, macBIOS, client: .pxe(DHCPClientArchitecture(27)))) == .ignore(.noBootFile(.riscv64UEFI)))
     }
 
+    /// `loader:` in nodes.yaml: the site, not the firmware, picks the BIOS boot path.
+    @Test func siteLoaderChoiceOverridesTheFirmwareDefault() throws {
+        let pxelinuxNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x31), ipxeNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x32)
+        var inventory = dhcpInventory
+        inventory.hosts[pxelinuxNode] = DHCPHost(mac: pxelinuxNode, address: IPv4Address(192, 0, 2, 31), biosLoader: .pxelinux("lpxelinux.0"))
+        inventory.hosts[ipxeNode] = DHCPHost(mac: ipxeNode, address: IPv4Address(192, 0, 2, 32), biosLoader: .ipxe("ipxe/undionly.kpxe"))
+        func offer(_ mac: MACAddress, _ client: DHCPTestClient, policy: DHCPPolicy = dhcpPolicy) throws -> DHCPMessage {
+            try dhcpReply(dhcpDecide(dhcpRequest(.discover, mac, client: client), policy: policy, inventory: inventory)).message
+        }
+        // An iPXE ROM told to use pxelinux gets it over TFTP, without option 60 (iPXE would wait for a ProxyDHCP).
+        let ipxeToPxelinux = try offer(pxelinuxNode, .ipxe)
+        #expect(ipxeToPxelinux.options.bootfileName == "lpxelinux.0")
+        #expect(ipxeToPxelinux.options.tftpServerName == "192.0.2.1")
+        #expect(ipxeToPxelinux.options.vendorClassIdentifier == nil)
+        #expect(try offer(pxelinuxNode, .pxe(.x86BIOS)).options.bootfileName == "lpxelinux.0")
+        // UEFI has no pxelinux here: the choice is BIOS only.
+        #expect(try offer(pxelinuxNode, .pxe(.x64UEFI)).options.bootfileName == "ipxe/ipxe.efi")
+        // `loader: ipxe`: firmware PXE chainloads undionly.kpxe, and the iPXE that starts gets its script.
+        #expect(try offer(ipxeNode, .pxe(.x86BIOS)).options.bootfileName == "ipxe/undionly.kpxe")
+        #expect(try offer(ipxeNode, .ipxe).options.bootfileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:32")
+        // Machines not listed follow the policy's default; listed ones without a choice do not.
+        var policy = dhcpPolicy
+        policy.unknownClientBIOSLoader = .pxelinux("pxelinux.0")
+        #expect(try offer(macUnknown, .ipxe, policy: policy).options.bootfileName == "pxelinux.0")
+        #expect(try offer(macBIOS, .ipxe, policy: policy).options.bootfileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01")
+    }
+
     @Test func offerForAFixedHostCarriesLeaseAndConfiguration() throws {
         let r = try dhcpReply(dhcpDecide(dhcpRequest(.discover, macBIOS, client: .pxe(.x86BIOS))))
         let m = r.message
