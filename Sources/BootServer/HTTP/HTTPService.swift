@@ -166,6 +166,7 @@ public final class HTTPService: Service, Sendable {
         let timeline = self.timeline
         let attribute = self.attributor()
         let metrics = self.metrics
+        let logger = self.logger
         let provider = RootFileProvider(
             root: root, threadPool: threadPool,
             cache: SmallFileCache(fileLimit: Int64(configuration.smallFileLimit), totalLimit: configuration.smallFileCacheLimit),
@@ -177,9 +178,17 @@ public final class HTTPService: Service, Sendable {
                 let complete = delivery.error == nil && delivery.bytes == delivery.expected
                 (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()
                 metrics.imageBytes.increment(by: Int64(delivery.bytes))
-                guard let ip = delivery.remote?.ipv4Address, let mac = attribute(ip) else { return }
+                let ip = delivery.remote?.ipv4Address
+                let mac = ip.flatMap(attribute)
                 let outcome: TransferOutcome = complete ? .completed
                     : .incomplete(delivery.error.map { "\($0)" } ?? "\(delivery.bytes) of \(delivery.expected) bytes")
+                // One line per kernel, initramfs or image download, like the TFTP transfer log: the
+                // admin's record of who fetched what, and where a boot stopped.
+                logger.info("HTTP \(outcome.label)", metadata: [
+                    "file": "\(delivery.relative)", "bytes": "\(delivery.bytes)", "size": "\(delivery.expected)",
+                    "client": "\(ip.map { "\($0)" } ?? "?")", "mac": "\(mac.map { "\($0)" } ?? "unknown")",
+                    "outcome": "\(outcome)"])
+                guard let mac else { return }
                 timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome), mac: mac)
             })
         router.add(middleware: MetricsMiddleware(metrics: metrics))

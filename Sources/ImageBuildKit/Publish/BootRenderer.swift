@@ -99,21 +99,24 @@ public struct BootRenderer: Sendable {
 
     /// A node script: kernel and initrd over HTTP, and on any failure a retry
     /// loop with a growing sleep (5, 10, ... 60 s) instead of a shell.
+    /// `delay` is typed `int32` everywhere: `inc` cannot store into iPXE's default
+    /// string type ("Operation not supported"), and an untyped failing `inc`
+    /// ends the script, which is how a retry loop silently stops retrying.
     public func ipxeScript(_ target: BootTarget) -> String {
         let base = "\(network.httpBase)/\(target.image.path)"
         return """
             #!ipxe
             # imagebuild: \(target.title) boots \(target.image.name) \(target.image.digest)
-            set delay 5
+            set delay:int32 5
             :retry
             kernel \(base)/vmlinuz initrd=initramfs.img \(kernelCommandLine(target)) || goto failed
             initrd \(base)/initramfs.img || goto failed
             boot || goto failed
             :failed
-            echo imagebuild: booting \(target.image.name) failed; retrying in ${delay} s
+            echo imagebuild: booting \(target.image.name) failed; retrying in ${delay:int32} s
             imgfree
-            sleep ${delay}
-            iseq ${delay} 60 || inc delay 5
+            sleep ${delay:int32}
+            iseq ${delay:int32} 60 || inc delay:int32 5
             goto retry
 
             """
