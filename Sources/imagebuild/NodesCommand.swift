@@ -46,6 +46,13 @@ struct NodesCommand: ParsableCommand {
                 print("\(mac): not in \(inventory == nil ? "an inventory" : nodes)")
             }
             if address == nil { print("  (no IP known: give --ip to include the hex-IP names)") }
+            if let inventory {
+                // What DHCP hands a BIOS machine, by the `loader` setting (the same resolution serve uses).
+                let loader = inventory.loader(for: node)
+                let firmware = loader == .ipxe ? "ipxe/undionly.kpxe" : loader == .pxelinux ? inventory.pxelinuxLoader : inventory.network.biosLoader
+                let rom = loader == .pxelinux ? inventory.pxelinuxLoader : "its boot script"
+                print("  BIOS boot (loader: \(loader?.rawValue ?? "not set")): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets ipxe/ipxe.efi")
+            }
 
             print("\npxelinux would try, in order:")
             var winner: String?

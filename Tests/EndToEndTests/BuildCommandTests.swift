@@ -131,6 +131,15 @@ extension EndToEnd {
             #expect(try String(contentsOfFile: dir + "/minimal-sqfs/cmdline", encoding: .utf8).contains("imagebuild.format=squashfs"))
             let manifest = try String(contentsOfFile: dir + "/minimal-sqfs/manifest.json", encoding: .utf8)
             for module in ["\"loop\"", "\"squashfs\"", "\"overlay\""] { #expect(manifest.contains(module), "\(module) not in stage 1") }
+
+            // And it boots: stage 1 mounts the squashfs read-only under a tmpfs overlay.
+            guard QEMU.available else { return }
+            let artifacts = dir + "/minimal-sqfs"
+            let http = try LoopbackHTTPServer(root: artifacts)
+            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.squashfs imagebuild.onfail=reboot")
+            defer { vm.console.stop(); http.server.stop() }
+            #expect(vm.console.wait(for: "NODE-UP 52:54:00:12:34:56", timeout: 240),
+                    "the squashfs image did not boot (\(QEMU.accelerator)):\n\(vm.console.log.suffix(3000))")
         }
 
         @Test("validate reports a located error and exits 1")

@@ -607,6 +607,11 @@ public struct DHCPPolicy: Hashable, Sendable {
             // Skip boot server discovery and the port 4011 round trip: the file is right here.
             reply.options.set(DHCPOption.pxeDiscoveryControlBootFileOnly)
         }
+        if request.options.userClassIsIPXE && !reply.yiaddr.isAny {
+            // iPXE holds an address offer for ~2 s in case a ProxyDHCP offer follows, unless the offer
+            // says there is none (no-pxedhcp, 175.176): this offer carries the boot file already.
+            reply.options.setRaw(.ipxeEncapsulated, [176, 1, 1])
+        }
     }
 
     /// RFC 2131 §4.1 destination for OFFER/ACK.

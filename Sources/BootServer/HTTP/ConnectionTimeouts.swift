@@ -103,9 +103,9 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     private var state: ConnectionTimeoutState
     private var timer: RepeatedTask?
     private let tick: TimeAmount
-    private let closed: @Sendable (ConnectionTimeoutReason) -> Void
+    private let closed: @Sendable (ConnectionTimeoutReason, SocketAddress?) -> Void
 
-    init(limits: HTTPTimeouts, closed: @escaping @Sendable (ConnectionTimeoutReason) -> Void) {
+    init(limits: HTTPTimeouts, closed: @escaping @Sendable (ConnectionTimeoutReason, SocketAddress?) -> Void) {
         state = ConnectionTimeoutState(limits: limits, now: .now())
         let shortest = min(limits.idle, limits.header, limits.body, limits.send)
         tick = max(.milliseconds(50), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
@@ -135,7 +135,7 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
         guard let reason = state.expired(now: .now()) else { return }
         task.cancel()
         timer = nil
-        closed(reason)
+        closed(reason, context.remoteAddress)
         context.close(promise: nil)
     }
 

@@ -143,8 +143,14 @@ public final class HTTPService: Service, Sendable {
         free(pointer)
         let router = makeRouter(root: root)
         let metrics = self.metrics
+        let logger = self.logger
         let server = HTTPServerBuilder.http1(configuration: .init(
-            additionalChannelHandlers: [ConnectionTimeoutHandler(limits: self.configuration.timeouts) { metrics.timedOut($0) }],
+            additionalChannelHandlers: [ConnectionTimeoutHandler(limits: self.configuration.timeouts) { reason, remote in
+                metrics.timedOut(reason)
+                // A node whose download stalls shows up here, not as an error of its own.
+                logger.notice("HTTP connection closed by time-out", metadata: [
+                    "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
+            }],
             idleTimeout: nil))
         let app = Application(
             router: router, server: server,

@@ -43,13 +43,17 @@ public enum StageOneScripts {
         STEP=start
         step() { STEP="$1"; shift; say "[$STEP] $*"; }
 
-        # Stage reports are best effort: a missing server never blocks a boot.
+        # Stage reports are best effort: a missing server never blocks a boot for long. Three tries,
+        # because on a lossy network one lost SYN can outlast a single short time-out.
         report() {
             [ -n "$SERVER" ] || return 0
             detail=$(printf '%s' "$2" | tr -d '"\\' | head -c 200)
-            timeout 5 wget -q -O /dev/null --header 'Content-Type: application/json' \
-                --post-data "{\"mac\":\"$MAC\",\"stage\":\"$1\",\"detail\":\"$detail\"}" \
-                "$SERVER/api/v1/events" 2>/dev/null || true
+            for try in 1 2 3; do
+                timeout 4 wget -q -O /dev/null --header 'Content-Type: application/json' \
+                    --post-data "{\"mac\":\"$MAC\",\"stage\":\"$1\",\"detail\":\"$detail\"}" \
+                    "$SERVER/api/v1/events" 2>/dev/null && return 0
+            done
+            return 0
         }
 
         fail() {

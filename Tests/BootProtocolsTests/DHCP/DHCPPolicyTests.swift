@@ -198,6 +198,13 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
         // `loader: ipxe`: firmware PXE chainloads undionly.kpxe, and the iPXE that starts gets its script.
         #expect(try offer(ipxeNode, .pxe(.x86BIOS)).options.bootfileName == "ipxe/undionly.kpxe")
         #expect(try offer(ipxeNode, .ipxe).options.bootfileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:32")
+        // iPXE is told no ProxyDHCP offer will follow (175.176 no-pxedhcp), so it does not wait for one;
+        // firmware PXE and proxy-style offers (no address) do not get it.
+        #expect(ipxeToPxelinux.options[.ipxeEncapsulated].map(Array.init) == [176, 1, 1])
+        #expect(try offer(ipxeNode, .ipxe).options[.ipxeEncapsulated].map(Array.init) == [176, 1, 1])
+        #expect(try offer(ipxeNode, .pxe(.x86BIOS)).options[.ipxeEncapsulated] == nil)
+        let proxyOffer = try dhcpReply(dhcpDecide(dhcpRequest(.discover, macBIOS, client: .ipxe), policy: dhcpProxyPolicy)).message
+        #expect(proxyOffer.options[.ipxeEncapsulated] == nil)
         // Machines not listed follow the policy's default; listed ones without a choice do not.
         var policy = dhcpPolicy
         policy.unknownClientBIOSLoader = .pxelinux("pxelinux.0")
