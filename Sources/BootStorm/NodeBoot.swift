@@ -182,7 +182,8 @@ struct SimulatedNode: Sendable {
             }
             guard let ack else { throw Failure(stage: .dhcp, reason: "no ACK after \(settings.dhcpTimeouts.count) REQUESTs") }
             if ack.messageType == .nak { result.dhcpRetries += 1; continue }
-            let file = ack.options.bootfileName ?? ack.bootFileName
+            // dnsmasq sends option 67 NUL-terminated; firmware reads it as a C string.
+            let file = String((ack.options.bootfileName ?? ack.bootFileName).prefix { $0 != "\0" })
             guard !file.isEmpty else { throw Failure(stage: .dhcp, reason: "ACK without a boot file") }
             let next = ack.siaddr.isAny ? (ack.options.tftpServerName.flatMap { IPv4Address($0) } ?? serverID) : ack.siaddr
             guard !ack.yiaddr.isAny else { throw Failure(stage: .dhcp, reason: "ACK without an address") }
