@@ -228,10 +228,15 @@ for n in $NODES; do
             --rate "$RATE" --time-limit "$TIME_LIMIT" --label "$label" "${extra[@]}" 2> "$state.storm.err")
         load_after=$(cut -d' ' -f1-3 /proc/loadavg)
         rss=$(peak_rss "${SERVER_PIDS[@]}")
+        metrics=
+        if [ "$server" = ours ]; then   # the server's own counters: TFTP retransmissions and time-outs say where time went
+            metrics=$(ip netns exec "$CNS" curl -s --max-time 5 http://10.200.0.1/metrics | grep -E '^(tftp_(retransmissions|timeouts|transfers)|dhcp_messages_(received|sent|ignored))_total' | head -n 20)
+        fi
         stop_servers
         emit ""
         emit "$report"
         emit "peak RSS of the server process(es): $rss MiB; load average before/after: $load_before / $load_after"
+        [ -n "$metrics" ] && emit "server metrics:" && emit "$metrics"
         if [ "$server" = ours ] && [ -s "$state.log" ]; then
             emit "server log (warnings and errors, first 5 lines):"
             emit "$(head -n 5 "$state.log")"

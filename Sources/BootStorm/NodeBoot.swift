@@ -157,9 +157,13 @@ struct SimulatedNode: Sendable {
     }
 
     private func dhcp(_ result: inout NodeResult) async throws -> Lease {
-        let xid = UInt32(truncatingIfNeeded: mac.rawValue &* 2_654_435_761) ^ 0x5354_4F52
+        // Unique per node in the low 28 bits (an odd multiplier is a bijection); the round goes on top:
+        // a client back in INIT after a NAK picks a new xid (RFC 2131 §4.4.1), so late OFFERs to the
+        // old DISCOVERs cannot be taken for answers to the new one.
+        let nodeBits = (UInt32(truncatingIfNeeded: mac.rawValue &* 2_654_435_761) ^ 0x5354_4F52) & 0x0FFF_FFFF
         let started = ContinuousClock.now
-        for _ in 0..<3 {  // a NAK sends the ROM back to DISCOVER; bounded
+        for round in 0..<3 {  // a NAK sends the ROM back to DISCOVER; bounded
+            let xid = nodeBits | UInt32(round) << 28
             var secs: UInt16 { UInt16(clamping: Int((ContinuousClock.now - started).components.seconds)) }
             var offer: DHCPMessage?
             for timeout in settings.dhcpTimeouts {
