@@ -190,6 +190,16 @@ peak_rss() {
     awk -v k="$total" 'BEGIN { printf "%.1f", k / 1024 }'
 }
 
+# CPU seconds (user + system) a process and its children (nginx workers) have used so far.
+cpu_seconds() {
+    local ticks=0 pid t
+    for pid in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
+        t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null)
+        ticks=$((ticks + ${t:-0}))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }'
+}
+
 stop_servers() {
     for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
     for pid in "${SERVER_PIDS[@]}"; do
@@ -228,14 +238,15 @@ for n in $NODES; do
             --rate "$RATE" --time-limit "$TIME_LIMIT" --label "$label" "${extra[@]}" 2> "$state.storm.err")
         load_after=$(cut -d' ' -f1-3 /proc/loadavg)
         rss=$(peak_rss "${SERVER_PIDS[@]}")
+        cpu=$(cpu_seconds "${SERVER_PIDS[@]}")
         metrics=
         if [ "$server" = ours ]; then   # the server's own counters: TFTP retransmissions and time-outs say where time went
-            metrics=$(ip netns exec "$CNS" curl -s --max-time 5 http://10.200.0.1/metrics | grep -E '^(tftp_(retransmissions|timeouts|transfers)|dhcp_messages_(received|sent|ignored))_total' | head -n 20)
+            metrics=$(ip netns exec "$CNS" curl -s --max-time 5 http://10.200.0.1/metrics | grep -E '^(tftp_(retransmissions|timeouts|transfers)_total|dhcp_messages_(received|sent)_total\{type="(DISCOVER|REQUEST|OFFER|ACK|NAK)"\})' | head -n 24)
         fi
         stop_servers
         emit ""
         emit "$report"
-        emit "peak RSS of the server process(es): $rss MiB; load average before/after: $load_before / $load_after"
+        emit "peak RSS of the server process(es): $rss MiB; server CPU: $cpu s; load average before/after: $load_before / $load_after"
         [ -n "$metrics" ] && emit "server metrics:" && emit "$metrics"
         if [ "$server" = ours ] && [ -s "$state.log" ]; then
             emit "server log (warnings and errors, first 5 lines):"

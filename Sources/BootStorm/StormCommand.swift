@@ -10,27 +10,36 @@ struct StormCommand: AsyncParsableCommand {
         commandName: "imagebuild-storm",
         abstract: "Boot-storm simulator: N simulated PXE nodes boot against a DHCP + TFTP + HTTP server.",
         discussion: """
-            Each node has its own MAC and does what firmware, pxelinux and stage 1 do on the wire:
-              dhcp             DISCOVER/REQUEST from port 68 to 255.255.255.255:67 (broadcast flag) with
-                               options 53, 57, 55, 60 PXEClient, 93 architecture, 94 UNDI, 97 UUID;
-                               time-outs 4, 8, 16, 32 s like a PXE ROM; a NAK restarts DISCOVER
-              tftp bootloader  the boot file: RRQ tsize=0, OACK, ERROR 8 abort, RRQ blksize, then
-                               ldlinux.c32 next to it (RRQ tsize=0 blksize=1408, as pxelinux asks)
-              config walk      pxelinux.cfg/01-<mac>, the 8 hex-IP prefixes, default (first found wins)
-              kernel, initrd   KERNEL/INITRD of that config: HTTP GET (lpxelinux) or TFTP (pxelinux)
-              image            imagebuild.image= of its APPEND line, HTTP GET
-              stage events     POST imagebuild.server=/api/v1/events: stage1-start, image-downloaded,
-                               image-verified, switch-root, up (skipped with --no-events)
-            After DHCP, TFTP and HTTP sockets are bound to the node's leased address, so per-client
-            limits on the server see one client per node. That needs the leased addresses to be
-            local in the simulator's network namespace (e.g. `ip route add local POOL dev lo`);
+            Each node has its own MAC and does, in order, what firmware, pxelinux and stage 1 do \
+            on the wire:
+
+            dhcp: DISCOVER and REQUEST from port 68 to 255.255.255.255:67 with the broadcast flag \
+            and options 53, 57, 55, 60 (PXEClient), 93 (architecture), 94 (UNDI), 97 (UUID); \
+            time-outs 4, 8, 16, 32 s like a PXE ROM; a NAK restarts DISCOVER with a new xid.
+
+            tftp bootloader: the boot file with the ROM's RRQ tsize=0, OACK, ERROR 8 abort, then \
+            RRQ blksize; then ldlinux.c32 next to it (RRQ tsize=0 blksize=1408, as pxelinux asks).
+
+            config walk: pxelinux.cfg/01-<mac>, the 8 hex-IP prefixes, default; the first found wins.
+
+            kernel, initrd: KERNEL and INITRD of that config, by HTTP GET (lpxelinux) or TFTP (pxelinux).
+
+            image: imagebuild.image= of its APPEND line, by HTTP GET.
+
+            stage events: POST imagebuild.server=/api/v1/events with stage1-start, \
+            image-downloaded, image-verified, switch-root, up (skipped with --no-events).
+
+            After DHCP, TFTP and HTTP sockets are bound to the node's leased address, so per-client \
+            limits on the server see one client per node. That needs the leased addresses to be \
+            local in the simulator's network namespace (e.g. ip route add local POOL dev lo); \
             --no-bind-leased uses the namespace's own address instead.
 
-            Run it only inside a network namespace of your own, against a server in it or joined to
-            it by a veth pair: it broadcasts DHCP. benchmarks/boot-storm.sh does all of that.
+            Run it only inside a network namespace of your own, against a server in it or joined \
+            to it by a veth pair: it broadcasts DHCP. benchmarks/boot-storm.sh does all of that.
 
-            Prints nodes booted, failures by stage (with the commonest reasons), p50/p99 per stage,
-            total, and nodes per minute; the last line is machine-readable (RESULT ...).
+            Prints nodes booted, failures by stage (with the commonest reasons), p50/p99 per \
+            stage, total, nodes per minute and the simulator's own CPU time; the last line is \
+            machine-readable (RESULT ...).
             """)
 
     @Option(help: "Simulated nodes.")
@@ -149,5 +158,10 @@ struct StormCommand: AsyncParsableCommand {
 
         let report = StormReport(label: label, requested: total, results: results, wall: wall, eventsPosted: events)
         print(report.render(concurrency: cap, rate: rate), terminator: "")
+        // If the simulator used its whole CPU, the numbers measure it, not the server: say how busy it was.
+        var usage = rusage()
+        getrusage(0, &usage)  // RUSAGE_SELF
+        let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+        print("simulator CPU: \(String(format: "%.1f", cpu)) s over \(String(format: "%.1f", wall)) s wall")
     }
 }
