@@ -69,6 +69,18 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // The boot-storm simulator (benchmarks/boot-storm.sh): N simulated PXE nodes against a server.
+        .executableTarget(
+            name: "imagebuild-storm",
+            dependencies: [
+                "BootProtocols", "ImageBuildKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/BootStorm"
+        ),
         .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
         // Fixtures are read through #filePath (so re-recording writes into the source tree).
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], exclude: ["Fixtures"]),

@@ -1,0 +1,151 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// What one HTTP request came back with. Bodies are counted, not kept: a boot storm moves gigabytes.
+struct HTTPOutcome: Sendable {
+    var status: Int
+    var bytes: Int
+    /// Content-Length when the server sent one; a short body is a failed download.
+    var contentLength: Int?
+}
+
+enum HTTPClientError: Error, CustomStringConvertible {
+    case badURL(String)
+    case closedEarly(received: Int, url: String)
+    case timedOut(String)
+    case connect(String, any Error)
+
+    var description: String {
+        switch self {
+        case .badURL(let url): "not an http:// URL: '\(url)'"
+        case .closedEarly(let received, let url): "\(url): connection closed after \(received) body bytes"
+        case .timedOut(let url): "\(url): no complete response in time"
+        case .connect(let url, let error): "\(url): connect: \(error)"
+        }
+    }
+}
+
+/// `http://host[:port]/path` split for a request (no TLS, no user info: boot URLs are plain).
+struct HTTPURL: Sendable {
+    var host: String
+    var port: Int
+    var path: String
+
+    init?(_ text: String) {
+        guard text.hasPrefix("http://") else { return nil }
+        let rest = text.dropFirst("http://".count)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        let authority = rest[..<slash]
+        path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        if let colon = authority.lastIndex(of: ":") {
+            guard let port = Int(authority[authority.index(after: colon)...]) else { return nil }
+            host = String(authority[..<colon])
+            self.port = port
+        } else {
+            host = String(authority)
+            port = 80
+        }
+        guard !host.isEmpty else { return nil }
+    }
+}
+
+/// One request on one connection (`Connection: close`), like lpxelinux and busybox wget.
+final class HTTPFetchHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let head: HTTPRequestHead
+    private let body: ByteBuffer?
+    private let promise: EventLoopPromise<HTTPOutcome>
+    private let url: String
+    private var outcome = HTTPOutcome(status: 0, bytes: 0, contentLength: nil)
+    private var done = false
+
+    init(head: HTTPRequestHead, body: ByteBuffer?, url: String, promise: EventLoopPromise<HTTPOutcome>) {
+        self.head = head
+        self.body = body
+        self.url = url
+        self.promise = promise
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let response):
+            outcome.status = Int(response.status.code)
+            outcome.contentLength = response.headers.first(name: "content-length").flatMap { Int($0) }
+        case .body(let buffer):
+            outcome.bytes += buffer.readableBytes
+        case .end:
+            guard !done else { return }
+            done = true
+            promise.succeed(outcome)
+            context.close(promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard !done else { return }
+        done = true
+        promise.fail(error)
+        context.close(promise: nil)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        guard !done else { return }
+        done = true
+        promise.fail(HTTPClientError.closedEarly(received: outcome.bytes, url: url))
+    }
+}
+
+enum HTTPClient {
+    /// GET (or POST with a JSON body) `url` from a socket bound to `source` (nil: any address),
+    /// bounded by `timeout` from connect to the last byte.
+    static func fetch(_ url: String, method: HTTPMethod = .GET, jsonBody: String? = nil, source: SocketAddress?,
+                      timeout: TimeAmount, group: any EventLoopGroup) async throws -> HTTPOutcome {
+        guard let target = HTTPURL(url) else { throw HTTPClientError.badURL(url) }
+        let loop = group.next()
+        let promise = loop.makePromise(of: HTTPOutcome.self)
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: target.port == 80 ? target.host : "\(target.host):\(target.port)")
+        headers.add(name: "User-Agent", value: "imagebuild-storm")
+        headers.add(name: "Connection", value: "close")
+        var body: ByteBuffer?
+        if let jsonBody {
+            body = ByteBuffer(string: jsonBody)
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body!.readableBytes))
+        }
+        let head = HTTPRequestHead(version: .http1_1, method: method, uri: target.path, headers: headers)
+        var bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(timeout)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { [body] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(HTTPFetchHandler(head: head, body: body, url: url, promise: promise))
+                }
+            }
+        if let source { bootstrap = bootstrap.bind(to: source) }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: target.host, port: target.port).get()
+        } catch {
+            promise.fail(error)  // the handler may never have been added
+            throw HTTPClientError.connect(url, error)
+        }
+        let timer = loop.scheduleTask(in: timeout) {
+            promise.fail(HTTPClientError.timedOut(url))
+            channel.close(promise: nil)
+        }
+        defer { timer.cancel() }
+        return try await promise.futureResult.get()
+    }
+}
