@@ -84,7 +84,6 @@ private final class HangupDispatcher: @unchecked Sendable {
     }
 
     private func readLoop() {
-        pthread_setname_np(pthread_self(), "ib-sighup")
         // Threads started from Swift concurrency inherit libdispatch's "block everything" mask.
         var unblock = sigset_t()
         sigemptyset(&unblock)
