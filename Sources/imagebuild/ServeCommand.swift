@@ -18,10 +18,13 @@ struct ServeCommand: AsyncParsableCommand {
             Serves what 'imagebuild publish' laid into --root: TFTP for firmware and
             pxelinux, HTTP for kernels, initramfs and images (and iPXE boot scripts),
             DHCP with the addresses and boot files of nodes.yaml. SIGTERM or SIGINT
-            shut down gracefully. Ports below 1024 need root (or CAP_NET_BIND_SERVICE).
+            shut down gracefully; SIGHUP reloads nodes.yaml and --config (log level and
+            DHCP policy knobs apply at once; the log names settings that need a restart).
+            Ports below 1024 need root (or CAP_NET_BIND_SERVICE).
 
             Example (a lab network on eth1 with address 10.77.0.1):
               imagebuild serve --root tftpboot --nodes nodes.yaml --listen 10.77.0.1 --interface eth1
+              imagebuild serve --config /etc/imagebuild/server.yaml    (see contrib/server.yaml)
             """)
 
     @Option(help: "Server settings in YAML (every flag below, plus DHCP policy knobs); flags given here win. Reloaded on SIGHUP.")
