@@ -292,7 +292,10 @@ struct HTTPServiceTests {
     func abandonedDownload() async throws {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
-        let size = 8 * 1024 * 1024
+        // Larger than both socket buffers of a loopback connection can grow (tcp_rmem max 32 MiB +
+        // tcp_wmem max 4 MiB on this machine): with 8 MiB, on a loaded machine the server handed every
+        // byte to the kernel before the client's close, and the transfer counted as completed.
+        let size = 64 * 1024 * 1024
         try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: size)
         try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
             _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
