@@ -66,7 +66,8 @@ cat > "$WORK/kea.json" <<JSON
 JSON
 
 start_server() {
-    local name=$1 state=$WORK/state-$name-$RANDOM
+    local name=$1
+    local state=$WORK/state-$name-$RANDOM
     mkdir -p "$state"
     case $name in
     ours)

@@ -12,7 +12,7 @@
 #
 # Environment:
 #   IMAGEBUILD    the binary (default .build/release/imagebuild), run as
-#                 `imagebuild serve --no-dhcp --no-tftp --root DIR --http-port N`
+#                 `imagebuild serve --no-dhcp --no-tftp --root DIR --nodes NODES --http-port N`
 #   SERVER_CMD    instead of that, any command; {root} and {port} are replaced (e.g. a test harness)
 #   SERVER_CPU, CLIENT_CPU (default 0, 1), ROUNDS (3), DURATION (10s), CONNECTIONS ("10 100 1000")
 set -euo pipefail
@@ -85,7 +85,9 @@ if [ -n "${SERVER_CMD:-}" ]; then
   cmd=${SERVER_CMD//\{root\}/$root}
   cmd=${cmd//\{port\}/$OUR_PORT}
 else
-  cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $root --http-port $OUR_PORT"
+  # serve needs an inventory (bootscripts, status page) even when only files are fetched.
+  printf 'network:\n  server: 127.0.0.1\n  subnet: 127.0.0.0/8\ndefaults:\n  image: bench\nnodes: []\n' > "$work/nodes.yaml"
+  cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $root --nodes $work/nodes.yaml --state-dir $work/state --http-port $OUR_PORT --log-level warning"
 fi
 # shellcheck disable=SC2086
 taskset -c "$SERVER_CPU" $cmd > "$work/ours.log" 2>&1 &

@@ -17,18 +17,22 @@ CONFIG=release
 # 1. BootProtocols and its dependencies, Swift code instrumented for libFuzzer + ASan.
 swift build --target BootProtocols -c $CONFIG --scratch-path $SCRATCH \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library >&2
-BIN=$SCRATCH/$CONFIG
+# Resolved: $SCRATCH/$CONFIG is a symlink, and find does not descend into a symlinked start point.
+BIN=$(cd "$SCRATCH/$CONFIG" && pwd -P)
 
 # 2. Link the target against the built objects (SwiftPM cannot add a fuzzer product without a
 #    Package.swift target; this keeps the package untouched).
 mapfile -t OBJECTS < <(find "$BIN" -name '*.o' -path '*.build/*' \
     \( -path '*/BootProtocols.build/*' -o -path '*/NIOCore.build/*' -o -path '*/NIOConcurrencyHelpers.build/*' \
        -o -path '*/_NIOBase64.build/*' -o -path '*/_NIODataStructures.build/*' -o -path '*/CNIOLinux.build/*' \
+       -o -path '*/CNIOAtomics.build/*' \
        -o -path '*/DequeModule.build/*' -o -path '*/InternalCollectionsUtilities.build/*' \
        -o -path '*/Atomics.build/*' -o -path '*/_AtomicsShims.build/*' -o -path '*/CNIODarwin.build/*' \
        -o -path '*/CNIOWindows.build/*' \))
 INCLUDES=()
-for map in $(find "$BIN" .build-fuzz/checkouts -name module.modulemap 2>/dev/null); do
+# Only the C modules this closure imports: other module maps (e.g. the *-tool duplicates) collide.
+for map in $(find "$BIN" .build-fuzz/checkouts -name module.modulemap 2>/dev/null \
+        | grep -E '/(CNIOAtomics|CNIOLinux|CNIODarwin|CNIOWindows|CNIOWASI|CNIOFreeBSD|CNIOOpenBSD|_AtomicsShims)(\.build)?/'); do
     INCLUDES+=(-Xcc "-fmodule-map-file=$map")
 done
 for dir in $(find .build-fuzz/checkouts/swift-nio/Sources .build-fuzz/checkouts/swift-atomics/Sources -type d -name include 2>/dev/null); do

@@ -12,7 +12,7 @@
 #   SERVER      the server's base URL (default http://127.0.0.1:18080); if nothing answers there
 #               and IMAGEBUILD (or SERVER_CMD with {root} {port} {state}) is given, a scratch
 #               server is started on a temporary root and stopped afterwards
-#   IMAGEBUILD  binary for the scratch server (`serve --no-dhcp --no-tftp --root DIR --http-port N`)
+#   IMAGEBUILD  binary for the scratch server (`serve --no-dhcp --no-tftp --root DIR --nodes NODES --http-port N`)
 #   WIDTH, HEIGHT  window size (default 1400x800)
 #   SELECT      the node whose timeline is shown beside the table (default one of the failed ones)
 set -euo pipefail
@@ -41,7 +41,13 @@ if ! curl -fsS -o /dev/null "$SERVER/api/v1/nodes" 2>/dev/null; then
     cmd=${cmd//\{port\}/$port}
     cmd=${cmd//\{state\}/$work/state}
   elif [ -n "${IMAGEBUILD:-}" ]; then
-    cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $work/root --http-port $port"
+    # Hostnames for most of the made-up MACs below; 00:06 stays unregistered, 00:07 is never seen.
+    {
+      printf 'network:\n  server: 10.77.0.1\n  subnet: 10.77.0.0/24\n  http_port: %s\ndefaults:\n  image: compute\nnodes:\n' "$port"
+      for i in 1 2 3 4 5 7; do printf '  - {mac: "52:54:00:77:00:0%s", hostname: node00%s, ip: 10.77.0.1%s}\n' $i $i $i; done
+    } > "$work/nodes.yaml"
+    echo x > "$work/root/.keep"
+    cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $work/root --nodes $work/nodes.yaml --state-dir $work/state --http-port $port"
   else
     echo "screenshot-status.sh: nothing answers at $SERVER (start 'imagebuild serve', or set IMAGEBUILD)" >&2
     exit 1

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Synchronization
 
 enum LogFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
@@ -30,5 +31,45 @@ struct JSONLogHandler: LogHandler {
         Self.lock.lock()
         FileHandle.standardError.write(data)
         Self.lock.unlock()
+    }
+}
+
+/// The log level of a running server, changeable on SIGHUP (server.yaml `log.level`): every logger
+/// reads it on each call, so a reload applies to loggers created before it. An atomic, not a lock:
+/// the level is checked on every log call, also on per-packet paths.
+final class LogLevelControl: Sendable {
+    private let raw: Atomic<Int>
+
+    init(_ level: Logger.Level) { raw = Atomic(Self.all.firstIndex(of: level) ?? 2) }
+
+    var level: Logger.Level {
+        get { Self.all[raw.load(ordering: .relaxed)] }
+        set { raw.store(Self.all.firstIndex(of: newValue) ?? 2, ordering: .relaxed) }
+    }
+
+    private static let all = Logger.Level.allCases
+}
+
+/// A handler whose level is the shared `LogLevelControl`'s; setting a level on one logger is ignored.
+struct ControlledLevelLogHandler: LogHandler {
+    var inner: any LogHandler
+    let control: LogLevelControl
+
+    var logLevel: Logger.Level {
+        get { control.level }
+        set {}
+    }
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        inner.log(level: level, message: message, metadata: metadata, source: source, file: file, function: function, line: line)
     }
 }

@@ -120,6 +120,15 @@ public actor DHCPServer: Service {
         return boundPort
     }
 
+    /// Applies the settings that need no new socket (unknown clients, Rapid Commit, hold times, rate
+    /// limit) from `new` to the next packet; mode, ports, interfaces and state directory stay as
+    /// started (`configuration` keeps reporting the started values for those). Per-MAC rate-limit
+    /// buckets start afresh when the limit changes.
+    public func reconfigure(_ new: DHCPServerConfiguration) async {
+        guard let engine else { return }
+        try? await loop.submit { engine.value.reconfigure(new) }.get()
+    }
+
     /// Closes the sockets, then writes what the journal has queued.
     public func stop() async {
         subscription?.cancel()
@@ -202,7 +211,7 @@ final class DHCPChannelHandler: ChannelInboundHandler {
 
 /// All decision state; confined to the server's event loop.
 final class DHCPEngine {
-    let configuration: DHCPServerConfiguration
+    private(set) var configuration: DHCPServerConfiguration
     let leases: LeaseStore
     let logger: Logger
     private let observer: (@Sendable (DHCPEvent) -> Void)?
@@ -210,6 +219,7 @@ final class DHCPEngine {
     private let metrics = DHCPServerMetrics()
     private var statistics = DHCPServerStatistics()
     private var view: DHCPServerInventory
+    private var inventory: Inventory
     private var policy: DHCPPolicy
     private var generation = 0
     private var rateLimiter: DHCPRateLimiter
@@ -230,9 +240,26 @@ final class DHCPEngine {
         self.arp = configuration.unicastDelivery == .arpInjection ? ARPInjector() : nil
         self.interfacesByIndex = Dictionary(knownInterfaces.map { ($0.index, $0) }, uniquingKeysWith: { a, _ in a })
         view = DHCPServerInventory(snapshot.inventory)
+        inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
         generation = snapshot.generation
         statistics.inventoryGeneration = generation
+    }
+
+    /// Takes the reloadable settings of `new` (see `DHCPServer.reconfigure`).
+    func reconfigure(_ new: DHCPServerConfiguration) {
+        var c = configuration
+        c.ignoreUnknownClients = new.ignoreUnknownClients
+        c.rapidCommit = new.rapidCommit
+        c.offerHoldTime = new.offerHoldTime
+        c.declineHoldTime = new.declineHoldTime
+        if c.rateLimitBurst != new.rateLimitBurst || c.rateLimitPerSecond != new.rateLimitPerSecond {
+            c.rateLimitBurst = new.rateLimitBurst
+            c.rateLimitPerSecond = new.rateLimitPerSecond
+            rateLimiter = DHCPRateLimiter(burst: c.rateLimitBurst, perSecond: c.rateLimitPerSecond)
+        }
+        configuration = c
+        policy = DHCPPolicy(inventory: inventory, configuration: c)
     }
 
     /// Swaps in a new inventory generation (older ones arriving late are ignored).
@@ -240,6 +267,7 @@ final class DHCPEngine {
         guard snapshot.generation > generation else { return }
         generation = snapshot.generation
         view = DHCPServerInventory(snapshot.inventory)
+        inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
         statistics.inventoryGeneration = generation
         logger.debug("DHCP inventory installed", metadata: ["generation": "\(generation)", "hosts": "\(view.hosts.count)"])

@@ -19,7 +19,7 @@ enum StatusPage {
       #summary { color:var(--muted); }
       #updated { margin-left:auto; color:var(--muted); font-size:12px; }
       main { padding:16px 20px; display:grid; grid-template-columns: minmax(0, 1fr); gap:16px; }
-      main.with-detail { grid-template-columns: minmax(0, 3fr) minmax(320px, 2fr); }
+      main.with-detail { grid-template-columns: minmax(0, 2fr) minmax(320px, 1fr); }
       .card { background:var(--card); border:1px solid var(--line); border-radius:8px; overflow:hidden; }
       table { width:100%; border-collapse:collapse; }
       th, td { text-align:left; padding:7px 10px; border-bottom:1px solid var(--line); vertical-align:top; white-space:nowrap; }
@@ -27,7 +27,7 @@ enum StatusPage {
       tbody tr { cursor:pointer; }
       tbody tr:hover { background:#f2f4f7; }
       tbody tr.selected { background:#eef4ff; }
-      td.last { white-space:normal; word-break:break-word; min-width:180px; }
+      td.last { width:100%; max-width:0; overflow:hidden; text-overflow:ellipsis; }
       td.mono, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size:12.5px; }
       tr.hintrow td { white-space:normal; color:var(--stuck); font-size:12.5px; padding-top:0; border-bottom:1px solid var(--line); }
       tr.stuckrow td { border-bottom:none; }
@@ -103,7 +103,7 @@ enum StatusPage {
           el("td", {}, duration(n.secondsInStage)),
           el("td", {}, n.lastSeen != null ? duration(data.now - n.lastSeen) + " ago" : el("span", { class: "muted" }, "never")),
           el("td", {}, boot),
-          el("td", { class: "muted last" }, n.lastEvent || ""));
+          el("td", { class: "muted last", title: n.lastEvent || "" }, n.lastEvent || ""));
         body.append(row);
         if (n.hint) {
           body.append(el("tr", { class: "hintrow", onclick: () => select(n.mac) }, el("td", { colspan: 8 }, "⚠ " + n.hint)));

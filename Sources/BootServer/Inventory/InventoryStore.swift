@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import ImageBuildKit
 import Logging
@@ -6,8 +5,9 @@ import ServiceLifecycle
 
 /// The inventory (`nodes.yaml`) currently in force, shared by the DHCP and HTTP services.
 ///
-/// Reloads when the file changes (its mtime/size/inode are polled, every 500 ms by default) and on
-/// SIGHUP. A file that does not load is rejected with its located error and the last good inventory
+/// Reloads when the file changes (its mtime/size/inode are polled, every 500 ms by default; no
+/// polling with a zero interval) and when `reload()` is called, which `serve` does on SIGHUP
+/// (see `HangupSignal`). A file that does not load is rejected with its located error and the last good inventory
 /// stays in force, so a typo never takes the boot service down. Readers take `current` (one lock,
 /// no I/O) or subscribe with `onChange` / `updates()` to rebuild their derived views once per change.
 public final class InventoryStore: Service, @unchecked Sendable {
@@ -47,6 +47,7 @@ public final class InventoryStore: Service, @unchecked Sendable {
     }
 
     public let path: String
+    /// How often `run()` looks at the file; zero: never (reloads only through `reload()`).
     public let pollInterval: Duration
     private let loader: @Sendable (String) throws -> Inventory
     private let logger: Logger
@@ -115,14 +116,14 @@ public final class InventoryStore: Service, @unchecked Sendable {
             stamp = newStamp
             lastErrorText = "\(error)"
             lock.unlock()
-            logger.error("inventory rejected, previous one stays in force", metadata: [
-                "file": "\(path)", "error": "\(error)", "generation": "\(current.generation)",
+            logger.error("\(fileName) rejected, the previous inventory stays in force: \(error)", metadata: [
+                "file": "\(path)", "generation": "\(current.generation)",
             ])
             return .rejected("\(error)")
         }
         if case .reloaded(let s) = outcome {
-            logger.notice("inventory reloaded", metadata: [
-                "file": "\(path)", "generation": "\(s.generation)", "nodes": "\(s.inventory.nodes.count)",
+            logger.notice("reloaded \(fileName) (\(s.inventory.nodes.count) node\(s.inventory.nodes.count == 1 ? "" : "s"))", metadata: [
+                "file": "\(path)", "generation": "\(s.generation)",
             ])
             for observer in notify { observer(s) }
         }
@@ -152,22 +153,16 @@ public final class InventoryStore: Service, @unchecked Sendable {
         return stream
     }
 
-    /// Polls the file and listens for SIGHUP until cancelled or shut down gracefully.
+    private var fileName: String { (path as NSString).lastPathComponent }
+
+    /// Polls the file until cancelled or shut down gracefully (just waits when polling is off).
     public func run() async throws {
-        signal(SIGHUP, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler { [weak self] in
-            guard let self else { return }
-            self.logger.info("SIGHUP: reloading the inventory", metadata: ["file": "\(self.path)"])
-            self.reload()
-        }
-        source.resume()
-        defer { source.cancel() }
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                try? await Task.sleep(for: self.pollInterval)
+                // Zero interval: nothing to poll, sleep until cancelled.
+                try? await Task.sleep(for: self.pollInterval > .zero ? self.pollInterval : .seconds(3600))
                 if Task.isCancelled { break }
-                self.reloadIfChanged()
+                if self.pollInterval > .zero { self.reloadIfChanged() }
             }
         }
     }

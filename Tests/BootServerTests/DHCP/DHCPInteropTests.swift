@@ -140,6 +140,15 @@ struct DHCPInteropTests {
             #expect(setup.events.all.contains { $0.mac?.description == Self.node1 && $0.address?.description == setup.ip(11)
                 && $0.outcome.description.hasPrefix("sent ACK") })
 
+            // Settings reload (SIGHUP in `serve`): unknown clients ignored from the next packet on, then back.
+            var strict = setup.server.configuration
+            strict.ignoreUnknownClients = true
+            await setup.server.reconfigure(strict)
+            #expect(try await udhcpc(setup, mac: "52:54:00:99:01:03", tries: 2) == nil, "ignore_unknown_clients not applied")
+            #expect(setup.events.all.contains { $0.outcome == .ignored(.unknownClientIgnored(MACAddress("52:54:00:99:01:03")!)) })
+            await setup.server.reconfigure(setup.server.configuration)
+            #expect(try await udhcpc(setup, mac: "52:54:00:99:01:03") != nil, "the pool answers again after the knob is reset")
+
             // Reload: a new node and no pool. The new node is answered within a second of the change.
             let generation = setup.inventory.current.generation
             try nodesYAML(setup.octet, pool: false, extra: true).write(toFile: setup.nodesPath, atomically: true, encoding: .utf8)

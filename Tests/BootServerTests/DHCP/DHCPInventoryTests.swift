@@ -150,9 +150,8 @@ struct InventoryStoreTests {
         #expect(store.current.generation == 2, "the change was not picked up within 10 s")
         print("inventory change picked up after \(clock.now - start)")
 
-        // The forced reload SIGHUP triggers. (Delivering a real SIGHUP here is racy: libdispatch takes
-        // signals through signalfd, and with other suites' NIO threads in this process, which do not
-        // block SIGHUP, the signal can land on one of them and be ignored. `serve` blocks it first.)
+        // The forced reload that `serve` runs on SIGHUP (the signal path itself: HangupSignalTests and
+        // the end-to-end ServeReloadTests).
         store.reload()
         #expect(store.current.generation == 3, "a forced reload applies even an unchanged file")
     }

@@ -292,7 +292,10 @@ struct HTTPServiceTests {
     func abandonedDownload() async throws {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
-        let size = 8 * 1024 * 1024
+        // Larger than both socket buffers of a loopback connection can grow (tcp_rmem max 32 MiB +
+        // tcp_wmem max 4 MiB on this machine): with 8 MiB, on a loaded machine the server handed every
+        // byte to the kernel before the client's close, and the transfer counted as completed.
+        let size = 64 * 1024 * 1024
         try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: size)
         try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
             _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
@@ -323,6 +326,11 @@ struct HTTPServiceTests {
         try await withHTTPService(root: fixture, inventory: InventoryBox(nil), configure: { $0.maximumConnections = 2 }) { port, _ in
             let first = try await RawHTTP.idleConnection(port: port)
             let second = try await RawHTTP.idleConnection(port: port)
+            // The limit is checked between accept batches (the listener stops reading once it is
+            // reached): connections that are all queued before one wake-up are accepted together.
+            // On a loaded machine the third connect overtook the server's accept of the first two,
+            // so let the server take the first two before the third arrives.
+            try await Task.sleep(for: .milliseconds(300))
             let answered = Mutex(false)
             let waiting = Task {
                 let response = try await RawHTTP.get(port: port, "/publish.json")

@@ -1,0 +1,109 @@
+import BootServer
+import Foundation
+import ImageBuildKit
+import Logging
+import Testing
+
+@Suite("server.yaml")
+struct ServerConfigFileTests {
+    static let full = """
+        root: boot
+        nodes: /etc/imagebuild/nodes.yaml
+        listen: 10.77.0.1
+        interface: eth1
+        state_dir: state
+        log: {format: json, level: debug}
+        inventory: {poll_interval: 0}
+        dhcp:
+          port: 1067
+          proxy: false
+          ignore_unknown_clients: true
+          rapid_commit: false
+          offer_hold_time: 30
+          decline_hold_time: 600
+          rate_limit: {burst: 10, per_second: 2.5}
+        tftp: {enabled: false, port: 1069}
+        http: {port: 8080, max_connections: 100}
+        """
+
+    @Test("every key parses; relative paths resolve against the file's folder")
+    func parsesEverything() throws {
+        let c = try ServerConfigFile.parse(Self.full, file: "server.yaml", folder: "/srv/ib")
+        #expect(c.root == "/srv/ib/boot" && c.nodes == "/etc/imagebuild/nodes.yaml" && c.stateDirectory == "/srv/ib/state")
+        #expect(c.listen == "10.77.0.1" && c.interface == "eth1")
+        #expect(c.logFormat == "json" && c.logLevel == .debug && c.inventoryPollInterval == 0)
+        #expect(c.dhcp.port == 1067 && c.dhcp.proxy == false && c.dhcp.ignoreUnknownClients == true && c.dhcp.rapidCommit == false)
+        #expect(c.dhcp.offerHoldTime == 30 && c.dhcp.declineHoldTime == 600)
+        #expect(c.dhcp.rateLimitBurst == 10 && c.dhcp.rateLimitPerSecond == 2.5)
+        #expect(c.tftp.enabled == false && c.tftp.port == 1069 && c.http.port == 8080 && c.http.maximumConnections == 100)
+        let dhcp = c.applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x"))
+        #expect(dhcp.ignoreUnknownClients && !dhcp.rapidCommit && dhcp.offerHoldTime == 30 && dhcp.rateLimitPerSecond == 2.5)
+    }
+
+    @Test("mistakes are located errors", arguments: [
+        ("dhcp:\n  rapid_comit: true\n", "server.yaml:2:3: unknown key 'rapid_comit' (did you mean 'rapid_commit'?)"),
+        ("log: {level: loud}\n", "server.yaml:1:14: unknown log level 'loud'"),
+        ("http:\n  port: 70000\n", "server.yaml:2:9: 70000 is out of range 1...65535"),
+        ("listen: 10.0.0\n", "server.yaml:1:9: '10.0.0' is not an IPv4 address"),
+        ("inventory: {poll_interval: soon}\n", "server.yaml:1:28: expected a number, found 'soon'"),
+        ("root: [a\n", "server.yaml:2:1: YAML syntax"),
+    ])
+    func locatedErrors(text: String, expected: String) {
+        #expect {
+            _ = try ServerConfigFile.parse(text, file: "server.yaml", folder: "/tmp")
+        } throws: { error in
+            "\(error)".hasPrefix(expected)
+        }
+    }
+
+    @Test("flags win over the file; unset keys come from the file")
+    func flagsOverride() throws {
+        let file = try ServerConfigFile.parse(Self.full, file: "server.yaml", folder: "/srv/ib")
+        var flags = ServerConfigFile()
+        flags.logLevel = .warning
+        flags.http.port = 9090
+        let merged = flags.overriding(file)
+        #expect(merged.logLevel == .warning && merged.http.port == 9090)
+        #expect(merged.dhcp.port == 1067 && merged.root == "/srv/ib/boot")
+    }
+
+    @Test("a reload tells the keys it can apply from those that need a restart")
+    func changes() throws {
+        let old = try ServerConfigFile.parse(Self.full, file: "server.yaml", folder: "/srv/ib")
+        let edited = Self.full.replacingOccurrences(of: "level: debug", with: "level: info")
+            .replacingOccurrences(of: "rapid_commit: false", with: "rapid_commit: true")
+            .replacingOccurrences(of: "port: 8080", with: "port: 8081")
+        let new = try ServerConfigFile.parse(edited, file: "server.yaml", folder: "/srv/ib")
+        let (applied, restart) = new.changes(from: old)
+        #expect(applied == ["log.level", "dhcp.rapid_commit"])
+        #expect(restart == ["http.port"])
+        #expect(old.changes(from: old).reloadable.isEmpty && old.changes(from: old).needRestart.isEmpty)
+    }
+}
+
+@Suite("SIGHUP")
+struct HangupSignalTests {
+    @Test("a real SIGHUP to this process reaches the observer on the signal thread, and never kills it")
+    func realSignal() async throws {
+        let calls = DHCPBox<Int>()
+        let token = try HangupSignal.observe { calls.append(1) }
+        defer { token.cancel() }
+        let before = HangupSignal.received
+        kill(getpid(), SIGHUP)
+        let clock = ContinuousClock()
+        let start = clock.now
+        while calls.all.isEmpty && clock.now - start < .seconds(10) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(calls.all.count >= 1, "the observer was not called within 10 s")
+        #expect(HangupSignal.received > before)
+
+        // More signals (the kernel may merge ones that arrive while one is pending): the observer runs
+        // again, and none of them is fatal.
+        for _ in 0..<5 {
+            kill(getpid(), SIGHUP)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        while calls.all.count < 2 && clock.now - start < .seconds(20) { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(HangupSignal.received >= before + 2)
+        #expect(calls.all.count >= 2)
+    }
+}
