@@ -48,7 +48,10 @@ start_server() {
     local name=$1 root=$2 log=$WORK/$1.log
     case $name in
     ours)
-        taskset -c "$SERVER_CPUS" "$IMAGEBUILD" serve --root "$root" --no-dhcp --no-http --listen $ADDR \
+        # serve always loads a node inventory (DHCP and HTTP share it); TFTP alone needs only a valid one.
+        [[ -f $WORK/nodes.yaml ]] || printf '%s\n' 'network:' '  server: 192.0.2.1' '  subnet: 192.0.2.0/24' \
+            '  pool: 192.0.2.100-192.0.2.200' 'defaults:' '  image: bench' >"$WORK/nodes.yaml"
+        taskset -c "$SERVER_CPUS" "$IMAGEBUILD" serve --root "$root" --nodes "$WORK/nodes.yaml" --no-dhcp --no-http --listen $ADDR \
             --tftp-port "${PORT[ours]}" --log-level "${OURS_LOG_LEVEL:-warning}" >"$log" 2>&1 &
         ;;
     tftpd-hpa)
