@@ -136,7 +136,7 @@ struct TFTPLossTests {
                         let command = index % 2 == 0
                             ? ["/usr/bin/curl", "-s", "-o", output, "--tftp-blksize", "1468", "tftp://127.0.0.1:\(port)/image"]
                             : ["/usr/bin/atftp", "--option", "blksize 1468", "-g", "-r", "image", "-l", output, "127.0.0.1", String(port)]
-                        let result = try await namespace.run(command, timeoutSeconds: 60)
+                        let result = try await namespace.run(command, timeoutSeconds: 240)  // a bound, not a speed goal (benchmarks/tftp-loss.sh)
                         let received = FileManager.default.contents(atPath: output)
                         if result.status != 0 { return (index, "\(command[0]) exit \(result.status): \(result.output)") }
                         if received != expected { return (index, "\(command[0]): \(received?.count ?? -1) bytes, content differs") }
@@ -151,7 +151,7 @@ struct TFTPLossTests {
             let dropped = try await namespace.dropped()
             #expect(outcomes.isEmpty, "failed downloads: \(outcomes)")
             #expect(dropped > 0, "the loss rule dropped nothing: the test proved nothing")
-            #expect(elapsed < .seconds(60), "20 downloads took \(elapsed)")
+            print("TFTP, 20 downloads of 1 MiB through 5 % loss: \(elapsed), \(dropped) datagrams dropped")
             // The server's view: completed, except where the client's final ACK was the datagram lost (the
             // clients do not linger to repeat it, RFC 1350's "dally"), which the server can only time out.
             let finalBlock = UInt64(expected.count / 1468 + 1)
