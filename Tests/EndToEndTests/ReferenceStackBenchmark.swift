@@ -5,7 +5,8 @@ import Testing
 /// the reference stack (dnsmasq for DHCP + TFTP, nginx for HTTP), in one run on the same machine.
 /// A benchmark, not a check: it prints medians and ratios and asserts only that the boots happened.
 /// Opt in with `IMAGEBUILD_BENCH_REFERENCE=1 swift test --filter ReferenceStackBenchmark`
-/// (`IMAGEBUILD_BENCH_RUNS`, default 3, sets the repetitions per stack).
+/// (`IMAGEBUILD_BENCH_RUNS`, default 3, sets the repetitions per stack; `IMAGEBUILD_BENCH_VMS`, default
+/// "1 4", the machine counts).
 extension EndToEnd {
     @Suite("Boot time against dnsmasq + nginx", .serialized,
            .enabled(if: ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_REFERENCE"] == "1"
@@ -84,7 +85,8 @@ extension EndToEnd {
         func sideBySide() throws {
             let runs = Int(ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_RUNS"] ?? "") ?? 3
             var table: [String] = []
-            for count in [1, 4] {
+            let counts = (ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_VMS"] ?? "1 4").split(separator: " ").compactMap { Int($0) }
+            for count in counts where (1...Self.machines.count).contains(count) {
                 var results: [Stack: [[Double?]]] = [:]
                 // Alternate the stacks so drifting background load hits both alike.
                 for _ in 0..<runs {

@@ -41,6 +41,8 @@ public final class BootTimeline: Service, Sendable {
         var unattributed: UInt64 = 0
         /// Lines appended since the journal was last compacted.
         var journalLines = 0
+        /// Journal writes so far (the writer's pace, for tests).
+        var flushes = 0
     }
 
     public let configuration: BootTimelineConfiguration
@@ -186,6 +188,8 @@ public final class BootTimeline: Service, Sendable {
 
     /// Appends pending events to the journal now (the writer does this every `flushInterval`), and
     /// compacts it when it has grown to several times what is kept.
+    var flushCount: Int { state.withLock { $0.flushes } }
+
     public func flush() throws {
         guard let journal else { return }
         try journal.serialized {
@@ -193,6 +197,7 @@ public final class BootTimeline: Service, Sendable {
                 let batch = state.pending
                 state.pending.removeAll(keepingCapacity: true)
                 state.journalLines += batch.count
+                state.flushes += 1
                 return (batch, state.journalLines, state.nodes.count * configuration.eventsPerNode)
             }
             if !batch.isEmpty { try journal.append(batch) }
@@ -211,30 +216,34 @@ public final class BootTimeline: Service, Sendable {
         state.withLock { $0.journalLines += snapshot.count }
     }
 
-    /// Sleeps for `flushInterval` or until woken (many events pending, or shutdown).
-    private func pause() async {
-        let wakeUps = self.wakeUps
-        let interval = configuration.flushInterval
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await Task.sleep(for: interval) }
-            group.addTask { for await _ in wakeUps { break } }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
     /// Writes the journal in batches until graceful shutdown or cancellation, then flushes once more.
+    ///
+    /// One loop consumes the wake-up stream for the whole run; a ticker task adds a wake-up every
+    /// `flushInterval`. (Iterating the stream in a child task that is then cancelled would finish the
+    /// stream for good, and every later wait would return at once: a writer spinning on a full core.)
     public func run() async throws {
         guard journal != nil else {
             try? await gracefulShutdown()
             return
         }
+        let wakeUps = self.wakeUps
+        let wakeUp = self.wakeUp
+        let interval = configuration.flushInterval
         await withGracefulShutdownHandler {
-            while !Task.isCancelled && !Task.isShuttingDownGracefully {
-                do { try flush() } catch {
-                    logger.error("timeline journal: write failed", metadata: ["error": "\(error)"])
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: interval)
+                        wakeUp.yield()
+                    }
                 }
-                await pause()
+                for await _ in wakeUps {
+                    do { try flush() } catch {
+                        logger.error("timeline journal: write failed", metadata: ["error": "\(error)"])
+                    }
+                    if Task.isCancelled || Task.isShuttingDownGracefully { break }
+                }
+                group.cancelAll()
             }
         } onGracefulShutdown: {
             self.wakeUp.yield()

@@ -228,6 +228,26 @@ struct BootTimelineTests {
         #expect(try String(contentsOfFile: path, encoding: .utf8).hasSuffix("\n"))
     }
 
+    /// The writer once spun: its wait raced a cancelled stream iteration, which finishes the stream,
+    /// so every later wait returned at once and an idle server used a full core.
+    @Test("the journal writer waits between flushes instead of spinning, and stops on cancellation")
+    func writerPace() async throws {
+        let directory = try timelineTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var configuration = BootTimelineConfiguration(stateDirectory: directory)
+        configuration.flushInterval = .milliseconds(100)
+        let timeline = try BootTimeline(configuration: configuration)
+        let writer = Task { try await timeline.run() }
+        try await Task.sleep(for: .milliseconds(400))
+        timeline.record(.report(.up, detail: nil), mac: nodeA)
+        try await Task.sleep(for: .milliseconds(800))
+        writer.cancel()
+        try await writer.value
+        // About 12 wake-ups in 1.2 s (fewer on a slow machine); a spinning writer makes thousands.
+        #expect(timeline.flushCount >= 2 && timeline.flushCount <= 40, "\(timeline.flushCount) flushes in 1.2 s")
+        #expect(try String(contentsOfFile: directory + "/timeline.jsonl", encoding: .utf8).contains("\"up\""))
+    }
+
     @Test("the journal is compacted while running, so it stays bounded")
     func periodicCompaction() throws {
         let directory = try timelineTemporaryDirectory()
