@@ -235,24 +235,8 @@ final class OpenFile: Sendable {
     deinit { close(descriptor) }
 
     func read(at offset: Int, count: Int) throws -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: count)
-        var failure: CInt = 0
-        let done = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { pointer -> Int in
-            var done = 0
-            while done < count {
-                let result = pread(descriptor, pointer.baseAddress! + done, count - done, off_t(offset + done))
-                if result > 0 {
-                    done += result
-                } else if result == 0 {
-                    break
-                } else if errno != EINTR {
-                    failure = errno
-                    break
-                }
-            }
-            return done
-        }
-        guard done == count else {
+        let (buffer, failure) = preadBuffer(descriptor, offset: offset, count: count)
+        guard buffer.readableBytes == count else {
             throw FileReadError(path: path, offset: offset, message: failure != 0 ? String(cString: strerror(failure)) : "file shrank")
         }
         return buffer

@@ -220,23 +220,7 @@ final class TFTPFileStore {
     }
 
     private func readWhole(_ descriptor: CInt, size: Int, path: String) throws(TFTPFileError) -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: size)
-        var failure: CInt = 0
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { pointer -> Int in
-            var done = 0
-            while done < size {
-                let result = pread(descriptor, pointer.baseAddress! + done, size - done, off_t(done))
-                if result > 0 {
-                    done += result
-                } else if result == 0 {
-                    break
-                } else if errno != EINTR {
-                    failure = errno
-                    break
-                }
-            }
-            return done
-        }
+        let (buffer, failure) = preadBuffer(descriptor, offset: 0, count: size)
         if failure != 0 { throw .readFailed(path: path, errno: failure) }
         return buffer
     }

@@ -70,8 +70,8 @@ final class TimelineJournal: Sendable {
         return try body()
     }
 
-    /// Appends events with one write(2) per batch (O_APPEND: a crash tears at most the last line).
-    func append(_ events: [BootEvent]) throws {
+    /// One JSON object per line, as the journal stores events.
+    private static func lines(_ events: [BootEvent]) throws -> Data {
         let encoder = JSONEncoder()
         var bytes = Data()
         bytes.reserveCapacity(events.count * 160)
@@ -79,6 +79,12 @@ final class TimelineJournal: Sendable {
             bytes.append(try encoder.encode(event))
             bytes.append(UInt8(ascii: "\n"))
         }
+        return bytes
+    }
+
+    /// Appends events with one write(2) per batch (O_APPEND: a crash tears at most the last line).
+    func append(_ events: [BootEvent]) throws {
+        let bytes = try Self.lines(events)
         try file.withLock { descriptor in
             if descriptor < 0 { descriptor = try openForAppend() }
             try writeAll(descriptor, bytes)
@@ -87,13 +93,7 @@ final class TimelineJournal: Sendable {
 
     /// Replaces the journal with exactly `events`, durably (write aside, fsync, rename, fsync the folder).
     func rewrite(_ events: [BootEvent]) throws {
-        let encoder = JSONEncoder()
-        var bytes = Data()
-        bytes.reserveCapacity(events.count * 160)
-        for event in events {
-            bytes.append(try encoder.encode(event))
-            bytes.append(UInt8(ascii: "\n"))
-        }
+        let bytes = try Self.lines(events)
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw TimelineJournalError.system(operation: "create", path: temporary, errno: errno) }
