@@ -4,12 +4,18 @@ import NIOCore
 public enum TFTPTransferOutcome: Sendable, Hashable, CustomStringConvertible {
     /// The client acknowledged the last block.
     case completed
+    /// Every block went out and the client then fell silent without acknowledging the last one, through
+    /// the quick retransmissions and a full client time-out. Its final ACK was lost: a receiver may stop
+    /// once it holds the last block (RFC 1350 §6), and firmware loaders go straight on to boot. A client
+    /// still missing the last block would have repeated its previous ACK by then.
+    case delivered
     /// The client sent an ERROR. Normal for the PXE `tsize` probe, which aborts with code 8 after the OACK.
     case abortedByClient(code: TFTPErrorCode, message: String)
 
     public var description: String {
         switch self {
         case .completed: "completed"
+        case .delivered: "completed, final ACK not received"
         case .abortedByClient(let code, let message):
             message.isEmpty ? "aborted by client: \(code)" : "aborted by client: \(code) '\(message)'"
         }
@@ -57,6 +63,9 @@ public struct TFTPTransferStatistics: Sendable, Hashable {
     public var retransmissionTimeout: TimeAmount = .zero
     /// The smoothed round-trip time, once a sample exists.
     public var smoothedRoundTripTime: TimeAmount?
+    /// When the last block first went out: for a `.delivered` transfer, when the client most likely
+    /// finished (the boot timeline dates the transfer by it, not by the end of the wait).
+    public var finalBlockFirstSent: NIODeadline?
 
     public init() {}
 }
@@ -115,6 +124,9 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
     private var timer: TFTPRetransmissionTimer
     private var deadline: NIODeadline?
     private var consecutiveTimeouts = 0
+    /// When the client last sent anything (duplicates included): tells a client that lost its final ACK
+    /// (silent) from one that lacks the final block (repeats its previous ACK).
+    private var lastHeard: NIODeadline = .uptimeNanoseconds(0)
     /// Highest block the client acknowledged, as a 64-bit count that never rolls over.
     private var lastAcknowledged: UInt64 = 0
     /// Highest block sent at least once.
@@ -232,6 +244,7 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         case .awaitingOptionAcknowledgement, .transferring:
             break
         }
+        lastHeard = now
         switch packet {
         case .acknowledgement(let block):
             acknowledgement(block, now: now, into: &actions)
@@ -308,6 +321,16 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         }
         statistics.timeouts += 1
         consecutiveTimeouts += 1
+        if let finalBlock, lastAcknowledged + 1 == finalBlock, lastSent == finalBlock,
+           consecutiveTimeouts > quickRetransmissions, now - lastHeard >= clientRetryAllowance {
+            // Only the last ACK is missing and the client has been silent for longer than its own
+            // time-out: it has the file (see `.delivered`). Waiting out the remaining retries would hold
+            // the port and report the boot stage half a minute late.
+            state = .done
+            self.deadline = nil
+            actions.append(.finish(.delivered))
+            return
+        }
         guard consecutiveTimeouts <= maximumRetries else {
             let failure = TFTPSessionFailure.timedOut(retries: maximumRetries, lastAcknowledgedBlock: lastAcknowledged)
             fail(failure, code: .notDefined, into: &actions)
@@ -358,6 +381,7 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
             } else {
                 lastSent = block
                 newestNew = block
+                if block == finalBlock { statistics.finalBlockFirstSent = now }
             }
             statistics.dataPacketsSent += 1
             actions.append(.send(.data(block: UInt16(truncatingIfNeeded: block), payload: payload)))

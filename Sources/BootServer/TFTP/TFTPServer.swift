@@ -207,6 +207,8 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             // on the transfer's own loop). The old transfer is superseded.
             transfers[client] = nil
             release(clientKey)
+            // Both run on the transfer's loop in this order: the report says why it ended.
+            running.channel?.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.Superseded())
             running.channel?.close(promise: nil)
         }
         guard !closing else { return }
@@ -313,7 +315,7 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         }
         let level: Logger.Level
         switch report.result {
-        case .completed, .abortedByClient, .cancelled, .rejected: level = .info
+        case .completed, .delivered, .abortedByClient, .superseded, .cancelled, .rejected: level = .info
         case .failed: level = .warning
         }
         finished(report, level: level)
@@ -321,8 +323,8 @@ final class TFTPListenerHandler: ChannelInboundHandler {
 
     private func finished(_ report: TFTPTransferReport, level: Logger.Level) {
         switch report.result {
-        case .completed: statistics.completed += 1
-        case .abortedByClient: statistics.abortedByClient += 1
+        case .completed, .delivered: statistics.completed += 1
+        case .abortedByClient, .superseded: statistics.abortedByClient += 1
         case .failed, .cancelled: statistics.failed += 1
         case .rejected: statistics.rejected += 1
         }
@@ -398,10 +400,14 @@ final class TFTPTransferHandler: ChannelInboundHandler {
 
     /// Sent by the listener when this transfer's client repeats its request.
     struct RequestRepeated: Sendable {}
+    /// The client sent a different request from this transfer's client port.
+    struct Superseded: Sendable {}
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is RequestRepeated {
             run(.requestRepeated(.now()), context: context)
+        } else if event is Superseded {
+            end(.superseded)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
@@ -428,6 +434,7 @@ final class TFTPTransferHandler: ChannelInboundHandler {
             case .finish(let outcome):
                 switch outcome {
                 case .completed: end(.completed)
+                case .delivered: end(.delivered)
                 case .abortedByClient(let code, let message): end(.abortedByClient(code: code, message: message))
                 }
             case .fail(let failure):
@@ -462,10 +469,16 @@ final class TFTPTransferHandler: ChannelInboundHandler {
         guard !ended else { return }
         ended = true
         let statistics = session.statistics
-        onEnd(TFTPTransferReport(
+        let now = NIODeadline.now()
+        var report = TFTPTransferReport(
             client: client, path: session.request.filename, bytes: statistics.bytesAcknowledged, result: result,
             blockSize: session.negotiated.blockSize, windowSize: session.negotiated.windowSize,
-            duration: .now() - startedAt, retransmissions: statistics.retransmissions, timeouts: statistics.timeouts))
+            duration: now - startedAt, retransmissions: statistics.retransmissions, timeouts: statistics.timeouts)
+        if result == .delivered, let sent = statistics.finalBlockFirstSent {
+            report.bytes = session.fileSize
+            report.finishedAgo = now - sent
+        }
+        onEnd(report)
     }
 }
 

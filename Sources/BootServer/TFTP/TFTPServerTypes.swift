@@ -36,8 +36,13 @@ public struct TFTPServerConfiguration: Sendable {
 /// How one request ended, server-side view.
 public enum TFTPTransferResult: Sendable, Hashable, CustomStringConvertible {
     case completed
+    /// Completed except for the final ACK, which never came (see `TFTPTransferOutcome.delivered`).
+    case delivered
     /// The client sent an ERROR (the PXE tsize probe ends this way, with code 8).
     case abortedByClient(code: TFTPErrorCode, message: String)
+    /// The client sent a different request from the same port before this one ended: it moved on.
+    /// The PXE `tsize` probe ends this way when the next request overtakes the client's ERROR.
+    case superseded
     /// The transfer started but failed (time-out, read error, protocol violation).
     case failed(TFTPSessionFailure)
     /// Refused before any data: missing file, access violation, write request, limits.
@@ -48,7 +53,9 @@ public enum TFTPTransferResult: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .completed: "completed"
+        case .delivered: TFTPTransferOutcome.delivered.description
         case .abortedByClient(let code, let message): TFTPTransferOutcome.abortedByClient(code: code, message: message).description
+        case .superseded: "superseded by the client's next request"
         case .failed(let failure): "failed: \(failure)"
         case .rejected(let code, let reason): "rejected with \(code): \(reason)"
         case .cancelled: "cancelled by server shutdown"
@@ -58,8 +65,8 @@ public enum TFTPTransferResult: Sendable, Hashable, CustomStringConvertible {
     /// Short label for metrics dimensions.
     public var label: String {
         switch self {
-        case .completed: "completed"
-        case .abortedByClient: "aborted"
+        case .completed, .delivered: "completed"
+        case .abortedByClient, .superseded: "aborted"
         case .failed: "failed"
         case .rejected: "rejected"
         case .cancelled: "cancelled"
@@ -80,6 +87,9 @@ public struct TFTPTransferReport: Sendable {
     public var duration: TimeAmount
     public var retransmissions: UInt64
     public var timeouts: UInt64
+    /// How long before this report the client really finished: zero, except for a `.delivered` transfer,
+    /// which is reported a client time-out after its last block went out.
+    public var finishedAgo: TimeAmount = .zero
 }
 
 /// Totals since start, read with `TFTPServer.statistics()`.
@@ -114,8 +124,8 @@ struct TFTPServerMetrics: Sendable {
 
     func record(_ report: TFTPTransferReport) {
         switch report.result {
-        case .completed: completed.increment()
-        case .abortedByClient: aborted.increment()
+        case .completed, .delivered: completed.increment()
+        case .abortedByClient, .superseded: aborted.increment()
         case .failed: failed.increment()
         case .rejected: rejected.increment()
         case .cancelled: cancelled.increment()

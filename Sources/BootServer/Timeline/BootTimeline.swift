@@ -31,6 +31,21 @@ public final class BootTimeline: Service, Sendable {
     struct NodeRecord {
         var state: NodeBootState
         var events: CircularBuffer<BootEvent>
+
+        mutating func add(_ event: BootEvent, keeping limit: Int) {
+            state.apply(event)
+            if events.count >= limit { events.removeFirst() }
+            events.append(event)
+            // Kept in time order: a transfer reported late (see `TFTPTransferReport.finishedAgo`) moves
+            // back to where it happened. Normally one comparison.
+            var index = events.index(before: events.endIndex)
+            while index != events.startIndex {
+                let previous = events.index(before: index)
+                guard events[previous].time > event.time else { break }
+                events.swapAt(previous, index)
+                index = previous
+            }
+        }
     }
 
     struct State {
@@ -85,8 +100,8 @@ public final class BootTimeline: Service, Sendable {
 
     /// Records what happened to the node with this MAC; returns the stored event.
     @discardableResult
-    public func record(_ observation: BootObservation, mac: MACAddress) -> BootEvent {
-        let time = now()
+    public func record(_ observation: BootObservation, mac: MACAddress, ago: TimeInterval = 0) -> BootEvent {
+        let time = now().addingTimeInterval(-ago)
         let (event, wake) = state.withLock { state -> (BootEvent, Bool) in
             let boot = state.nodes[mac]?.state.boot(for: observation) ?? 1
             let event = BootEvent(time: time, mac: mac, boot: boot, observation: observation)
@@ -108,12 +123,12 @@ public final class BootTimeline: Service, Sendable {
     /// Records an observation of a client known only by its IP (TFTP, HTTP), attributing it through the
     /// addresses DHCP acknowledged. Returns nil when no node is known at that address.
     @discardableResult
-    public func record(_ observation: BootObservation, ip: IPv4Address) -> BootEvent? {
+    public func record(_ observation: BootObservation, ip: IPv4Address, ago: TimeInterval = 0) -> BootEvent? {
         guard let mac = mac(for: ip) else {
             state.withLock { $0.unattributed += 1 }
             return nil
         }
-        return record(observation, mac: mac)
+        return record(observation, mac: mac, ago: ago)
     }
 
     /// Remembers that `ip` is `mac` (DHCP acks do this by themselves; the bootscript endpoint and fixed
@@ -132,12 +147,13 @@ public final class BootTimeline: Service, Sendable {
         guard let ip = report.client.ipv4Address else { return nil }
         let outcome: TransferOutcome
         switch report.result {
-        case .completed: outcome = .completed
-        case .abortedByClient: outcome = .incomplete(report.result.description)
+        case .completed, .delivered: outcome = .completed
+        case .abortedByClient, .superseded: outcome = .incomplete(report.result.description)
         case .failed, .cancelled: outcome = .failed(report.result.description)
         case .rejected(_, let reason): outcome = .refused(reason)
         }
-        return record(.transfer(.tftp, path: report.path, bytes: report.bytes, size: nil, outcome: outcome), ip: ip)
+        return record(.transfer(.tftp, path: report.path, bytes: report.bytes, size: nil, outcome: outcome), ip: ip,
+                      ago: Double(report.finishedAgo.nanoseconds) / 1e9)
     }
 
     private static func insert(_ event: BootEvent, into state: inout State, configuration: BootTimelineConfiguration) {
@@ -149,11 +165,7 @@ public final class BootTimeline: Service, Sendable {
             state.nodes[event.mac] = NodeRecord(state: NodeBootState(mac: event.mac),
                                                 events: CircularBuffer(initialCapacity: 16))
         }
-        state.nodes[event.mac]!.state.apply(event)
-        if state.nodes[event.mac]!.events.count >= configuration.eventsPerNode {
-            state.nodes[event.mac]!.events.removeFirst()
-        }
-        state.nodes[event.mac]!.events.append(event)
+        state.nodes[event.mac]!.add(event, keeping: configuration.eventsPerNode)
         if case .dhcp(.ack, let address?, _) = event.observation, !address.isAny {
             state.macByIP[address] = event.mac
         }

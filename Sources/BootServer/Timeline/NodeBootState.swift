@@ -64,7 +64,9 @@ public struct NodeBootState: Sendable, Hashable {
         case .report(let report, let detail):
             if report == .failed { failure = detail ?? "" }
         case .transfer:
-            break
+            // A transfer reported after the boot moved on (a lost final ACK is noticed only after a
+            // client time-out) does not set the node back; a failed boot's retries still show.
+            if next < furthest && furthest != .failed { next = stage }
         }
         if next != stage || stageSince == nil {
             stage = next

@@ -100,7 +100,9 @@ struct TFTPLossySimulationTests {
     }
 
     struct Result {
+        /// The session finished as `.completed` or `.delivered` (every block sent, final ACK lost).
         var completed: Bool
+        var outcome: TFTPTransferOutcome?
         var failure: TFTPSessionFailure?
         var received: [UInt8]
         var statistics: TFTPTransferStatistics
@@ -257,7 +259,8 @@ struct TFTPLossySimulationTests {
             }
             if outcome != nil || failure != nil { break }
         }
-        return Result(completed: outcome == .completed && failure == nil, failure: failure, received: client.data,
+        return Result(completed: (outcome == .completed || outcome == .delivered) && failure == nil, outcome: outcome,
+                      failure: failure, received: client.data,
                       statistics: session.statistics, serverDataSends: dataSends, simulatedMilliseconds: now / 1000)
     }
 
@@ -358,20 +361,21 @@ struct TFTPLossySimulationTests {
     func duplicateDroppingClientThroughLoss() {
         var rng = SplitMix64(seed: 9)
         let file = patternBytes(count: 1 << 20)
-        let finalBlock = UInt64(file.count / 1468 + 1)
         var quietRecoveries = 0
+        var lostFinalAcknowledgements = 0
         for index in 0..<9 {
             let result = transfer(file: file, mode: .octet, options: ["blksize": "1468"],
                                   network: Network(loss: 0.05, duplication: 0, minimumDelay: 50, jitter: 0),
                                   rng: &rng, configuration: TFTPSessionConfiguration(), behaviour: .atftp)
             #expect(result.received == file, "transfer \(index): \(result.received.count) bytes, \(result.failure.map(String.init(describing:)) ?? "no failure")")
-            if !result.completed {
-                // atftp does not linger after the last block: a lost final ACK is only a server-side time-out.
-                #expect(result.failure == .timedOut(retries: TFTPSessionConfiguration().maximumRetries, lastAcknowledgedBlock: finalBlock - 1))
-            }
+            #expect(result.completed, "transfer \(index): \(result.failure.map(String.init(describing:)) ?? "no outcome")")
+            // atftp does not linger after the last block: when its final ACK is lost, the server sees
+            // silence and reports the file delivered instead of timing out.
+            if result.outcome == .delivered { lostFinalAcknowledgements += 1 }
             if result.statistics.timeouts > UInt64(TFTPSessionConfiguration().quickRetransmissions) { quietRecoveries += 1 }
         }
         // The case the quiet period exists for did happen.
         #expect(quietRecoveries > 0)
+        print("atftp-like client, 9 x 1 MiB at 5 % loss: \(quietRecoveries) quiet recoveries, \(lostFinalAcknowledgements) lost final ACKs")
     }
 }

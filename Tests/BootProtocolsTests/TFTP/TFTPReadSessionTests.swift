@@ -219,6 +219,50 @@ struct TFTPReadSessionTests {
         #expect(s.isDone)
     }
 
+    /// pxelinux and iPXE stop listening once they hold the last block; when their final ACK is lost the
+    /// session must not wait out every retry (half a minute of a held port, and the node's timeline
+    /// showing its initramfs long after the kernel booted).
+    @Test func lostFinalAcknowledgementEndsAsDeliveredAfterOneQuietPeriod() {
+        var s = session(patternBytes(count: 1000))
+        _ = s.handle(.start(ms(0)))
+        let final = s.handle(.packet(.acknowledgement(block: 1), ms(10)))
+        #expect(final.dataBlocks == [2])
+        var deadline = final.timerDeadline!
+        var retransmitted = 0
+        var outcome: TFTPTransferOutcome?
+        for _ in 0..<20 {
+            let actions = s.handle(.timerFired(deadline))
+            retransmitted += actions.dataBlocks.count
+            if let finish = actions.finish { outcome = finish; #expect(actions.sent.isEmpty); break }
+            #expect(actions.failure == nil)
+            deadline = actions.timerDeadline!
+        }
+        #expect(outcome == .delivered)
+        #expect(retransmitted == TFTPSessionConfiguration().quickRetransmissions)
+        // The quick back-off, then one pause longer than a client's own time-out.
+        #expect(deadline.uptimeNanoseconds / 1_000_000 - 10 >= 6000)
+        #expect(s.isDone)
+    }
+
+    /// A client that is missing the final block repeats its previous ACK: it is alive, so the session
+    /// keeps trying and the transfer ends only when the final ACK comes.
+    @Test func clientRepeatingItsPreviousAcknowledgementIsNotDelivered() {
+        var s = session(patternBytes(count: 1000))
+        _ = s.handle(.start(ms(0)))
+        var deadline = s.handle(.packet(.acknowledgement(block: 1), ms(10))).timerDeadline!
+        for _ in 0..<TFTPSessionConfiguration().quickRetransmissions {
+            deadline = s.handle(.timerFired(deadline)).timerDeadline!
+        }
+        // During the quiet period the client times out and repeats ACK 1: absorbed, nothing sent.
+        let repeated = s.handle(.packet(.acknowledgement(block: 1), deadline - .seconds(1)))
+        #expect(repeated.sent.isEmpty)
+        let afterQuiet = s.handle(.timerFired(deadline))
+        #expect(afterQuiet.finish == nil)
+        #expect(afterQuiet.dataBlocks == [2])
+        let acknowledged = s.handle(.packet(.acknowledgement(block: 2), afterQuiet.timerDeadline! - .seconds(5)))
+        #expect(acknowledged.finish == .completed)
+    }
+
     @Test func progressResetsRetryCount() {
         var s = session(patternBytes(count: 512 * 6)) { $0.maximumRetries = 1 }
         var deadline = s.handle(.start(ms(0))).timerDeadline!

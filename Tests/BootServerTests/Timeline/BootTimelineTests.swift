@@ -176,6 +176,29 @@ struct BootTimelineTests {
         #expect(timeline.events(for: nodeB).isEmpty)
     }
 
+    /// pxelinux does not linger after the initramfs's last block; when its final ACK is lost, the TFTP
+    /// server reports the transfer a client time-out later, after stage 1 has started or the node is up.
+    @Test("a transfer reported late is placed where it happened and does not set the node back")
+    func lateTransferReport() throws {
+        let clock = TimelineTestClock()
+        let timeline = try BootTimeline(now: clock.function)
+        let ip = IPv4Address(10, 77, 0, 21)
+        timeline.record(.dhcp(.ack, address: ip, detail: nil), mac: nodeA)
+        clock.advance(1)
+        timeline.record(.transfer(.tftp, path: "images/m/1/vmlinuz", bytes: 8, size: nil, outcome: .completed), ip: ip)
+        clock.advance(3)
+        timeline.record(.report(.stage1Start, detail: nil), mac: nodeA)
+        clock.advance(4)
+        timeline.record(.report(.up, detail: nil), mac: nodeA)
+        clock.advance(1)
+        // The initramfs's last block went out 7 s ago, between the kernel and stage 1.
+        let initrd = BootObservation.transfer(.tftp, path: "images/m/1/initramfs.img", bytes: 9, size: nil, outcome: .completed)
+        timeline.record(initrd, ip: ip, ago: 7)
+        #expect(timeline.events(for: nodeA).map(\.observation.stage) == [.dhcp, .kernel, .initrd, .stage1, .up])
+        #expect(timeline.node(nodeA)?.stage == .up)
+        #expect(timeline.node(nodeA)?.furthest == .up)
+    }
+
     @Test("TFTP and HTTP events by IP are attributed through DHCP acks; unknown addresses are counted")
     func attribution() throws {
         let timeline = try BootTimeline()
