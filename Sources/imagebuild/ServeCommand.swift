@@ -105,6 +105,9 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // One event loop per CPU this process may run on: NIO counts the machine's CPUs, and under
+        // `taskset` or a cpuset two loops sharing one CPU would only switch between each other.
+        if let usable = Self.usableCPUs() { NIOSingletons.groupLoopCountSuggestion = usable }
         var settings = flagSettings
         if let config {
             do { settings = settings.overriding(try ServerConfigFile.load(path: config)) } catch { fail(error) }
@@ -292,5 +295,18 @@ final class ConfigReloader: @unchecked Sendable {
         message += applied.isEmpty ? ": nothing applied" : ": applied \(applied.joined(separator: ", "))"
         if !restart.isEmpty { message += "; needs a restart to take effect: \(restart.joined(separator: ", "))" }
         logger.notice("\(message)")
+    }
+}
+
+extension ServeCommand {
+    /// CPUs in this process's affinity mask, from `Cpus_allowed` in /proc/self/status (Glibc's
+    /// sched_getaffinity is not visible to Swift); nil when it cannot be read.
+    static func usableCPUs() -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") }) else { return nil }
+        let count = line.dropFirst("Cpus_allowed:".count).reduce(0) { sum, character in
+            sum + (character.hexDigitValue?.nonzeroBitCount ?? 0)
+        }
+        return count > 0 ? count : nil
     }
 }

@@ -58,13 +58,15 @@ public enum HTTPServiceError: Error, CustomStringConvertible {
 }
 
 /// The per-request context: Hummingbird's core storage plus the client's address (for the timeline).
-public struct BootRequestContext: RequestContext, RemoteAddressRequestContext {
+public struct BootRequestContext: RequestContext, RemoteAddressRequestContext, EventLoopRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let remoteAddress: SocketAddress?
+    public let eventLoop: any EventLoop
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = CoreRequestContextStorage(source: source)
         remoteAddress = source.channel.remoteAddress
+        eventLoop = source.channel.eventLoop
     }
 }
 
@@ -141,16 +143,25 @@ public final class HTTPService: Service, Sendable {
         guard let pointer = realpath(configuration.root, nil) else { throw HTTPServiceError.rootNotFound(configuration.root) }
         let root = String(cString: pointer)
         free(pointer)
-        let router = makeRouter(root: root)
+        let provider = makeFileProvider(root: root)
+        let router = makeRouter(provider: provider)
         let metrics = self.metrics
         let logger = self.logger
+        let serverName = configuration.serverName
         let server = HTTPServerBuilder.http1(configuration: .init(
-            additionalChannelHandlers: [ConnectionTimeoutHandler(limits: self.configuration.timeouts) { reason, remote in
-                metrics.timedOut(reason)
-                // A node whose download stalls shows up here, not as an error of its own.
-                logger.notice("HTTP connection closed by time-out", metadata: [
-                    "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
-            }],
+            additionalChannelHandlers: [
+                ConnectionTimeoutHandler(limits: self.configuration.timeouts) { reason, remote in
+                    metrics.timedOut(reason)
+                    // A node whose download stalls shows up here, not as an error of its own.
+                    logger.notice("HTTP connection closed by time-out", metadata: [
+                        "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
+                },
+                StaticFastPath(provider: provider, serverName: serverName) { bytes in
+                    metrics.request(.files, status: 200, bodyBytes: nil)
+                    metrics.sent(.files, bytes: UInt64(bytes))
+                    metrics.fastPathResponses.increment()
+                },
+            ],
             idleTimeout: nil))
         let app = Application(
             router: router, server: server,
@@ -167,13 +178,13 @@ public final class HTTPService: Service, Sendable {
 
     // MARK: Routes
 
-    func makeRouter(root: String) -> Router<BootRequestContext> {
-        let router = Router(context: BootRequestContext.self)
+    /// The boot root's files, shared by the router's `FileMiddleware` and the event-loop fast path.
+    func makeFileProvider(root: String) -> RootFileProvider {
         let timeline = self.timeline
         let attribute = self.attributor()
         let metrics = self.metrics
         let logger = self.logger
-        let provider = RootFileProvider(
+        return RootFileProvider(
             root: root, threadPool: threadPool,
             cache: SmallFileCache(fileLimit: Int64(configuration.smallFileLimit), totalLimit: configuration.smallFileCacheLimit),
             chunkSize: configuration.chunkSize,
@@ -197,6 +208,12 @@ public final class HTTPService: Service, Sendable {
                 guard let mac else { return }
                 timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome), mac: mac)
             })
+    }
+
+    func makeRouter(provider: RootFileProvider) -> Router<BootRequestContext> {
+        let router = Router(context: BootRequestContext.self)
+        let timeline = self.timeline
+        let metrics = self.metrics
         router.add(middleware: MetricsMiddleware(metrics: metrics))
         router.add(middleware: StaticFileGuard(provider: provider))
         router.add(middleware: FileMiddleware(fileProvider: provider).withAdditionalMediaTypes(forFileExtensions: [
@@ -217,7 +234,7 @@ public final class HTTPService: Service, Sendable {
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
         }
-        let publishIndex = PublishIndexCache(root: root)
+        let publishIndex = PublishIndexCache(root: provider.root)
         router.get("/boot/v1/bootscript") { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }

@@ -85,9 +85,16 @@ struct StaticFileGuard<Context: RequestContext>: RouterMiddleware {
             request = Request(head: head, body: request.body)
         }
         var response = try await next(request, context)
-        if context.coreContext.endpointPath.value == "FileMiddleware", response.headers[.contentType] == nil,
-           response.status == .ok || response.status == .partialContent {
+        guard context.coreContext.endpointPath.value == "FileMiddleware" else { return response }
+        if response.headers[.contentType] == nil, response.status == .ok || response.status == .partialContent {
             response.headers[.contentType] = Self.contentType(for: request.uri.path)
+        }
+        // A plain GET of a small cached file: from now on `StaticFastPath` answers it with these headers.
+        if response.status == .ok, request.method == .get, request.headers[.range] == nil,
+           request.headers[.ifNoneMatch] == nil, request.headers[.ifModifiedSince] == nil, request.headers[.ifRange] == nil,
+           let path = request.uri.path.removingPercentEncoding,
+           let id = provider.getFileIdentifier(path), id.cached != nil, id.cachedHeaders == nil, let stat = id.stat {
+            provider.cache.record(headers: response.headers, for: id.relative, matching: stat)
         }
         return response
     }

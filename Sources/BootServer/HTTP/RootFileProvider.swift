@@ -29,6 +29,9 @@ struct RootFileProvider: FileProvider {
         var refusal: String?
         /// The cached content when the file is small and unchanged since it was cached.
         var cached: ByteBuffer?
+        /// The headers `FileMiddleware` answered a plain GET of this file version with, once recorded
+        /// (see `StaticFastPath`).
+        var cachedHeaders: HTTPFields?
         var stat: FileStat?
     }
 
@@ -91,7 +94,7 @@ struct RootFileProvider: FileProvider {
         let name = String(relative)
         // A NUL would end the C string early; '..' is already refused by FileMiddleware, checked again
         // here per component so this provider is safe on its own.
-        if name.utf8.contains(0) || name.split(separator: "/").contains("..") {
+        if Self.unsafeName(name.utf8) {
             return FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
         }
         let joined = name.isEmpty ? root : root + "/" + name
@@ -101,7 +104,7 @@ struct RootFileProvider: FileProvider {
         guard stat(joined, &info) == 0 else { return nil }
         let current = FileStat(info)
         if current.isRegular, let hit = cache.lookup(name, matching: current) {
-            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, stat: current)
+            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, cachedHeaders: hit.headers, stat: current)
         }
         guard let pointer = realpath(joined, nil) else { return nil }
         let resolved = String(cString: pointer)
@@ -110,6 +113,24 @@ struct RootFileProvider: FileProvider {
             return FileIdentifier(relative: name, refusal: "'\(name)' resolves outside the root")
         }
         return FileIdentifier(relative: name, resolved: resolved, stat: current)
+    }
+
+    /// A NUL or a `..` component, found in one pass over the bytes (this runs for every request).
+    static func unsafeName(_ bytes: String.UTF8View) -> Bool {
+        var dots = 0  // dots since the last '/', -1 once the component has anything else
+        for byte in bytes {
+            switch byte {
+            case 0: return true
+            case UInt8(ascii: "/"):
+                if dots == 2 { return true }
+                dots = 0
+            case UInt8(ascii: "."):
+                if dots >= 0 { dots += 1 }
+            default:
+                dots = -1
+            }
+        }
+        return dots == 2
     }
 
     func getAttributes(id: FileIdentifier) async throws -> FileAttributes? {
@@ -159,15 +180,22 @@ struct RootFileProvider: FileProvider {
                 delivered(Delivery(relative: relative, remote: remote, bytes: UInt64(range.count), expected: UInt64(range.count), error: nil))
             }
         }
-        return streamBody(resolved: resolved, relative: id.relative, stat: stat, range: range, remote: remote)
+        return streamBody(resolved: resolved, relative: id.relative, stat: stat, range: range, remote: remote,
+                          eventLoop: (context as? any EventLoopRequestContext)?.eventLoop)
     }
 
     /// Streams `range` of a large file: one chunk is read ahead on the thread pool while the previous
     /// one is written, so disk and socket overlap and at most two chunks per download are in memory.
     /// Chunks shrink as downloads multiply (`StreamBudget`): a boot storm of 1000 image downloads holds
     /// tens of MiB, not GiB.
+    ///
+    /// `writer.write` returns as soon as the write is queued for the connection's event loop, and the
+    /// writer only learns that the socket is full when that loop has run the write. A busy loop (a
+    /// boot storm on one core) therefore let every download queue chunk after chunk: 1000 downloads of
+    /// a 64 MiB image held 3.2 GB of chunks. Waiting for one round trip through the loop after each
+    /// chunk lets the socket's back-pressure reach the reader.
     private func streamBody(resolved: String, relative: String, stat: FileStat, range: ClosedRange<Int>,
-                            remote: SocketAddress?) -> ResponseBody {
+                            remote: SocketAddress?, eventLoop: (any EventLoop)?) -> ResponseBody {
         let threadPool = self.threadPool
         let budget = self.budget
         let delivered = self.delivered
@@ -190,6 +218,7 @@ struct RootFileProvider: FileProvider {
                     next = offset < end ? read(offset) : nil
                     do {
                         try await writer.write(chunk)
+                        if let eventLoop { try await eventLoop.submit {}.get() }
                     } catch {
                         next?.cancel()
                         throw error
@@ -209,6 +238,11 @@ struct RootFileProvider: FileProvider {
         let file = try OpenFile(path: path, expected: expected)
         return try file.read(at: 0, count: Int(expected.size))
     }
+}
+
+/// A request context that knows its connection's event loop (see `RootFileProvider.streamBody`).
+protocol EventLoopRequestContext {
+    var eventLoop: any EventLoop { get }
 }
 
 /// A file open for one download, closed when the last chunk read lets go of it.
@@ -278,6 +312,7 @@ final class SmallFileCache: Sendable {
         var resolved: String
         var stat: RootFileProvider.FileStat
         var content: ByteBuffer
+        var headers: HTTPFields?
         var lastUse: UInt64
     }
 
@@ -296,13 +331,22 @@ final class SmallFileCache: Sendable {
         self.totalLimit = totalLimit
     }
 
-    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat) -> (resolved: String, content: ByteBuffer)? {
+    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat) -> (resolved: String, content: ByteBuffer, headers: HTTPFields?)? {
         state.withLock { state in
-            guard var entry = state.entries[relative], entry.stat == stat else { return nil }
+            guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return nil }
             state.clock += 1
-            entry.lastUse = state.clock
-            state.entries[relative] = entry
-            return (entry.resolved, entry.content)
+            state.entries.values[index].lastUse = state.clock
+            let entry = state.entries.values[index]
+            return (entry.resolved, entry.content, entry.headers)
+        }
+    }
+
+    /// Keeps the response headers of a plain GET with the entry for this file version (a changed file
+    /// has a new entry, without them, until the router answers it again).
+    func record(headers: HTTPFields, for relative: String, matching stat: RootFileProvider.FileStat) {
+        state.withLock { state in
+            guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return }
+            state.entries.values[index].headers = headers
         }
     }
 

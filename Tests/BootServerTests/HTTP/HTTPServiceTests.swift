@@ -102,6 +102,69 @@ struct HTTPServiceTests {
         }
     }
 
+    /// Boot configs and scripts are answered on the event loop once the router has answered them
+    /// once (`StaticFastPath`); the answers must be the router's, byte for byte but the date.
+    @Test("small files: the event-loop fast path answers exactly as the router, keeps request order, sees edits")
+    func staticFastPath() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, _ in
+            func request(_ path: String, _ extra: String = "", method: String = "GET") -> String {
+                "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n\(extra)"
+            }
+            func fastPathCount() async throws -> Int {
+                let text = try await RawHTTP.get(port: port, "/metrics").text
+                let line = text.split(separator: "\n").first { $0.hasPrefix("imagebuild_http_fast_path_responses_total ") }
+                return line.flatMap { Int($0.split(separator: " ").last!) } ?? -1
+            }
+            // busybox wget and lwIP send Connection: close; iPXE keeps the connection alive.
+            let routed = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            #expect(try await fastPathCount() == 0)
+            let fast = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            // Two on one connection: a keep-alive GET, then a HEAD that closes it.
+            var keepAlive = try RawHTTP.parse(try await RawHTTP.exchange(port: port, chunks: [
+                request("/pxelinux.cfg/default", "Connection: keep-alive\r\n\r\n")
+                + request("/pxelinux.cfg/default", "Connection: close\r\n\r\n", method: "HEAD")]))
+            let length = try #require(keepAlive.header("content-length").flatMap { Int($0) })
+            let head = try RawHTTP.parse(Array(keepAlive.body.dropFirst(length)), headRequest: true)
+            keepAlive.body = Array(keepAlive.body.prefix(length))
+            #expect(head.status == 200 && head.body.isEmpty && head.header("content-length") == "\(length)")
+            #expect(try await fastPathCount() == 3)
+            for response in [fast, keepAlive] {
+                #expect(response.status == 200)
+                #expect(response.text == "DEFAULT imagebuild\n")
+                var headers = response.headers, expected = routed.headers
+                #expect(headers.removeValue(forKey: "date") != nil)
+                expected.removeValue(forKey: "date")
+                #expect(headers == expected)
+            }
+            // Conditional and Range requests still go through the router.
+            let etag = try #require(routed.header("etag"))
+            #expect(try await RawHTTP.get(port: port, "/pxelinux.cfg/default", headers: ["If-None-Match": etag]).status == 304)
+            let range = try await RawHTTP.get(port: port, "/pxelinux.cfg/default", headers: ["Range": "bytes=0-6"])
+            #expect(range.status == 206)
+            #expect(range.text == "DEFAULT")
+
+            // Pipelined behind a routed request (the boot script), the cached file waits its turn.
+            let pipelined = try await RawHTTP.exchange(port: port, chunks: [
+                request("/boot/v1/bootscript?mac=52:54:00:aa:00:01", "\r\n")
+                + request("/pxelinux.cfg/default", "Connection: close\r\n\r\n")])
+            let text = String(decoding: pipelined, as: UTF8.self)
+            let script = try #require(text.range(of: "#!ipxe"))
+            let config = try #require(text.range(of: "DEFAULT imagebuild"))
+            #expect(script.lowerBound < config.lowerBound, "responses out of order:\n\(text)")
+
+            // An edit is served at once, and the fast path takes the new version up after the router.
+            try fixture.write(".publish/gen-1/pxelinux.cfg/default", "DEFAULT edited\n")
+            let edited = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            #expect(edited.text == "DEFAULT edited\n")
+            #expect(edited.header("etag") != etag)
+            let before = try await fastPathCount()
+            #expect(try await RawHTTP.get(port: port, "/pxelinux.cfg/default").text == "DEFAULT edited\n")
+            #expect(try await fastPathCount() == before + 1)
+        }
+    }
+
     @Test("paths that leave the root are refused; symlinks inside it work", arguments: [
         ("/../secret.txt", [400, 403, 404]),
         ("/images/../../secret.txt", [400, 403, 404]),

@@ -152,14 +152,15 @@ struct TFTPLossTests {
             #expect(outcomes.isEmpty, "failed downloads: \(outcomes)")
             #expect(dropped > 0, "the loss rule dropped nothing: the test proved nothing")
             print("TFTP, 20 downloads of 1 MiB through 5 % loss: \(elapsed), \(dropped) datagrams dropped")
-            // The server's view: completed, except where the client's final ACK was the datagram lost (the
-            // clients do not linger to repeat it, RFC 1350's "dally"), which the server can only time out.
-            let finalBlock = UInt64(expected.count / 1468 + 1)
+            // The server's view: completed, or delivered where the client's final ACK was the datagram
+            // lost (the clients do not linger to repeat it, RFC 1350's "dally").
             _ = await eventually(timeout: .seconds(30)) { reports.all.count >= 20 }
-            for report in reports.all where report.result != .completed {
-                #expect(report.result == .failed(.timedOut(retries: TFTPSessionConfiguration().maximumRetries, lastAcknowledgedBlock: finalBlock - 1)),
-                        "a transfer failed server-side before its last block: \(report.result)")
+            for report in reports.all {
+                #expect(report.result == .completed || report.result == .delivered,
+                        "a transfer failed server-side: \(report.result)")
             }
+            let delivered = reports.all.filter { $0.result == .delivered }.count
+            print("TFTP loss: \(delivered) of 20 transfers lost their final ACK (reported delivered)")
             #expect(reports.all.count == 20, "\(reports.all.count) server reports")
             let retransmissions = reports.all.reduce(0) { $0 + $1.retransmissions }
             print("TFTP loss: 20 x 1 MiB through 5 % loss in \(elapsed), \(dropped) datagrams dropped, \(retransmissions) retransmissions")
