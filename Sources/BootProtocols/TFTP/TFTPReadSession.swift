@@ -125,8 +125,9 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
     private var deadline: NIODeadline?
     private var consecutiveTimeouts = 0
     /// When the client last sent anything (duplicates included): tells a client that lost its final ACK
-    /// (silent) from one that lacks the final block (repeats its previous ACK).
-    private var lastHeard: NIODeadline = .uptimeNanoseconds(0)
+    /// (silent) from one that lacks the final block (repeats its previous ACK). Nil until its first
+    /// packet after the request: a client never heard from is not assumed to have the file.
+    private var lastHeard: NIODeadline?
     /// Highest block the client acknowledged, as a 64-bit count that never rolls over.
     private var lastAcknowledged: UInt64 = 0
     /// Highest block sent at least once.
@@ -322,7 +323,7 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         statistics.timeouts += 1
         consecutiveTimeouts += 1
         if let finalBlock, lastAcknowledged + 1 == finalBlock, lastSent == finalBlock,
-           consecutiveTimeouts > quickRetransmissions, now - lastHeard >= clientRetryAllowance {
+           consecutiveTimeouts > quickRetransmissions, let lastHeard, now - lastHeard >= clientRetryAllowance {
             // Only the last ACK is missing and the client has been silent for longer than its own
             // time-out: it has the file (see `.delivered`). Waiting out the remaining retries would hold
             // the port and report the boot stage half a minute late.

@@ -244,6 +244,20 @@ struct TFTPReadSessionTests {
         #expect(s.isDone)
     }
 
+    /// A one-block file without options: the client never sent anything after its request, so nothing
+    /// says it is alive; the session times out as before instead of calling the file delivered.
+    @Test func clientNeverHeardFromIsNotDelivered() {
+        var s = session(patternBytes(count: 100)) { $0.maximumRetries = 6 }
+        var deadline = s.handle(.start(ms(0))).timerDeadline!
+        var last: [Session.Action] = []
+        for _ in 0..<20 where !s.isDone {
+            last = s.handle(.timerFired(deadline))
+            if let next = last.timerDeadline { deadline = next }
+        }
+        #expect(last.finish == nil)
+        #expect(last.failure == .timedOut(retries: 6, lastAcknowledgedBlock: 0))
+    }
+
     /// A client that is missing the final block repeats its previous ACK: it is alive, so the session
     /// keeps trying and the transfer ends only when the final ACK comes.
     @Test func clientRepeatingItsPreviousAcknowledgementIsNotDelivered() {
