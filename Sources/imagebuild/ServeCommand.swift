@@ -272,14 +272,7 @@ final class ConfigReloader: @unchecked Sendable {
             return
         }
         // Keys that need a restart keep their running values until then.
-        var running = current
-        running.logLevel = next.logLevel
-        running.dhcp.ignoreUnknownClients = next.dhcp.ignoreUnknownClients
-        running.dhcp.rapidCommit = next.dhcp.rapidCommit
-        running.dhcp.offerHoldTime = next.dhcp.offerHoldTime
-        running.dhcp.declineHoldTime = next.dhcp.declineHoldTime
-        running.dhcp.rateLimitBurst = next.dhcp.rateLimitBurst
-        running.dhcp.rateLimitPerSecond = next.dhcp.rateLimitPerSecond
+        let running = current.takingReloadable(from: next)
         current = running
         levels.level = running.logLevel ?? .info
         if let dhcp {

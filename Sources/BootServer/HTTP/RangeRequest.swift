@@ -90,10 +90,9 @@ struct StaticFileGuard<Context: RequestContext>: RouterMiddleware {
             response.headers[.contentType] = Self.contentType(for: request.uri.path)
         }
         // A plain GET of a small cached file: from now on `StaticFastPath` answers it with these headers.
-        if response.status == .ok, request.method == .get, request.headers[.range] == nil,
-           request.headers[.ifNoneMatch] == nil, request.headers[.ifModifiedSince] == nil, request.headers[.ifRange] == nil,
+        if response.status == .ok, request.method == .get, StaticFastPath.unconditional(request.headers),
            let path = request.uri.path.removingPercentEncoding,
-           let id = provider.getFileIdentifier(path), id.cached != nil, id.cachedHeaders == nil, let stat = id.stat {
+           let id = provider.cachedFileIdentifier(path), id.cachedHeaders == nil, let stat = id.stat {
             provider.cache.record(headers: response.headers, for: id.relative, matching: stat)
         }
         return response

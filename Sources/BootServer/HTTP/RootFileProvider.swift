@@ -88,15 +88,22 @@ struct RootFileProvider: FileProvider {
         self.delivered = delivered
     }
 
-    func getFileIdentifier(_ path: String) -> FileIdentifier? {
+    func getFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: false) }
+
+    /// A small file already in memory and unchanged, and not one `observe` selects: what
+    /// `StaticFastPath` may answer without the router. One `stat`, never a realpath; nil otherwise.
+    func cachedFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: true) }
+
+    private func identify(_ path: String, cachedOnly: Bool) -> FileIdentifier? {
         var relative = Substring(path)
         while relative.first == "/" { relative = relative.dropFirst() }
         let name = String(relative)
         // A NUL would end the C string early; '..' is already refused by FileMiddleware, checked again
         // here per component so this provider is safe on its own.
         if Self.unsafeName(name.utf8) {
-            return FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
+            return cachedOnly ? nil : FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
         }
+        if cachedOnly && observe(name) { return nil }
         let joined = name.isEmpty ? root : root + "/" + name
         // Fast path: an unchanged small file we already resolved and read (same inode, size, mtime).
         // Safe without realpath: it is the very file that was checked to be inside the root.
@@ -106,6 +113,7 @@ struct RootFileProvider: FileProvider {
         if current.isRegular, let hit = cache.lookup(name, matching: current) {
             return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, cachedHeaders: hit.headers, stat: current)
         }
+        if cachedOnly { return nil }
         guard let pointer = realpath(joined, nil) else { return nil }
         let resolved = String(cString: pointer)
         free(pointer)

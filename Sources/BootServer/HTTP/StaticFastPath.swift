@@ -82,6 +82,12 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
+    /// No Range and no condition: the requests answered here, and the ones whose response headers
+    /// `StaticFileGuard` records for it (a 206 or 304 has other headers).
+    static func unconditional(_ fields: HTTPFields) -> Bool {
+        fields[.range] == nil && fields[.ifNoneMatch] == nil && fields[.ifModifiedSince] == nil && fields[.ifRange] == nil
+    }
+
     private struct Answer {
         var head: HTTPResponse
         var body: ByteBuffer?
@@ -89,9 +95,7 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func lookup(_ request: HTTPRequest) -> Answer? {
-        guard request.method == .get || request.method == .head,
-              request.headerFields[.range] == nil, request.headerFields[.ifNoneMatch] == nil,
-              request.headerFields[.ifModifiedSince] == nil, request.headerFields[.ifRange] == nil,
+        guard request.method == .get || request.method == .head, Self.unconditional(request.headerFields),
               let target = request.path else { return nil }
         let rawPath = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
         let path: String
@@ -101,8 +105,7 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         } else {
             path = String(rawPath)
         }
-        guard let id = provider.getFileIdentifier(path), id.refusal == nil, !provider.observe(id.relative),
-              let content = id.cached, let headers = id.cachedHeaders else { return nil }
+        guard let id = provider.cachedFileIdentifier(path), let content = id.cached, let headers = id.cachedHeaders else { return nil }
         var fields = headers
         fields[.date] = date.now()
         if let serverName { fields[.server] = serverName }

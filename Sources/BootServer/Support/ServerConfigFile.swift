@@ -69,6 +69,20 @@ public struct ServerConfigFile: Sendable, Equatable {
         "dhcp.decline_hold_time", "dhcp.rate_limit.burst", "dhcp.rate_limit.per_second",
     ]
 
+    /// This configuration with the `reloadableKeys` taken from `next`: what a running server switches
+    /// to on SIGHUP (the other keys keep their running values until a restart).
+    public func takingReloadable(from next: ServerConfigFile) -> ServerConfigFile {
+        var r = self
+        r.logLevel = next.logLevel
+        r.dhcp.ignoreUnknownClients = next.dhcp.ignoreUnknownClients
+        r.dhcp.rapidCommit = next.dhcp.rapidCommit
+        r.dhcp.offerHoldTime = next.dhcp.offerHoldTime
+        r.dhcp.declineHoldTime = next.dhcp.declineHoldTime
+        r.dhcp.rateLimitBurst = next.dhcp.rateLimitBurst
+        r.dhcp.rateLimitPerSecond = next.dhcp.rateLimitPerSecond
+        return r
+    }
+
     public static func load(path: String) throws -> ServerConfigFile {
         let url = URL(fileURLWithPath: path).standardizedFileURL
         let text: String

@@ -198,10 +198,11 @@ public final class BootTimeline: Service, Sendable {
 
     // MARK: Journal
 
-    /// Appends pending events to the journal now (the writer does this every `flushInterval`), and
-    /// compacts it when it has grown to several times what is kept.
+    /// Journal writes so far (the writer's pace, for tests).
     var flushCount: Int { state.withLock { $0.flushes } }
 
+    /// Appends pending events to the journal now (the writer does this every `flushInterval`), and
+    /// compacts it when it has grown to several times what is kept.
     public func flush() throws {
         guard let journal else { return }
         try journal.serialized {

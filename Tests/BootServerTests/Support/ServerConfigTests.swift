@@ -79,6 +79,17 @@ struct ServerConfigFileTests {
         #expect(restart == ["http.port"])
         #expect(old.changes(from: old).reloadable.isEmpty && old.changes(from: old).needRestart.isEmpty)
     }
+
+    @Test("a reload takes exactly the reloadable keys from the new file")
+    func takingReloadable() throws {
+        let running = ServerConfigFile()
+        let next = try ServerConfigFile.parse(Self.full, file: "server.yaml", folder: "/srv/ib")
+        let reloaded = running.takingReloadable(from: next)
+        // Everything the file sets differs from an empty configuration; only the reloadable keys moved.
+        #expect(Set(reloaded.changes(from: running).reloadable) == Set(next.changes(from: running).reloadable))
+        #expect(reloaded.changes(from: running).needRestart.isEmpty)
+        #expect(next.changes(from: reloaded).reloadable.isEmpty)
+    }
 }
 
 @Suite("SIGHUP")
