@@ -96,6 +96,15 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        // NIO opens its sockets without CLOEXEC. A child that inherits a server's accepted socket keeps
+        // the connection open after the server closes it (no FIN while the child lives), which is how a
+        // QEMU or `imagebuild serve` started by one test broke another test's time-out check.
+        // (glibc 2.34+; Swift's Glibc module does not export it, so it is looked up by name.)
+        guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else {
+            throw HarnessError("this libc has no posix_spawn_file_actions_addclosefrom_np")
+        }
+        let addCloseFrom = unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, CInt) -> CInt).self)
+        guard addCloseFrom(&actions, 3) == 0 else { throw HarnessError("posix_spawn_file_actions_addclosefrom_np failed") }
         var env = ProcessInfo.processInfo.environment
         env.merge(environment) { $1 }
         // posix_spawn has no portable chdir action: a directory is entered by a shell first.
