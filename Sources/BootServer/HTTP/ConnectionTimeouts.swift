@@ -64,6 +64,13 @@ struct ConnectionTimeoutState {
         partInThisRead = false
     }
 
+    /// `EarlyStaticFastPath` read a whole request and answered it, below the parts seen here.
+    mutating func answeredEarly(now: NIODeadline) {
+        lastActivity = now
+        headStarted = nil
+        partInThisRead = true
+    }
+
     mutating func wroteResponseEnd(now: NIODeadline) {
         lastActivity = now
         inFlight = max(0, inFlight - 1)
@@ -153,6 +160,14 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     func channelReadComplete(context: ChannelHandlerContext) {
         state.readComplete(now: .now())
         context.fireChannelReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is EarlyStaticFastPath.Answered {
+            state.answeredEarly(now: .now())
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

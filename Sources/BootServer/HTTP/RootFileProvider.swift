@@ -32,6 +32,9 @@ struct RootFileProvider: FileProvider {
         /// The headers `FileMiddleware` answered a plain GET of this file version with, once recorded
         /// (see `StaticFastPath`).
         var cachedHeaders: HTTPFields?
+        /// The same headers as HTTP/1.1 bytes, status line first, without `Date` and `Server` and the
+        /// blank line (see `EarlyStaticFastPath`).
+        var cachedHead: ByteBuffer?
         var stat: FileStat?
     }
 
@@ -111,7 +114,8 @@ struct RootFileProvider: FileProvider {
         guard stat(joined, &info) == 0 else { return nil }
         let current = FileStat(info)
         if current.isRegular, let hit = cache.lookup(name, matching: current) {
-            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, cachedHeaders: hit.headers, stat: current)
+            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, cachedHeaders: hit.headers,
+                                  cachedHead: hit.head, stat: current)
         }
         if cachedOnly { return nil }
         guard let pointer = realpath(joined, nil) else { return nil }
@@ -321,6 +325,7 @@ final class SmallFileCache: Sendable {
         var stat: RootFileProvider.FileStat
         var content: ByteBuffer
         var headers: HTTPFields?
+        var head: ByteBuffer?
         var lastUse: UInt64
     }
 
@@ -339,13 +344,14 @@ final class SmallFileCache: Sendable {
         self.totalLimit = totalLimit
     }
 
-    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat) -> (resolved: String, content: ByteBuffer, headers: HTTPFields?)? {
+    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat)
+        -> (resolved: String, content: ByteBuffer, headers: HTTPFields?, head: ByteBuffer?)? {
         state.withLock { state in
             guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return nil }
             state.clock += 1
             state.entries.values[index].lastUse = state.clock
             let entry = state.entries.values[index]
-            return (entry.resolved, entry.content, entry.headers)
+            return (entry.resolved, entry.content, entry.headers, entry.head)
         }
     }
 
@@ -355,7 +361,22 @@ final class SmallFileCache: Sendable {
         state.withLock { state in
             guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return }
             state.entries.values[index].headers = headers
+            state.entries.values[index].head = Self.encodeHead(headers, size: state.entries.values[index].content.readableBytes)
         }
+    }
+
+    /// "HTTP/1.1 200 OK" and the header lines, as NIO's HTTP/1 encoder writes them, minus the two
+    /// fields set per response.
+    static func encodeHead(_ headers: HTTPFields, size: Int) -> ByteBuffer {
+        var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\n")
+        for field in headers where field.name != .date && field.name != .server {
+            buffer.writeString(field.name.rawName)
+            buffer.writeString(": ")
+            buffer.writeString(field.value)
+            buffer.writeString("\r\n")
+        }
+        if headers[.contentLength] == nil { buffer.writeString("content-length: \(size)\r\n") }
+        return buffer
     }
 
     func insert(_ relative: String, resolved: String, stat: RootFileProvider.FileStat, content: ByteBuffer) {

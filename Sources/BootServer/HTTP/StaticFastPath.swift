@@ -24,8 +24,13 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private let provider: RootFileProvider
     private let serverName: String?
     private let counted: @Sendable (_ bodyBytes: Int) -> Void
-    /// Routed requests whose response has not ended.
-    private var routed = 0
+    /// Requests routed on this connection whose response has not ended; shared with the connection's
+    /// `EarlyStaticFastPath`, which answers nothing while one is outstanding.
+    final class Routing {
+        var routed = 0
+    }
+
+    private let routing = Routing()
     /// The answer to the request being read, sent at its end; nil while passing a request through.
     private var answer: Answer?
     private var passing = false
@@ -39,17 +44,23 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
         self.counted = counted
     }
 
+    /// Puts the connection's `EarlyStaticFastPath` in front of the HTTP decoder.
+    func handlerAdded(context: ChannelHandlerContext) {
+        let early = EarlyStaticFastPath(provider: provider, routing: routing, serverName: serverName, counted: counted)
+        try? context.pipeline.syncOperations.addHandler(early, position: .first)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
         let part = unwrapInboundIn(data)
         switch part {
         case .head(let request):
-            if routed == 0, let found = lookup(request) {
+            if routing.routed == 0, let found = lookup(request) {
                 answer = found
                 passing = false
                 return
             }
-            routed += 1
+            routing.routed += 1
             passing = true
             context.fireChannelRead(data)
         case .body:
@@ -78,7 +89,7 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data), routed > 0 { routed -= 1 }
+        if case .end = unwrapOutboundIn(data), routing.routed > 0 { routing.routed -= 1 }
         context.write(data, promise: promise)
     }
 

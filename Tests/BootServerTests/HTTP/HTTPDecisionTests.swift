@@ -81,6 +81,53 @@ struct HTTPDecisionTests {
         #expect(state.expired(now: t0 + .seconds(30)) == nil)
     }
 
+    @Test("requests answered before the decoder keep the connection's clocks right")
+    func answeredEarly() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)
+        // A head split over two reads: the header clock runs after the first, stops at the answer.
+        state.readComplete(now: t0)
+        #expect(state.headStarted == t0)
+        state.answeredEarly(now: t0 + .seconds(1))
+        state.readComplete(now: t0 + .seconds(1))
+        #expect(state.headStarted == nil)
+        #expect(state.expired(now: t0 + .seconds(60)) == nil)
+        #expect(state.expired(now: t0 + .seconds(61)) == .idle)
+    }
+
+    /// Scans `text` as `EarlyStaticFastPath` does.
+    private func scan(_ text: String) -> RequestHead {
+        Array(text.utf8).withUnsafeBytes { RequestHead.scan($0) }
+    }
+
+    @Test("request heads: which the early fast path answers, hands to the decoder whole, or leaves to it")
+    func requestHeads() {
+        let get = "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: x\r\n\r\n"
+        #expect(scan(get) == .eligible(length: get.utf8.count, path: 4..<25, isHead: false, close: false))
+        #expect(scan(get + "GET /next HTTP/1.1\r\n") == .eligible(length: get.utf8.count, path: 4..<25, isHead: false, close: false))
+        let head = "HEAD /a?b=c HTTP/1.1\r\nCONNECTION:  Close \r\n\r\n"
+        #expect(scan(head) == .eligible(length: head.utf8.count, path: 5..<7, isHead: true, close: true))
+        #expect(scan("GET /a HTTP/1.1\r\nHost: x\r\n") == .incomplete)
+        #expect(scan("GET /a HTTP/1.1\r") == .incomplete)
+        // Complete and bodiless, but for the decoder and the router.
+        for other in ["GET /a HTTP/1.0\r\n\r\n", "POST /a HTTP/1.1\r\n\r\n", "GET /a%20b HTTP/1.1\r\n\r\n",
+                      "GET /a HTTP/1.1\r\nRange: bytes=0-1\r\n\r\n", "GET /a HTTP/1.1\r\nif-none-match: \"x\"\r\n\r\n",
+                      "GET /a HTTP/1.1\r\nIf-Modified-Since: Sun, 22 Nov 2026 09:00:00 GMT\r\n\r\n",
+                      "GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "GET /a HTTP/1.1\r\nConnection: Upgrade-ish\r\n\r\n",
+                      "GET * HTTP/1.1\r\n\r\n"] {
+            #expect(scan(other) == .forward(length: other.utf8.count), "\(other)")
+        }
+        // Whatever it cannot delimit or does not parse: the decoder reads on from here.
+        for unsupported in ["POST /api/v1/events HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"mac\": \"x\"}",
+                            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            "GET /a HTTP/1.1\r\nUpgrade: h2c\r\n\r\n", "GET /a HTTP/1.1\nHost: x\n\n",
+                            "GET /a HTTP/1.1\r\n folded\r\n\r\n", "GET /a HTTP/1.1\r\nno colon\r\n\r\n",
+                            "\r\nGET /a HTTP/1.1\r\n\r\n", "GET  /a HTTP/1.1\r\n\r\n", "GET /\u{7f} HTTP/1.1\r\n\r\n",
+                            "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"] {
+            #expect(scan(unsupported) == .unsupported, "\(unsupported)")
+        }
+    }
+
     @Test("a stalled body and a client that stops reading are cut")
     func stalledBodyAndReader() {
         let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
