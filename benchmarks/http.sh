@@ -87,7 +87,7 @@ if [ -n "${SERVER_CMD:-}" ]; then
 else
   # serve needs an inventory (bootscripts, status page) even when only files are fetched.
   printf 'network:\n  server: 127.0.0.1\n  subnet: 127.0.0.0/8\ndefaults:\n  image: bench\nnodes: []\n' > "$work/nodes.yaml"
-  cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $root --nodes $work/nodes.yaml --state-dir $work/state --http-port $OUR_PORT --log-level warning"
+  cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --listen 127.0.0.1 --root $root --nodes $work/nodes.yaml --state-dir $work/state --http-port $OUR_PORT --log-level warning"
 fi
 # shellcheck disable=SC2086
 taskset -c "$SERVER_CPU" $cmd > "$work/ours.log" 2>&1 &

@@ -47,7 +47,7 @@ if ! curl -fsS -o /dev/null "$SERVER/api/v1/nodes" 2>/dev/null; then
       for i in 1 2 3 4 5 7; do printf '  - {mac: "52:54:00:77:00:0%s", hostname: node00%s, ip: 10.77.0.1%s}\n' $i $i $i; done
     } > "$work/nodes.yaml"
     echo x > "$work/root/.keep"
-    cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --root $work/root --nodes $work/nodes.yaml --state-dir $work/state --http-port $port"
+    cmd="$IMAGEBUILD serve --no-dhcp --no-tftp --listen 127.0.0.1 --root $work/root --nodes $work/nodes.yaml --state-dir $work/state --http-port $port"
   else
     echo "screenshot-status.sh: nothing answers at $SERVER (start 'imagebuild serve', or set IMAGEBUILD)" >&2
     exit 1

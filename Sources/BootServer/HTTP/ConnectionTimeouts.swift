@@ -64,11 +64,13 @@ struct ConnectionTimeoutState {
         partInThisRead = false
     }
 
-    /// `EarlyStaticFastPath` read a whole request and answered it, below the parts seen here.
-    mutating func answeredEarly(now: NIODeadline) {
+    /// `EarlyStaticFastPath` read a whole request and answered it, below the parts seen here;
+    /// `streaming`: its body is still going out (`wroteResponseEnd` follows), so no idle clock runs.
+    mutating func answeredEarly(streaming: Bool, now: NIODeadline) {
         lastActivity = now
         headStarted = nil
         partInThisRead = true
+        if streaming { inFlight += 1 }
     }
 
     mutating func wroteResponseEnd(now: NIODeadline) {
@@ -163,8 +165,10 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is EarlyStaticFastPath.Answered {
-            state.answeredEarly(now: .now())
+        if let answered = event as? EarlyStaticFastPath.Answered {
+            state.answeredEarly(streaming: answered.streaming, now: .now())
+        } else if event is EarlyStaticFastPath.StreamEnded {
+            state.wroteResponseEnd(now: .now())
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -21,8 +21,13 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     typealias InboundOut = ByteBuffer
     typealias OutboundOut = IOData
 
-    /// Tells `ConnectionTimeoutHandler` that a request was read and answered here (it never saw the parts).
-    struct Answered: Sendable {}
+    /// Tells `ConnectionTimeoutHandler` that a request was read and answered here (it never saw the
+    /// parts); `streaming`: the body is still being sent (`StreamEnded` follows).
+    struct Answered: Sendable {
+        var streaming: Bool
+    }
+
+    struct StreamEnded: Sendable {}
 
     /// Heads longer than this are left to the decoder and its limits.
     static let headLimit = 16 * 1024
@@ -75,37 +80,67 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
                 context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length)!))
             case .eligible(let length, let path, let isHead, let close):
                 let target = buffer.getString(at: buffer.readerIndex + path.lowerBound, length: path.count)!
-                guard routing.routed == 0, let id = provider.cachedFileIdentifier(target),
-                      let content = id.cached, let head = id.cachedHead else {
+                guard routing.routed == 0, let answer = answer(target, isHead: isHead, context: context) else {
                     context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length)!))
                     continue
                 }
                 buffer.moveReaderIndex(forwardBy: length)
-                context.fireUserInboundEventTriggered(Answered())
-                counted(isHead ? 0 : content.readableBytes)
-                let lines = trailer.now(server: serverName, allocator: context.channel.allocator)
-                context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
-                guard close else {
-                    context.write(wrapOutboundOut(.byteBuffer(lines)), promise: nil)
-                    if !isHead { context.write(wrapOutboundOut(.byteBuffer(content)), promise: nil) }
+                if send(answer, close: close, context: context) {
                     answered = true
-                    continue
-                }
-                // Connection: close (busybox wget, lwIP): the answer, then the end of the connection.
-                closing = true
-                pending = nil
-                let written = context.eventLoop.makePromise(of: Void.self)
-                if isHead {
-                    context.writeAndFlush(wrapOutboundOut(.byteBuffer(lines)), promise: written)
                 } else {
-                    context.write(wrapOutboundOut(.byteBuffer(lines)), promise: nil)
-                    context.writeAndFlush(wrapOutboundOut(.byteBuffer(content)), promise: written)
+                    return
                 }
-                let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-                written.futureResult.whenComplete { _ in loopBound.value.close(promise: nil) }
-                return
             }
         }
+    }
+
+    private enum Answer {
+        case content(head: ByteBuffer, body: ByteBuffer?)
+        case file(head: ByteBuffer, download: EarlyDownload?)
+    }
+
+    /// A cached small file, or a recorded large one opened for sendfile (nil for HEAD).
+    private func answer(_ target: String, isHead: Bool, context: ChannelHandlerContext) -> Answer? {
+        if let id = provider.cachedFileIdentifier(target), let content = id.cached, let head = id.cachedHead {
+            return .content(head: head, body: isHead ? nil : content)
+        }
+        guard let file = provider.recordedLargeFile(target) else { return nil }
+        if isHead { return .file(head: file.head, download: nil) }
+        guard let download = EarlyDownload(file: file, remote: context.remoteAddress, provider: provider) else { return nil }
+        return .file(head: file.head, download: download)
+    }
+
+    /// Writes the answer; false once the connection is closing (`Connection: close`).
+    private func send(_ answer: Answer, close: Bool, context: ChannelHandlerContext) -> Bool {
+        let lines = trailer.now(server: serverName, allocator: context.channel.allocator)
+        let written: EventLoopPromise<Void>? = close ? context.eventLoop.makePromise() : nil
+        switch answer {
+        case .content(let head, let body):
+            context.fireUserInboundEventTriggered(Answered(streaming: false))
+            counted(body?.readableBytes ?? 0)
+            context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(lines)), promise: body == nil ? written : nil)
+            if let body { context.write(wrapOutboundOut(.byteBuffer(body)), promise: written) }
+        case .file(let head, let download):
+            context.fireUserInboundEventTriggered(Answered(streaming: download != nil))
+            counted(0)  // the body's bytes are counted by the provider's delivery, as the router's are
+            context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(lines)), promise: download == nil ? written : nil)
+            if let download {
+                let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                download.send(through: context, last: written) {
+                    loopBound.value.fireUserInboundEventTriggered(StreamEnded())
+                }
+            }
+        }
+        guard let written else { return true }
+        // Connection: close (busybox wget, lwIP): the answer, then the end of the connection.
+        closing = true
+        pending = nil
+        context.flush()
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        written.futureResult.whenComplete { _ in loopBound.value.close(promise: nil) }
+        return false
     }
 
     /// The `Server` and `Date` lines and the blank line that ends the head, encoded once per second.
@@ -124,6 +159,71 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
             }
             return bytes
         }
+    }
+}
+
+/// One large file sent with sendfile: regions of `regionSize` bytes, so an abandoned download reports
+/// the bytes sent to within one region (the router's reports it to within one chunk). The file is
+/// closed, and the delivery reported (timeline, log, byte counters), once every region's write ended.
+final class EarlyDownload {
+    static let regionSize = 1 << 20
+
+    private let handle: NIOFileHandle
+    private let file: RootFileProvider.LargeFile
+    private let remote: SocketAddress?
+    private let delivered: @Sendable (RootFileProvider.Delivery) -> Void
+    private var sent: Int64 = 0
+    private var outstanding = 0
+    private var failure: (any Error)?
+
+    /// Nil when the file cannot be opened or is no longer the recorded version.
+    init?(file: RootFileProvider.LargeFile, remote: SocketAddress?, provider: RootFileProvider) {
+        let fd = open(file.resolved, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        guard fd >= 0 else { return nil }
+        var info = stat()
+        guard fstat(fd, &info) == 0, RootFileProvider.FileStat(info) == file.stat else {
+            close(fd)
+            return nil
+        }
+        handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: fd)
+        self.file = file
+        self.remote = remote
+        delivered = provider.delivered
+    }
+
+    func send(through context: ChannelHandlerContext, last: EventLoopPromise<Void>?, ended: @escaping () -> Void) {
+        let size = Int(file.stat.size)
+        guard size > 0 else {
+            finish(ended: ended)
+            last?.succeed()
+            return
+        }
+        var offset = 0
+        while offset < size {
+            let end = min(offset + Self.regionSize, size)
+            let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: end)
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            outstanding += 1
+            let count = Int64(end - offset)
+            promise.futureResult.assumeIsolated().whenComplete { [self] result in
+                switch result {
+                case .success: sent += count
+                case .failure(let error): failure = failure ?? error
+                }
+                outstanding -= 1
+                if outstanding == 0 { finish(ended: ended) }
+            }
+            if end == size, let last { promise.futureResult.cascade(to: last) }
+            context.write(NIOAny(IOData.fileRegion(region)), promise: promise)
+            offset = end
+        }
+        context.flush()
+    }
+
+    private func finish(ended: () -> Void) {
+        try? handle.close()
+        delivered(.init(relative: file.relative, remote: remote, bytes: UInt64(sent), expected: UInt64(file.stat.size), error: failure))
+        ended()
     }
 }
 

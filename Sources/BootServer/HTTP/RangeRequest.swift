@@ -91,9 +91,17 @@ struct StaticFileGuard<Context: RequestContext>: RouterMiddleware {
         }
         // A plain GET of a small cached file: from now on `StaticFastPath` answers it with these headers.
         if response.status == .ok, request.method == .get, StaticFastPath.unconditional(request.headers),
-           let path = request.uri.path.removingPercentEncoding,
-           let id = provider.cachedFileIdentifier(path), id.cachedHeaders == nil, let stat = id.stat {
-            provider.cache.record(headers: response.headers, for: id.relative, matching: stat)
+           let path = request.uri.path.removingPercentEncoding {
+            if let id = provider.cachedFileIdentifier(path) {
+                if id.cachedHeaders == nil, let stat = id.stat {
+                    provider.cache.record(headers: response.headers, for: id.relative, matching: stat)
+                }
+            } else if provider.recordedLargeFile(path) == nil, let id = provider.getFileIdentifier(path), id.refusal == nil,
+                      let resolved = id.resolved, let stat = id.stat, stat.isRegular {
+                // Larger files and images/: from now on `EarlyStaticFastPath` sends them with sendfile.
+                provider.largeFiles.record(.init(relative: id.relative, resolved: resolved, stat: stat,
+                                                 head: SmallFileCache.encodeHead(response.headers, size: Int(stat.size))))
+            }
         }
         return response
     }

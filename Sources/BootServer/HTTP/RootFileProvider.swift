@@ -93,6 +93,31 @@ struct RootFileProvider: FileProvider {
 
     func getFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: false) }
 
+    /// A file the small-file cache does not hold (larger, or under `images/`) that the router already
+    /// answered with a plain 200: where it resolved, the version it was, and the head it was sent with.
+    struct LargeFile: Sendable {
+        var relative: String
+        var resolved: String
+        var stat: FileStat
+        var head: ByteBuffer
+    }
+
+    /// Heads recorded by `StaticFileGuard`, for `EarlyStaticFastPath` to send such files with sendfile.
+    let largeFiles = LargeFileHeads()
+
+    /// The recorded file behind `path`, if the file there is still the very version recorded (same
+    /// inode, size and mtime: a publish or an edit makes the router answer again first). Safe without
+    /// realpath for the same reason as the small-file cache.
+    func recordedLargeFile(_ path: String) -> LargeFile? {
+        var relative = Substring(path)
+        while relative.first == "/" { relative = relative.dropFirst() }
+        let name = String(relative)
+        guard !Self.unsafeName(name.utf8), let file = largeFiles[name] else { return nil }
+        var info = stat()
+        guard stat(root + "/" + name, &info) == 0, FileStat(info) == file.stat else { return nil }
+        return file
+    }
+
     /// A small file already in memory and unchanged, and not one `observe` selects: what
     /// `StaticFastPath` may answer without the router. One `stat`, never a realpath; nil otherwise.
     func cachedFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: true) }
@@ -294,6 +319,26 @@ struct FileReadError: Error, CustomStringConvertible {
     var offset: Int
     var message: String
     var description: String { "reading '\(path)' at \(offset): \(message)" }
+}
+
+/// Response heads of large files, by path relative to the root. Bounded: past `limit` entries it
+/// starts over (the router records again on the next request of each).
+final class LargeFileHeads: Sendable {
+    private let entries = Mutex([String: RootFileProvider.LargeFile]())
+    let limit: Int
+
+    init(limit: Int = 4096) { self.limit = limit }
+
+    subscript(relative: String) -> RootFileProvider.LargeFile? {
+        entries.withLock { $0[relative] }
+    }
+
+    func record(_ file: RootFileProvider.LargeFile) {
+        entries.withLock { entries in
+            if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
+            entries[file.relative] = file
+        }
+    }
 }
 
 /// Read-buffer memory shared by all streamed downloads: each takes `budget / active` per chunk, between

@@ -88,7 +88,7 @@ struct HTTPDecisionTests {
         // A head split over two reads: the header clock runs after the first, stops at the answer.
         state.readComplete(now: t0)
         #expect(state.headStarted == t0)
-        state.answeredEarly(now: t0 + .seconds(1))
+        state.answeredEarly(streaming: false, now: t0 + .seconds(1))
         state.readComplete(now: t0 + .seconds(1))
         #expect(state.headStarted == nil)
         #expect(state.expired(now: t0 + .seconds(60)) == nil)

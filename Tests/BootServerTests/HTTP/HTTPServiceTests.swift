@@ -415,6 +415,53 @@ struct HTTPServiceTests {
         }
     }
 
+    @Test("images after the router's first answer go out with sendfile: same bytes and headers, on the timeline, abandoned ones too")
+    func earlySendfile() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let bytes = try fixture.writeBinary("\(fixture.imageDir)/initramfs.img", size: 3 * EarlyDownload.regionSize + 12345)
+        // More than the loopback socket buffers hold (see abandonedDownload), so an abandon is seen.
+        let large = 64 * 1024 * 1024
+        _ = try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: large)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
+            _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
+            let alpha = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
+            func transfers() -> [(UInt64, TransferOutcome)] {
+                service.timeline.events(for: alpha).compactMap {
+                    if case .transfer(.http, _, let bytes, _, let outcome) = $0.observation { return (bytes, outcome) }
+                    return nil
+                }
+            }
+            let path = "/\(fixture.imageDir)/initramfs.img"
+            let routed = try await RawHTTP.get(port: port, path)
+            #expect(routed.body == bytes)
+            let early = try await RawHTTP.get(port: port, path)
+            #expect(early.body == bytes)
+            var headers = early.headers, expected = routed.headers
+            headers.removeValue(forKey: "date")
+            expected.removeValue(forKey: "date")
+            #expect(headers == expected)
+            let head = try await RawHTTP.get(port: port, path, method: "HEAD")
+            #expect(head.status == 200 && head.body.isEmpty && head.header("content-length") == "\(bytes.count)")
+            let fast = try await RawHTTP.get(port: port, "/metrics").text
+            #expect(fast.contains("imagebuild_http_fast_path_responses_total 2"), "the second GET and the HEAD")
+            #expect(transfers().map(\.1.label) == ["completed", "completed"])
+            #expect(transfers().map(\.0) == [UInt64(bytes.count), UInt64(bytes.count)])
+
+            // Abandoned: once through the router (which records the head), then with sendfile.
+            let image = "GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            for round in 1...2 {
+                #expect(try await RawHTTP.abandon(port: port, image, after: 100_000) >= 100_000)
+                for _ in 0..<100 where transfers().count < 2 + round { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            let abandoned = Array(transfers().dropFirst(2))
+            #expect(abandoned.map(\.1.label) == ["incomplete", "incomplete"])
+            #expect(abandoned.allSatisfy { $0.0 < UInt64(large) })
+            let after = try await RawHTTP.get(port: port, "/metrics").text
+            #expect(after.contains("imagebuild_http_fast_path_responses_total 3"), "the second abandoned download")
+        }
+    }
+
     @Test("past the connection limit, a new client waits until a slot frees")
     func connectionLimit() async throws {
         let fixture = try HTTPTestRoot()
