@@ -11,8 +11,9 @@ import NIOCore
 ///
 /// It only delimits what it can delimit exactly: CRLF-terminated heads of requests without a body.
 /// Each complete head is either answered here (GET/HEAD over HTTP/1.1, no condition, no Range, a
-/// cached file outside `images/`, and nothing routed on this connection still unanswered, so responses
-/// keep request order) or handed to the decoder whole, where `StaticFastPath` and the router take it
+/// cached small file outside `images/` or a large file the router already answered, see
+/// `EarlyDownload`, and nothing routed on this connection still unanswered, so responses keep request
+/// order) or handed to the decoder whole, where `StaticFastPath` and the router take it
 /// as before. A request with a body, an `Upgrade`, a bare-LF line, or anything it does not parse turns
 /// it into a pass-through for the rest of the connection, so the decoder sees every byte it would have
 /// seen without this handler.
@@ -162,11 +163,15 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     }
 }
 
-/// One large file sent with sendfile: regions of `regionSize` bytes, so an abandoned download reports
-/// the bytes sent to within one region (the router's reports it to within one chunk). The file is
-/// closed, and the delivery reported (timeline, log, byte counters), once every region's write ended.
+/// One large file sent with sendfile, as up to `maximumRegions` regions of at least `regionSize`
+/// bytes, so an abandoned download reports the bytes sent to within one region (the router's reports
+/// them to within one chunk). Every region is queued at once: what the connection answers next is
+/// written after the last of them, and a multi-GB image costs no more bookkeeping than 64 regions.
+/// The file is closed, and the delivery reported (timeline, log, byte counters), once every region's
+/// write ended.
 final class EarlyDownload {
     static let regionSize = 1 << 20
+    static let maximumRegions = 64
 
     private let handle: NIOFileHandle
     private let file: RootFileProvider.LargeFile
@@ -198,9 +203,10 @@ final class EarlyDownload {
             last?.succeed()
             return
         }
+        let regionSize = max(Self.regionSize, (size + Self.maximumRegions - 1) / Self.maximumRegions)
         var offset = 0
         while offset < size {
-            let end = min(offset + Self.regionSize, size)
+            let end = min(offset + regionSize, size)
             let region = FileRegion(fileHandle: handle, readerIndex: offset, endIndex: end)
             let promise = context.eventLoop.makePromise(of: Void.self)
             outstanding += 1
