@@ -153,6 +153,28 @@ extension EndToEnd {
             return upAt
         }
 
+        /// The server's log lines about one node (its MAC, or the address its console shows it got), so a
+        /// failure report shows that node's DHCP, TFTP and HTTP story rather than the log's last lines.
+        static func serverLines(_ log: String, mac: String, console: String) -> String {
+            var addresses: [String] = []
+            for line in console.split(separator: "\n") {
+                guard let range = line.range(of: "net0: "), let slash = line[range.upperBound...].firstIndex(of: "/") else { continue }
+                let address = String(line[range.upperBound..<slash])
+                if address.contains("."), !addresses.contains(address) { addresses.append(address) }
+            }
+            // 10.77.0.11 must not match 10.77.0.111.
+            func mentions(_ line: Substring, _ address: String) -> Bool {
+                var rest = line[...]
+                while let found = rest.range(of: address) {
+                    if found.upperBound == rest.endIndex || !rest[found.upperBound].isNumber { return true }
+                    rest = rest[found.upperBound...]
+                }
+                return false
+            }
+            let lines = log.split(separator: "\n").filter { line in line.contains(mac) || addresses.contains { mentions(line, $0) } }
+            return lines.suffix(80).joined(separator: "\n")
+        }
+
         static func seconds(_ value: Double?) -> String { value.map { String(format: "%.1f s", $0) } ?? "never" }
 
         @Test("four machines at once: pxelinux by MAC, by hex-IP prefix, by default, and iPXE by user class")
@@ -167,7 +189,7 @@ extension EndToEnd {
                 print("serve, BIOS, 4 at once (\(QEMU.accelerator)): \(name) \(mac) NODE-UP after \(Self.seconds(upAt[mac]))")
             }
             for (mac, vm) in vms {
-                #expect(upAt[mac] != nil, "\(mac) did not come up:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+                #expect(upAt[mac] != nil, "\(mac) did not come up:\n\(vm.log.suffix(3000))\n--- server, about this node:\n\(Self.serverLines(site.serve.log, mac: mac, console: vm.log))")
             }
             guard upAt.count == vms.count else { return }
 
@@ -232,7 +254,7 @@ extension EndToEnd {
             let upAt = Self.waitForNodes(vms, started: started, timeout: 480)
             print("serve, server killed (-9) and restarted at \(Self.seconds(crashedAt)): UEFI vm5 NODE-UP after \(Self.seconds(upAt[vms[0].mac])), BIOS iPXE vm4 after \(Self.seconds(upAt[vms[1].mac]))")
             for (mac, vm) in vms {
-                #expect(upAt[mac] != nil, "\(mac) did not come up after the restart:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+                #expect(upAt[mac] != nil, "\(mac) did not come up after the restart:\n\(vm.log.suffix(3000))\n--- server, about this node:\n\(Self.serverLines(site.serve.log, mac: mac, console: vm.log))")
             }
             guard upAt.count == vms.count else { return }
             #expect(uefi.log.contains("imagebuild.test=uefi"))
@@ -266,7 +288,7 @@ extension EndToEnd {
             print("serve, 5 % loss (\(dropped) packets dropped): " + vms.map { "\($0.mac) NODE-UP after \(Self.seconds(upAt[$0.mac]))" }.joined(separator: ", "))
             #expect(dropped > 0, "the loss rule dropped nothing: the test did not test loss")
             for (mac, vm) in vms {
-                #expect(upAt[mac] != nil, "\(mac) did not come up under loss:\n\(vm.log.suffix(3000))\n--- server:\n\(site.serve.log.suffix(3000))")
+                #expect(upAt[mac] != nil, "\(mac) did not come up under loss:\n\(vm.log.suffix(3000))\n--- server, about this node:\n\(Self.serverLines(site.serve.log, mac: mac, console: vm.log))")
                 if upAt[mac] != nil { Self.expectFullBoot(try site.timelineWhenUp(mac, bootloader: true), mac, bootloader: true) }
             }
         }
