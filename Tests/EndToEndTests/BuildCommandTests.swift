@@ -5,7 +5,8 @@ extension EndToEnd {
     @Suite("imagebuild build, validate, inspect", .serialized)
     struct BuildCommandTests {
         @Test("the minimal recipe builds every artifact and the manifest describes them")
-        func minimalArtifacts() throws {
+        func minimalArtifacts() async throws { try await Harness.blocking { try Self().minimalArtifactsOnThread() } }
+        func minimalArtifactsOnThread() throws {
             let dir = try Harness.minimal.get()
             for name in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline", "manifest.json"] {
                 #expect(FileManager.default.fileExists(atPath: dir + "/" + name), "\(name) missing")
@@ -21,7 +22,8 @@ extension EndToEnd {
         }
 
         @Test("cpio -t and bsdtar -tv read the initramfs and show what the recipe asked for")
-        func initramfsIsReadableByStandardTools() throws {
+        func initramfsIsReadableByStandardTools() async throws { try await Harness.blocking { try Self().initramfsIsReadableByStandardToolsOnThread() } }
+        func initramfsIsReadableByStandardToolsOnThread() throws {
             let dir = try Harness.minimal.get()
             let cpio = try Harness.shell("gzip -dc \(dir)/initramfs.img | cpio -t 2>/dev/null")
             #expect(cpio.status == 0)
@@ -45,7 +47,8 @@ extension EndToEnd {
         }
 
         @Test("the image carries the recipe's files with their modes")
-        func imageContents() throws {
+        func imageContents() async throws { try await Harness.blocking { try Self().imageContentsOnThread() } }
+        func imageContentsOnThread() throws {
             let dir = try Harness.minimal.get()
             let listing = try Harness.imagebuild(["inspect", dir + "/image.tar.gz"])
             #expect(listing.status == 0)
@@ -54,7 +57,8 @@ extension EndToEnd {
         }
 
         @Test("two builds of the same recipe are byte-identical")
-        func reproducible() throws {
+        func reproducible() async throws { try await Harness.blocking { try Self().reproducibleOnThread() } }
+        func reproducibleOnThread() throws {
             let first = try Harness.minimal.get()
             let out = Harness.temporaryDirectory("repro")
             defer { try? FileManager.default.removeItem(atPath: out) }
@@ -69,7 +73,8 @@ extension EndToEnd {
         }
 
         @Test("an unchanged recipe is not rebuilt; --force rebuilds")
-        func cache() throws {
+        func cache() async throws { try await Harness.blocking { try Self().cacheOnThread() } }
+        func cacheOnThread() throws {
             let out = Harness.temporaryDirectory("cache")
             defer { try? FileManager.default.removeItem(atPath: out) }
             let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
@@ -85,7 +90,8 @@ extension EndToEnd {
         }
 
         @Test("a build killed midway leaves the previous artifacts untouched")
-        func killedBuildKeepsPreviousArtifacts() throws {
+        func killedBuildKeepsPreviousArtifacts() async throws { try await Harness.blocking { try Self().killedBuildKeepsPreviousArtifactsOnThread() } }
+        func killedBuildKeepsPreviousArtifactsOnThread() throws {
             let out = Harness.temporaryDirectory("kill")
             defer { try? FileManager.default.removeItem(atPath: out) }
             let recipe = Harness.packageRoot + "/recipes/minimal.yaml"
@@ -124,7 +130,8 @@ extension EndToEnd {
 
         @Test("image format squashfs: a squashfs image, and loop/squashfs/overlay in stage 1",
               .enabled(if: Harness.have("mksquashfs") && Harness.have("unsquashfs"), "squashfs-tools not installed"))
-        func squashfsImage() throws {
+        func squashfsImage() async throws { try await Harness.blocking { try Self().squashfsImageOnThread() } }
+        func squashfsImageOnThread() throws {
             let dir = Harness.temporaryDirectory("sqfs")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
@@ -150,7 +157,8 @@ extension EndToEnd {
         }
 
         @Test("validate reports a located error and exits 1")
-        func validateError() throws {
+        func validateError() async throws { try await Harness.blocking { try Self().validateErrorOnThread() } }
+        func validateErrorOnThread() throws {
             let dir = Harness.temporaryDirectory("validate")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let recipe = dir + "/recipe.yaml"

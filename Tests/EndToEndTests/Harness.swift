@@ -51,6 +51,19 @@ enum Harness {
         try run("/bin/sh", ["-c", command], timeout: timeout)
     }
 
+    /// Runs a blocking test body (child processes reaped by polling, `usleep` waits for a VM's console)
+    /// on a thread of its own. Swift Testing runs synchronous tests on the cooperative pool, one thread
+    /// per core: a four-VM boot polling there for a minute or more, next to another synchronous test,
+    /// starved every async test in the process (a 2 s sleep before a kill -9 took half a minute; a
+    /// server's time-out looked broken).
+    static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread { continuation.resume(with: Swift.Result { try body() }) }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+    }
+
     static func temporaryDirectory(_ name: String) -> String {
         var bytes = Array((NSTemporaryDirectory() + "ib-\(name).XXXXXX").utf8CString)
         return bytes.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }

@@ -178,7 +178,8 @@ extension EndToEnd {
         static func seconds(_ value: Double?) -> String { value.map { String(format: "%.1f s", $0) } ?? "never" }
 
         @Test("four machines at once: pxelinux by MAC, by hex-IP prefix, by default, and iPXE by user class")
-        func fourMachines() throws {
+        func fourMachines() async throws { try await Harness.blocking { try Self().fourMachinesOnThread() } }
+        func fourMachinesOnThread() throws {
             let site = try Site()
             defer { site.close() }
             let machines = [("vm1", "52:54:00:77:00:01"), ("vm2", "52:54:00:77:00:02"), ("vm3", "52:54:00:77:00:03"), ("vm4", "52:54:00:77:00:04")]
@@ -232,7 +233,8 @@ extension EndToEnd {
         }
 
         @Test("UEFI firmware PXE chainloads ipxe.efi, and a server crash mid-boot does not stop the boot")
-        func uefiAndServerCrash() throws {
+        func uefiAndServerCrash() async throws { try await Harness.blocking { try Self().uefiAndServerCrashOnThread() } }
+        func uefiAndServerCrashOnThread() throws {
             let site = try Site()
             defer { site.close() }
             let started = Date()
@@ -270,7 +272,8 @@ extension EndToEnd {
         /// handling is ours); stage 1 then fetches the image over HTTP with Linux's TCP. (lpxelinux's own
         /// HTTP client, lwIP, once gave up on a kernel download stalled by loss: see README troubleshooting.)
         @Test("5 % packet loss both ways on the boot network: BIOS pxelinux nodes still come up")
-        func packetLoss() throws {
+        func packetLoss() async throws { try await Harness.blocking { try Self().packetLossOnThread() } }
+        func packetLossOnThread() throws {
             let site = try Site(nodes: Self.nodes.replacingOccurrences(of: "  http_port: 8080\n", with: "  http_port: 8080\n  bios_loader: pxelinux.0\n"))
             defer { site.close() }
             try site.lab.addLoss(permille: 50)

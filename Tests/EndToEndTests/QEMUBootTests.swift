@@ -39,7 +39,8 @@ extension EndToEnd {
     @Suite("Boot the minimal artifacts in QEMU", .serialized, .enabled(if: QEMU.available, "qemu-system-x86_64 is not installed (scripts/setup installs it)"))
     struct QEMUBootTests {
         @Test("stage 1 downloads and verifies the image, stage 2 prints NODE-UP")
-        func bootsToNodeUp() throws {
+        func bootsToNodeUp() async throws { try await Harness.blocking { try Self().bootsToNodeUpOnThread() } }
+        func bootsToNodeUpOnThread() throws {
             let artifacts = try Harness.minimal.get()
             let http = try LoopbackHTTPServer(root: artifacts)
             let started = Date()
@@ -54,7 +55,8 @@ extension EndToEnd {
         }
 
         @Test("a corrupted image is refused with the sha256 failure message")
-        func corruptImageIsRefused() throws {
+        func corruptImageIsRefused() async throws { try await Harness.blocking { try Self().corruptImageIsRefusedOnThread() } }
+        func corruptImageIsRefusedOnThread() throws {
             let artifacts = try Harness.minimal.get()
             let root = Harness.temporaryDirectory("corrupt")
             defer { try? FileManager.default.removeItem(atPath: root) }

@@ -82,7 +82,8 @@ extension EndToEnd {
         }
 
         @Test("one VM, then four at once, served by each stack in turn")
-        func sideBySide() throws {
+        func sideBySide() async throws { try await Harness.blocking { try Self().sideBySideOnThread() } }
+        func sideBySideOnThread() throws {
             let runs = Int(ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_RUNS"] ?? "") ?? 3
             var table: [String] = []
             let counts = (ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_VMS"] ?? "1 4").split(separator: " ").compactMap { Int($0) }

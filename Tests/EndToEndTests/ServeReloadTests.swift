@@ -39,7 +39,8 @@ extension EndToEnd {
         }
 
         @Test("SIGHUP reloads both files, keeps the last good inventory, SIGTERM exits 0")
-        func hangupAndTerminate() throws {
+        func hangupAndTerminate() async throws { try await Harness.blocking { try Self().hangupAndTerminateOnThread() } }
+        func hangupAndTerminateOnThread() throws {
             let dir = Harness.temporaryDirectory("serve-reload")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             try FileManager.default.createDirectory(atPath: dir + "/root", withIntermediateDirectories: true)
