@@ -54,8 +54,8 @@ enum Harness {
     /// Runs a blocking test body (child processes reaped by polling, `usleep` waits for a VM's console)
     /// on a thread of its own. Swift Testing runs synchronous tests on the cooperative pool, one thread
     /// per core: a four-VM boot polling there for a minute or more, next to another synchronous test,
-    /// starved every async test in the process (a 2 s sleep before a kill -9 took half a minute; a
-    /// server's time-out looked broken).
+    /// can starve every async test in the process, whose sleeps and time-outs then run late (the DHCP
+    /// crash test, whose kill must land inside its 6 s load loop, failed once that way, by all signs).
     static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             let thread = Thread { continuation.resume(with: Swift.Result { try body() }) }
