@@ -146,17 +146,17 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
 
     /// The `Server` and `Date` lines and the blank line that ends the head, encoded once per second.
     private struct Trailer {
-        private var second = -1
+        private var date = HTTPDate()
+        private var encodedSecond = -1
         private var bytes = ByteBuffer()
 
         mutating func now(server: String?, allocator: ByteBufferAllocator) -> ByteBuffer {
-            var clock = timespec()
-            clock_gettime(CLOCK_REALTIME, &clock)
-            if clock.tv_sec != second {
-                second = clock.tv_sec
+            let text = date.now()
+            if date.second != encodedSecond {
+                encodedSecond = date.second
                 bytes = allocator.buffer(capacity: 64)
                 if let server { bytes.writeString("server: \(server)\r\n") }
-                bytes.writeString("date: \(HTTPDate.format(second))\r\n\r\n")
+                bytes.writeString("date: \(text)\r\n\r\n")
             }
             return bytes
         }

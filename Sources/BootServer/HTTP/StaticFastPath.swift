@@ -127,7 +127,8 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
 
 /// The `Date` header's value, formatted once per second (RFC 9110 §5.6.7 IMF-fixdate).
 struct HTTPDate {
-    private var second = 0
+    /// The second `now()` last formatted (callers that cache more per second compare it).
+    private(set) var second = 0
     private var text = ""
 
     mutating func now() -> String {
