@@ -29,6 +29,8 @@ let package = Package(
             pkgConfig: "libarchive",
             providers: [.apt(["libarchive-dev"])]
         ),
+        // openat2(2) for the TFTP root's confinement (header only: nothing to link).
+        .systemLibrary(name: "CLinux"),
         .target(
             name: "ImageBuildKit",
             dependencies: [
@@ -46,7 +48,7 @@ let package = Package(
         .target(
             name: "BootServer",
             dependencies: [
-                "BootProtocols", "ImageBuildKit",
+                "BootProtocols", "ImageBuildKit", "CLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

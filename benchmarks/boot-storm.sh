@@ -20,7 +20,8 @@
 #   TIME_LIMIT (1200 s per storm), KERNEL_KIB (64), INITRD_KIB (256), IMAGE_KIB (1024),
 #   SERVER_CPU (0), CLIENT_CPU (1), OUT (also append the report to this file),
 #   IMAGEBUILD / STORM (binaries; default .build/release/...), SKIP_BUILD=1 (do not build),
-#   SCRATCH (swift build --scratch-path, default .build)
+#   SCRATCH (swift build --scratch-path, default .build), STORM_ARGS (more imagebuild-storm options for
+#   both servers, e.g. "--no-events" to compare like for like)
 # The reference gets no stage events (nginx cannot take POST /api/v1/events): its table says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -226,10 +227,10 @@ for n in $NODES; do
     for server in $SERVERS; do
         state=$WORK/state-$server-$n
         mkdir -p "$state"
-        extra=()
+        extra=(${STORM_ARGS:-})
         case $server in
         ours) start_ours "$state"; label="imagebuild-serve" ;;
-        reference) start_reference "$state"; label="dnsmasq+nginx"; extra=(--no-events) ;;
+        reference) start_reference "$state"; label="dnsmasq+nginx"; extra+=(--no-events) ;;
         *) say "unknown server '$server'"; continue ;;
         esac
         wait_ready || { stop_servers; continue; }

@@ -111,7 +111,7 @@ enum HTTPClient {
     static func fetch(_ url: String, method: HTTPMethod = .GET, jsonBody: String? = nil, source: SocketAddress?,
                       timeout: TimeAmount, group: any EventLoopGroup) async throws -> HTTPOutcome {
         guard let target = HTTPURL(url) else { throw HTTPClientError.badURL(url) }
-        let loop = group.next()
+        let loop = group.any()  // the loop this node's task runs on (EventLoopExecutor): no hop
         let promise = loop.makePromise(of: HTTPOutcome.self)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: target.port == 80 ? target.host : "\(target.host):\(target.port)")
@@ -136,7 +136,13 @@ enum HTTPClient {
         if let source { bootstrap = bootstrap.bind(to: source) }
         let channel: any Channel
         do {
-            channel = try await bootstrap.connect(host: target.host, port: target.port).get()
+            // Boot URLs carry an address: connecting to it directly skips the resolver and Happy Eyeballs,
+            // which cost the simulator more than the connection itself.
+            if let address = try? SocketAddress(ipAddress: target.host, port: target.port) {
+                channel = try await bootstrap.connect(to: address).get()
+            } else {
+                channel = try await bootstrap.connect(host: target.host, port: target.port).get()
+            }
         } catch {
             promise.fail(error)  // the handler may never have been added
             throw HTTPClientError.connect(url, error)

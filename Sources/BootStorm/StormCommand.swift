@@ -132,6 +132,8 @@ struct StormCommand: AsyncParsableCommand {
         let cap = concurrency
         let interval = rate > 0 ? 1.0 / rate : 0
 
+        var executors: [EventLoopExecutor] = []
+        for loop in group.makeIterator() { executors.append(EventLoopExecutor(loop)) }
         var results: [NodeResult] = []
         results.reserveCapacity(total)
         var started = 0
@@ -144,7 +146,7 @@ struct StormCommand: AsyncParsableCommand {
                     if due > clock.now { try? await clock.sleep(until: due) }
                 }
                 let node = SimulatedNode(index: started, mac: MACAddress(rawValue: base.rawValue &+ UInt64(started)), settings: settings)
-                tasks.addTask { await node.boot() }
+                tasks.addTask(executorPreference: executors[started % executors.count]) { await node.boot() }
                 started += 1
                 if started % 1000 == 0 {
                     FileHandle.standardError.write(Data("[\(label)] started \(started)/\(total), finished \(results.count), \(String(format: "%.1f", seconds(clock.now - begin))) s\n".utf8))

@@ -13,6 +13,10 @@ final class TFTPFetchHandler: ChannelInboundHandler {
     private let promise: EventLoopPromise<TFTPFetch.Outcome>
     private let timeout: TimeAmount
     private var timer: Scheduled<Void>?
+    /// When the current packet's wait ends; the one scheduled task is moved only when it would fire too
+    /// late, so a transfer in lock step does not schedule (and allocate) a task per block.
+    private var deadline = NIODeadline.distantFuture
+    private var timerDeadline: NIODeadline?
     private var finished = false
 
     init(fetch: TFTPFetch, server: SocketAddress, timeout: TimeAmount, promise: EventLoopPromise<TFTPFetch.Outcome>) {
@@ -82,12 +86,24 @@ final class TFTPFetchHandler: ChannelInboundHandler {
     /// Exponential back-off from `timeout`: lock-step TFTP waits on every block, so a fixed long wait
     /// would hide server stalls and a fixed short one would flood a loaded server.
     private func arm(context: ChannelHandlerContext) {
+        deadline = .now() + timeout * Int64(1 << min(fetch.retransmissions, 5))
+        schedule(context: context)
+    }
+
+    private func schedule(context: ChannelHandlerContext) {
+        if let timerDeadline, timerDeadline <= deadline { return }  // fires first, then re-arms for the rest
         timer?.cancel()
-        let delay = timeout * Int64(1 << min(fetch.retransmissions, 5))
+        timerDeadline = deadline
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: delay) {
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
             let (handler, context) = loopBound.value
+            handler.timer = nil
+            handler.timerDeadline = nil
             guard !handler.finished else { return }
+            if NIODeadline.now() < handler.deadline {
+                handler.schedule(context: context)  // the packet it was set for was answered
+                return
+            }
             let action = handler.fetch.timeout()
             handler.perform(action, context: context)
         }
@@ -98,10 +114,13 @@ enum TFTPClient {
     /// Reads (or probes) `filename` from `server`, the socket bound to `source` (nil: any address).
     static func fetch(_ fetch: TFTPFetch, server: SocketAddress, source: SocketAddress?, timeout: TimeAmount,
                       group: any EventLoopGroup) async -> TFTPFetch.Outcome {
-        let loop = group.next()
+        let loop = group.any()  // the loop this node's task runs on (EventLoopExecutor): no hop
         let promise = loop.makePromise(of: TFTPFetch.Outcome.self)
         let bootstrap = DatagramBootstrap(group: loop)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            // One datagram per wake-up in lock step: reading on until EAGAIN would cost a second recvmsg
+            // per packet (epoll is level-triggered, so anything left queued wakes the loop again).
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(

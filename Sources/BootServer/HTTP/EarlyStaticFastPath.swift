@@ -9,7 +9,13 @@ import NIOCore
 /// answered with three buffers that already exist (the file version's encoded head, this second's
 /// `Server`/`Date` lines, the content): no allocation, one `writev`.
 ///
-/// It only delimits what it can delimit exactly: CRLF-terminated heads of requests without a body.
+/// Stage reports (`POST /api/v1/events` with a `Content-Length` body, five per booting node) are read
+/// and recorded here too, through the router's own `EventIntake`: through Hummingbird each one hopped
+/// to the concurrency pool and back, and in a 1,000-node storm they cost a quarter of the server's CPU
+/// and half a second each. A report the intake refuses goes to the router, which answers the error.
+///
+/// It only delimits what it can delimit exactly: CRLF-terminated heads of requests without a body, and
+/// report bodies by their `Content-Length`.
 /// Each complete head is either answered here (GET/HEAD over HTTP/1.1, no condition, no Range, a
 /// cached small file outside `images/` or a large file the router already answered, see
 /// `EarlyDownload`, and nothing routed on this connection still unanswered, so responses keep request
@@ -37,18 +43,23 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     private let routing: StaticFastPath.Routing
     private let serverName: String?
     private let counted: @Sendable (_ bodyBytes: Int) -> Void
-    /// Bytes of a head not complete yet.
+    private let events: EventIntake?
+    private let eventCounted: @Sendable (_ bodyBytes: Int) -> Void
+    /// Bytes of a head (or a report) not complete yet.
     private var pending: ByteBuffer?
     private var passThrough = false
     private var closing = false
     private var trailer = Trailer()
 
     init(provider: RootFileProvider, routing: StaticFastPath.Routing, serverName: String?,
-         counted: @escaping @Sendable (Int) -> Void) {
+         counted: @escaping @Sendable (Int) -> Void, events: EventIntake? = nil,
+         eventCounted: @escaping @Sendable (Int) -> Void = { _ in }) {
         self.provider = provider
         self.routing = routing
         self.serverName = serverName
         self.counted = counted
+        self.events = events
+        self.eventCounted = eventCounted
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -63,7 +74,8 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         var answered = false
         defer { if answered { context.flush() } }
         while buffer.readableBytes > 0 {
-            let scan = buffer.withUnsafeReadableBytes { RequestHead.scan($0) }
+            let limit = events?.maximumBodySize ?? 0
+            let scan = buffer.withUnsafeReadableBytes { RequestHead.scan($0, eventBodyLimit: limit) }
             switch scan {
             case .incomplete:
                 if buffer.readableBytes > Self.headLimit {
@@ -91,6 +103,22 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
                 } else {
                     return
                 }
+            case .event(let length, let bodyLength, let close):
+                guard buffer.readableBytes >= length + bodyLength else {
+                    pending = buffer  // at most headLimit + the intake's body limit
+                    return
+                }
+                let body = buffer.getSlice(at: buffer.readerIndex + length, length: bodyLength)!
+                guard routing.routed == 0, let answer = record(body, context: context) else {
+                    context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length + bodyLength)!))
+                    continue
+                }
+                buffer.moveReaderIndex(forwardBy: length + bodyLength)
+                if send(answer, close: close, context: context) {
+                    answered = true
+                } else {
+                    return
+                }
             }
         }
     }
@@ -98,6 +126,17 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     private enum Answer {
         case content(head: ByteBuffer, body: ByteBuffer?)
         case file(head: ByteBuffer, download: EarlyDownload?)
+        case event(head: ByteBuffer, body: ByteBuffer)
+    }
+
+    /// A stage report recorded, and the router's 202 answer to it; nil (nothing recorded) when the
+    /// intake refuses it, so the router reads it again and answers the error.
+    private func record(_ body: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
+        guard let events, let event = try? events.accept(body, from: context.remoteAddress?.ipv4Address),
+              let json = try? EventIntake.responseBody(event) else { return nil }
+        var head = context.channel.allocator.buffer(capacity: 128)
+        head.writeString("HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: \(json.readableBytes)\r\n")
+        return .event(head: head, body: json)
     }
 
     /// A cached small file, or a recorded large one opened for sendfile (nil for HEAD).
@@ -122,6 +161,12 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
             context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
             context.write(wrapOutboundOut(.byteBuffer(lines)), promise: body == nil ? written : nil)
             if let body { context.write(wrapOutboundOut(.byteBuffer(body)), promise: written) }
+        case .event(let head, let body):
+            context.fireUserInboundEventTriggered(Answered(streaming: false))
+            eventCounted(body.readableBytes)
+            context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(lines)), promise: nil)
+            context.write(wrapOutboundOut(.byteBuffer(body)), promise: written)
         case .file(let head, let download):
             context.fireUserInboundEventTriggered(Answered(streaming: download != nil))
             counted(0)  // the body's bytes are counted by the provider's delivery, as the router's are
@@ -243,8 +288,11 @@ enum RequestHead: Equatable {
     case forward(length: Int)
     /// A complete plain GET or HEAD: `path` is the target's byte range before any query.
     case eligible(length: Int, path: Range<Int>, isHead: Bool, close: Bool)
+    /// A complete head of `POST /api/v1/events` over HTTP/1.1 whose body is `bodyLength` bytes
+    /// (one `Content-Length`, 1...`eventBodyLimit`) and follows the head.
+    case event(length: Int, bodyLength: Int, close: Bool)
 
-    static func scan(_ bytes: UnsafeRawBufferPointer) -> RequestHead {
+    static func scan(_ bytes: UnsafeRawBufferPointer, eventBodyLimit: Int = 0) -> RequestHead {
         let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
         guard let firstLF = bytes.firstIndex(of: lf) else { return .incomplete }
         guard firstLF > 0, bytes[firstLF - 1] == cr else { return .unsupported }
@@ -255,6 +303,9 @@ enum RequestHead: Equatable {
         guard let space2 = bytes[afterMethod].firstIndex(of: UInt8(ascii: " ")), space2 > space1 + 1 else { return .unsupported }
         let method = bytes[0..<space1], target = (space1 + 1)..<space2, version = bytes[(space2 + 1)..<line.upperBound]
         var eligible = version.elementsEqual("HTTP/1.1".utf8) && bytes[target.lowerBound] == UInt8(ascii: "/")
+        let isEvent = eventBodyLimit > 0 && eligible && method.elementsEqual("POST".utf8)
+            && bytes[target].elementsEqual("/api/v1/events".utf8)
+        var bodyLength: Int?
         let isHead = method.elementsEqual("HEAD".utf8)
         eligible = eligible && (isHead || method.elementsEqual("GET".utf8))
         var pathEnd = target.upperBound
@@ -273,6 +324,10 @@ enum RequestHead: Equatable {
             let end = lineFeed - 1
             if end == start {
                 let length = lineFeed + 1
+                if isEvent {
+                    guard let bodyLength else { return .forward(length: length) }  // no body: the router says what is missing
+                    return .event(length: length, bodyLength: bodyLength, close: close)
+                }
                 return eligible ? .eligible(length: length, path: target.lowerBound..<pathEnd, isHead: isHead, close: close)
                                 : .forward(length: length)
             }
@@ -285,14 +340,29 @@ enum RequestHead: Equatable {
             let value = bytes[valueStart..<valueEnd]
             switch Field(name) {
             case .contentLength:
-                guard value.elementsEqual("0".utf8) else { return .unsupported }
-                eligible = false
+                if isEvent {
+                    // One plain decimal length within the limit; anything else (a second one, a sign,
+                    // a huge one) is the decoder's to refuse.
+                    guard bodyLength == nil, !value.isEmpty, value.count <= 9,
+                          value.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return .unsupported }
+                    let length = value.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
+                    guard length > 0, length <= eventBodyLimit else { return .unsupported }
+                    bodyLength = length
+                } else {
+                    guard value.elementsEqual("0".utf8) else { return .unsupported }
+                    eligible = false
+                }
             case .transferEncoding, .upgrade, .expect:
                 return .unsupported
             case .conditionOrRange:
                 eligible = false
             case .connection:
-                if equalsIgnoringCase(value, "close") { close = true } else if !equalsIgnoringCase(value, "keep-alive") { eligible = false }
+                if equalsIgnoringCase(value, "close") {
+                    close = true
+                } else if !equalsIgnoringCase(value, "keep-alive") {
+                    if isEvent { return .unsupported }  // its body could not be handed on with the head
+                    eligible = false
+                }
             case .other:
                 break
             }

@@ -17,7 +17,8 @@ final class HTTPMetrics: Sendable {
     let downloadsCompleted: Counter
     let downloadsIncomplete: Counter
     let imageBytes: Counter
-    /// Small files answered on the event loop (`StaticFastPath`), also counted in `requests`.
+    /// Requests answered on the event loop without the router (small files, sendfile downloads, stage
+    /// reports), also counted in `requests`.
     let fastPathResponses: Counter
     private let closedByTimeout: [ConnectionTimeoutReason: Counter]
     private let nodesByStage: [BootStage: Gauge]
@@ -38,7 +39,7 @@ final class HTTPMetrics: Sendable {
         downloadsCompleted = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_downloads_total", "Downloads of files under images/"), labels: [("outcome", "completed")])
         downloadsIncomplete = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_downloads_total", "Downloads of files under images/"), labels: [("outcome", "incomplete")])
         imageBytes = registry.makeCounter(descriptor: Self.name("imagebuild_http_image_bytes_total", "Bytes of files under images/ sent"))
-        fastPathResponses = registry.makeCounter(descriptor: Self.name("imagebuild_http_fast_path_responses_total", "Small cached files answered on the event loop, without the router"))
+        fastPathResponses = registry.makeCounter(descriptor: Self.name("imagebuild_http_fast_path_responses_total", "Requests answered on the event loop, without the router (small files, downloads by sendfile, stage reports)"))
         var closed: [ConnectionTimeoutReason: Counter] = [:]
         for reason in ConnectionTimeoutReason.allCases {
             closed[reason] = registry.makeCounter(descriptor: Self.name("imagebuild_http_connections_timed_out_total", "Connections closed because the client stalled"), labels: [("reason", reason.rawValue)])

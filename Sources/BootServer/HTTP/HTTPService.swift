@@ -148,6 +148,7 @@ public final class HTTPService: Service, Sendable {
         let metrics = self.metrics
         let logger = self.logger
         let serverName = configuration.serverName
+        let eventIntake = self.eventIntake
         let server = HTTPServerBuilder.http1(configuration: .init(
             additionalChannelHandlers: [
                 ConnectionTimeoutHandler(limits: self.configuration.timeouts) { reason, remote in
@@ -156,7 +157,11 @@ public final class HTTPService: Service, Sendable {
                     logger.notice("HTTP connection closed by time-out", metadata: [
                         "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
                 },
-                StaticFastPath(provider: provider, serverName: serverName) { bytes in
+                StaticFastPath(provider: provider, serverName: serverName, events: eventIntake,
+                               eventCounted: { bytes in
+                                   metrics.request(.events, status: 202, bodyBytes: bytes)
+                                   metrics.fastPathResponses.increment()
+                               }) { bytes in
                     metrics.request(.files, status: 200, bodyBytes: nil)
                     metrics.sent(.files, bytes: UInt64(bytes))
                     metrics.fastPathResponses.increment()
@@ -238,8 +243,9 @@ public final class HTTPService: Service, Sendable {
         router.get("/boot/v1/bootscript") { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }
+        let intake = eventIntake
         router.post("/api/v1/events") { [self] request, context in
-            try await self.postEvent(request, context: context)
+            try await self.postEvent(request, context: context, intake: intake)
         }
         router.get("/api/v1/nodes") { [self] _, _ in
             let now = timeline.currentTime
@@ -310,35 +316,15 @@ public final class HTTPService: Service, Sendable {
 
     // MARK: Events
 
-    private struct EventBody: Decodable {
-        var mac: String?
-        var stage: String?
-        var detail: String?
+    /// What the router and the early path share for `POST /api/v1/events`.
+    var eventIntake: EventIntake {
+        EventIntake(timeline: timeline, attribute: attributor(), maximumBodySize: configuration.maximumEventBodySize)
     }
 
-    private func postEvent(_ request: Request, context: BootRequestContext) async throws -> Response {
+    private func postEvent(_ request: Request, context: BootRequestContext, intake: EventIntake) async throws -> Response {
         let body = try await request.body.collect(upTo: configuration.maximumEventBodySize)
-        let report: EventBody
-        do {
-            report = try JSONDecoder().decode(EventBody.self, from: Data(buffer: body))
-        } catch {
-            throw HTTPError(.badRequest, message: "the body is not a JSON object {\"mac\":…, \"stage\":…, \"detail\":…}: \(error)")
-        }
-        let stages = NodeReport.allCases.map(\.rawValue).joined(separator: ", ")
-        guard let stageText = report.stage else { throw HTTPError(.badRequest, message: "missing \"stage\" (one of: \(stages))") }
-        guard let stage = NodeReport(rawValue: stageText) else {
-            throw HTTPError(.badRequest, message: "unknown stage '\(stageText)' (one of: \(stages))")
-        }
-        var mac = report.mac.flatMap(MAC.init).flatMap { MACAddress(bytes: $0.bytes) }
-        if mac == nil, let ip = context.remoteAddress?.ipv4Address { mac = attributor()(ip) }
-        guard let mac else {
-            throw HTTPError(.badRequest, message: "'\(report.mac ?? "")' is not a MAC address, and the client's address is not a known node")
-        }
-        let detail = report.detail.map { String($0.prefix(500)) }.flatMap { $0.isEmpty ? nil : $0 }
-        let event = timeline.record(.report(stage, detail: detail), mac: mac)
-        if let ip = context.remoteAddress?.ipv4Address, !ip.isAny { timeline.learn(ip: ip, mac: mac) }
-        var response = try Self.json(event)
-        response.status = .accepted
-        return response
+        let event = try intake.accept(body, from: context.remoteAddress?.ipv4Address)
+        return Response(status: .accepted, headers: [.contentType: "application/json", .cacheControl: "no-store"],
+                        body: ResponseBody(byteBuffer: try EventIntake.responseBody(event)))
     }
 }

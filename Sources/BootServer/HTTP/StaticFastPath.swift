@@ -38,15 +38,25 @@ final class StaticFastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private var closing = false
     private var date = HTTPDate()
 
-    init(provider: RootFileProvider, serverName: String?, counted: @escaping @Sendable (Int) -> Void) {
+    private let events: EventIntake?
+    private let eventCounted: @Sendable (_ bodyBytes: Int) -> Void
+
+    /// - Parameters:
+    ///   - events: stage reports recorded by the early path (nil: the router reads them all).
+    ///   - eventCounted: called per report answered there, with the answer's body size.
+    init(provider: RootFileProvider, serverName: String?, events: EventIntake? = nil,
+         eventCounted: @escaping @Sendable (Int) -> Void = { _ in }, counted: @escaping @Sendable (Int) -> Void) {
         self.provider = provider
         self.serverName = serverName
+        self.events = events
+        self.eventCounted = eventCounted
         self.counted = counted
     }
 
     /// Puts the connection's `EarlyStaticFastPath` in front of the HTTP decoder.
     func handlerAdded(context: ChannelHandlerContext) {
-        let early = EarlyStaticFastPath(provider: provider, routing: routing, serverName: serverName, counted: counted)
+        let early = EarlyStaticFastPath(provider: provider, routing: routing, serverName: serverName, counted: counted,
+                                        events: events, eventCounted: eventCounted)
         try? context.pipeline.syncOperations.addHandler(early, position: .first)
     }
 

@@ -1,4 +1,5 @@
 import BootProtocols
+import CLinux
 import NIOCore
 import NIOPosix
 
@@ -110,25 +111,39 @@ enum TFTPServedContent: TFTPContentSource, Sendable {
 /// Confined to the listener's event loop (not thread-safe). Path rules, as tftp-hpa with `-s`:
 /// backslashes become '/', a leading '/' is relative to the root, any '..' component is refused, and the
 /// resolved path (symlinks followed) must still be inside the root.
+///
+/// A request is one `openat2(RESOLVE_BENEATH)` below a descriptor of the root: the kernel enforces the
+/// confinement, so a miss costs one system call instead of realpath's readlink per path component (a
+/// pxelinux config walk is ten misses per node). What it refuses (an absolute symlink, even one that
+/// points inside) or cannot do (ENOSYS) goes the realpath way, which gives the exact same answers.
 final class TFTPFileStore {
     struct CacheEntry {
-        var device: UInt64
-        var inode: UInt64
         var size: Int64
         var modified: timespec
         var content: ByteBuffer
         var lastUse: UInt64
     }
 
+    /// Cache key: the file itself, however it was reached (symlinks, generations, either resolution).
+    struct FileKey: Hashable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
     let root: String
     let cacheFileLimit: Int
     let cacheTotalLimit: Int
     let requireWorldReadable: Bool
-    private var cache: [String: CacheEntry] = [:]
+    private var cache: [FileKey: CacheEntry] = [:]
     private var cachedBytes = 0
     private var useCounter: UInt64 = 0
     private(set) var cacheHits: UInt64 = 0
     private(set) var cacheMisses: UInt64 = 0
+    /// An `O_PATH` descriptor of the root, checked against the root's path at most once a second, so a
+    /// root removed and made again (or a directory mounted over it) is followed as the path would be.
+    private var rootDescriptor: CInt = -1
+    private var rootIdentity: FileKey?
+    private var rootCheckedAt = NIODeadline.uptimeNanoseconds(0)
 
     /// `root` must already be canonical (see `canonicalRoot`).
     init(root: String, cacheFileLimit: Int, cacheTotalLimit: Int, requireWorldReadable: Bool) {
@@ -136,6 +151,10 @@ final class TFTPFileStore {
         self.cacheFileLimit = cacheFileLimit
         self.cacheTotalLimit = cacheTotalLimit
         self.requireWorldReadable = requireWorldReadable
+    }
+
+    deinit {
+        if rootDescriptor >= 0 { close(rootDescriptor) }
     }
 
     /// The root with symlinks resolved, or nil if it does not exist.
@@ -161,26 +180,20 @@ final class TFTPFileStore {
     /// Opens `requested` for serving.
     func open(_ requested: String) throws(TFTPFileError) -> TFTPServedContent {
         let relative = try Self.normalise(requested)
-        let joined = root == "/" ? "/" + relative : root + "/" + relative
-        guard let resolvedPointer = realpath(joined, nil) else {
-            switch errno {
-            case EACCES: throw .permissionDenied(path: relative)
-            default: throw .notFound(path: relative)  // ENOENT, ENOTDIR, ELOOP: nothing servable there
+        let flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY  // O_NONBLOCK: a FIFO cannot block the loop in open()
+        var descriptor: CInt = -1
+        if let directory = currentRootDescriptor() {
+            descriptor = ib_open_beneath(directory, relative, flags)
+            if descriptor < 0 {
+                switch errno {
+                case ENOENT, ENOTDIR: throw .notFound(path: relative)
+                case EACCES, EPERM: throw .permissionDenied(path: relative)
+                default: break  // EXDEV, ELOOP, EAGAIN, ENOSYS...: resolve it the long way for the exact answer
+                }
             }
         }
-        let resolved = String(cString: resolvedPointer)
-        free(resolvedPointer)
-        guard root == "/" || resolved.hasPrefix(root + "/") else {
-            throw .symlinkLeavesRoot(path: relative, target: resolved)
-        }
-        // O_NONBLOCK so a FIFO cannot block the event loop in open(); it is refused below anyway.
-        let descriptor = Glibc.open(resolved, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
-        guard descriptor >= 0 else {
-            switch errno {
-            case EACCES, EPERM: throw .permissionDenied(path: relative)
-            case ENOENT: throw .notFound(path: relative)
-            default: throw .readFailed(path: relative, errno: errno)
-            }
+        if descriptor < 0 {
+            descriptor = try openResolvingPath(relative, flags: flags)
         }
         var info = stat()
         guard fstat(descriptor, &info) == 0 else {
@@ -203,20 +216,60 @@ final class TFTPFileStore {
         }
         defer { close(descriptor) }
         useCounter += 1
-        // The cache is keyed by resolved path and checked against inode, size and mtime, so an atomic
-        // rename (publish) or an edit in place is seen on the next request.
-        if var entry = cache[resolved], entry.device == UInt64(info.st_dev), entry.inode == UInt64(info.st_ino),
-           entry.size == size, entry.modified.tv_sec == info.st_mtim.tv_sec, entry.modified.tv_nsec == info.st_mtim.tv_nsec {
+        // Keyed by the file and checked against size and mtime, so an atomic rename (publish) or an edit
+        // in place is seen on the next request.
+        let key = FileKey(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        if var entry = cache[key], entry.size == size,
+           entry.modified.tv_sec == info.st_mtim.tv_sec, entry.modified.tv_nsec == info.st_mtim.tv_nsec {
             cacheHits += 1
             entry.lastUse = useCounter
-            cache[resolved] = entry
+            cache[key] = entry
             return .memory(entry.content)
         }
         cacheMisses += 1
         let content = try readWhole(descriptor, size: Int(size), path: relative)
-        insert(CacheEntry(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: size,
-                          modified: info.st_mtim, content: content, lastUse: useCounter), for: resolved)
+        insert(CacheEntry(size: size, modified: info.st_mtim, content: content, lastUse: useCounter), for: key)
         return .memory(content)
+    }
+
+    /// The realpath way: resolve, check the result is under the root, open it.
+    private func openResolvingPath(_ relative: String, flags: CInt) throws(TFTPFileError) -> CInt {
+        let joined = root == "/" ? "/" + relative : root + "/" + relative
+        guard let resolvedPointer = realpath(joined, nil) else {
+            switch errno {
+            case EACCES: throw .permissionDenied(path: relative)
+            default: throw .notFound(path: relative)  // ENOENT, ENOTDIR, ELOOP: nothing servable there
+            }
+        }
+        let resolved = String(cString: resolvedPointer)
+        free(resolvedPointer)
+        guard root == "/" || resolved.hasPrefix(root + "/") else {
+            throw .symlinkLeavesRoot(path: relative, target: resolved)
+        }
+        let descriptor = Glibc.open(resolved, flags)
+        guard descriptor >= 0 else {
+            switch errno {
+            case EACCES, EPERM: throw .permissionDenied(path: relative)
+            case ENOENT: throw .notFound(path: relative)
+            default: throw .readFailed(path: relative, errno: errno)
+            }
+        }
+        return descriptor
+    }
+
+    /// The root's descriptor for `openat2`, re-opened when the path names another directory than it did.
+    private func currentRootDescriptor() -> CInt? {
+        let now = NIODeadline.now()
+        if rootDescriptor >= 0, now - rootCheckedAt < .seconds(1) { return rootDescriptor }
+        rootCheckedAt = now
+        var info = stat()
+        guard stat(root, &info) == 0 else { return nil }
+        let identity = FileKey(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+        if rootDescriptor >= 0, identity == rootIdentity { return rootDescriptor }
+        if rootDescriptor >= 0 { close(rootDescriptor) }
+        rootDescriptor = ib_open_directory_path(root)
+        rootIdentity = rootDescriptor >= 0 ? identity : nil
+        return rootDescriptor >= 0 ? rootDescriptor : nil
     }
 
     private func readWhole(_ descriptor: CInt, size: Int, path: String) throws(TFTPFileError) -> ByteBuffer {
@@ -225,7 +278,7 @@ final class TFTPFileStore {
         return buffer
     }
 
-    private func insert(_ entry: CacheEntry, for key: String) {
+    private func insert(_ entry: CacheEntry, for key: FileKey) {
         if let old = cache.removeValue(forKey: key) { cachedBytes -= old.content.readableBytes }
         let size = entry.content.readableBytes
         guard size <= cacheTotalLimit else { return }

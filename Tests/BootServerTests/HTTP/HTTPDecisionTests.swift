@@ -96,8 +96,8 @@ struct HTTPDecisionTests {
     }
 
     /// Scans `text` as `EarlyStaticFastPath` does.
-    private func scan(_ text: String) -> RequestHead {
-        Array(text.utf8).withUnsafeBytes { RequestHead.scan($0) }
+    private func scan(_ text: String, eventBodyLimit: Int = 0) -> RequestHead {
+        Array(text.utf8).withUnsafeBytes { RequestHead.scan($0, eventBodyLimit: eventBodyLimit) }
     }
 
     @Test("request heads: which the early fast path answers, hands to the decoder whole, or leaves to it")
@@ -126,6 +126,31 @@ struct HTTPDecisionTests {
                             "GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"] {
             #expect(scan(unsupported) == .unsupported, "\(unsupported)")
         }
+    }
+
+    @Test("stage reports: delimited by one plain Content-Length within the limit, or left to the decoder")
+    func reportHeads() {
+        let head = "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n"
+        #expect(scan(head + #"{"mac": "x"}"#, eventBodyLimit: 4096) == .event(length: head.utf8.count, bodyLength: 12, close: false))
+        #expect(scan(head, eventBodyLimit: 4096) == .event(length: head.utf8.count, bodyLength: 12, close: false))  // body not here yet
+        let closing = "POST /api/v1/events HTTP/1.1\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n"
+        #expect(scan(closing, eventBodyLimit: 4096) == .event(length: closing.utf8.count, bodyLength: 4096, close: true))
+        // Without a body the router says what is missing.
+        let bodiless = "POST /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n"
+        #expect(scan(bodiless, eventBodyLimit: 4096) == .forward(length: bodiless.utf8.count))
+        for other in ["Content-Length: 4097", "Content-Length: 0", "Content-Length: +12", "Content-Length: 1 2", "Content-Length: 0x10",
+                      "Content-Length: 99999999999999999999", "Content-Length: 12\r\nContent-Length: 12",
+                      "Content-Length: 12\r\nTransfer-Encoding: chunked", "Content-Length: 12\r\nExpect: 100-continue",
+                      "Content-Length: 12\r\nConnection: upgrade"] {
+            let text = "POST /api/v1/events HTTP/1.1\r\n\(other)\r\n\r\n"
+            #expect(scan(text, eventBodyLimit: 4096) == .unsupported, "\(other)")
+        }
+        // Other targets and versions, and a server without the intake: the decoder reads on.
+        for text in ["POST /api/v1/events?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", "POST /api/v1/event HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+                     "POST /api/v1/events HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}", "PUT /api/v1/events HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"] {
+            #expect(scan(text, eventBodyLimit: 4096) == .unsupported, "\(text)")
+        }
+        #expect(scan(head, eventBodyLimit: 0) == .unsupported)
     }
 
     @Test("a stalled body and a client that stops reading are cut")

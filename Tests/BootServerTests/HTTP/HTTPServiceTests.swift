@@ -283,6 +283,84 @@ struct HTTPServiceTests {
         }
     }
 
+    @Test("stage reports before the decoder: split over reads, pipelined, recorded once, answered as the router does, errors in order")
+    func earlyReports() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
+            func post(_ body: String, close: Bool = false) -> String {
+                "POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
+                    + (close ? "Connection: close\r\n" : "") + "\r\n" + body
+            }
+            func responses(_ bytes: [UInt8]) throws -> [RawResponse] {
+                var rest = bytes, all: [RawResponse] = []
+                while !rest.isEmpty {
+                    var response = try RawHTTP.parse(rest)
+                    let length = try #require(response.header("content-length").flatMap { Int($0) })
+                    rest = Array(response.body.dropFirst(length))
+                    response.body = Array(response.body.prefix(length))
+                    all.append(response)
+                }
+                return all
+            }
+            func metric(_ prefix: String) async throws -> Int {
+                let text = try await RawHTTP.get(port: port, "/metrics").text
+                let line = text.split(separator: "\n").first { $0.hasPrefix(prefix + " ") }
+                return line.flatMap { Int($0.split(separator: " ").last!) } ?? 0
+            }
+            let answeredEarly = "imagebuild_http_fast_path_responses_total", reportsAccepted = #"imagebuild_http_requests_total{route="events",code="2xx"}"#
+            let mac = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
+            _ = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")  // routed once: cached from now on
+            let start = post(#"{"mac":"52:54:00:aa:00:01","stage":"stage1-start","detail":"eth0"}"#)
+            let downloaded = post(#"{"mac":"52:54:00:aa:00:01","stage":"image-downloaded","detail":"12 bytes"}"#)
+            // One report split inside its head and inside its body, the next in the same read as its end,
+            // then a GET that closes.
+            let splitHead = start.index(start.startIndex, offsetBy: 20), splitBody = start.index(start.endIndex, offsetBy: -9)
+            let early = try responses(try await RawHTTP.exchange(port: port, chunks: [
+                String(start[..<splitHead]), String(start[splitHead..<splitBody]), String(start[splitBody...]) + downloaded,
+                "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            ], pause: .milliseconds(100)))
+            #expect(early.map(\.status) == [202, 202, 200])
+            let reports = service.timeline.events(for: mac).map(\.observation)
+            #expect(reports == [.report(.stage1Start, detail: "eth0"), .report(.imageDownloaded, detail: "12 bytes")])
+            #expect(try await metric(reportsAccepted) == 2)
+            #expect(try await metric(answeredEarly) == 3)  // both reports and the GET
+
+            // Behind a routed request (a Range GET), reports go to the router, so responses keep their
+            // order; its answer is the early path's but for the date and the event's time.
+            let routed = try responses(try await RawHTTP.exchange(port: port, chunks: [
+                "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-6\r\n\r\n"
+                    + post(#"{"mac":"52:54:00:aa:00:01","stage":"image-verified"}"#)
+                    + post(#"{"mac":"52:54:00:aa:00:01","stage":"switch-root"}"#, close: true),
+            ]))
+            #expect(routed.map(\.status) == [206, 202, 202])
+            #expect(try await metric(reportsAccepted) == 4)
+            #expect(try await metric(answeredEarly) == 3)
+            var earlyHeaders = early[0].headers, routedHeaders = routed[1].headers
+            for name in ["date", "content-length"] {
+                earlyHeaders.removeValue(forKey: name)
+                routedHeaders.removeValue(forKey: name)
+            }
+            #expect(earlyHeaders == routedHeaders)
+            let earlyEvent = try JSONDecoder().decode(BootEvent.self, from: Data(early[0].body))
+            let routedEvent = try JSONDecoder().decode(BootEvent.self, from: Data(routed[1].body))
+            #expect(earlyEvent.observation == .report(.stage1Start, detail: "eth0"))
+            #expect(routedEvent.observation == .report(.imageVerified, detail: nil))
+            #expect(early[0].text.contains(#""summary":"node: stage1-start (eth0)""#))
+            #expect(routed[1].text.contains(#""summary":"node: image-verified""#))
+
+            // A report the intake refuses is the router's to answer (400), in order with what follows,
+            // and nothing of it is recorded.
+            let refused = try responses(try await RawHTTP.exchange(port: port, chunks: [
+                post(#"{"mac":"52:54:00:aa:00:01","stage":"booting"}"#) + post(#"{"mac":"52:54:00:aa:00:01","stage":"up"}"#, close: true),
+            ]))
+            #expect(refused.map(\.status) == [400, 202])
+            #expect(refused[0].text.contains("unknown stage 'booting'"))
+            #expect(service.timeline.events(for: mac).count == 5)
+            #expect(service.timeline.node(mac)?.stage == .up)
+        }
+    }
+
     @Test("events in, validated; timeline out; kept across a restart on the same state directory")
     func eventsAndRestart() async throws {
         let fixture = try HTTPTestRoot()

@@ -116,6 +116,9 @@ struct TFTPServerBehaviourTests {
         try FileManager.default.createSymbolicLink(atPath: root.path + "/escape", withDestinationPath: outside.path + "/secret")
         try FileManager.default.createSymbolicLink(atPath: root.path + "/escape-dir", withDestinationPath: outside.path)
         try FileManager.default.createSymbolicLink(atPath: root.path + "/inside", withDestinationPath: "boot/vmlinuz")
+        // openat2(RESOLVE_BENEATH) refuses every absolute symlink; one that stays inside must still be served.
+        try FileManager.default.createSymbolicLink(atPath: root.path + "/inside-absolute", withDestinationPath: root.path + "/boot/vmlinuz")
+        try FileManager.default.createSymbolicLink(atPath: root.path + "/dangling", withDestinationPath: "boot/missing")
         try FileManager.default.createSymbolicLink(atPath: root.path + "/device", withDestinationPath: "/dev/zero")
         #expect(mkfifo(root.path + "/fifo", 0o644) == 0)
         #expect(mknod(root.path + "/null", S_IFCHR | 0o666, dev_t(0x103) /* makedev(1, 3): /dev/null */) == 0)
@@ -134,13 +137,15 @@ struct TFTPServerBehaviourTests {
                 ("private", .accessViolation),
                 ("/etc/passwd", .fileNotFound),
                 ("missing", .fileNotFound),
+                ("dangling", .fileNotFound),
+                ("boot/vmlinuz/x", .fileNotFound),
                 ("pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", .fileNotFound),
             ]
             for (path, code) in refused {
                 let answer = try await firstAnswer(path, server: address)
                 #expect(errorCode(answer) == code, "'\(path)' answered \(answer.map { "\($0)" } ?? "nothing")")
             }
-            for path in ["boot/vmlinuz", "/boot/vmlinuz", "//boot/./vmlinuz", "\\boot\\vmlinuz", "inside", "pxelinux.cfg\\default"] {
+            for path in ["boot/vmlinuz", "/boot/vmlinuz", "//boot/./vmlinuz", "\\boot\\vmlinuz", "inside", "inside-absolute", "pxelinux.cfg\\default"] {
                 let answer = try await firstAnswer(path, server: address)
                 guard case .data(1, _)? = answer else {
                     Issue.record("'\(path)' answered \(answer.map { "\($0)" } ?? "nothing") instead of DATA 1")
@@ -326,6 +331,27 @@ struct TFTPServerBehaviourTests {
             let statistics = try await server.statistics()
             #expect(statistics.cacheHits == 2)
             #expect(statistics.cacheMisses == 2)
+        }
+    }
+
+    /// The store opens files below a descriptor of the root; a root replaced under the same path must
+    /// be followed (within the store's one-second re-check), as opening by path would.
+    @Test func aRootMadeAgainUnderTheSamePathIsFollowed() async throws {
+        let root = try TemporaryRoot()
+        defer { root.cleanup() }
+        try root.write("pxelinux.cfg/default", data: Data("LABEL old\n".utf8))
+        try await withTFTPServer(root: root) { _, address, _ in
+            var client = try await RawTFTPClient()
+            #expect(try await client.download("pxelinux.cfg/default", from: address) == Array("LABEL old\n".utf8))
+            await client.close()
+            try FileManager.default.moveItem(atPath: root.path, toPath: root.path + ".old")
+            defer { try? FileManager.default.removeItem(atPath: root.path + ".old") }
+            try FileManager.default.createDirectory(atPath: root.path, withIntermediateDirectories: false)
+            try root.write("pxelinux.cfg/default", data: Data("LABEL new\n".utf8))
+            try await Task.sleep(for: .milliseconds(1100))
+            client = try await RawTFTPClient()
+            #expect(try await client.download("pxelinux.cfg/default", from: address) == Array("LABEL new\n".utf8))
+            await client.close()
         }
     }
 
