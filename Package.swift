@@ -41,6 +41,12 @@ let package = Package(
             ],
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // An epoll loop on a thread of its own for many UDP sockets (TFTP transfers, server and simulator).
+        .target(
+            name: "DatagramIO",
+            dependencies: ["CLinux", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         .target(
             name: "BootProtocols",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -48,7 +54,7 @@ let package = Package(
         .target(
             name: "BootServer",
             dependencies: [
-                "BootProtocols", "ImageBuildKit", "CLinux",
+                "BootProtocols", "ImageBuildKit", "CLinux", "DatagramIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -75,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "imagebuild-storm",
             dependencies: [
-                "BootProtocols", "ImageBuildKit",
+                "BootProtocols", "ImageBuildKit", "CLinux", "DatagramIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

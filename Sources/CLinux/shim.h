@@ -1,9 +1,15 @@
 #ifndef IMAGEBUILD_CLINUX_SHIM_H
 #define IMAGEBUILD_CLINUX_SHIM_H
-/* Linux system calls without a glibc wrapper Swift can call (syscall(2) is variadic). */
+/* Linux interfaces Swift's Glibc module leaves out: openat2 (no wrapper; syscall(2) is variadic),
+ * epoll and eventfd (for DatagramIO's reactor). */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -21,6 +27,9 @@ static inline int ib_open_beneath(int dirfd, const char *path, int flags) {
     return -1;
 #endif
 }
+
+/* Names the calling thread (top, perf); the kernel keeps 15 bytes. */
+static inline void ib_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 /* The root directory as a descriptor for ib_open_beneath (O_PATH is hidden behind _GNU_SOURCE). */
 static inline int ib_open_directory_path(const char *path) {

@@ -1,19 +1,21 @@
 import BootProtocols
+import DatagramIO
 import Logging
 import NIOCore
 import NIOPosix
 
 /// Read-only TFTP server (RFC 1350, 2347, 2348, 2349, 7440) on SwiftNIO.
 ///
-/// One listening socket takes requests; each transfer gets its own channel on an ephemeral port
-/// (RFC 1350's transfer ID), spread over the event loop group: no thread or process per transfer.
-/// The protocol itself is `TFTPReadSession` (BootProtocols); the handlers here only carry out its actions.
+/// One listening socket (a NIO channel) takes requests; each transfer gets its own socket on an
+/// ephemeral port (RFC 1350's transfer ID), all run by one `DatagramReactor` thread: no thread or
+/// process per transfer, and no per-packet allocation. The protocol itself is `TFTPReadSession`
+/// (BootProtocols); the listener and `TFTPTransfer` only carry out its actions.
 public actor TFTPServer {
     public nonisolated let configuration: TFTPServerConfiguration
     private let logger: Logger
     private let group: any EventLoopGroup
     private let observer: (@Sendable (TFTPTransferReport) -> Void)?
-    private var listener: (channel: any Channel, handler: NIOLoopBound<TFTPListenerHandler>)?
+    private var listener: (channel: any Channel, handler: NIOLoopBound<TFTPListenerHandler>, reactor: DatagramReactor)?
 
     /// - Parameter observer: called once per request (served, aborted, failed or refused), on an event
     ///   loop thread: keep it short (the boot timeline appends a record).
@@ -37,10 +39,11 @@ public actor TFTPServer {
         let logger = self.logger
         let group = self.group
         let observer = self.observer
+        let reactor = try DatagramReactor(name: "tftp-transfers")
         // The socket is made on one of the group's threads, never the caller's: a socket lives in the network
         // namespace of the thread that creates it, so a group whose threads joined a namespace serves inside
-        // it (the loss tests run the server so). Transfer sockets are made on the listener's loop anyway.
-        let channel = try await group.next().flatSubmit {
+        // it (the loss tests run the server so). Transfer sockets are made on the listener's loop too.
+        let bound = group.next().flatSubmit {
             // No SO_REUSEADDR: for UDP it lets a second server bind the same port and silently take
             // half the requests; a clear "port in use" at start-up is what an administrator needs.
             DatagramBootstrap(group: group)
@@ -57,17 +60,24 @@ public actor TFTPServer {
                         let store = TFTPFileStore(root: root, cacheFileLimit: configuration.cacheFileSizeLimit,
                                                   cacheTotalLimit: configuration.cacheTotalSizeLimit,
                                                   requireWorldReadable: configuration.requireWorldReadable)
-                        let handler = TFTPListenerHandler(configuration: configuration, store: store, group: group,
+                        let handler = TFTPListenerHandler(configuration: configuration, store: store, reactor: reactor,
                                                           logger: logger, observer: observer)
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
                 }
                 .bind(host: configuration.host, port: configuration.port)
-        }.get()
+        }
+        let channel: any Channel
+        do {
+            channel = try await bound.get()
+        } catch {
+            reactor.shutdown()
+            throw error
+        }
         let handler = try await channel.eventLoop.submit {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: TFTPListenerHandler.self), eventLoop: channel.eventLoop)
         }.get()
-        listener = (channel, handler)
+        listener = (channel, handler, reactor)
         let address = channel.localAddress!
         logger.info("TFTP server listening", metadata: ["address": "\(address)", "root": "\(root)"])
         return address
@@ -80,6 +90,7 @@ public actor TFTPServer {
         let handler = listener.handler
         try? await listener.channel.eventLoop.submit { handler.value.closeTransfers() }.get()
         try? await listener.channel.close()
+        listener.reactor.shutdown()  // runs the transfers' cancellations queued above first
         logger.info("TFTP server stopped")
     }
 
@@ -113,30 +124,32 @@ final class TFTPListenerHandler: ChannelInboundHandler {
 
     private let configuration: TFTPServerConfiguration
     private let store: TFTPFileStore
-    private let group: any EventLoopGroup
+    private let reactor: DatagramReactor
     private let logger: Logger
     private let observer: (@Sendable (TFTPTransferReport) -> Void)?
     private let metrics = TFTPServerMetrics()
     private var context: ChannelHandlerContext?
-    /// A running transfer; its channel is nil while the socket is being bound.
+    /// A running transfer (owned by the reactor's thread once added).
     private struct Transfer {
         var id: UInt64
         var request: TFTPRequest
-        var channel: (any Channel)?
+        var endpoint: TFTPTransfer
     }
 
     /// Running transfers by client endpoint.
     private var transfers: [SocketAddress: Transfer] = [:]
     private var nextTransferID: UInt64 = 0
-    private var transfersPerClient: [String: Int] = [:]
+    private var transfersPerClient: [ClientKey: Int] = [:]
+    /// Where transfer sockets are bound: the listener's host, an ephemeral port.
+    private var transferAddress: SocketAddress?
     private var statistics = TFTPServerStatistics()
     private var closing = false
 
-    init(configuration: TFTPServerConfiguration, store: TFTPFileStore, group: any EventLoopGroup,
+    init(configuration: TFTPServerConfiguration, store: TFTPFileStore, reactor: DatagramReactor,
          logger: Logger, observer: (@Sendable (TFTPTransferReport) -> Void)?) {
         self.configuration = configuration
         self.store = store
-        self.group = group
+        self.reactor = reactor
         self.logger = logger
         self.observer = observer
     }
@@ -159,8 +172,23 @@ final class TFTPListenerHandler: ChannelInboundHandler {
 
     func closeTransfers() {
         closing = true
-        for case let channel? in transfers.values.map(\.channel) {
-            channel.close(promise: nil)
+        let reactor = self.reactor
+        for transfer in transfers.values.map(\.endpoint) {
+            reactor.execute { transfer.cancel(reactor) }
+        }
+    }
+
+    /// Per-client limits count by address, not port: a client's transfers come from many ports.
+    private enum ClientKey: Hashable {
+        case v4(UInt32)
+        case other(String)
+
+        init(_ address: SocketAddress) {
+            if case .v4(let v4) = address {
+                self = .v4(v4.address.sin_addr.s_addr)
+            } else {
+                self = .other(address.ipAddress ?? "\(address)")
+            }
         }
     }
 
@@ -192,14 +220,15 @@ final class TFTPListenerHandler: ChannelInboundHandler {
     }
 
     private func read(_ request: TFTPRequest, from client: SocketAddress, context: ChannelHandlerContext) {
-        let clientKey = client.ipAddress ?? "\(client)"
+        let clientKey = ClientKey(client)
         if let running = transfers[client] {
             if running.request == request {
                 // The client re-sent its RRQ: our first answer (or all of them) did not reach it. A second
                 // transfer would only compete with the first; the running session repeats its answer at once.
                 statistics.duplicateRequests += 1
                 logger.debug("repeated read request passed to its transfer", metadata: ["client": "\(client)", "file": "\(request.filename)"])
-                running.channel?.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.RequestRepeated())
+                let reactor = self.reactor, endpoint = running.endpoint
+                reactor.execute { endpoint.requestRepeated(reactor) }
                 return
             }
             // A different request from the same port: the client has moved on (PXE ROMs send the real
@@ -207,9 +236,9 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             // on the transfer's own loop). The old transfer is superseded.
             transfers[client] = nil
             release(clientKey)
-            // Both run on the transfer's loop in this order: the report says why it ended.
-            running.channel?.pipeline.fireUserInboundEventTriggered(TFTPTransferHandler.Superseded())
-            running.channel?.close(promise: nil)
+            // On the reactor, after anything the old transfer is still doing: the report says why it ended.
+            let reactor = self.reactor, endpoint = running.endpoint
+            reactor.execute { endpoint.superseded(reactor) }
         }
         guard !closing else { return }
         guard transfersPerClient[clientKey, default: 0] < configuration.maximumTransfersPerClient else {
@@ -244,51 +273,37 @@ final class TFTPListenerHandler: ChannelInboundHandler {
             return
         }
 
+        let socket: CInt
+        do {
+            socket = try UDPSocket.open(boundTo: transferBindAddress(context: context))
+        } catch {
+            reject(client: client, path: request.filename, code: .notDefined,
+                   message: "cannot open transfer socket", reason: "\(error)", level: .error)
+            return
+        }
         nextTransferID += 1
         let id = nextTransferID
-        transfers[client] = Transfer(id: id, request: request, channel: nil)
-        transfersPerClient[clientKey, default: 0] += 1
         let listener = NIOLoopBound(self, eventLoop: context.eventLoop)
         let onEnd: @Sendable (TFTPTransferReport) -> Void = { report in
             listener.eventLoop.execute { listener.value.transferEnded(report, id: id) }
         }
-        let sessionConfiguration = configuration.session
-        DatagramBootstrap(group: group)
-            // A transfer socket gets one ACK per window; reading on until EAGAIN would cost a second recvmsg
-            // per ACK. NIO's epoll is level-triggered, so a datagram left queued wakes the loop again.
-            .channelOption(.maxMessagesPerRead, value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let handler = TFTPTransferHandler(request: request, client: client, content: content,
-                                                      configuration: sessionConfiguration, onEnd: onEnd)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
-            .bind(host: configuration.host, port: 0)
-            .hop(to: context.eventLoop)
-            .assumeIsolated()
-            .whenComplete { result in
-                let handler = listener.value
-                switch result {
-                case .success(let channel):
-                    if handler.transfers[client]?.id == id {
-                        handler.transfers[client]?.channel = channel
-                        if handler.closing { channel.close(promise: nil) }
-                    } else {
-                        channel.close(promise: nil)  // superseded while binding
-                    }
-                case .failure(let error):
-                    if handler.transfers[client]?.id == id {
-                        handler.transfers[client] = nil
-                        handler.release(clientKey)
-                    }
-                    handler.reject(client: client, path: request.filename, code: .notDefined,
-                                   message: "cannot open transfer socket", reason: "bind failed: \(error)", level: .error)
-                }
-            }
+        let transfer = TFTPTransfer(descriptor: socket, request: request, client: client, content: content,
+                                    configuration: configuration.session, onEnd: onEnd)
+        transfers[client] = Transfer(id: id, request: request, endpoint: transfer)
+        transfersPerClient[clientKey, default: 0] += 1
+        reactor.add(transfer)
     }
 
-    private func release(_ clientKey: String) {
+    /// The listening socket's address with port 0, worked out once.
+    private func transferBindAddress(context: ChannelHandlerContext) throws -> SocketAddress {
+        if let transferAddress { return transferAddress }
+        var address = try context.channel.localAddress ?? SocketAddress(ipAddress: "0.0.0.0", port: 0)
+        address.port = 0
+        transferAddress = address
+        return address
+    }
+
+    private func release(_ clientKey: ClientKey) {
         let remaining = transfersPerClient[clientKey, default: 1] - 1
         transfersPerClient[clientKey] = remaining > 0 ? remaining : nil
     }
@@ -311,7 +326,7 @@ final class TFTPListenerHandler: ChannelInboundHandler {
         // A superseded transfer was already released; its endpoint may belong to a newer one now.
         if transfers[report.client]?.id == id {
             transfers[report.client] = nil
-            release(report.client.ipAddress ?? "\(report.client)")
+            release(ClientKey(report.client))
         }
         let level: Logger.Level
         switch report.result {
@@ -346,91 +361,97 @@ final class TFTPListenerHandler: ChannelInboundHandler {
     }
 }
 
-/// Runs one read transfer on its own ephemeral-port channel: feeds the session what arrives and
-/// carries out what it returns. Per block: one pread or slice, one datagram buffer, no other allocation.
-final class TFTPTransferHandler: ChannelInboundHandler {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+/// One read transfer on its own ephemeral-port socket (RFC 1350's transfer ID), run by the server's
+/// `DatagramReactor`: feeds the session what arrives and carries out what it returns. Per block: one
+/// `recvfrom` into the reactor's buffer, one `sendmsg` of a 4-byte header and the block's bytes where
+/// they lie (a slice of the cached file, or one pread), nothing allocated. Reactor thread only, after
+/// the listener hands it over.
+final class TFTPTransfer: DatagramEndpoint {
     typealias Session = TFTPReadSession<TFTPServedContent>
 
+    let descriptor: CInt
     private var session: Session
     private let client: SocketAddress
+    private let peer: DatagramPeer
     private let onEnd: @Sendable (TFTPTransferReport) -> Void
     private var actions: [Session.Action] = []
-    private var timer: Scheduled<Void>?
-    private var timerDeadline: NIODeadline?
+    private var encoded = ByteBuffer()
     private var startedAt = NIODeadline.now()
     private var ended = false
 
-    init(request: TFTPRequest, client: SocketAddress, content: TFTPServedContent,
+    init(descriptor: CInt, request: TFTPRequest, client: SocketAddress, content: TFTPServedContent,
          configuration: TFTPSessionConfiguration, onEnd: @escaping @Sendable (TFTPTransferReport) -> Void) {
+        self.descriptor = descriptor
         self.session = Session(request: request, fileSize: content.size, content: content, configuration: configuration)
         self.client = client
+        self.peer = DatagramPeer(client)
         self.onEnd = onEnd
         actions.reserveCapacity(session.negotiated.windowSize + 2)
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        startedAt = .now()
-        run(.start(startedAt), context: context)
-        context.fireChannelActive()
+    func start(_ reactor: DatagramReactor, now: NIODeadline) {
+        startedAt = now
+        run(.start(now), reactor: reactor)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-        if !ended { end(.cancelled) }
-        context.fireChannelInactive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        guard envelope.remoteAddress == client else {
+    func readable(_ reactor: DatagramReactor, scratch: UnsafeMutableRawBufferPointer, now: NIODeadline) {
+        var sender = sockaddr_storage()
+        var senderLength = socklen_t(0)
+        guard let count = UDPSocket.receive(descriptor, into: scratch, from: &sender, senderLength: &senderLength) else { return }
+        guard peer.matches(&sender, length: senderLength) else {
             // RFC 1350 §4: answer a stranger with "unknown transfer ID" without disturbing the transfer.
-            let packet = TFTPPacket.error(code: .unknownTransferID, message: "unknown transfer ID")
-            var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
-            packet.encode(into: &buffer)
-            context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: buffer)), promise: nil)
+            encoded.clear()
+            TFTPPacket.error(code: .unknownTransferID, message: "unknown transfer ID").encode(into: &encoded)
+            let stranger = DatagramPeer(storage: sender, length: senderLength)
+            encoded.withUnsafeReadableBytes { _ = UDPSocket.send(descriptor, head: $0, body: nil, to: stranger) }
             return
         }
-        // A datagram that does not decode is dropped, like a corrupted one: the session's timer recovers.
-        guard let packet = try? TFTPPacket.decode(envelope.data) else { return }
-        run(.packet(packet, .now()), context: context)
-    }
-
-    /// Sent by the listener when this transfer's client repeats its request.
-    struct RequestRepeated: Sendable {}
-    /// The client sent a different request from this transfer's client port.
-    struct Superseded: Sendable {}
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is RequestRepeated {
-            run(.requestRepeated(.now()), context: context)
-        } else if event is Superseded {
-            end(.superseded)
+        let packet: TFTPPacket
+        if count == 4, scratch[0] == 0, scratch[1] == UInt8(TFTPOpcode.acknowledgement.rawValue) {
+            packet = .acknowledgement(block: UInt16(scratch[2]) << 8 | UInt16(scratch[3]))  // the common case, decoded in place
         } else {
-            context.fireUserInboundEventTriggered(event)
+            // A datagram that does not decode is dropped, like a corrupted one: the session's timer recovers.
+            guard let decoded = try? TFTPPacket.decode(ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<count]))) else { return }
+            packet = decoded
         }
+        run(.packet(packet, now), reactor: reactor)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // ICMP port unreachable and the like surface here on UDP; the client is gone or will retry.
-        // The session's time-outs decide when to give up, so the error is not fatal by itself.
+    func deadlineReached(_ reactor: DatagramReactor, now: NIODeadline) {
+        run(.timerFired(now), reactor: reactor)
     }
 
-    private func run(_ event: Session.Event, context: ChannelHandlerContext) {
+    func cancelled() {
+        end(.cancelled)
+    }
+
+    /// The listener saw this transfer's client repeat its request.
+    func requestRepeated(_ reactor: DatagramReactor) {
+        guard reactor.isRegistered(self) else { return }
+        run(.requestRepeated(.now()), reactor: reactor)
+    }
+
+    /// The client sent a different request from this transfer's client port: it moved on.
+    func superseded(_ reactor: DatagramReactor) {
+        end(.superseded)
+        reactor.remove(self)
+    }
+
+    /// The server is stopping.
+    func cancel(_ reactor: DatagramReactor) {
+        end(.cancelled)
+        reactor.remove(self)
+    }
+
+    private func run(_ event: Session.Event, reactor: DatagramReactor) {
         actions.removeAll(keepingCapacity: true)
         session.handle(event, into: &actions)
-        var wrote = false
         for action in actions {
             switch action {
             case .send(let packet):
-                var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
-                packet.encode(into: &buffer)
-                context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: client, data: buffer)), promise: nil)
-                wrote = true
+                send(packet)
             case .armTimer(let deadline):
-                arm(deadline, context: context)
+                reactor.setDeadline(deadline, for: self)
             case .finish(let outcome):
                 switch outcome {
                 case .completed: end(.completed)
@@ -441,28 +462,18 @@ final class TFTPTransferHandler: ChannelInboundHandler {
                 end(.failed(failure))
             }
         }
-        if wrote { context.flush() }
-        if ended {
-            timer?.cancel()
-            timer = nil
-            context.close(promise: nil)
-        }
+        if ended { reactor.remove(self) }
     }
 
-    /// One scheduled task per transfer, moved only when the session wants an earlier deadline: a busy
-    /// transfer pushes its deadline forward on every ACK, and re-scheduling each time would allocate per
-    /// packet. A task that fires early is harmless; the session answers it with the real deadline.
-    private func arm(_ deadline: NIODeadline, context: ChannelHandlerContext) {
-        if let current = timerDeadline, current <= deadline { return }
-        timer?.cancel()
-        timerDeadline = deadline
-        let loopBoundContext = context
-        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            self.timer = nil
-            self.timerDeadline = nil
-            guard !self.ended else { return }
-            self.run(.timerFired(.now()), context: loopBoundContext)
+    private func send(_ packet: TFTPPacket) {
+        if case .data(let block, let payload) = packet {
+            var head: (UInt8, UInt8, UInt8, UInt8) = (0, UInt8(TFTPOpcode.data.rawValue), UInt8(block >> 8), UInt8(block & 0xFF))
+            withUnsafeBytes(of: &head) { _ = UDPSocket.send(descriptor, head: $0, body: payload, to: peer) }
+            return
         }
+        encoded.clear()
+        packet.encode(into: &encoded)
+        encoded.withUnsafeReadableBytes { _ = UDPSocket.send(descriptor, head: $0, body: nil, to: peer) }
     }
 
     private func end(_ result: TFTPTransferResult) {
