@@ -1,4 +1,5 @@
 import BootProtocols
+import DatagramIO
 import Foundation
 import ImageBuildKit
 import NIOCore
@@ -34,6 +35,8 @@ struct NodeResult: Sendable {
 /// Settings every node shares.
 struct StormSettings: Sendable {
     var group: any EventLoopGroup
+    /// Runs every TFTP read (see `TFTPFetchEndpoint`).
+    var reactor: DatagramReactor
     var dhcp: DHCPPort
     /// The DHCP time-outs of a PXE ROM (4, 8, 16, 32 s: about a minute before it gives up).
     var dhcpTimeouts: [TimeAmount]
@@ -223,7 +226,7 @@ struct SimulatedNode: Sendable {
 
     private func tftp(_ fetch: TFTPFetch, server: SocketAddress, source: SocketAddress?, result: inout NodeResult) async -> TFTPFetch.Outcome {
         result.tftpRequests += 1
-        return await TFTPClient.fetch(fetch, server: server, source: source, timeout: settings.tftpTimeout, group: settings.group)
+        return await TFTPClient.fetch(fetch, server: server, source: source, timeout: settings.tftpTimeout, reactor: settings.reactor)
     }
 
     @discardableResult

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BootProtocols
+import DatagramIO
 import Foundation
 import NIOCore
 import NIOPosix
@@ -119,10 +120,12 @@ struct StormCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError("cannot bind the DHCP client port \(dhcpClientPort): \(error) (root and a namespace of your own are needed)")
         }
+        let reactor = try DatagramReactor(name: "storm-tftp")
+        defer { reactor.shutdown() }
         let clock = ContinuousClock()
         let begin = clock.now
         let settings = StormSettings(
-            group: group, dhcp: dhcp, dhcpTimeouts: parsedDHCPTimeouts,
+            group: group, reactor: reactor, dhcp: dhcp, dhcpTimeouts: parsedDHCPTimeouts,
             tftpTimeout: .nanoseconds(Int64(tftpTimeout * 1e9)), tftpRetries: tftpRetries,
             httpTimeout: .nanoseconds(Int64(httpTimeout * 1e9)), romBlockSize: romBlksize,
             pxelinuxBlockSize: pxelinuxBlksize, postEvents: events, bindLeasedAddress: bindLeased,

@@ -1,139 +1,113 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BootProtocols
+import DatagramIO
 import NIOCore
-import NIOPosix
 
 /// Runs one `TFTPFetch` on its own UDP socket (a new client transfer ID per read, as firmware does),
-/// bound to the node's leased address. Every packet is handled on the channel's event loop.
-final class TFTPFetchHandler: ChannelInboundHandler {
-    typealias InboundIn = AddressedEnvelope<ByteBuffer>
-    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
-
+/// bound to the node's leased address, on the simulator's `DatagramReactor`: a simulated node's
+/// per-block work must cost less than the server's, or the storm measures the simulator.
+final class TFTPFetchEndpoint: DatagramEndpoint {
+    let descriptor: CInt
     private var fetch: TFTPFetch
-    private var peer: SocketAddress
-    private let promise: EventLoopPromise<TFTPFetch.Outcome>
+    private let serverAddress: SocketAddress
+    private var peer: DatagramPeer
     private let timeout: TimeAmount
-    private var timer: Scheduled<Void>?
-    /// When the current packet's wait ends; the one scheduled task is moved only when it would fire too
-    /// late, so a transfer in lock step does not schedule (and allocate) a task per block.
-    private var deadline = NIODeadline.distantFuture
-    private var timerDeadline: NIODeadline?
+    private let completion: (TFTPFetch.Outcome) -> Void
     private var finished = false
+    private var encoded = ByteBuffer()
 
-    init(fetch: TFTPFetch, server: SocketAddress, timeout: TimeAmount, promise: EventLoopPromise<TFTPFetch.Outcome>) {
+    init(descriptor: CInt, fetch: TFTPFetch, server: SocketAddress, timeout: TimeAmount,
+         completion: @escaping (TFTPFetch.Outcome) -> Void) {
+        self.descriptor = descriptor
         self.fetch = fetch
-        self.peer = server
+        self.serverAddress = server
+        self.peer = DatagramPeer(server)
         self.timeout = timeout
-        self.promise = promise
+        self.completion = completion
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        let request = fetch.start()
-        write(request, context: context)
-        arm(context: context)
-        context.fireChannelActive()
+    func start(_ reactor: DatagramReactor, now: NIODeadline) {
+        perform(.send(fetch.start()), reactor: reactor, now: now, first: true)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let envelope = unwrapInboundIn(data)
-        guard !finished, let port = envelope.remoteAddress.port else { return }
-        guard let packet = try? TFTPPacket.decode(envelope.data) else { return }
-        let firstReply = fetch.serverPort == nil
-        let action = fetch.receive(packet, fromPort: port)
-        if firstReply, fetch.serverPort == port { peer = envelope.remoteAddress }
-        perform(action, context: context)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        finish(.failed("socket error: \(error)"), context: context)
-    }
-
-    /// Also runs when the bind failed and the channel never became active: the promise is always kept.
-    func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        if !finished {
-            finished = true
-            promise.succeed(.failed("socket closed"))
+    func readable(_ reactor: DatagramReactor, scratch: UnsafeMutableRawBufferPointer, now: NIODeadline) {
+        var sender = sockaddr_storage()
+        var senderLength = socklen_t(0)
+        guard let count = UDPSocket.receive(descriptor, into: scratch, from: &sender, senderLength: &senderLength),
+              !finished, CInt(sender.ss_family) == AF_INET else { return }
+        let (host, port) = withUnsafeBytes(of: sender) { raw -> (UInt32, Int) in
+            let address = raw.load(as: sockaddr_in.self)
+            return (address.sin_addr.s_addr, Int(UInt16(bigEndian: address.sin_port)))
         }
+        // Replies come from the server's address (from a port of its choosing).
+        guard case .v4(let server) = serverAddress, server.address.sin_addr.s_addr == host else { return }
+        let firstReply = fetch.serverPort == nil
+        let action: TFTPFetch.Action
+        if count >= 4, scratch[0] == 0, scratch[1] == UInt8(TFTPOpcode.data.rawValue) {
+            let block = UInt16(scratch[2]) << 8 | UInt16(scratch[3])
+            action = fetch.receiveData(block: block, payload: UnsafeRawBufferPointer(rebasing: scratch[4..<count]), fromPort: port)
+        } else {
+            guard let packet = try? TFTPPacket.decode(ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<count]))) else { return }
+            action = fetch.receive(packet, fromPort: port)
+        }
+        if firstReply, fetch.serverPort == port { peer = DatagramPeer(storage: sender, length: senderLength) }
+        perform(action, reactor: reactor, now: now)
     }
 
-    private func perform(_ action: TFTPFetch.Action, context: ChannelHandlerContext) {
+    func deadlineReached(_ reactor: DatagramReactor, now: NIODeadline) {
+        guard !finished else { return }
+        perform(fetch.timeout(), reactor: reactor, now: now)
+    }
+
+    func cancelled() {
+        complete(.failed("simulator stopped"))
+    }
+
+    private func perform(_ action: TFTPFetch.Action, reactor: DatagramReactor, now: NIODeadline, first: Bool = false) {
         switch action {
         case .none:
             return
         case .send(let packet):
-            write(packet, context: context)
-            arm(context: context)
+            send(packet)
+            // Exponential back-off from `timeout`: lock-step TFTP waits on every block, so a fixed long
+            // wait would hide server stalls and a fixed short one would flood a loaded server.
+            reactor.setDeadline(now + timeout * Int64(1 << min(fetch.retransmissions, 5)), for: self)
         case .finish(let outcome, let packet):
-            if let packet { write(packet, context: context) }
-            finish(outcome, context: context)
+            if let packet { send(packet) }
+            complete(outcome)
+            reactor.remove(self)
         }
     }
 
-    private func finish(_ outcome: TFTPFetch.Outcome, context: ChannelHandlerContext) {
+    private func send(_ packet: TFTPPacket) {
+        encoded.clear()
+        packet.encode(into: &encoded)
+        encoded.withUnsafeReadableBytes { _ = UDPSocket.send(descriptor, head: $0, body: nil, to: peer) }
+    }
+
+    private func complete(_ outcome: TFTPFetch.Outcome) {
         guard !finished else { return }
         finished = true
-        timer?.cancel()
-        promise.succeed(outcome)
-        context.close(promise: nil)
-    }
-
-    private func write(_ packet: TFTPPacket, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: packet.encodedSize)
-        packet.encode(into: &buffer)
-        context.writeAndFlush(wrapOutboundOut(AddressedEnvelope(remoteAddress: peer, data: buffer)), promise: nil)
-    }
-
-    /// Exponential back-off from `timeout`: lock-step TFTP waits on every block, so a fixed long wait
-    /// would hide server stalls and a fixed short one would flood a loaded server.
-    private func arm(context: ChannelHandlerContext) {
-        deadline = .now() + timeout * Int64(1 << min(fetch.retransmissions, 5))
-        schedule(context: context)
-    }
-
-    private func schedule(context: ChannelHandlerContext) {
-        if let timerDeadline, timerDeadline <= deadline { return }  // fires first, then re-arms for the rest
-        timer?.cancel()
-        timerDeadline = deadline
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(deadline: deadline) {
-            let (handler, context) = loopBound.value
-            handler.timer = nil
-            handler.timerDeadline = nil
-            guard !handler.finished else { return }
-            if NIODeadline.now() < handler.deadline {
-                handler.schedule(context: context)  // the packet it was set for was answered
-                return
-            }
-            let action = handler.fetch.timeout()
-            handler.perform(action, context: context)
-        }
+        completion(outcome)
     }
 }
 
 enum TFTPClient {
     /// Reads (or probes) `filename` from `server`, the socket bound to `source` (nil: any address).
     static func fetch(_ fetch: TFTPFetch, server: SocketAddress, source: SocketAddress?, timeout: TimeAmount,
-                      group: any EventLoopGroup) async -> TFTPFetch.Outcome {
-        let loop = group.any()  // the loop this node's task runs on (EventLoopExecutor): no hop
-        let promise = loop.makePromise(of: TFTPFetch.Outcome.self)
-        let bootstrap = DatagramBootstrap(group: loop)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            // One datagram per wake-up in lock step: reading on until EAGAIN would cost a second recvmsg
-            // per packet (epoll is level-triggered, so anything left queued wakes the loop again).
-            .channelOption(.maxMessagesPerRead, value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        TFTPFetchHandler(fetch: fetch, server: server, timeout: timeout, promise: promise))
-                }
-            }
+                      reactor: DatagramReactor) async -> TFTPFetch.Outcome {
+        let socket: CInt
         do {
-            let bindAddress = try source ?? SocketAddress(ipAddress: "0.0.0.0", port: 0)
-            _ = try await bootstrap.bind(to: bindAddress).get()
+            socket = try UDPSocket.open(boundTo: source ?? SocketAddress(ipAddress: "0.0.0.0", port: 0))
         } catch {
-            // Not awaiting the promise: if socket creation failed the initializer never ran.
             return .failed("bind: \(error)")
         }
-        return (try? await promise.futureResult.get()) ?? .failed("no outcome")
+        return await withCheckedContinuation { continuation in
+            reactor.add(TFTPFetchEndpoint(descriptor: socket, fetch: fetch, server: server, timeout: timeout) {
+                continuation.resume(returning: $0)
+            })
+        }
     }
 }

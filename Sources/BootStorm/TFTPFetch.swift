@@ -86,23 +86,7 @@ struct TFTPFetch {
                 return send(.acknowledgement(block: 0))
             }
         case .data(let block, let payload):
-            if case .probeSize = mode {
-                // A server that ignores options answers the probe with DATA 1: abort like the ROM does.
-                done = true
-                return .finish(.failed("server ignored tsize for \(filename)"),
-                               send: .error(code: .optionNegotiationFailed, message: "User aborted the transfer"))
-            }
-            guard block == expected else { return .none }  // duplicate: the time-out re-ACKs
-            retries = 0
-            received += payload.readableBytes
-            if case .read(_, _, true) = mode { content.append(contentsOf: payload.readableBytesView) }
-            let ack = TFTPPacket.acknowledgement(block: block)
-            expected &+= 1
-            if payload.readableBytes < blockSize {
-                done = true
-                return .finish(.received(bytes: received, content: keepsContent ? content : nil), send: ack)
-            }
-            return send(ack)
+            return payload.withUnsafeReadableBytes { data(block: block, payload: $0) }
         case .error(let code, let message):
             done = true
             return .finish(.serverError(code: code.rawValue, message: message), send: nil)
@@ -111,6 +95,34 @@ struct TFTPFetch {
             return .finish(.failed("unexpected \(packet.opcode) for \(filename)"),
                            send: .error(code: .illegalOperation, message: "unexpected packet"))
         }
+    }
+
+    /// A DATA packet, its payload where it lies (the reactor's receive buffer: no copy unless `keep`).
+    mutating func receiveData(block: UInt16, payload: UnsafeRawBufferPointer, fromPort port: Int) -> Action {
+        guard !done else { return .none }
+        if let serverPort, serverPort != port { return .none }
+        serverPort = port
+        return data(block: block, payload: payload)
+    }
+
+    private mutating func data(block: UInt16, payload: UnsafeRawBufferPointer) -> Action {
+        if case .probeSize = mode {
+            // A server that ignores options answers the probe with DATA 1: abort like the ROM does.
+            done = true
+            return .finish(.failed("server ignored tsize for \(filename)"),
+                           send: .error(code: .optionNegotiationFailed, message: "User aborted the transfer"))
+        }
+        guard block == expected else { return .none }  // duplicate: the time-out re-ACKs
+        retries = 0
+        received += payload.count
+        if case .read(_, _, true) = mode { content.append(contentsOf: payload) }
+        let ack = TFTPPacket.acknowledgement(block: block)
+        expected &+= 1
+        if payload.count < blockSize {
+            done = true
+            return .finish(.received(bytes: received, content: keepsContent ? content : nil), send: ack)
+        }
+        return send(ack)
     }
 
     /// No packet within the time-out: re-send the last packet, or give up.
