@@ -132,8 +132,8 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     /// A stage report recorded, and the router's 202 answer to it; nil (nothing recorded) when the
     /// intake refuses it, so the router reads it again and answers the error.
     private func record(_ body: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
-        guard let events, let event = try? events.accept(body, from: context.remoteAddress?.ipv4Address),
-              let json = try? EventIntake.responseBody(event) else { return nil }
+        guard let events, let event = try? events.accept(body, from: context.remoteAddress?.ipv4Address) else { return nil }
+        let json = EventIntake.responseBody(event)
         var head = context.channel.allocator.buffer(capacity: 128)
         head.writeString("HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: \(json.readableBytes)\r\n")
         return .event(head: head, body: json)

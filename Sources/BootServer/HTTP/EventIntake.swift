@@ -47,10 +47,10 @@ struct EventIntake: Sendable {
     private static let stages = NodeReport.allCases.map(\.rawValue).joined(separator: ", ")
 
     /// The 202 answer's body: the recorded event as `/api/v1/nodes/<mac>` lists it.
-    static func responseBody(_ event: BootEvent) throws -> ByteBuffer {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        encoder.userInfo[BootEvent.includeSummary] = true
-        return ByteBuffer(bytes: try encoder.encode(event))
+    static func responseBody(_ event: BootEvent) -> ByteBuffer {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(256)
+        event.writeJSON(into: &bytes, includeSummary: true)
+        return ByteBuffer(bytes: bytes)
     }
 }

@@ -325,6 +325,6 @@ public final class HTTPService: Service, Sendable {
         let body = try await request.body.collect(upTo: configuration.maximumEventBodySize)
         let event = try intake.accept(body, from: context.remoteAddress?.ipv4Address)
         return Response(status: .accepted, headers: [.contentType: "application/json", .cacheControl: "no-store"],
-                        body: ResponseBody(byteBuffer: try EventIntake.responseBody(event)))
+                        body: ResponseBody(byteBuffer: EventIntake.responseBody(event)))
     }
 }

@@ -71,20 +71,19 @@ final class TimelineJournal: Sendable {
     }
 
     /// One JSON object per line, as the journal stores events.
-    private static func lines(_ events: [BootEvent]) throws -> Data {
-        let encoder = JSONEncoder()
-        var bytes = Data()
+    static func lines(_ events: [BootEvent]) -> Data {
+        var bytes: [UInt8] = []
         bytes.reserveCapacity(events.count * 160)
         for event in events {
-            bytes.append(try encoder.encode(event))
+            event.writeJSON(into: &bytes, includeSummary: false)
             bytes.append(UInt8(ascii: "\n"))
         }
-        return bytes
+        return Data(bytes)
     }
 
     /// Appends events with one write(2) per batch (O_APPEND: a crash tears at most the last line).
     func append(_ events: [BootEvent]) throws {
-        let bytes = try Self.lines(events)
+        let bytes = Self.lines(events)
         try file.withLock { descriptor in
             if descriptor < 0 { descriptor = try openForAppend() }
             try writeAll(descriptor, bytes)
@@ -93,7 +92,7 @@ final class TimelineJournal: Sendable {
 
     /// Replaces the journal with exactly `events`, durably (write aside, fsync, rename, fsync the folder).
     func rewrite(_ events: [BootEvent]) throws {
-        let bytes = try Self.lines(events)
+        let bytes = Self.lines(events)
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw TimelineJournalError.system(operation: "create", path: temporary, errno: errno) }

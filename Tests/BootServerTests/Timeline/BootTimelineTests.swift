@@ -328,3 +328,51 @@ struct BootTimelineTests {
         #expect(reloaded.node(nodeA)?.stage == .up)
     }
 }
+
+@Suite("Boot events as JSON")
+struct BootEventJSONTests {
+    static let mac = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
+    static let awkward = "quote \" backslash \\ slash / tab \t newline \n bell \u{07} del \u{7f} é ✓ \u{1F600}"
+
+    static let events: [BootEvent] = {
+        let observations: [BootObservation] = [
+            .dhcp(.discover, address: nil, detail: nil),
+            .dhcp(.ack, address: IPv4Address(10, 0, 0, 5), detail: awkward),
+            .transfer(.tftp, path: "pxelinux.cfg/01-52-54-00-aa-00-01", bytes: 0, size: nil, outcome: .refused("no such file")),
+            .transfer(.http, path: "images/compute/abc/image.tar.gz", bytes: 123_456_789_012, size: 123_456_789_012, outcome: .completed),
+            .transfer(.http, path: "a/\"b\"", bytes: 5, size: 10, outcome: .incomplete(awkward)),
+            .bootScript(image: nil, detail: nil),
+            .bootScript(image: "compute", detail: "registered"),
+            .report(.stage1Start, detail: "eth0 10.0.0.5"),
+            .report(.up, detail: nil),
+        ]
+        let times = [1_700_000_000.0, 1_795_338_245.123_456, 1_700_000_000.5, 0.25]
+        return observations.enumerated().map { index, observation in
+            BootEvent(time: Date(timeIntervalSince1970: times[index % times.count]), mac: mac, boot: index + 1, observation: observation)
+        }
+    }()
+
+    @Test("the API's form is byte for byte what JSONEncoder writes with sorted keys and unescaped slashes")
+    func sameAsJSONEncoder() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.userInfo[BootEvent.includeSummary] = true
+        for event in Self.events {
+            var bytes: [UInt8] = []
+            event.writeJSON(into: &bytes, includeSummary: true)
+            let expected = try encoder.encode(event)
+            #expect(String(decoding: bytes, as: UTF8.self) == String(decoding: expected, as: UTF8.self))
+        }
+    }
+
+    @Test("journal lines decode back to the same events")
+    func journalRoundTrip() throws {
+        let data = TimelineJournal.lines(Self.events)
+        let lines = data.split(separator: UInt8(ascii: "\n"))
+        #expect(lines.count == Self.events.count)
+        for (line, event) in zip(lines, Self.events) {
+            #expect(try JSONDecoder().decode(BootEvent.self, from: Data(line)) == event)
+            #expect(!String(decoding: line, as: UTF8.self).contains("summary"))
+        }
+    }
+}
