@@ -117,7 +117,8 @@ public actor TFTPServer {
 }
 
 /// Takes requests on the listening port. Owns all cross-transfer state (limits, cache, totals) and lives
-/// on one event loop, so none of it needs a lock; transfers on other loops report back with `execute`.
+/// on one event loop, so none of it needs a lock; transfers (on the reactor's thread) report back with
+/// `execute`.
 final class TFTPListenerHandler: ChannelInboundHandler {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
@@ -232,8 +233,8 @@ final class TFTPListenerHandler: ChannelInboundHandler {
                 return
             }
             // A different request from the same port: the client has moved on (PXE ROMs send the real
-            // RRQ from the probe's port right after aborting it, and that ERROR may still be in flight
-            // on the transfer's own loop). The old transfer is superseded.
+            // RRQ from the probe's port right after aborting it, and that ERROR may still be queued on
+            // the transfer's socket). The old transfer is superseded.
             transfers[client] = nil
             release(clientKey)
             // On the reactor, after anything the old transfer is still doing: the report says why it ended.
