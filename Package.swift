@@ -94,7 +94,8 @@ let package = Package(
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], exclude: ["Fixtures"]),
         .testTarget(
             name: "BootServerTests",
-            dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", .product(name: "HummingbirdTesting", package: "hummingbird")]
+            dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", "DatagramIO",
+                           .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit"]),
     ]
