@@ -10,9 +10,9 @@ import NIOCore
 /// `Server`/`Date` lines, the content): no allocation, one `writev`.
 ///
 /// Stage reports (`POST /api/v1/events` with a `Content-Length` body, five per booting node) are read
-/// and recorded here too, through the router's own `EventIntake`: through Hummingbird each one hopped
-/// to the concurrency pool and back, and in a 1,000-node storm they cost a quarter of the server's CPU
-/// and half a second each. A report the intake refuses goes to the router, which answers the error.
+/// and recorded here too, through the router's own `EventIntake`, instead of each hopping to the
+/// concurrency pool and back through Hummingbird. A report the intake refuses goes to the router, which
+/// answers the error. (In a storm most of a report's cost is its TCP connection, which stays.)
 ///
 /// It only delimits what it can delimit exactly: CRLF-terminated heads of requests without a body, and
 /// report bodies by their `Content-Length`.
