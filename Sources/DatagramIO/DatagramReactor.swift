@@ -118,7 +118,8 @@ public final class DatagramReactor: @unchecked Sendable {
         close(epoll)
     }
 
-    /// Runs `work` on the reactor's thread, soon. Thread-safe.
+    /// Runs `work` on the reactor's thread, soon. Thread-safe. Dropped once `shutdown()` has begun (the
+    /// endpoints it would touch are cancelled by the shutdown).
     public func execute(_ work: @escaping () -> Void) {
         let wake = lock.withLockedValue { pending -> Bool in
             guard !pending.stopping else { return false }
