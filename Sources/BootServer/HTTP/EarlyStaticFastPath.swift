@@ -44,6 +44,8 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
     private let serverName: String?
     private let counted: @Sendable (_ bodyBytes: Int) -> Void
     private let events: EventIntake?
+    /// Largest report body read here (0: reports are the router's).
+    private let eventBodyLimit: Int
     private let eventCounted: @Sendable (_ bodyBytes: Int) -> Void
     /// Bytes of a head (or a report) not complete yet.
     private var pending: ByteBuffer?
@@ -59,6 +61,7 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         self.serverName = serverName
         self.counted = counted
         self.events = events
+        eventBodyLimit = events?.maximumBodySize ?? 0
         self.eventCounted = eventCounted
     }
 
@@ -74,8 +77,7 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         var answered = false
         defer { if answered { context.flush() } }
         while buffer.readableBytes > 0 {
-            let limit = events?.maximumBodySize ?? 0
-            let scan = buffer.withUnsafeReadableBytes { RequestHead.scan($0, eventBodyLimit: limit) }
+            let scan = buffer.withUnsafeReadableBytes { [eventBodyLimit] in RequestHead.scan($0, eventBodyLimit: eventBodyLimit) }
             switch scan {
             case .incomplete:
                 if buffer.readableBytes > Self.headLimit {

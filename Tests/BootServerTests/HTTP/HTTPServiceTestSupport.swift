@@ -224,6 +224,21 @@ enum RawHTTP {
             .connect(host: "127.0.0.1", port: port).get()
     }
 
+    /// Every response in `bytes` (pipelined answers on one connection), each cut at its Content-Length.
+    static func parseAll(_ bytes: [UInt8]) throws -> [RawResponse] {
+        var rest = bytes, all: [RawResponse] = []
+        while !rest.isEmpty {
+            var response = try parse(rest)
+            guard let length = response.header("content-length").flatMap({ Int($0) }) else {
+                throw RawHTTPError("a pipelined response without Content-Length: \(response.headers)")
+            }
+            rest = Array(response.body.dropFirst(length))
+            response.body = Array(response.body.prefix(length))
+            all.append(response)
+        }
+        return all
+    }
+
     static func parse(_ bytes: [UInt8], headRequest: Bool = false) throws -> RawResponse {
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
         guard let end = bytes.firstRange(of: separator) else {

@@ -178,15 +178,7 @@ struct HTTPServiceTests {
                 + "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-6\r\n\r\n"
                 + "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             ], pause: .milliseconds(100))
-            var rest = bytes
-            var responses: [RawResponse] = []
-            while !rest.isEmpty {
-                var response = try RawHTTP.parse(rest)
-                let length = try #require(response.header("content-length").flatMap { Int($0) })
-                rest = Array(response.body.dropFirst(length))
-                response.body = Array(response.body.prefix(length))
-                responses.append(response)
-            }
+            let responses = try RawHTTP.parseAll(bytes)
             #expect(responses.map(\.status) == [200, 200, 206, 200])
             #expect(responses.map(\.text) == ["DEFAULT imagebuild\n", "DEFAULT imagebuild\n", "DEFAULT", "DEFAULT imagebuild\n"])
             for response in responses where response.status == 200 {
@@ -292,17 +284,6 @@ struct HTTPServiceTests {
                 "POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
                     + (close ? "Connection: close\r\n" : "") + "\r\n" + body
             }
-            func responses(_ bytes: [UInt8]) throws -> [RawResponse] {
-                var rest = bytes, all: [RawResponse] = []
-                while !rest.isEmpty {
-                    var response = try RawHTTP.parse(rest)
-                    let length = try #require(response.header("content-length").flatMap { Int($0) })
-                    rest = Array(response.body.dropFirst(length))
-                    response.body = Array(response.body.prefix(length))
-                    all.append(response)
-                }
-                return all
-            }
             func metric(_ prefix: String) async throws -> Int {
                 let text = try await RawHTTP.get(port: port, "/metrics").text
                 let line = text.split(separator: "\n").first { $0.hasPrefix(prefix + " ") }
@@ -316,7 +297,7 @@ struct HTTPServiceTests {
             // One report split inside its head and inside its body, the next in the same read as its end,
             // then a GET that closes.
             let splitHead = start.index(start.startIndex, offsetBy: 20), splitBody = start.index(start.endIndex, offsetBy: -9)
-            let early = try responses(try await RawHTTP.exchange(port: port, chunks: [
+            let early = try RawHTTP.parseAll(try await RawHTTP.exchange(port: port, chunks: [
                 String(start[..<splitHead]), String(start[splitHead..<splitBody]), String(start[splitBody...]) + downloaded,
                 "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             ], pause: .milliseconds(100)))
@@ -328,7 +309,7 @@ struct HTTPServiceTests {
 
             // Behind a routed request (a Range GET), reports go to the router, so responses keep their
             // order; its answer is the early path's but for the date and the event's time.
-            let routed = try responses(try await RawHTTP.exchange(port: port, chunks: [
+            let routed = try RawHTTP.parseAll(try await RawHTTP.exchange(port: port, chunks: [
                 "GET /pxelinux.cfg/default HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-6\r\n\r\n"
                     + post(#"{"mac":"52:54:00:aa:00:01","stage":"image-verified"}"#)
                     + post(#"{"mac":"52:54:00:aa:00:01","stage":"switch-root"}"#, close: true),
@@ -351,7 +332,7 @@ struct HTTPServiceTests {
 
             // A report the intake refuses is the router's to answer (400), in order with what follows,
             // and nothing of it is recorded.
-            let refused = try responses(try await RawHTTP.exchange(port: port, chunks: [
+            let refused = try RawHTTP.parseAll(try await RawHTTP.exchange(port: port, chunks: [
                 post(#"{"mac":"52:54:00:aa:00:01","stage":"booting"}"#) + post(#"{"mac":"52:54:00:aa:00:01","stage":"up"}"#, close: true),
             ]))
             #expect(refused.map(\.status) == [400, 202])
