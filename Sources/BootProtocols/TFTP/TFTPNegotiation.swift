@@ -32,11 +32,11 @@ public struct TFTPSessionConfiguration: Sendable, Hashable {
     /// timer fire. Clients that re-ACK duplicates (curl, iPXE) lose a block's round trip five times in a row
     /// before they would meet the quiet period: about once in 160 MiB at 5 % loss with 1468-byte blocks.
     public var quickRetransmissions: Int = 4
-    /// The pause between retransmissions after the quick ones, and before an OACK is first repeated:
-    /// longer than the common client time-out (5 s in atftp, U-Boot and tftp-hpa's client), so the client's
-    /// own retry reaches the server first. A client that negotiated `timeout` (RFC 2349) gets that plus a
-    /// quarter instead. The OACK waits from the start because atftp aborts on a second OACK: if its ACK 0
-    /// was lost, its own re-sent ACK must come first; if the OACK was lost, the client re-sends its request
+    /// The pause between retransmissions after the quick ones: longer than the common client time-out
+    /// (5 s in atftp, U-Boot and tftp-hpa's client), so the client's own retry reaches the server first. A
+    /// client that negotiated `timeout` (RFC 2349) gets that plus a quarter instead. An OACK is repeated
+    /// unasked only after two of these pauses, because atftp aborts on a second OACK: if its ACK 0 was
+    /// lost, its own re-sent ACKs must come first; if the OACK was lost, the client re-sends its request
     /// and the session answers that at once (`Event.requestRepeated`).
     public var clientRetryAllowance: TimeAmount = .seconds(6)
 

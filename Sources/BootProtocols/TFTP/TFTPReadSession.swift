@@ -79,8 +79,9 @@ public struct TFTPTransferStatistics: Sendable, Hashable {
 /// Loss handling: the retransmission time-out follows RFC 6298 from per-transfer round-trip samples,
 /// never from retransmitted blocks (Karn), backs off on consecutive time-outs, falls quiet for longer than
 /// a client's own time-out after `quickRetransmissions` (clients that drop duplicates recover only by
-/// their own retry) and gives up after `maximumRetries`. An OACK is repeated only after that quiet period
-/// or when the client repeats its request (atftp aborts on a duplicate OACK). A duplicate or stale ACK never causes a send (no Sorcerer's Apprentice); an ACK
+/// their own retry) and gives up after `maximumRetries`. An OACK is repeated at once when the client repeats
+/// its request, and unasked only after two quiet periods (see `optionAcknowledgementQuietPeriods`). A
+/// duplicate or stale ACK never causes a send (no Sorcerer's Apprentice); an ACK
 /// inside the window means the rest of it was lost, so the window restarts after it (RFC 7440), once
 /// per window: a repeat of that ACK is a duplicate, and a later partial ACK before the resent window is
 /// acknowledged only slides the window with new blocks.
@@ -109,6 +110,14 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
     }
 
     private static var timerTolerance: TimeAmount { .milliseconds(1) }
+    /// Quiet periods (`clientRetryAllowance` each) after an OACK before it is repeated unasked. Silence after
+    /// an OACK means either the OACK or ACK 0 was lost, and the two kinds of client need opposite answers:
+    /// atftp re-sends its ACK 0 every 5 s and aborts on a second OACK, while GRUB never re-sends ACK 0 and
+    /// recovers only when the OACK comes again (it answers every OACK with ACK 0). A lost OACK needs no
+    /// repeat: every client re-sends its request, which is answered at once. Two periods give atftp two
+    /// retries before the repeat that would end it (at 5 % loss it then aborts once in 8,000 transfers
+    /// instead of once in 400) and still reach GRUB after 12 s, well inside its read time-out (40 polls, about 32 s).
+    private static var optionAcknowledgementQuietPeriods: Int { 2 }
 
     public let request: TFTPRequest
     public let fileSize: UInt64
@@ -134,6 +143,8 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
     private var lastSent: UInt64 = 0
     /// The last block's number; known up front in octet mode, found while converting in netascii.
     private var finalBlock: UInt64?
+    /// Quiet periods since the OACK was last sent, while awaiting ACK 0.
+    private var quietPeriodsSinceOptionAcknowledgement = 0
     /// The block whose ACK will give the next round-trip sample (0 stands for the OACK), and when it left.
     private var timedBlock: UInt64?
     private var timedSince: NIODeadline = .uptimeNanoseconds(0)
@@ -226,6 +237,7 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
             guard let options = negotiated.optionAcknowledgement else { return }
             statistics.retransmissions += 1
             timedBlock = nil  // Karn: ACK 0 may now answer either OACK
+            quietPeriodsSinceOptionAcknowledgement = 0
             actions.append(.send(.optionAcknowledgement(options)))
             arm(now: now, after: clientRetryAllowance, into: &actions)
         case .transferring:
@@ -341,8 +353,12 @@ public struct TFTPReadSession<Content: TFTPContentSource> {
         timedBlock = nil  // Karn: whatever is acknowledged next may answer either copy.
         recoveryPoint = nil  // everything in flight is resent now; a later partial ACK is news again.
         if case .awaitingOptionAcknowledgement = state, let options = negotiated.optionAcknowledgement {
-            statistics.retransmissions += 1
-            actions.append(.send(.optionAcknowledgement(options)))
+            quietPeriodsSinceOptionAcknowledgement += 1
+            if quietPeriodsSinceOptionAcknowledgement >= Self.optionAcknowledgementQuietPeriods {
+                quietPeriodsSinceOptionAcknowledgement = 0
+                statistics.retransmissions += 1
+                actions.append(.send(.optionAcknowledgement(options)))
+            }
             arm(now: now, after: clientRetryAllowance, into: &actions)
             return
         }

@@ -13,19 +13,25 @@ struct TFTPLossySimulationTests {
         var duplication: Double
         var minimumDelay: Int64  // microseconds
         var jitter: Int64  // microseconds; delays differing by more than a send gap reorder packets
+        /// The first this many ACK 0s the client sends are lost, on top of `loss`: the case where the
+        /// OACK arrived and the server hears nothing.
+        var lostAcknowledgementsOfZero = 0
     }
 
     /// How the client recovers. The default re-ACKs every duplicate of its last block; `atftp` is atftp
     /// 0.8 as observed: one extra ACK per duplicated block then silence, a 5 s timer that every received
-    /// packet restarts, and an abort on a second OACK.
+    /// packet restarts, and an abort on a second OACK. `grub` is GRUB 2's `net/tftp.c`: once it has the
+    /// OACK it never sends anything on a timer of its own, and answers duplicates and every OACK.
     struct ClientBehaviour {
         var timeout: Int64 = 400_000  // µs; like iPXE's/tftp-hpa's ≥ 1 s, shortened for test speed
         var reAcksEveryDuplicate = true
         var timerRestartsOnAnyPacket = false
         var abortsOnSecondOptionAcknowledgement = false
+        var resendsAcknowledgementOnTimeout = true
 
         static let atftp = ClientBehaviour(timeout: 5_000_000, reAcksEveryDuplicate: false,
                                            timerRestartsOnAnyPacket: true, abortsOnSecondOptionAcknowledgement: true)
+        static let grub = ClientBehaviour(resendsAcknowledgementOnTimeout: false)
     }
 
     private enum Delivery {
@@ -129,8 +135,13 @@ struct TFTPLossySimulationTests {
         var failure: TFTPSessionFailure?
         var dataSends = 0
         var actions: [Session.Action] = []
+        var acknowledgementsOfZeroToLose = network.lostAcknowledgementsOfZero
 
         func send(_ delivery: Delivery, rng: inout SplitMix64, queue: inout EventQueue) {
+            if case .toServer(.acknowledgement(0)) = delivery, acknowledgementsOfZeroToLose > 0 {
+                acknowledgementsOfZeroToLose -= 1
+                return
+            }
             if Double.random(in: 0..<1, using: &rng) < network.loss { return }
             let copies = Double.random(in: 0..<1, using: &rng) < network.duplication ? 2 : 1
             for _ in 0..<copies {
@@ -207,7 +218,7 @@ struct TFTPLossySimulationTests {
                     clientTimerPending = true
                     queue.push(.clientTimer, at: now + clientTimeout)
                     send(.requestRepeated, rng: &rng, queue: &queue)
-                } else if client.started {
+                } else if client.started, behaviour.resendsAcknowledgementOnTimeout {
                     // Its own time-out: acknowledge the last block received in order.
                     clientAck(client.expected &- 1, client: &client, rng: &rng, queue: &queue)
                 }
@@ -352,6 +363,35 @@ struct TFTPLossySimulationTests {
         #expect(result.statistics.timeouts == 6)
         // 250 + 500 + 1000 + 2000 ms of quick back-off, then two 6 s quiet periods, before giving up.
         #expect(result.simulatedMilliseconds == 15750)
+    }
+
+    /// The CI failure of 2026-11-22: atftp had the OACK, but its ACK 0 and the copy it re-sent 5 s later
+    /// were both lost. An OACK repeated unasked after one quiet period (6 s) made it abort; after two, its
+    /// third ACK 0 (at 10 s) comes first.
+    @Test func atftpWhoseFirstTwoAcknowledgementsOfZeroAreLostCompletes() {
+        var rng = SplitMix64(seed: 1)
+        let file = patternBytes(count: 20_000)
+        let result = transfer(file: file, mode: .octet, options: ["blksize": "1468"],
+                              network: Network(loss: 0, duplication: 0, minimumDelay: 50, jitter: 0, lostAcknowledgementsOfZero: 2),
+                              rng: &rng, configuration: TFTPSessionConfiguration(), behaviour: .atftp)
+        #expect(result.outcome == .completed, "\(result.failure.map(String.init(describing:)) ?? "no failure")")
+        #expect(result.received == file)
+        #expect(result.statistics.retransmissions == 0)
+        #expect(result.simulatedMilliseconds >= 10_000)
+    }
+
+    /// GRUB sends ACK 0 once. When it is lost, only a repeated OACK brings the transfer back: after two
+    /// quiet periods, not never.
+    @Test func grubWhoseOnlyAcknowledgementOfZeroIsLostCompletes() {
+        var rng = SplitMix64(seed: 1)
+        let file = patternBytes(count: 20_000)
+        let result = transfer(file: file, mode: .octet, options: ["blksize": "1024", "tsize": "0"],
+                              network: Network(loss: 0, duplication: 0, minimumDelay: 50, jitter: 0, lostAcknowledgementsOfZero: 1),
+                              rng: &rng, configuration: TFTPSessionConfiguration(), behaviour: .grub)
+        #expect(result.outcome == .completed, "\(result.failure.map(String.init(describing:)) ?? "no failure")")
+        #expect(result.received == file)
+        #expect(result.statistics.retransmissions == 1)  // the one OACK
+        #expect((12_000..<12_100).contains(result.simulatedMilliseconds))
     }
 
     /// atftp drops duplicates after one extra ACK and restarts its 5 s timer on every packet, so a server

@@ -51,7 +51,7 @@ struct TFTPReadSessionTests {
         var s = session(patternBytes(count: 70_000), options: ["tsize": "0"])
         let first = s.handle(.start(ms(0)))
         #expect(first.sent == [.optionAcknowledgement(["tsize": "70000"])])
-        // The OACK is repeated only after the quiet period (atftp aborts on a second OACK).
+        // The first deadline is a quiet period; the OACK is not repeated before two (atftp aborts on a second OACK).
         #expect(first.timerDeadline == ms(6000))
         let abort = s.handle(.packet(.error(code: .optionNegotiationFailed, message: "User aborted the transfer"), ms(1)))
         #expect(abort.sent.isEmpty)
@@ -308,12 +308,41 @@ struct TFTPReadSessionTests {
         #expect(plain.handle(.requestRepeated(ms(12))).sent.isEmpty)
     }
 
-    @Test func oackIsRetransmittedOnTimeout() {
+    @Test func oackIsRepeatedUnaskedOnlyAfterTwoQuietPeriods() {
         var s = session(patternBytes(count: 10), options: ["blksize": "1024"])
-        let deadline = s.handle(.start(ms(0))).timerDeadline!
-        let retry = s.handle(.timerFired(deadline))
+        let first = s.handle(.start(ms(0))).timerDeadline!
+        #expect(first == ms(6000))
+        // One quiet period: a client that re-sends its own ACK 0 (atftp, every 5 s) gets another chance.
+        let quiet = s.handle(.timerFired(first))
+        #expect(quiet.sent.isEmpty)
+        #expect(quiet.timerDeadline == ms(12000))
+        // Two: the client may be one that never re-sends ACK 0 (GRUB); only an OACK makes it answer.
+        let retry = s.handle(.timerFired(ms(12000)))
         #expect(retry.sent == [.optionAcknowledgement(["blksize": "1024"])])
         #expect(s.statistics.retransmissions == 1)
+        // The count starts again from that OACK.
+        #expect(s.handle(.timerFired(ms(18000))).sent.isEmpty)
+        // A repeated request is answered at once and also starts the count again.
+        #expect(s.handle(.requestRepeated(ms(20000))).sent == [.optionAcknowledgement(["blksize": "1024"])])
+        #expect(s.handle(.timerFired(ms(26000))).sent.isEmpty)
+        #expect(s.handle(.timerFired(ms(32000))).sent == [.optionAcknowledgement(["blksize": "1024"])])
+        #expect(s.handle(.packet(.acknowledgement(block: 0), ms(32001))).dataBlocks == [1])
+    }
+
+    @Test func silentClientAfterOACKIsGivenUpAfterTheRetryBudget() {
+        var s = session(patternBytes(count: 10), options: ["tsize": "0"]) { $0.maximumRetries = 3 }
+        var deadline = s.handle(.start(ms(0))).timerDeadline!
+        var sent = 0
+        for _ in 0..<3 {
+            let actions = s.handle(.timerFired(deadline))
+            #expect(actions.failure == nil)
+            sent += actions.sent.count
+            deadline = actions.timerDeadline!
+        }
+        #expect(sent == 1)  // the OACK once, after two quiet periods
+        let last = s.handle(.timerFired(deadline))
+        #expect(last.failure != nil)
+        #expect(deadline == ms(24000))
     }
 
     @Test func roundTripSamplesSetTimeoutAndKarnSkipsRetransmittedBlocks() {
