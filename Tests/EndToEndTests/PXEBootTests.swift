@@ -34,10 +34,12 @@ extension EndToEnd {
             let lab: NetworkLab
             let root: String
             let nodesFile: String
+            /// `server.yaml` for serve, if the test gave one.
+            let configFile: String?
             private(set) var serve: BackgroundProcess
             private var starts = 0
 
-            init(nodes: String = PXEBootTests.nodes) throws {
+            init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil) throws {
                 let artifacts = try Harness.minimal.get()
                 lab = try NetworkLab()
                 root = lab.directory + "/tftpboot"
@@ -45,14 +47,22 @@ extension EndToEnd {
                 try nodes.write(toFile: nodesFile, atomically: true, encoding: .utf8)
                 let published = try Harness.imagebuild(["publish", artifacts, "--root", root, "--nodes", nodesFile])
                 guard published.status == 0 else { throw HarnessError("publish failed: \(published.stderr)") }
-                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, number: 1)
+                if let serverConfig {
+                    let file = lab.directory + "/server.yaml"
+                    try serverConfig.write(toFile: file, atomically: true, encoding: .utf8)
+                    configFile = file
+                } else {
+                    configFile = nil
+                }
+                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, config: configFile, number: 1)
                 starts = 1
             }
 
-            static func startServe(lab: NetworkLab, root: String, nodes: String, number: Int) throws -> BackgroundProcess {
+            static func startServe(lab: NetworkLab, root: String, nodes: String, config: String? = nil, number: Int) throws -> BackgroundProcess {
                 let process = try lab.start("serve-\(number)", [
                     Harness.binary, "serve", "--root", root, "--nodes", nodes, "--interface", "br0",
-                    "--listen", lab.serverAddress, "--log-level", "debug", "--state-dir", lab.directory + "/state"])
+                    "--listen", lab.serverAddress, "--log-level", "debug", "--state-dir", lab.directory + "/state"]
+                    + (config.map { ["--config", $0] } ?? []))
                 for service in ["DHCP", "TFTP"] where !process.wait(for: "\(service) server listening", timeout: 60) {
                     throw HarnessError("serve did not start its \(service) server:\n\(process.log.suffix(3000))")
                 }
@@ -71,7 +81,7 @@ extension EndToEnd {
                 serve.process.kill(SIGKILL)
                 serve.process.wait()
                 starts += 1
-                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, number: starts)
+                serve = try Self.startServe(lab: lab, root: root, nodes: nodesFile, config: configFile, number: starts)
             }
 
             /// Every server log so far, oldest first.
@@ -140,12 +150,17 @@ extension EndToEnd {
         }
 
         /// Waits for every VM's `NODE-UP <mac>`; returns seconds from `started` to each, nil for a VM that never came up.
-        static func waitForNodes(_ vms: [(mac: String, vm: BackgroundProcess)], started: Date, timeout: Double) -> [String: Double] {
+        /// A VM that lpxelinux reset is started again once (`LabVM`), and that is printed.
+        static func waitForNodes(_ vms: [(mac: String, vm: LabVM)], started: Date, timeout: Double) -> [String: Double] {
             var upAt: [String: Double] = [:]
             let deadline = started.addingTimeInterval(timeout)
             while Date() < deadline && upAt.count < vms.count {
-                for (mac, vm) in vms where upAt[mac] == nil && vm.log.contains("NODE-UP \(mac)") {
-                    upAt[mac] = Date().timeIntervalSince(started)
+                for (mac, vm) in vms where upAt[mac] == nil {
+                    if vm.log.contains("NODE-UP \(mac)") {
+                        upAt[mac] = Date().timeIntervalSince(started)
+                    } else if (try? vm.restartAfterBootloaderGaveUp()) == true {
+                        print("\(vm.name) \(mac): lpxelinux gave up (\"\(LabVM.bootloaderGaveUp)\") and reset the machine after \(seconds(Date().timeIntervalSince(started))); started again")
+                    }
                 }
                 if vms.allSatisfy({ upAt[$0.mac] != nil || !$0.vm.isRunning }) { break }
                 usleep(250_000)
@@ -266,6 +281,28 @@ extension EndToEnd {
             let t = try site.timelineWhenUp("52:54:00:77:00:05", bootloader: true)
             Self.expectFullBoot(t, "52:54:00:77:00:05", bootloader: true)
             print("timeline of the UEFI node across the restart:\n\(t.text)")
+        }
+
+        /// A node whose lpxelinux cannot boot (no ldlinux.c32 anywhere it looks) prints "Boot failed ... or
+        /// wait for reset" and waits pxelinux's 300 s unless DHCP says otherwise (options 208 + 211). With
+        /// `-no-reboot` the reset ends QEMU, which is what this measures.
+        @Test("pxelinux that cannot boot resets after the server's pxelinux_reboot_time, not its own 300 s")
+        func pxelinuxRebootTime() async throws { try await Harness.blocking { try Self().pxelinuxRebootTimeOnThread() } }
+        func pxelinuxRebootTimeOnThread() throws {
+            let site = try Site(serverConfig: "dhcp: {pxelinux_reboot_time: 5}\n")
+            defer { site.close() }
+            try FileManager.default.removeItem(atPath: site.root + "/ldlinux.c32")
+            let vm = try site.lab.startVM(name: "vm1", mac: "52:54:00:77:00:01")
+            let gaveUp = vm.wait(for: LabVM.bootloaderGaveUp, timeout: 240)
+            let gaveUpAt = Date()
+            #expect(gaveUp, "lpxelinux did not give up:\n\(vm.log.suffix(3000))")
+            guard gaveUp else { return }
+            while vm.isRunning && Date().timeIntervalSince(gaveUpAt) < 120 { usleep(100_000) }
+            let waited = Date().timeIntervalSince(gaveUpAt)
+            print("pxelinux_reboot_time 5: lpxelinux reset the machine \(Self.seconds(waited)) after 'Boot failed'")
+            #expect(!vm.isRunning, "still waiting \(Self.seconds(waited)) after 'Boot failed' (pxelinux's own wait is 300 s):\n\(vm.log.suffix(1500))")
+            // 5 s by pxelinux's tick count; the margin is for TCG's slow clock.
+            #expect(waited < 60 && waited > 3, "reset after \(Self.seconds(waited))")
         }
 
         /// pxelinux.0 loads kernel and initramfs over TFTP (the classic chain, and the one whose loss

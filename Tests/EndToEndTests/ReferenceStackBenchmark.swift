@@ -46,6 +46,8 @@ extension EndToEnd {
                 "--dhcp-range=10.77.0.111,10.77.0.112,255.255.255.0,1h", "--no-ping", "--dhcp-leasefile=\(lab.directory)/leases",
                 "--dhcp-host=52:54:00:77:00:01,10.77.0.11", "--dhcp-host=52:54:00:77:00:04,10.77.0.14,set:ipxenode",
                 "--dhcp-userclass=set:ipxe,iPXE",
+                // As serve does by default: pxelinux resets 30 s after "Boot failed", not 300 s.
+                "--dhcp-option-force=208,f1:00:74:7e", "--dhcp-option-force=211,30i",
                 "--dhcp-boot=tag:ipxenode,tag:ipxe,http://\(lab.serverAddress):8080/ipxe/nodes/52-54-00-77-00-04.ipxe",
                 "--dhcp-boot=tag:!ipxenode,lpxelinux.0,,\(lab.serverAddress)",
                 "--enable-tftp", "--tftp-root=\(root)", "--tftp-max=1000"])

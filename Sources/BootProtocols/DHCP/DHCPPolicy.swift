@@ -207,15 +207,20 @@ public struct DHCPPolicy: Hashable, Sendable {
     public var bootScriptPath: String
     /// The BIOS boot path of machines not in the inventory (a node's own is `DHCPHost.biosLoader`).
     public var unknownClientBIOSLoader: DHCPBIOSLoader?
+    /// Seconds pxelinux waits after "Boot failed: press a key to retry, or wait for reset..." before it
+    /// resets the machine (options 208 and 211, sent with a pxelinux boot file); nil leaves pxelinux's own
+    /// 300 s. A stateless node has nothing to lose by trying again soon, and nobody presses that key.
+    public var pxelinuxRebootTime: UInt32?
 
     public init(
         mode: Mode = .authoritative, serverAddress: IPv4Address, nextServer: IPv4Address? = nil,
         tftpServerName: String? = nil, httpPort: UInt16 = 80, ignoreUnknownClients: Bool = false,
         rapidCommit: Bool = true, offerHoldTime: UInt32 = 60, declineHoldTime: UInt32 = 3600,
         bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String = "/boot/v1/bootscript",
-        unknownClientBIOSLoader: DHCPBIOSLoader? = nil
+        unknownClientBIOSLoader: DHCPBIOSLoader? = nil, pxelinuxRebootTime: UInt32? = nil
     ) {
         self.unknownClientBIOSLoader = unknownClientBIOSLoader
+        self.pxelinuxRebootTime = pxelinuxRebootTime
         self.mode = mode
         self.serverAddress = serverAddress
         self.nextServer = nextServer
@@ -606,6 +611,12 @@ public struct DHCPPolicy: Hashable, Sendable {
         if boot.kind == .pxe {
             // Skip boot server discovery and the port 4011 round trip: the file is right here.
             reply.options.set(DHCPOption.pxeDiscoveryControlBootFileOnly)
+            if let seconds = pxelinuxRebootTime, boot.file.split(separator: "/").last?.hasSuffix("pxelinux.0") == true {
+                // pxelinux reads these from the reply the PXE stack cached; older versions heed 211
+                // only next to the magic in 208 (syslinux's pxelinux.txt).
+                reply.options.setRaw(.pxelinuxMagic, [0xF1, 0x00, 0x74, 0x7E])
+                reply.options.setRaw(.pxelinuxRebootTime, withUnsafeBytes(of: seconds.bigEndian, Array.init))
+            }
         }
         if request.options.userClassIsIPXE && !reply.yiaddr.isAny {
             // iPXE holds an address offer for ~2 s in case a ProxyDHCP offer follows, unless the offer

@@ -64,7 +64,8 @@ extension DHCPPolicy {
             offerHoldTime: configuration.offerHoldTime,
             declineHoldTime: configuration.declineHoldTime,
             bootFiles: .forInventory(network),
-            unknownClientBIOSLoader: DHCPBIOSLoader(inventory.loader(for: nil), inventory: inventory))
+            unknownClientBIOSLoader: DHCPBIOSLoader(inventory.loader(for: nil), inventory: inventory),
+            pxelinuxRebootTime: configuration.pxelinuxRebootTime)
     }
 }
 

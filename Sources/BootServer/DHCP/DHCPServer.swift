@@ -253,6 +253,7 @@ final class DHCPEngine {
         c.rapidCommit = new.rapidCommit
         c.offerHoldTime = new.offerHoldTime
         c.declineHoldTime = new.declineHoldTime
+        c.pxelinuxRebootTime = new.pxelinuxRebootTime
         if c.rateLimitBurst != new.rateLimitBurst || c.rateLimitPerSecond != new.rateLimitPerSecond {
             c.rateLimitBurst = new.rateLimitBurst
             c.rateLimitPerSecond = new.rateLimitPerSecond

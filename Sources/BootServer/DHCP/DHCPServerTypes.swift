@@ -42,6 +42,9 @@ public struct DHCPServerConfiguration: Sendable {
     public var rapidCommit = true
     public var offerHoldTime: UInt32 = 60
     public var declineHoldTime: UInt32 = 3600
+    /// Seconds before pxelinux resets a node it failed to boot (`DHCPPolicy.pxelinuxRebootTime`); nil
+    /// leaves pxelinux's 300 s.
+    public var pxelinuxRebootTime: UInt32? = 30
     /// Lease journal compaction threshold (records appended since the last one).
     public var compactAfterRecords = 4096
 

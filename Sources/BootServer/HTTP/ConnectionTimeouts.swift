@@ -1,3 +1,4 @@
+import CLinux
 import NIOCore
 import NIOHTTPTypes
 
@@ -9,7 +10,8 @@ public struct HTTPTimeouts: Sendable, Hashable {
     public var header: TimeAmount = .seconds(15)
     /// Between two reads of a request body.
     public var body: TimeAmount = .seconds(15)
-    /// The client has not read any of our response for this long (socket buffer full, not writable).
+    /// The client has not read any of our response for this long: the socket stayed unwritable and the
+    /// kernel's count of bytes the client acknowledged did not grow (sampled every quarter of this).
     public var send: TimeAmount = .seconds(60)
 
     public init() {}
@@ -32,6 +34,13 @@ struct ConnectionTimeoutState {
     /// Requests whose head arrived and whose response has not ended.
     private(set) var inFlight = 0
     private(set) var unwritableSince: NIODeadline?
+    /// While unwritable: the client's acknowledged-byte count at the last sample, when that sample was
+    /// taken, and when the count last grew. Writability alone is no measure of progress: a response
+    /// queued whole (the sendfile path queues every region at once) keeps the channel unwritable until
+    /// it is nearly sent, however steadily a slow client reads it.
+    private(set) var acknowledgedBytes: UInt64?
+    private(set) var lastAcknowledgementSample: NIODeadline?
+    private(set) var sendProgress: NIODeadline?
     private var partInThisRead = false
 
     init(limits: HTTPTimeouts, now: NIODeadline) {
@@ -85,15 +94,32 @@ struct ConnectionTimeoutState {
     mutating func writabilityChanged(writable: Bool, now: NIODeadline) {
         if writable {
             unwritableSince = nil
+            acknowledgedBytes = nil
+            lastAcknowledgementSample = nil
+            sendProgress = nil
             lastActivity = now
         } else if unwritableSince == nil {
             unwritableSince = now
         }
     }
 
+    /// Whether to read the kernel's count of acknowledged bytes now: every quarter of the send limit
+    /// while the socket stays unwritable, so a download that finishes within that costs no system call.
+    func wantsAcknowledgementSample(now: NIODeadline) -> Bool {
+        guard let since = unwritableSince else { return false }
+        return now - (lastAcknowledgementSample ?? since) >= .nanoseconds(limits.send.nanoseconds / 4)
+    }
+
+    /// The client has acknowledged `bytes` of this connection's output in all (TCP_INFO).
+    mutating func acknowledged(_ bytes: UInt64, now: NIODeadline) {
+        if let previous = acknowledgedBytes, bytes > previous { sendProgress = now }
+        acknowledgedBytes = bytes
+        lastAcknowledgementSample = now
+    }
+
     /// The reason to close the connection at `now`, if any.
     func expired(now: NIODeadline) -> ConnectionTimeoutReason? {
-        if let since = unwritableSince, now - since >= limits.send { return .send }
+        if let since = unwritableSince, now - max(since, sendProgress ?? since) >= limits.send { return .send }
         if let since = headStarted, now - since >= limits.header { return .header }
         if let since = bodyProgress, now - since >= limits.body { return .body }
         if inFlight == 0, headStarted == nil, unwritableSince == nil, now - lastActivity >= limits.idle { return .idle }
@@ -141,11 +167,25 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     private func check(context: ChannelHandlerContext, task: RepeatedTask) {
-        guard let reason = state.expired(now: .now()) else { return }
+        let now = NIODeadline.now()
+        if state.wantsAcknowledgementSample(now: now), let bytes = Self.acknowledgedBytes(context.channel) {
+            state.acknowledged(bytes, now: now)
+        }
+        guard let reason = state.expired(now: now) else { return }
         task.cancel()
         timer = nil
         closed(reason, context.remoteAddress)
         context.close(promise: nil)
+    }
+
+    /// Bytes of our output the peer has acknowledged, from TCP_INFO; nil where the channel has no socket
+    /// options (tests' embedded channels). On the channel's own loop the option is read at once.
+    private static func acknowledgedBytes(_ channel: any Channel) -> UInt64? {
+        guard let provider = channel as? any SocketOptionProvider else { return nil }
+        var bytes: UInt64?
+        provider.unsafeGetSocketOption(level: .tcp, name: .tcp_info).assumeIsolated()
+            .whenSuccess { (info: ib_tcp_info_head) in bytes = info.bytes_acked }
+        return bytes
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -17,7 +17,7 @@ import Logging
 ///     state_dir: /var/lib/imagebuild
 ///     log: {format: json, level: info}
 ///     inventory: {poll_interval: 0.5}
-///     dhcp: {port: 67, proxy: false, rapid_commit: true, rate_limit: {burst: 20, per_second: 5}}
+///     dhcp: {port: 67, proxy: false, rapid_commit: true, pxelinux_reboot_time: 30, rate_limit: {burst: 20, per_second: 5}}
 ///     tftp: {port: 69}
 ///     http: {port: 80, max_connections: 4096}
 public struct ServerConfigFile: Sendable, Equatable {
@@ -42,6 +42,8 @@ public struct ServerConfigFile: Sendable, Equatable {
         public var rapidCommit: Bool?
         public var offerHoldTime: Int?
         public var declineHoldTime: Int?
+        /// Seconds; 0 sends nothing, so pxelinux keeps its own 300 s.
+        public var pxelinuxRebootTime: Int?
         public var rateLimitBurst: Double?
         public var rateLimitPerSecond: Double?
         public init() {}
@@ -66,7 +68,7 @@ public struct ServerConfigFile: Sendable, Equatable {
     /// socket, moves state, or changes what the process is).
     public static let reloadableKeys: Set<String> = [
         "log.level", "dhcp.ignore_unknown_clients", "dhcp.rapid_commit", "dhcp.offer_hold_time",
-        "dhcp.decline_hold_time", "dhcp.rate_limit.burst", "dhcp.rate_limit.per_second",
+        "dhcp.decline_hold_time", "dhcp.pxelinux_reboot_time", "dhcp.rate_limit.burst", "dhcp.rate_limit.per_second",
     ]
 
     /// This configuration with the `reloadableKeys` taken from `next`: what a running server switches
@@ -78,6 +80,7 @@ public struct ServerConfigFile: Sendable, Equatable {
         r.dhcp.rapidCommit = next.dhcp.rapidCommit
         r.dhcp.offerHoldTime = next.dhcp.offerHoldTime
         r.dhcp.declineHoldTime = next.dhcp.declineHoldTime
+        r.dhcp.pxelinuxRebootTime = next.dhcp.pxelinuxRebootTime
         r.dhcp.rateLimitBurst = next.dhcp.rateLimitBurst
         r.dhcp.rateLimitPerSecond = next.dhcp.rateLimitPerSecond
         return r
@@ -135,7 +138,7 @@ public struct ServerConfigFile: Sendable, Equatable {
             config.inventoryPollInterval = try seconds(value, in: 0...3600)
         }
         if let dhcp = try top["dhcp"]?.map(allowed: ["enabled", "port", "proxy", "ignore_unknown_clients", "rapid_commit",
-                                                    "offer_hold_time", "decline_hold_time", "rate_limit"]) {
+                                                    "offer_hold_time", "decline_hold_time", "pxelinux_reboot_time", "rate_limit"]) {
             config.dhcp.enabled = try dhcp.bool("enabled")
             config.dhcp.port = try dhcp.int("port", in: 1...65535)
             config.dhcp.proxy = try dhcp.bool("proxy")
@@ -143,6 +146,7 @@ public struct ServerConfigFile: Sendable, Equatable {
             config.dhcp.rapidCommit = try dhcp.bool("rapid_commit")
             config.dhcp.offerHoldTime = try dhcp.int("offer_hold_time", in: 1...86_400)
             config.dhcp.declineHoldTime = try dhcp.int("decline_hold_time", in: 1...31_536_000)
+            config.dhcp.pxelinuxRebootTime = try dhcp.int("pxelinux_reboot_time", in: 0...86_400)
             if let limit = try dhcp["rate_limit"]?.map(allowed: ["burst", "per_second"]) {
                 config.dhcp.rateLimitBurst = try limit["burst"].map { try seconds($0, in: 1...100_000) }
                 config.dhcp.rateLimitPerSecond = try limit["per_second"].map { try seconds($0, in: 0.001...100_000) }
@@ -190,6 +194,7 @@ public struct ServerConfigFile: Sendable, Equatable {
         r.dhcp.rapidCommit = dhcp.rapidCommit ?? base.dhcp.rapidCommit
         r.dhcp.offerHoldTime = dhcp.offerHoldTime ?? base.dhcp.offerHoldTime
         r.dhcp.declineHoldTime = dhcp.declineHoldTime ?? base.dhcp.declineHoldTime
+        r.dhcp.pxelinuxRebootTime = dhcp.pxelinuxRebootTime ?? base.dhcp.pxelinuxRebootTime
         r.dhcp.rateLimitBurst = dhcp.rateLimitBurst ?? base.dhcp.rateLimitBurst
         r.dhcp.rateLimitPerSecond = dhcp.rateLimitPerSecond ?? base.dhcp.rateLimitPerSecond
         r.tftp.enabled = tftp.enabled ?? base.tftp.enabled
@@ -210,6 +215,7 @@ public struct ServerConfigFile: Sendable, Equatable {
             "dhcp.enabled": s(dhcp.enabled), "dhcp.port": s(dhcp.port), "dhcp.proxy": s(dhcp.proxy),
             "dhcp.ignore_unknown_clients": s(dhcp.ignoreUnknownClients), "dhcp.rapid_commit": s(dhcp.rapidCommit),
             "dhcp.offer_hold_time": s(dhcp.offerHoldTime), "dhcp.decline_hold_time": s(dhcp.declineHoldTime),
+            "dhcp.pxelinux_reboot_time": s(dhcp.pxelinuxRebootTime),
             "dhcp.rate_limit.burst": s(dhcp.rateLimitBurst), "dhcp.rate_limit.per_second": s(dhcp.rateLimitPerSecond),
             "tftp.enabled": s(tftp.enabled), "tftp.port": s(tftp.port),
             "http.enabled": s(http.enabled), "http.port": s(http.port), "http.max_connections": s(http.maximumConnections),
@@ -231,6 +237,7 @@ public struct ServerConfigFile: Sendable, Equatable {
         if let value = dhcp.rapidCommit { c.rapidCommit = value }
         if let value = dhcp.offerHoldTime { c.offerHoldTime = UInt32(value) }
         if let value = dhcp.declineHoldTime { c.declineHoldTime = UInt32(value) }
+        if let value = dhcp.pxelinuxRebootTime { c.pxelinuxRebootTime = value == 0 ? nil : UInt32(value) }
         if let value = dhcp.rateLimitBurst { c.rateLimitBurst = value }
         if let value = dhcp.rateLimitPerSecond { c.rateLimitPerSecond = value }
         return c

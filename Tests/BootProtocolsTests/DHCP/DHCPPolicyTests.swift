@@ -212,6 +212,29 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
         #expect(try offer(macBIOS, .ipxe, policy: policy).options.bootfileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01")
     }
 
+    /// pxelinux's "Boot failed ... or wait for reset" waits 300 s unless the reply says otherwise (208 + 211).
+    @Test func pxelinuxIsToldItsRebootTimeAndNothingElseIs() throws {
+        let pxelinuxNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x31), ipxeNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x32)
+        var inventory = dhcpInventory
+        inventory.hosts[pxelinuxNode] = DHCPHost(mac: pxelinuxNode, address: IPv4Address(192, 0, 2, 31), biosLoader: .pxelinux("boot/lpxelinux.0"))
+        inventory.hosts[ipxeNode] = DHCPHost(mac: ipxeNode, address: IPv4Address(192, 0, 2, 32), biosLoader: .ipxe("ipxe/undionly.kpxe"))
+        var policy = dhcpPolicy
+        policy.pxelinuxRebootTime = 30
+        func offer(_ mac: MACAddress, _ client: DHCPTestClient, policy: DHCPPolicy) throws -> DHCPMessage {
+            try dhcpReply(dhcpDecide(dhcpRequest(.discover, mac, client: client), policy: policy, inventory: inventory)).message
+        }
+        for client in [DHCPTestClient.ipxe, .pxe(.x86BIOS)] {
+            let reply = try offer(pxelinuxNode, client, policy: policy)
+            #expect(reply.options[.pxelinuxMagic].map(Array.init) == [0xF1, 0x00, 0x74, 0x7E])
+            #expect(reply.options[.pxelinuxRebootTime].map(Array.init) == [0, 0, 0, 30])
+        }
+        // Not for other boot files, nor when the setting is off.
+        for reply in [try offer(ipxeNode, .pxe(.x86BIOS), policy: policy), try offer(ipxeNode, .ipxe, policy: policy),
+                      try offer(pxelinuxNode, .pxe(.x64UEFI), policy: policy), try offer(pxelinuxNode, .ipxe, policy: dhcpPolicy)] {
+            #expect(reply.options[.pxelinuxMagic] == nil && reply.options[.pxelinuxRebootTime] == nil, "\(reply.options.bootfileName ?? "-")")
+        }
+    }
+
     @Test func offerForAFixedHostCarriesLeaseAndConfiguration() throws {
         let r = try dhcpReply(dhcpDecide(dhcpRequest(.discover, macBIOS, client: .pxe(.x86BIOS))))
         let m = r.message

@@ -173,6 +173,40 @@ struct HTTPDecisionTests {
         #expect(reader.expired(now: t0 + .seconds(51)) == .send)
     }
 
+    @Test("a slow reader that keeps acknowledging is not cut while the socket stays unwritable; a stalled one is")
+    func sendProgressByAcknowledgedBytes() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var state = ConnectionTimeoutState(limits: limits(), now: t0)  // send: 30 s, so a sample every 7.5 s
+        state.read(.head, now: t0)
+        state.read(.end, now: t0)
+        state.readComplete(now: t0)
+        state.writabilityChanged(writable: false, now: t0)
+        #expect(!state.wantsAcknowledgementSample(now: t0 + .seconds(7)))
+        var acknowledged: UInt64 = 1000
+        var now = t0
+        // Two minutes of a whole response queued (never writable again) read at a trickle: never cut.
+        while now < t0 + .seconds(120) {
+            now = now + .milliseconds(500)
+            if state.wantsAcknowledgementSample(now: now) {
+                acknowledged += 4096
+                state.acknowledged(acknowledged, now: now)
+            }
+            #expect(state.expired(now: now) == nil, "cut at \(now - t0) while the client read")
+        }
+        // Then the client stops reading: cut once a send limit passed without a larger count.
+        let stalled = now
+        while state.expired(now: now) == nil && now < stalled + .seconds(100) {
+            now = now + .milliseconds(500)
+            if state.wantsAcknowledgementSample(now: now) { state.acknowledged(acknowledged, now: now) }
+        }
+        #expect(state.expired(now: now) == .send)
+        #expect(now - stalled >= .seconds(30) && now - stalled <= .seconds(38), "cut \(now - stalled) after the last progress")
+        // Writable again: the sampling starts over.
+        state.writabilityChanged(writable: true, now: now)
+        #expect(!state.wantsAcknowledgementSample(now: now + .seconds(60)))
+        #expect(state.acknowledgedBytes == nil && state.sendProgress == nil)
+    }
+
     static let inventoryText = """
         network:
           server: 10.77.0.1

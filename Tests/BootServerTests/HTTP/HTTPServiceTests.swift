@@ -521,6 +521,50 @@ struct HTTPServiceTests {
         }
     }
 
+    /// The sendfile path queues a whole download at once, so the socket stays unwritable until it is
+    /// nearly sent: a slow node (a storm sharing the uplink, lpxelinux under TCG) used to be cut at the
+    /// send limit while it was still reading. Progress is what the client acknowledges (TCP_INFO).
+    @Test("a slow reader of a sendfile download is not cut while it reads; a reader that stops is")
+    func slowReaderOfASendfileDownload() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let size = 32 * 1024 * 1024  // well past the loopback socket buffers
+        _ = try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: size)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory()), configure: {
+            $0.timeouts.send = .seconds(2)
+        }) { port, _ in
+            let first = try await RawHTTP.get(port: port, "/\(fixture.imageDir)/image.tar.gz")  // the router's, at full speed
+            #expect(first.body.count == size)
+            // A steady slow reader (64 KiB every 20 ms or so: curl's --limit-rate reads in bursts with
+            // pauses longer than this limit), for several times the send limit, by sendfile.
+            let output = fixture.base + "/slow.out", file = fixture.root + "/\(fixture.imageDir)/image.tar.gz"
+            let clock = ContinuousClock()
+            let started = clock.now
+            let slow = try await runCommand(["/bin/bash", "-c", """
+                exec 3<>/dev/tcp/127.0.0.1/\(port)
+                printf 'GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3
+                : > \(output)
+                while n=$(dd bs=65536 count=1 iflag=fullblock <&3 2>/dev/null | tee -a \(output) | wc -c); [ "$n" -gt 0 ]; do sleep 0.02; done
+                tail -c \(size) \(output) | cmp - \(file) && echo whole
+                """], timeoutSeconds: 90)
+            let took = clock.now - started
+            #expect(slow.output.contains("whole"), "the slow download is not whole: \(slow.output)")
+            #expect(took > .seconds(4), "the download took \(took): the test did not outlast the send limit")
+            var metrics = try await RawHTTP.get(port: port, "/metrics").text
+            #expect(metrics.contains("imagebuild_http_fast_path_responses_total 1"), "the slow download did not go by sendfile")
+            #expect(metrics.contains("imagebuild_http_connections_timed_out_total{reason=\"send\"} 0"))
+            // A reader that stops: it asks, reads nothing for 8 s, then finds the connection closed
+            // after what the socket buffers held.
+            let stalled = try await runCommand(["/bin/bash", "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; sleep 8; timeout 20 cat <&3 | wc -c"],
+                timeoutSeconds: 60)
+            let received = Int(stalled.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+            #expect(received > 0 && received < size, "the stalled reader got \(received) of \(size) bytes: \(stalled.output)")
+            metrics = try await RawHTTP.get(port: port, "/metrics").text
+            #expect(metrics.contains("imagebuild_http_connections_timed_out_total{reason=\"send\"} 1"), "no send time-out counted")
+        }
+    }
+
     @Test("past the connection limit, a new client waits until a slot frees")
     func connectionLimit() async throws {
         let fixture = try HTTPTestRoot()

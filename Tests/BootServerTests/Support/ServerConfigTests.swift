@@ -21,6 +21,7 @@ struct ServerConfigFileTests {
           rapid_commit: false
           offer_hold_time: 30
           decline_hold_time: 600
+          pxelinux_reboot_time: 0
           rate_limit: {burst: 10, per_second: 2.5}
         tftp: {enabled: false, port: 1069}
         http: {port: 8080, max_connections: 100}
@@ -33,17 +34,23 @@ struct ServerConfigFileTests {
         #expect(c.listen == "10.77.0.1" && c.interface == "eth1")
         #expect(c.logFormat == "json" && c.logLevel == .debug && c.inventoryPollInterval == 0)
         #expect(c.dhcp.port == 1067 && c.dhcp.proxy == false && c.dhcp.ignoreUnknownClients == true && c.dhcp.rapidCommit == false)
-        #expect(c.dhcp.offerHoldTime == 30 && c.dhcp.declineHoldTime == 600)
+        #expect(c.dhcp.offerHoldTime == 30 && c.dhcp.declineHoldTime == 600 && c.dhcp.pxelinuxRebootTime == 0)
         #expect(c.dhcp.rateLimitBurst == 10 && c.dhcp.rateLimitPerSecond == 2.5)
         #expect(c.tftp.enabled == false && c.tftp.port == 1069 && c.http.port == 8080 && c.http.maximumConnections == 100)
         let dhcp = c.applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x"))
         #expect(dhcp.ignoreUnknownClients && !dhcp.rapidCommit && dhcp.offerHoldTime == 30 && dhcp.rateLimitPerSecond == 2.5)
+        // 0 sends nothing (pxelinux keeps its 300 s); unset keeps the 30 s default; a value is taken.
+        #expect(dhcp.pxelinuxRebootTime == nil)
+        #expect(ServerConfigFile().applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x")).pxelinuxRebootTime == 30)
+        let ten = try ServerConfigFile.parse("dhcp: {pxelinux_reboot_time: 10}\n", file: "server.yaml", folder: "/tmp")
+        #expect(ten.applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x")).pxelinuxRebootTime == 10)
     }
 
     @Test("mistakes are located errors", arguments: [
         ("dhcp:\n  rapid_comit: true\n", "server.yaml:2:3: unknown key 'rapid_comit' (did you mean 'rapid_commit'?)"),
         ("log: {level: loud}\n", "server.yaml:1:14: unknown log level 'loud'"),
         ("http:\n  port: 70000\n", "server.yaml:2:9: 70000 is out of range 1...65535"),
+        ("dhcp: {pxelinux_reboot_time: -1}\n", "server.yaml:1:30: -1 is out of range 0...86400"),
         ("listen: 10.0.0\n", "server.yaml:1:9: '10.0.0' is not an IPv4 address"),
         ("inventory: {poll_interval: soon}\n", "server.yaml:1:28: expected a number, found 'soon'"),
         ("root: [a\n", "server.yaml:2:1: YAML syntax"),
@@ -72,10 +79,11 @@ struct ServerConfigFileTests {
         let old = try ServerConfigFile.parse(Self.full, file: "server.yaml", folder: "/srv/ib")
         let edited = Self.full.replacingOccurrences(of: "level: debug", with: "level: info")
             .replacingOccurrences(of: "rapid_commit: false", with: "rapid_commit: true")
+            .replacingOccurrences(of: "pxelinux_reboot_time: 0", with: "pxelinux_reboot_time: 20")
             .replacingOccurrences(of: "port: 8080", with: "port: 8081")
         let new = try ServerConfigFile.parse(edited, file: "server.yaml", folder: "/srv/ib")
         let (applied, restart) = new.changes(from: old)
-        #expect(applied == ["log.level", "dhcp.rapid_commit"])
+        #expect(applied == ["log.level", "dhcp.rapid_commit", "dhcp.pxelinux_reboot_time"])
         #expect(restart == ["http.port"])
         #expect(old.changes(from: old).reloadable.isEmpty && old.changes(from: old).needRestart.isEmpty)
     }
