@@ -131,7 +131,7 @@ final class NetworkLab {
 /// one reset let through is lpxelinux giving up right after its banner ("Boot failed: press a key to
 /// retry, or wait for reset..."), which happens now and then under TCG with dnsmasq + nginx as well
 /// (README, troubleshooting): pxelinux resets after the server's `pxelinux_reboot_time`, and a real
-/// node would PXE boot again, so the machine is started again, once, and the test reports it.
+/// node would PXE boot again, so the machine is started again, at most twice, and the test reports it.
 final class LabVM {
     static let bootloaderGaveUp = "Boot failed: press a key to retry"
     let name: String
@@ -160,7 +160,7 @@ final class LabVM {
 
     /// Starts the machine again if its last run ended in lpxelinux's reset, at most `limit` times in all.
     /// True when it did.
-    func restartAfterBootloaderGaveUp(limit: Int = 1) throws -> Bool {
+    func restartAfterBootloaderGaveUp(limit: Int = 2) throws -> Bool {
         guard let last = runs.last, !last.isRunning, restarts < limit, last.log.contains(Self.bootloaderGaveUp) else { return false }
         runs.append(try lab.launchQEMU(name: "\(name)-restart\(runs.count)", mac: mac, firmware: firmware, memory: memory))
         return true

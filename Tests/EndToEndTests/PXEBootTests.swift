@@ -150,7 +150,7 @@ extension EndToEnd {
         }
 
         /// Waits for every VM's `NODE-UP <mac>`; returns seconds from `started` to each, nil for a VM that never came up.
-        /// A VM that lpxelinux reset is started again once (`LabVM`), and that is printed.
+        /// A VM that lpxelinux reset is started again (`LabVM`, at most twice), and that is printed.
         static func waitForNodes(_ vms: [(mac: String, vm: LabVM)], started: Date, timeout: Double) -> [String: Double] {
             var upAt: [String: Double] = [:]
             let deadline = started.addingTimeInterval(timeout)
