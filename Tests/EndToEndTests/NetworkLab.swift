@@ -24,6 +24,7 @@ final class NetworkLab {
 
     init() throws {
         namespace = "ibe2e\(getpid())x\(Int.random(in: 1000...9999))"
+        Self.pruneOldDirectories(keeping: 8)
         directory = Harness.temporaryDirectory("lab")
         try run("ip netns add \(namespace)")
         do {
@@ -38,6 +39,19 @@ final class NetworkLab {
     }
 
     deinit { close() }
+
+    /// A lab's directory (VM consoles, server logs, the boot root) outlives it: it is what a failure is
+    /// read from, then or later. Only the newest `keeping` stay, so repeated runs do not fill /tmp.
+    static func pruneOldDirectories(keeping: Int) {
+        let temporary = NSTemporaryDirectory()
+        let manager = FileManager.default
+        guard let names = try? manager.contentsOfDirectory(atPath: temporary) else { return }
+        let labs = names.filter { $0.hasPrefix("ib-lab.") }.map { temporary + $0 }.compactMap { path -> (String, Date)? in
+            guard let modified = (try? manager.attributesOfItem(atPath: path))?[.modificationDate] as? Date else { return nil }
+            return (path, modified)
+        }
+        for (path, _) in labs.sorted(by: { $0.1 > $1.1 }).dropFirst(keeping) { try? manager.removeItem(atPath: path) }
+    }
 
     func run(_ command: String) throws {
         let result = try Harness.shell(command)
