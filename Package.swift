@@ -89,7 +89,8 @@ let package = Package(
             ],
             path: "Sources/BootStorm"
         ),
-        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"]),
+        // Snapshots are read through #filePath too (re-recording writes into the source tree).
+        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"], exclude: ["Snapshots"]),
         // Fixtures are read through #filePath (so re-recording writes into the source tree).
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], exclude: ["Fixtures"]),
         .testTarget(

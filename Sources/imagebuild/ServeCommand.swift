@@ -33,7 +33,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The boot root laid out by 'imagebuild publish' (default: tftpboot).")
     var root: String?
 
-    @Option(help: "The node inventory (default: nodes.yaml).")
+    @Option(help: "The node inventory (default: nodes.yaml); not read with both --no-dhcp and --no-http unless given.")
     var nodes: String?
 
     @Option(help: "Address to listen on for TFTP and HTTP; DHCP serves the interface holding it (default: 0.0.0.0).")
@@ -134,10 +134,14 @@ struct ServeCommand: AsyncParsableCommand {
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
             let registry = PrometheusCollectorRegistry()
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-            let inventory: InventoryStore
+            // Only DHCP and HTTP read the inventory: TFTP alone serves files, so it needs no nodes.yaml
+            // unless one was named.
+            let inventory: InventoryStore?
             do {
-                inventory = try InventoryStore(path: nodes, pollInterval: .milliseconds(Int((settings.inventoryPollInterval ?? 0.5) * 1000)),
-                                               logger: Logger(label: "imagebuild.inventory"))
+                inventory = serveDHCP || serveHTTP || settings.nodes != nil
+                    ? try InventoryStore(path: nodes, pollInterval: .milliseconds(Int((settings.inventoryPollInterval ?? 0.5) * 1000)),
+                                         logger: Logger(label: "imagebuild.inventory"))
+                    : nil
             } catch {
                 throw StartupError("\(error)")
             }
@@ -148,7 +152,8 @@ struct ServeCommand: AsyncParsableCommand {
             } catch {
                 throw StartupError("boot timeline in \(stateDir)/timeline: \(error)")
             }
-            var services: [any Service] = [inventory, timeline]
+            var services: [any Service] = [timeline]
+            if let inventory { services.append(inventory) }
 
             if serveTFTP {
                 var configuration = TFTPServerConfiguration(root: root, host: listen, port: tftpPort)
@@ -166,7 +171,7 @@ struct ServeCommand: AsyncParsableCommand {
             var dhcpBaseline = DHCPServerConfiguration(stateDirectory: stateDir + "/dhcp", mode: settings.dhcp.proxy == true ? .proxy : .authoritative,
                                                        interfaces: settings.interface.map { [$0] } ?? [], port: dhcpPort)
             if listen != "0.0.0.0" { dhcpBaseline.listenAddress = listen }
-            if serveDHCP {
+            if serveDHCP, let inventory {
                 let server = DHCPServer(configuration: settings.applyDHCP(to: dhcpBaseline), inventory: inventory,
                                         logger: Logger(label: "imagebuild.dhcp")) { event in
                     timeline.record(event)
@@ -186,7 +191,7 @@ struct ServeCommand: AsyncParsableCommand {
             do {
                 hangup = try HangupSignal.observe {
                     logger.notice("SIGHUP: reloading")
-                    inventory.reload()
+                    inventory?.reload()
                     reloader.reload()
                 }
             } catch {
@@ -195,7 +200,7 @@ struct ServeCommand: AsyncParsableCommand {
             defer { hangup.cancel() }
 
             var httpPort: Int?
-            if serveHTTP {
+            if serveHTTP, let inventory {
                 let port = settings.http.port ?? inventory.current.inventory.network.httpPort
                 var configuration = HTTPServiceConfiguration(root: root, host: listen, port: port, metrics: registry)
                 if let limit = settings.http.maximumConnections { configuration.maximumConnections = limit }

@@ -38,6 +38,26 @@ extension EndToEnd {
             """
         }
 
+        /// TFTP alone (another DHCP server, no HTTP) serves files: no nodes.yaml needed, none read.
+        @Test("TFTP only: no nodes.yaml needed; a named one that is missing is still an error")
+        func tftpOnly() async throws { try await Harness.blocking { try Self().tftpOnlyOnThread() } }
+        func tftpOnlyOnThread() throws {
+            let dir = Harness.temporaryDirectory("serve-tftp")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try FileManager.default.createDirectory(atPath: dir + "/root", withIntermediateDirectories: true)
+            try "hello\n".write(toFile: dir + "/root/hello.txt", atomically: true, encoding: .utf8)
+            let port = Int.random(in: 20_000...50_000)
+            let arguments = ["serve", "--root", dir + "/root", "--no-dhcp", "--no-http", "--listen", "127.0.0.1",
+                             "--tftp-port", "\(port)", "--state-dir", dir + "/state"]
+            let serve = try BackgroundProcess(Harness.binary, arguments, log: dir + "/serve.log")
+            defer { serve.stop() }
+            try #require(serve.wait(for: "serving", timeout: 60), "serve did not start: \(serve.log)")
+            #expect(try Harness.shell("curl -fsS --max-time 5 tftp://127.0.0.1:\(port)/hello.txt").stdout == "hello\n")
+            serve.stop()
+            let named = try Harness.imagebuild(arguments + ["--nodes", dir + "/nodes.yaml"])
+            #expect(named.status != 0 && named.stderr.contains("nodes.yaml"), "\(named.status): \(named.stderr)")
+        }
+
         @Test("SIGHUP reloads both files, keeps the last good inventory, SIGTERM exits 0")
         func hangupAndTerminate() async throws { try await Harness.blocking { try Self().hangupAndTerminateOnThread() } }
         func hangupAndTerminateOnThread() throws {
