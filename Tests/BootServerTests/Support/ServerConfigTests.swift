@@ -46,6 +46,14 @@ struct ServerConfigFileTests {
         #expect(ten.applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x")).pxelinuxRebootTime == 10)
     }
 
+    @Test("contrib/server.yaml, the commented example of every key, loads")
+    func contribExample() throws {
+        let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../../contrib/server.yaml").standardizedFileURL.path
+        let c = try ServerConfigFile.load(path: path)
+        #expect(c.dhcp.pxelinuxRebootTime == 30 && c.dhcp.rapidCommit == true)
+    }
+
     @Test("mistakes are located errors", arguments: [
         ("dhcp:\n  rapid_comit: true\n", "server.yaml:2:3: unknown key 'rapid_comit' (did you mean 'rapid_commit'?)"),
         ("log: {level: loud}\n", "server.yaml:1:14: unknown log level 'loud'"),
