@@ -38,8 +38,9 @@ extension EndToEnd {
             """
         }
 
-        /// TFTP alone (another DHCP server, no HTTP) serves files: no nodes.yaml needed, none read.
-        @Test("TFTP only: no nodes.yaml needed; a named one that is missing is still an error")
+        /// TFTP alone (another DHCP server, no HTTP) serves files: no nodes.yaml needed, none read. Its log
+        /// is JSON here, one object per line, as log shippers take it.
+        @Test("TFTP only: no nodes.yaml needed; a named one that is missing is still an error; JSON log lines")
         func tftpOnly() async throws { try await Harness.blocking { try Self().tftpOnlyOnThread() } }
         func tftpOnlyOnThread() throws {
             let dir = Harness.temporaryDirectory("serve-tftp")
@@ -48,12 +49,20 @@ extension EndToEnd {
             try "hello\n".write(toFile: dir + "/root/hello.txt", atomically: true, encoding: .utf8)
             let port = Int.random(in: 20_000...50_000)
             let arguments = ["serve", "--root", dir + "/root", "--no-dhcp", "--no-http", "--listen", "127.0.0.1",
-                             "--tftp-port", "\(port)", "--state-dir", dir + "/state"]
+                             "--tftp-port", "\(port)", "--state-dir", dir + "/state", "--log-format", "json"]
             let serve = try BackgroundProcess(Harness.binary, arguments, log: dir + "/serve.log")
             defer { serve.stop() }
             try #require(serve.wait(for: "serving", timeout: 60), "serve did not start: \(serve.log)")
             #expect(try Harness.shell("curl -fsS --max-time 5 tftp://127.0.0.1:\(port)/hello.txt").stdout == "hello\n")
+            #expect(serve.wait(for: "TFTP completed", timeout: 10))
             serve.stop()
+            let objects = serve.log.split(separator: "\n").map { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+            }
+            #expect(!objects.isEmpty && objects.allSatisfy { $0 != nil }, "not one JSON object per line:\n\(serve.log)")
+            let completed = objects.compactMap { $0 }.first { $0["message"] as? String == "TFTP completed" }
+            #expect(completed?["logger"] as? String == "imagebuild.tftp" && completed?["level"] as? String == "info")
+            #expect(completed?["file"] as? String == "hello.txt" && completed?["time"] is String, "\(completed ?? [:])")
             let named = try Harness.imagebuild(arguments + ["--nodes", dir + "/nodes.yaml"])
             #expect(named.status != 0 && named.stderr.contains("nodes.yaml"), "\(named.status): \(named.stderr)")
         }

@@ -531,7 +531,9 @@ struct HTTPServiceTests {
         let size = 32 * 1024 * 1024  // well past the loopback socket buffers
         _ = try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: size)
         try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory()), configure: {
-            $0.timeouts.send = .seconds(2)
+            // Short enough for a test, long enough that a loaded CI host's scheduling hiccup in the
+            // reader below is not a stall.
+            $0.timeouts.send = .seconds(5)
         }) { port, _ in
             let first = try await RawHTTP.get(port: port, "/\(fixture.imageDir)/image.tar.gz")  // the router's, at full speed
             #expect(first.body.count == size)
@@ -549,14 +551,14 @@ struct HTTPServiceTests {
                 """], timeoutSeconds: 90)
             let took = clock.now - started
             #expect(slow.output.contains("whole"), "the slow download is not whole: \(slow.output)")
-            #expect(took > .seconds(4), "the download took \(took): the test did not outlast the send limit")
+            #expect(took > .seconds(6), "the download took \(took): the test did not outlast the send limit")
             var metrics = try await RawHTTP.get(port: port, "/metrics").text
             #expect(metrics.contains("imagebuild_http_fast_path_responses_total 1"), "the slow download did not go by sendfile")
             #expect(metrics.contains("imagebuild_http_connections_timed_out_total{reason=\"send\"} 0"))
-            // A reader that stops: it asks, reads nothing for 8 s, then finds the connection closed
+            // A reader that stops: it asks, reads nothing for 12 s, then finds the connection closed
             // after what the socket buffers held.
             let stalled = try await runCommand(["/bin/bash", "-c",
-                "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; sleep 8; timeout 20 cat <&3 | wc -c"],
+                "exec 3<>/dev/tcp/127.0.0.1/\(port); printf 'GET /\(fixture.imageDir)/image.tar.gz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; sleep 12; timeout 20 cat <&3 | wc -c"],
                 timeoutSeconds: 60)
             let received = Int(stalled.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
             #expect(received > 0 && received < size, "the stalled reader got \(received) of \(size) bytes: \(stalled.output)")
