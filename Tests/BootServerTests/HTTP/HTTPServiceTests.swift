@@ -537,8 +537,9 @@ struct HTTPServiceTests {
         }) { port, _ in
             let first = try await RawHTTP.get(port: port, "/\(fixture.imageDir)/image.tar.gz")  // the router's, at full speed
             #expect(first.body.count == size)
-            // A steady slow reader (64 KiB every 20 ms or so: curl's --limit-rate reads in bursts with
-            // pauses longer than this limit), for several times the send limit, by sendfile.
+            // A steady slow reader (64 KiB every 20 ms or so; curl's --limit-rate reads in bursts, then
+            // pauses for seconds, which is a stall by this limit's definition), for longer than the send
+            // limit, by sendfile.
             let output = fixture.base + "/slow.out", file = fixture.root + "/\(fixture.imageDir)/image.tar.gz"
             let clock = ContinuousClock()
             let started = clock.now
