@@ -611,7 +611,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         if boot.kind == .pxe {
             // Skip boot server discovery and the port 4011 round trip: the file is right here.
             reply.options.set(DHCPOption.pxeDiscoveryControlBootFileOnly)
-            if let seconds = pxelinuxRebootTime, boot.file.split(separator: "/").last?.hasSuffix("pxelinux.0") == true {
+            if let seconds = pxelinuxRebootTime, boot.file.hasSuffix("pxelinux.0") {
                 // pxelinux reads these from the reply the PXE stack cached; older versions heed 211
                 // only next to the magic in 208 (syslinux's pxelinux.txt).
                 reply.options.setRaw(.pxelinuxMagic, [0xF1, 0x00, 0x74, 0x7E])
