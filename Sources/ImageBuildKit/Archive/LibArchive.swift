@@ -37,41 +37,30 @@ public final class ArchiveReader {
     private let handle: OpaquePointer
     public let path: String
 
-    public init(path: String) throws {
-        guard let handle = archive_read_new() else {
-            throw ArchiveError(path: path, message: "libarchive: out of memory")
-        }
-        self.handle = handle
-        self.path = path
-        archive_read_support_filter_all(handle)
-        archive_read_support_format_all(handle)
-        if archive_read_open_filename(handle, path, 1 << 16) != ib_archive_ok() {
-            let message = Self.errorString(handle)
-            archive_read_free(handle)
-            throw ArchiveError(path: path, message: message)
-        }
+    /// - Parameter name: what errors call the archive (default: `path`), e.g. `pkg.deb!data.tar.xz` for a
+    ///   member spooled to a temporary file.
+    public init(path: String, name: String? = nil) throws {
+        let name = name ?? path
+        handle = try Self.open(name: name) { archive_read_open_filename($0, path, 1 << 16) }
+        self.path = name
     }
 
-    /// Reads an archive held in memory (a .deb member, an OCI layer blob).
-    public init(data: Data, name: String) throws {
+    /// A handle with every filter and format enabled and `open` done. On failure the handle is freed
+    /// here and nothing else owns it: the initializers assign it only once it is open, so `deinit`
+    /// (which runs for a class whose stored properties were all set) never frees a handle twice.
+    private static func open(name: String, _ open: (OpaquePointer) -> Int32) throws -> OpaquePointer {
         guard let handle = archive_read_new() else {
             throw ArchiveError(path: name, message: "libarchive: out of memory")
         }
-        self.handle = handle
-        self.path = name
-        self.retained = data
         archive_read_support_filter_all(handle)
         archive_read_support_format_all(handle)
-        let status = retained!.withUnsafeBytes { raw in
-            archive_read_open_memory(handle, raw.baseAddress, raw.count)
-        }
-        if status != ib_archive_ok() {
-            let message = Self.errorString(handle)
+        if open(handle) != ib_archive_ok() {
+            let message = errorString(handle)
             archive_read_free(handle)
             throw ArchiveError(path: name, message: message)
         }
+        return handle
     }
-    private var retained: Data?
 
     deinit { archive_read_free(handle) }
 

@@ -158,36 +158,28 @@ public struct KernelImage: Sendable, Equatable {
     public static func read(debPackage url: URL, extractingImageTo destination: URL? = nil) throws(KernelImageError) -> KernelImage {
         let path = url.path
         do {
-            let outer = try ArchiveReader(path: path)
-            var members: [String] = []
-            while let header = try outer.next() {
-                members.append(header.path)
-                guard header.path.hasPrefix("data.tar") else { continue }
-                let spool = try SpoolFile()
-                try outer.readData { chunk in try spool.write(chunk) }
-                let inner = try ArchiveReader(path: spool.path)
-                let memberName = "\(path)!\(header.path)"
-                while let entry = try inner.next() {
-                    let name = entry.path.hasPrefix("./") ? String(entry.path.dropFirst(2)) : entry.path
-                    guard entry.kind == .regular, name.hasPrefix("boot/vmlinuz-") else { continue }
-                    var prefix: [UInt8] = []
-                    prefix.reserveCapacity(min(Int(entry.size), prefixLength))
-                    let sink = try destination.map { try SpoolFile(creating: $0) }
-                    try inner.readData { chunk in
-                        if prefix.count < prefixLength {
-                            prefix.append(contentsOf: chunk.prefix(prefixLength - prefix.count))
-                        }
-                        try sink?.write(chunk)
+            let data = try DebPackage(path: path).dataArchive()
+            guard let inner = data.reader else { throw KernelImageError.noDataMember(path: path, members: data.members) }
+            let memberName = "\(path)!\(data.members.last!)"
+            while let entry = try inner.next() {
+                let name = entry.path.hasPrefix("./") ? String(entry.path.dropFirst(2)) : entry.path
+                guard entry.kind == .regular, name.hasPrefix("boot/vmlinuz-") else { continue }
+                var prefix: [UInt8] = []
+                prefix.reserveCapacity(min(Int(entry.size), prefixLength))
+                let sink = try destination.map { try SpoolFile(creating: $0) }
+                try inner.readData { chunk in
+                    if prefix.count < prefixLength {
+                        prefix.append(contentsOf: chunk.prefix(prefixLength - prefix.count))
                     }
-                    try sink?.finish()
-                    let image = try parse(prefix: prefix, fileSize: Int(entry.size), source: "\(memberName)!\(entry.path)")
-                    return KernelImage(
-                        version: image.version, banner: image.banner, bootProtocol: image.bootProtocol,
-                        packageMember: entry.path)
+                    try sink?.write(chunk)
                 }
-                throw KernelImageError.noKernelInPackage(path: path, member: header.path)
+                try sink?.finish()
+                let image = try parse(prefix: prefix, fileSize: Int(entry.size), source: "\(memberName)!\(entry.path)")
+                return KernelImage(
+                    version: image.version, banner: image.banner, bootProtocol: image.bootProtocol,
+                    packageMember: entry.path)
             }
-            throw KernelImageError.noDataMember(path: path, members: members)
+            throw KernelImageError.noKernelInPackage(path: path, member: data.members.last!)
         } catch let error as KernelImageError {
             throw error
         } catch let error as ArchiveError {
@@ -273,54 +265,5 @@ public struct KernelImage: Sendable, Equatable {
             i += 1; j += 1
         }
         return 0
-    }
-}
-
-/// A file written with plain `write(2)`: the temporary spool for a package's
-/// data member (unlinked when released), or the destination of an extracted image.
-private final class SpoolFile {
-    let path: String
-    private let fd: Int32
-    private let temporary: Bool
-    private var closed = false
-
-    /// A new temporary file, removed on deinit.
-    init() throws(PositionalFile.Failure) {
-        var template = Array((NSTemporaryDirectory() + "/imagebuild-deb-XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw PositionalFile.Failure(call: "mkstemp", code: errno) }
-        self.fd = fd
-        self.path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        self.temporary = true
-    }
-
-    init(creating url: URL) throws(PositionalFile.Failure) {
-        let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw PositionalFile.Failure(call: "open", code: errno) }
-        self.fd = fd
-        self.path = url.path
-        self.temporary = false
-    }
-
-    deinit {
-        if !closed { close(fd) }
-        if temporary { unlink(path) }
-    }
-
-    func write(_ chunk: UnsafeRawBufferPointer) throws(PositionalFile.Failure) {
-        var done = 0
-        while done < chunk.count {
-            let n = Foundation.write(fd, chunk.baseAddress! + done, chunk.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw PositionalFile.Failure(call: "write", code: errno)
-            }
-            done += n
-        }
-    }
-
-    func finish() throws(PositionalFile.Failure) {
-        closed = true
-        if close(fd) != 0 { throw PositionalFile.Failure(call: "close", code: errno) }
     }
 }

@@ -8,14 +8,30 @@ public struct DebPackage {
 
     /// Unpacks `data.tar.*` into the tree.
     public func extract(into tree: RootfsTree) throws {
-        let outer = try ArchiveReader(path: path)
-        while let member = try outer.next() {
-            guard member.path.hasPrefix("data.tar") else { continue }
-            let data = try outer.readAll(limit: 4 << 30)
-            try tree.extract(archive: try ArchiveReader(data: data, name: "\(path)!\(member.path)"), source: path)
-            return
+        guard let data = try dataArchive().reader else {
+            throw ArchiveError(path: path, message: "not a Debian package: no data.tar member")
         }
-        throw ArchiveError(path: path, message: "not a Debian package: no data.tar member")
+        try tree.extract(archive: data, source: path)
+    }
+
+    /// The package's `data.tar.*` member as an archive of its own, and the members read up to it (the
+    /// last is data.tar's name; without a data.tar the reader is nil and all members are listed).
+    ///
+    /// The member is spooled to an unlinked temporary file rather than held in memory: a kernel
+    /// package's is ~70 MB compressed, and libarchive reads one archive at a time.
+    public func dataArchive() throws -> (reader: ArchiveReader?, members: [String]) {
+        let outer = try ArchiveReader(path: path)
+        var members: [String] = []
+        while let header = try outer.next() {
+            members.append(header.path)
+            guard header.path.hasPrefix("data.tar") else { continue }
+            let spool = try SpoolFile()
+            try outer.readData { chunk in try spool.write(chunk) }
+            try spool.finish()
+            // Opened before the spool goes out of scope and unlinks its name: the reader holds the file.
+            return (try ArchiveReader(path: spool.path, name: "\(path)!\(header.path)"), members)
+        }
+        return (nil, members)
     }
 }
 
