@@ -11,8 +11,11 @@ struct PublishCommand: ParsableCommand {
             Debian's pxelinux, syslinux-common and ipxe packages, and renders
             pxelinux.cfg/{default,01-<mac>,<HEXIP>} and ipxe/{boot.ipxe,nodes/<mac>.ipxe}
             from nodes.yaml. Atomic: the new configuration is written aside and switched
-            in with one rename; a failed or killed publish leaves the root as it was.
-            Earlier versions are kept (--keep); --rollback goes back one.
+            in with one rename; a failed or killed publish leaves the root as it was,
+            every kept generation included.
+            Earlier versions are kept (--keep); --rollback goes back one, --forward
+            undoes a rollback. Every switch is logged in .publish/history.jsonl
+            (--history prints it).
             """)
 
     @Argument(help: "Artifact folders (artifacts/<name>) to publish.")
@@ -30,18 +33,34 @@ struct PublishCommand: ParsableCommand {
     @Flag(help: "Switch back to the previous published version.")
     var rollback = false
 
+    @Flag(help: "Undo a --rollback: switch to the next newer published version.")
+    var forward = false
+
+    @Flag(help: "Print every switch of this root (publish, rollback, forward), oldest first.")
+    var history = false
+
     func validate() throws {
         if keep < 1 { throw ValidationError("--keep must be at least 1") }
-        if !rollback && artifacts.isEmpty && !FileManager.default.fileExists(atPath: root + "/publish.json") {
+        if [rollback, forward, history].filter({ $0 }).count > 1 {
+            throw ValidationError("--rollback, --forward and --history are exclusive")
+        }
+        if (rollback || forward || history) && !artifacts.isEmpty {
+            throw ValidationError("--rollback, --forward and --history take no artifact folders")
+        }
+        if !rollback && !forward && !history && artifacts.isEmpty && !FileManager.default.fileExists(atPath: root + "/publish.json") {
             throw ValidationError("give at least one artifact folder (e.g. artifacts/minimal)")
         }
     }
 
     func run() throws {
         do {
-            if rollback {
-                let generation = try Publisher.rollback(root: root)
-                print("rolled back: \(root) now serves generation \(generation)")
+            if history {
+                for line in Publisher.history(root: root) { print(line) }
+                return
+            }
+            if rollback || forward {
+                let generation = try Publisher.switchGeneration(root: root, rollback ? .back : .forward)
+                print("\(rollback ? "rolled back" : "rolled forward"): \(root) now serves generation \(generation)")
                 return
             }
             let inventory = try InventoryLoader.load(path: nodes)

@@ -285,6 +285,69 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(throws: PublishError.self) { try Publisher.rollback(root: root) }
     }
 
+    /// Generation folders on disk, by number.
+    func generationsOnDisk(_ root: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: root + "/.publish").filter { $0.hasPrefix("gen-") }.sorted()
+    }
+
+    @Test func aFailedPublishAfterARollbackLosesNothing() throws {
+        try #require(bootloadersInstalled)
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let root = dir.path + "/failed-after-rollback"
+        let publisher = Publisher(root: root, inventory: inventory)
+        try publisher.publish(artifacts: [try artifact("minimal", content: "v1")])
+        let v1 = try fetchable(root)
+        try publisher.publish(artifacts: [try artifact("minimal", content: "v2")])
+        let v2 = try fetchable(root)
+        #expect(try Publisher.rollback(root: root) == 1)
+        let before = try generationsOnDisk(root)
+        // Each way a publish can fail: no such folder, a tampered artifact, an inventory naming an unknown image.
+        #expect(throws: PublishError.self) { try publisher.publish(artifacts: [self.dir.path + "/artifacts/missing"]) }
+        let tampered = try artifact("minimal", content: "v3")
+        try Data("tampered".utf8).write(to: URL(fileURLWithPath: tampered + "/vmlinuz"))
+        #expect(throws: PublishError.self) { try publisher.publish(artifacts: [tampered]) }
+        let unknown = try InventoryLoader.parse(sampleInventory, file: "nodes.yaml")  // names "compute", never published
+        #expect(throws: (any Error).self) { try Publisher(root: root, inventory: unknown).publish(artifacts: []) }
+        #expect(try generationsOnDisk(root) == before, "a failed publish removed a generation")
+        #expect(try fetchable(root) == v1)
+        // The rollback is undone by --forward, and forward past the newest is an error.
+        #expect(try Publisher.switchGeneration(root: root, .forward) == 2)
+        #expect(try fetchable(root) == v2)
+        #expect(throws: PublishError.self) { try Publisher.switchGeneration(root: root, .forward) }
+        // Every switch is in the history, in order.
+        let actions = Publisher.history(root: root).map { line -> String in
+            let object = try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            return "\(object["action"]!) \(object["from"] ?? "-")->\(object["to"]!)"
+        }
+        #expect(actions == ["publish -->1", "publish 1->2", "rollback 2->1", "forward 1->2"])
+    }
+
+    @Test func aFailedFirstPublishCreatesNothing() throws {
+        let inventory = try InventoryLoader.parse(sampleInventory, file: "nodes.yaml")  // names "compute"
+        let root = dir.path + "/fresh"
+        #expect(throws: (any Error).self) { try Publisher(root: root, inventory: inventory).publish(artifacts: [try self.artifact("minimal", content: "v1")]) }
+        #expect(throws: PublishError.self) { try Publisher(root: root, inventory: inventory).publish(artifacts: [self.dir.path + "/nothing-here"]) }
+        #expect(!FileManager.default.fileExists(atPath: root), "a failed publish created \(root)")
+    }
+
+    @Test func publishingAfterARollbackKeepsTheRolledBackFromGeneration() throws {
+        try #require(bootloadersInstalled)
+        let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
+        let root = dir.path + "/publish-after-rollback"
+        let publisher = Publisher(root: root, inventory: inventory)
+        try publisher.publish(artifacts: [try artifact("minimal", content: "v1")])
+        try publisher.publish(artifacts: [try artifact("minimal", content: "v2")])
+        let v2 = try fetchable(root)
+        try Publisher.rollback(root: root)
+        try publisher.publish(artifacts: [try artifact("minimal", content: "v3")])
+        #expect(try generationsOnDisk(root) == ["gen-1", "gen-2", "gen-3"])
+        // Back goes by generation number among those served: 3 -> 2 (v2) -> 1.
+        #expect(try Publisher.rollback(root: root) == 2)
+        #expect(try fetchable(root) == v2)
+        #expect(try Publisher.rollback(root: root) == 1)
+        #expect(throws: PublishError.self) { try Publisher.rollback(root: root) }
+    }
+
     @Test func refusesToTakeOverUnmanagedFiles() throws {
         try #require(bootloadersInstalled)
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")

@@ -103,43 +103,52 @@ public struct Publisher {
     /// Publishes `artifacts` (folders with a manifest.json) for the inventory.
     /// Images the inventory names but that are not given are taken from the
     /// current generation, so one image can be updated at a time.
+    ///
+    /// Nothing on disk changes until every check has passed (artifacts against their manifests, the
+    /// inventory against the images): a publish that fails leaves every generation, including those
+    /// newer than `current` after a rollback, as it was.
     @discardableResult
     public func publish(artifacts: [String]) throws -> PublishIndex {
-        try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
-        let lock = try PublishLock(path: publishDir + "/lock")
-        defer { lock.release() }
-        // Generations newer than `current` were written by a publish that died
-        // before its switch (or were rolled back from): they are not history.
-        if let current = currentGeneration() {
-            for number in generations() where number > current { try SafeFileSystem.removeTree(publishDir + "/gen-\(number)") }
-        }
-
-        // 1. Artifacts: verified against their manifests before anything is copied.
-        var images: [String: PublishedImage] = [:]
-        var sources: [String: String] = [:]
-        if let current = try? PublishIndex.read(root: root) { images = current.images }
+        // 1. Artifacts: verified against their manifests before anything is created or copied.
+        var sources: [String: (dir: String, image: PublishedImage)] = [:]
         for dir in artifacts {
             let manifest: Manifest
             do { manifest = try Manifest.read(from: dir) } catch {
                 throw PublishError.badArtifact("\(dir): no readable manifest.json (is it an artifacts/<name> folder?)")
             }
             for (name, info) in manifest.files {
-                let actual = try sha256File(dir + "/" + name)
+                let actual: (digest: String, size: Int64)
+                do { actual = try sha256File(dir + "/" + name) } catch {
+                    throw PublishError.badArtifact("\(dir)/\(name): listed in manifest.json but unreadable (\(error)); rebuild it")
+                }
                 guard actual.digest == info.sha256 else {
                     throw PublishError.badArtifact("\(dir)/\(name): sha256 does not match manifest.json (changed or half-copied); rebuild it")
                 }
             }
             let image = PublishedImage(manifest: manifest)
-            images[image.name] = image
-            sources[image.name] = dir
+            sources[image.name] = (dir, image)
         }
-        try inventory.checkImages(Set(images.keys))
+        /// The images the new generation can boot: the current ones, with the given ones replaced.
+        func merged() throws -> [String: PublishedImage] {
+            var images = (try? PublishIndex.read(root: root))?.images ?? [:]
+            for (name, source) in sources { images[name] = source.image }
+            try inventory.checkImages(Set(images.keys))
+            return images
+        }
+        _ = try merged()  // an inventory naming an unknown image fails here, before anything is created
+
+        try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
+        let lock = try PublishLock(path: publishDir + "/lock")
+        defer { lock.release() }
+        let history = GenerationHistory(publishDir: publishDir)
+        try history.recordCurrent()
+        var images = try merged()  // again under the lock: another publish may have switched meanwhile
         let used = Set(inventory.imageReferences.map(\.name))
         images = images.filter { used.contains($0.key) || sources[$0.key] != nil }
 
         // 2. Images, content-addressed: an existing digest folder is already right.
-        for (name, dir) in sources.sorted(by: { $0.key < $1.key }) {
-            let image = images[name]!
+        for (name, source) in sources.sorted(by: { $0.key < $1.key }) {
+            let (dir, image) = source
             let target = root + "/" + image.path
             if FileManager.default.fileExists(atPath: target + "/" + Manifest.fileName) { continue }
             let staging = root + "/images/\(name)/.\(image.digest).tmp-\(getpid())"
@@ -169,28 +178,66 @@ public struct Publisher {
         // 4. Stable top-level links (created once), then the one switch.
         try ensureTopLevelLinks()
         checkpoint("before-switch")
+        let previous = currentGeneration()
         try switchCurrent(to: number)
         checkpoint("after-switch")
+        try history.recordCurrent()
+        history.log(.publish, from: previous, to: number, images: images)
 
         // 5. Old generations and unreferenced images go.
-        try collectGarbage()
+        try collectGarbage(history: history)
         return index
     }
 
-    /// Points `current` at the previous generation still on disk.
+    /// Which way `switch` moves `current` among the generations that were served before.
+    public enum Direction: Sendable {
+        /// To the newest served generation older than `current` (`publish --rollback`).
+        case back
+        /// To the oldest served generation newer than `current` (`publish --forward`): undoes a rollback.
+        case forward
+    }
+
+    /// Points `current` at the previous (or, after a rollback, the next) generation that was served
+    /// before. Generations a killed publish wrote but never switched to are skipped. Returns the
+    /// generation now served.
     @discardableResult
-    public static func rollback(root: String) throws -> Int {
+    public static func switchGeneration(root: String, _ direction: Direction) throws -> Int {
         let publishDir = URL(fileURLWithPath: root).standardizedFileURL.path + "/.publish"
         guard FileManager.default.fileExists(atPath: publishDir) else { throw PublishError.nothingToRollBack("\(root) has nothing published") }
         let lock = try PublishLock(path: publishDir + "/lock")
         defer { lock.release() }
         guard let current = currentGeneration(publishDir) else { throw PublishError.nothingToRollBack("\(root) has nothing published") }
-        guard let previous = generations(publishDir).last(where: { $0 < current }) else {
-            throw PublishError.nothingToRollBack("\(root): generation \(current) is the oldest kept; nothing to roll back to")
+        let history = GenerationHistory(publishDir: publishDir)
+        try history.recordCurrent()
+        let served = history.served()
+        let target: Int
+        switch direction {
+        case .back:
+            guard let previous = served.last(where: { $0 < current }) else {
+                throw PublishError.nothingToRollBack("\(root): generation \(current) is the oldest kept; nothing to roll back to")
+            }
+            target = previous
+        case .forward:
+            guard let next = served.first(where: { $0 > current }) else {
+                throw PublishError.nothingToRollBack("\(root): generation \(current) is the newest; nothing to roll forward to (only a rollback can be undone)")
+            }
+            target = next
         }
-        try switchCurrent(publishDir, to: previous)
-        return previous
+        try switchCurrent(publishDir, to: target)
+        let images = (try? PublishIndex.read(root: root))?.images ?? [:]
+        history.log(direction == .back ? .rollback : .forward, from: current, to: target, images: images)
+        return target
     }
+
+    /// The switch log of a boot root, one line per switch, oldest first: time, action, generations,
+    /// images.
+    public static func history(root: String) -> [String] {
+        GenerationHistory.read(publishDir: URL(fileURLWithPath: root).standardizedFileURL.path + "/.publish")
+    }
+
+    /// `publish --rollback`.
+    @discardableResult
+    public static func rollback(root: String) throws -> Int { try switchGeneration(root: root, .back) }
 
     func switchCurrent(to number: Int) throws { try Self.switchCurrent(publishDir, to: number) }
 
@@ -285,11 +332,13 @@ public struct Publisher {
         SafeFileSystem.fsyncDirectory(root)
     }
 
-    /// Keeps the newest `keep` generations (and the current one) and the images they use.
-    func collectGarbage() throws {
+    /// Keeps the newest `keep` generations that were served (and the current one) and the images they
+    /// use. Generations never served (written by a publish killed before its switch) go. Called only
+    /// after a successful switch, so a failed publish removes nothing.
+    func collectGarbage(history: GenerationHistory) throws {
         let all = generations()
         let current = currentGeneration()
-        let kept = Set(all.suffix(keep) + (current.map { [$0] } ?? []))
+        let kept = Set(history.served().suffix(keep) + (current.map { [$0] } ?? []))
         for number in all where !kept.contains(number) {
             try SafeFileSystem.removeTree(publishDir + "/gen-\(number)")
         }
@@ -329,4 +378,65 @@ final class PublishLock {
         }
     }
     func release() { flock(fd, LOCK_UN); close(fd) }
+}
+
+/// Which generations were ever served, and a log of every switch.
+///
+/// A generation becomes history only once `current` pointed at it: a publish killed between writing
+/// its generation and switching leaves a whole generation that nobody ever booted, and a rollback must
+/// not land there. Each served generation holds a `.served` marker, written right after the switch
+/// (and by the next publish or rollback if a kill came in between, since `current` is always served).
+/// Every switch appends a line to `.publish/history.jsonl`: when, what, from which generation to which,
+/// and the images it boots.
+struct GenerationHistory {
+    let publishDir: String
+
+    enum Action: String { case publish, rollback, forward }
+
+    private func marker(_ number: Int) -> String { publishDir + "/gen-\(number)/.served" }
+
+    /// Marks the current generation as served. A root published before markers existed has none:
+    /// then every generation up to the current one counts as served, as it was then.
+    func recordCurrent() throws {
+        guard let current = Publisher.currentGeneration(publishDir) else { return }
+        let all = Publisher.generations(publishDir)
+        let legacy = !all.contains { FileManager.default.fileExists(atPath: marker($0)) }
+        for number in all where number == current || (legacy && number < current) {
+            guard !FileManager.default.fileExists(atPath: marker(number)) else { continue }
+            guard FileManager.default.createFile(atPath: marker(number), contents: nil) else {
+                throw RootfsError.system(operation: "create", path: marker(number), errno: errno)
+            }
+            SafeFileSystem.fsyncDirectory(publishDir + "/gen-\(number)")
+        }
+    }
+
+    /// Generations on disk that were served, oldest first.
+    func served() -> [Int] {
+        Publisher.generations(publishDir).filter { FileManager.default.fileExists(atPath: marker($0)) }
+    }
+
+    /// Appends one line to the history log. Best effort: the switch has happened, and a full disk
+    /// must not turn a done publish into a reported failure.
+    func log(_ action: Action, from: Int?, to: Int, images: [String: PublishedImage], now: Date = Date()) {
+        struct Line: Encodable {
+            var time: String, action: String, from: Int?, to: Int, images: [String: String]
+        }
+        let formatter = ISO8601DateFormatter()
+        let line = Line(time: formatter.string(from: now), action: action.rawValue, from: from, to: to,
+                        images: images.mapValues(\.digest))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard var data = try? encoder.encode(line) else { return }
+        data.append(0x0A)
+        let fd = open(publishDir + "/history.jsonl", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        _ = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    }
+
+    /// The log's lines, oldest first (for `publish --history`).
+    static func read(publishDir: String) -> [String] {
+        guard let text = try? String(contentsOfFile: publishDir + "/history.jsonl", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").map(String.init)
+    }
 }
