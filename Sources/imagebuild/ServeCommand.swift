@@ -204,8 +204,13 @@ struct ServeCommand: AsyncParsableCommand {
                 let port = settings.http.port ?? inventory.current.inventory.network.httpPort
                 var configuration = HTTPServiceConfiguration(root: root, host: listen, port: port, metrics: registry)
                 if let limit = settings.http.maximumConnections { configuration.maximumConnections = limit }
+                var tokens: ReportTokens?
+                if settings.http.reportTokens == true {
+                    tokens = try ReportTokens(keyFile: stateDir + "/report-token.key")
+                }
                 let http = HTTPService(configuration: configuration, timeline: timeline,
-                                       inventory: { inventory.current.inventory }, logger: Logger(label: "imagebuild.http"))
+                                       inventory: { inventory.current.inventory }, leases: dhcpServer?.leaseIndex,
+                                       reportTokens: tokens, logger: Logger(label: "imagebuild.http"))
                 services.append(http)
                 httpPort = port
             }

@@ -52,7 +52,7 @@ extension EndToEnd {
                 "--dhcp-boot=tag:!ipxenode,lpxelinux.0,,\(lab.serverAddress)",
                 "--enable-tftp", "--tftp-root=\(root)", "--tftp-max=1000"])
             let deadline = Date().addingTimeInterval(30)
-            while try Harness.shell("ip netns exec \(lab.namespace) curl -sf -o /dev/null --max-time 2 http://\(lab.serverAddress):8080/publish.json").status != 0 {
+            while try Harness.shell("ip netns exec \(lab.namespace) curl -sf -o /dev/null --max-time 2 http://\(lab.serverAddress):8080/pxelinux.cfg/default").status != 0 {
                 guard Date() < deadline else { throw HarnessError("nginx does not answer") }
                 usleep(200_000)
             }

@@ -22,6 +22,9 @@ public actor DHCPServer: Service {
     private var channels: [any Channel] = []
     private var engine: NIOLoopBound<DHCPEngine>?
     private var subscription: ObservationToken?
+    /// The bound leases, readable from any thread: a stage report for a MAC is trusted from the address
+    /// it holds a lease on (see `ReportAdmission`).
+    public nonisolated let leaseIndex = BoundLeaseIndex()
 
     /// - Parameters:
     ///   - inventory: where hosts, subnet and boot settings come from; changes apply to the next packet.
@@ -45,6 +48,7 @@ public actor DHCPServer: Service {
         let observer = self.observer
         let loop = self.loop
         let snapshot = inventory.current
+        let leaseIndex = self.leaseIndex
 
         // Interfaces: named ones, plus the one holding the listen address.
         let all = try DHCPInterface.all()
@@ -66,6 +70,7 @@ public actor DHCPServer: Service {
                 configuration: {
                     var c = LeaseStoreConfiguration(directory: configuration.stateDirectory)
                     c.compactAfterRecords = configuration.compactAfterRecords
+                    c.index = leaseIndex
                     return c
                 }(), logger: logger)
             let engine = DHCPEngine(configuration: configuration, leases: store, logger: logger, observer: observer,

@@ -1,6 +1,7 @@
 import BootProtocols
 import Foundation
 import Logging
+import Synchronization
 
 /// Settings of the lease store.
 public struct LeaseStoreConfiguration: Sendable {
@@ -13,8 +14,60 @@ public struct LeaseStoreConfiguration: Sendable {
     /// Called on the journal thread before each sync with the number of records in the batch. A seam
     /// for tests (holding a sync open to see batching) and fault injection; nil in production.
     public var beforeSync: (@Sendable (Int) -> Void)?
+    /// A copy of the bound leases other threads may read (who may report a node's stages); nil: none.
+    public var index: BoundLeaseIndex?
 
     public init(directory: String) { self.directory = directory }
+}
+
+/// Which address each MAC holds a bound lease on, readable from any thread.
+///
+/// The store itself belongs to the DHCP event loop; the HTTP service asks "does this MAC hold this
+/// address now?" for every stage report. The store keeps this copy in step in `replay`, the one place
+/// bindings change (live commits, releases, declines, and the journal at start), so it costs one short
+/// lock per journaled record and nothing per packet.
+public final class BoundLeaseIndex: Sendable {
+    private struct Tables {
+        var byMAC: [MACAddress: (address: IPv4Address, expires: DHCPTimestamp)] = [:]
+        var byAddress: [IPv4Address: MACAddress] = [:]
+    }
+    private let tables = Mutex(Tables())
+
+    public init() {}
+
+    /// The address `mac` holds a bound, unexpired lease on at `now`.
+    public func address(of mac: MACAddress, at now: DHCPTimestamp = .current) -> IPv4Address? {
+        tables.withLock { $0.byMAC[mac] }.flatMap { $0.expires > now ? $0.address : nil }
+    }
+
+    /// The MAC holding a bound, unexpired lease on `address` at `now`.
+    public func mac(at address: IPv4Address, now: DHCPTimestamp = .current) -> MACAddress? {
+        tables.withLock { tables in
+            tables.byAddress[address].flatMap { mac in tables.byMAC[mac].flatMap { $0.expires > now ? mac : nil } }
+        }
+    }
+
+    func bind(_ mac: MACAddress, _ address: IPv4Address, until expires: DHCPTimestamp) {
+        tables.withLock { tables in
+            if let previous = tables.byMAC[mac]?.address, previous != address, tables.byAddress[previous] == mac {
+                tables.byAddress[previous] = nil
+            }
+            tables.byMAC[mac] = (address, expires)
+            tables.byAddress[address] = mac
+        }
+    }
+
+    func unbind(_ mac: MACAddress, _ address: IPv4Address) {
+        tables.withLock { tables in
+            if tables.byMAC[mac]?.address == address { tables.byMAC[mac] = nil }
+            if tables.byAddress[address] == mac { tables.byAddress[address] = nil }
+        }
+    }
+}
+
+extension DHCPTimestamp {
+    /// Now, from the wall clock (leases expire by it).
+    public static var current: DHCPTimestamp { DHCPTimestamp(secondsSinceEpoch: Int64(time(nil))) }
 }
 
 /// Leases that survive crashes, as the reply policy sees them (`DHCPLeaseView`).
@@ -174,20 +227,26 @@ public final class LeaseStore: DHCPLeaseView {
             removeOffer(of: record.mac)
             if let previous = boundByMAC[record.mac], previous != record.address { bound[previous] = nil }
             if let other = bound[record.address], other.lease.mac != record.mac { boundByMAC[other.lease.mac] = nil }
+            if let other = bound[record.address], other.lease.mac != record.mac {
+                configuration.index?.unbind(other.lease.mac, record.address)
+            }
             bound[record.address] = Binding(
                 lease: DHCPLease(mac: record.mac, address: record.address, expires: record.expires, hostname: record.hostname),
                 since: record.time)
             boundByMAC[record.mac] = record.address
+            configuration.index?.bind(record.mac, record.address, until: record.expires)
         case .release:
             if let binding = bound[record.address], binding.lease.mac == record.mac {
                 bound[record.address] = nil
                 boundByMAC[record.mac] = nil
+                configuration.index?.unbind(record.mac, record.address)
             }
         case .decline:
             // Only the client's own binding goes; a DECLINE never takes an address from another client.
             if let binding = bound[record.address], binding.lease.mac == record.mac {
                 bound[record.address] = nil
                 boundByMAC[record.mac] = nil
+                configuration.index?.unbind(record.mac, record.address)
             }
             if offers[record.address]?.mac == record.mac { removeOffer(of: record.mac) }
             declined[record.address] = (record.mac, record.time, record.expires)
@@ -212,6 +271,7 @@ public final class LeaseStore: DHCPLeaseView {
         for (address, binding) in bound where binding.lease.expires <= now {
             bound[address] = nil
             if boundByMAC[binding.lease.mac] == address { boundByMAC[binding.lease.mac] = nil }
+            configuration.index?.unbind(binding.lease.mac, address)
         }
         for (address, offer) in offers where offer.expires <= now {
             offers[address] = nil

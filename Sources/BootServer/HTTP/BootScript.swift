@@ -23,8 +23,10 @@ struct BootScriptDecision: Equatable {
     /// Seconds a waiting node sleeps before asking again: grows with each retry, capped at a minute.
     static func retryDelay(_ retry: Int) -> Int { min(60, 5 * (max(0, retry) + 1)) }
 
+    /// - Parameter reportToken: the node's per-boot report token, added to the kernel command line as
+    ///   `imagebuild.token=` (see `ReportTokens`); nil when tokens are off.
     static func decide(mac: MAC, clientIP: IPv4?, retry: Int, inventory: Inventory?, index: PublishIndex?,
-                       policy: UnknownMACPolicy, httpBaseOverride: String? = nil) -> BootScriptDecision {
+                       policy: UnknownMACPolicy, httpBaseOverride: String? = nil, reportToken: String? = nil) -> BootScriptDecision {
         let base = httpBaseOverride ?? inventory?.network.httpBase ?? ""
         let retryURL = "\(base)/boot/v1/bootscript?mac=\(mac)&retry=\(retry + 1)"
         let delay = retryDelay(retry)
@@ -39,7 +41,8 @@ struct BootScriptDecision: Equatable {
             guard let image = index.images[name] else {
                 return wait("image '\(name)' for \(title) is not published (run imagebuild publish)")
             }
-            let target = BootTarget(title: title, image: image, cmdline: resolved.cmdline)
+            let cmdline = reportToken.map { resolved.cmdline + " imagebuild.token=\($0)" } ?? resolved.cmdline
+            let target = BootTarget(title: title, image: image, cmdline: cmdline)
             return BootScriptDecision(script: renderer.ipxeScript(target), image: name, detail: why)
         }
         if let node = inventory.node(mac: mac) {

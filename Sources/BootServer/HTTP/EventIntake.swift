@@ -9,18 +9,20 @@ import NIOCore
 /// timeline only takes a short lock, so the early path records on the event loop without a hop.
 struct EventIntake: Sendable {
     let timeline: BootTimeline
-    /// The MAC behind a client address, for a report that names none.
-    let attribute: @Sendable (IPv4Address) -> MACAddress?
+    /// Who may report for which MAC (see `ReportAdmission`), built per request from the inventory and
+    /// leases in force.
+    let admission: @Sendable () -> ReportAdmission
     let maximumBodySize: Int
 
     private struct Body: Decodable {
         var mac: String?
         var stage: String?
         var detail: String?
+        var token: String?
     }
 
-    /// Records the report in `body` from `remote`; an `HTTPError` (400) says what is wrong with it, and
-    /// nothing is recorded then.
+    /// Records the report in `body` from `remote`; an `HTTPError` says what is wrong with it (400: the
+    /// report; 403: the sender may not report for that MAC), and nothing is recorded then.
     func accept(_ body: ByteBuffer, from remote: IPv4Address?) throws(HTTPError) -> BootEvent {
         let report: Body
         do {
@@ -30,18 +32,17 @@ struct EventIntake: Sendable {
         }
         guard let stageText = report.stage else { throw HTTPError(.badRequest, message: "missing \"stage\" (one of: \(Self.stages))") }
         guard let stage = NodeReport(rawValue: stageText) else {
-            throw HTTPError(.badRequest, message: "unknown stage '\(stageText)' (one of: \(Self.stages))")
+            throw HTTPError(.badRequest, message: "unknown stage '\(stageText.prefix(40))' (one of: \(Self.stages))")
         }
         let remote = remote.flatMap { $0.isAny ? nil : $0 }
-        var mac = report.mac.flatMap(MAC.init).flatMap { MACAddress(bytes: $0.bytes) }
-        if mac == nil, let remote { mac = attribute(remote) }
-        guard let mac else {
-            throw HTTPError(.badRequest, message: "'\(report.mac ?? "")' is not a MAC address, and the client's address is not a known node")
+        let mac: MACAddress
+        switch admission().decide(mac: report.mac, token: report.token, from: remote) {
+        case .accept(let admitted): mac = admitted
+        case .malformed(let why): throw HTTPError(.badRequest, message: why)
+        case .refused(let why): throw HTTPError(.forbidden, message: why)
         }
         let detail = report.detail.map { String($0.prefix(500)) }.flatMap { $0.isEmpty ? nil : $0 }
-        let event = timeline.record(.report(stage, detail: detail), mac: mac)
-        if let remote { timeline.learn(ip: remote, mac: mac) }
-        return event
+        return timeline.record(.report(stage, detail: detail), mac: mac, source: remote)
     }
 
     private static let stages = NodeReport.allCases.map(\.rawValue).joined(separator: ", ")

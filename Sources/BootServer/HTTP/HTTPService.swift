@@ -77,6 +77,8 @@ public final class HTTPService: Service, Sendable {
     public let configuration: HTTPServiceConfiguration
     public let timeline: BootTimeline
     private let inventory: @Sendable () -> Inventory?
+    private let leases: BoundLeaseIndex?
+    private let reportTokens: ReportTokens?
     private let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     private let threadPool: NIOThreadPool
@@ -89,15 +91,23 @@ public final class HTTPService: Service, Sendable {
         case stopped
     }
 
-    /// - Parameter inventory: the inventory in force, asked on every request that needs it, so a reload
-    ///   is live at once; nil when none is loaded.
+    /// - Parameters:
+    ///   - inventory: the inventory in force, asked on every request that needs it, so a reload is live
+    ///     at once; nil when none is loaded.
+    ///   - leases: the DHCP server's bound leases: a node may report its stages from the address it
+    ///     holds a lease on (besides its fixed address in the inventory).
+    ///   - reportTokens: per-boot tokens for stage reports (put on the kernel command line by the
+    ///     bootscript endpoint); nil: off.
     public init(configuration: HTTPServiceConfiguration, timeline: BootTimeline,
-                inventory: @escaping @Sendable () -> Inventory?, logger: Logger = Logger(label: "imagebuild.http"),
+                inventory: @escaping @Sendable () -> Inventory?, leases: BoundLeaseIndex? = nil,
+                reportTokens: ReportTokens? = nil, logger: Logger = Logger(label: "imagebuild.http"),
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 threadPool: NIOThreadPool = .singleton) {
         self.configuration = configuration
         self.timeline = timeline
         self.inventory = inventory
+        self.leases = leases
+        self.reportTokens = reportTokens
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.threadPool = threadPool
@@ -211,7 +221,8 @@ public final class HTTPService: Service, Sendable {
                     "client": "\(ip.map { "\($0)" } ?? "?")", "mac": "\(mac.map { "\($0)" } ?? "unknown")",
                     "outcome": "\(outcome)"])
                 guard let mac else { return }
-                timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome), mac: mac)
+                timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome),
+                                mac: mac, source: ip)
             })
     }
 
@@ -274,10 +285,30 @@ public final class HTTPService: Service, Sendable {
         let inventory = self.inventory
         return { ip in
             if let mac = timeline.mac(for: ip) { return mac }
-            let fixed = IPv4(ip.rawValue)
-            guard let node = inventory()?.nodes.first(where: { $0.ip == fixed }) else { return nil }
+            guard let node = inventory()?.node(ip: IPv4(ip.rawValue)) else { return nil }
             return MACAddress(bytes: node.mac.bytes)
         }
+    }
+
+    /// Who may report for which MAC: the inventory's fixed addresses and the live leases, and tokens
+    /// when they are on. Asked per report, so a reload or a new lease counts at once.
+    private func reportAdmission() -> ReportAdmission {
+        let inventory = self.inventory()
+        let leases = self.leases
+        let tokens = self.reportTokens
+        let timeline = self.timeline
+        return ReportAdmission(
+            macAt: { ip in
+                if let node = inventory?.node(ip: IPv4(ip.rawValue)) { return MACAddress(bytes: node.mac.bytes) }
+                return leases?.mac(at: ip)
+            },
+            addressesOf: { mac in
+                var addresses: [IPv4Address] = []
+                if let ip = inventory?.node(mac: MAC(bytes: (0..<6).map { mac[$0] }))?.ip { addresses.append(IPv4Address(rawValue: ip.value)) }
+                if let leased = leases?.address(of: mac), !addresses.contains(leased) { addresses.append(leased) }
+                return addresses
+            },
+            verifyToken: tokens.map { tokens in { token, mac in tokens.verify(token, for: mac, at: timeline.currentTime) } })
     }
 
     func nodeList(now: Date? = nil) -> [NodeStatus] {
@@ -308,8 +339,10 @@ public final class HTTPService: Service, Sendable {
         if let clientIP, !clientIP.isAny { timeline.learn(ip: clientIP, mac: mac) }
         let decision = BootScriptDecision.decide(
             mac: parsed, clientIP: clientIP.map { IPv4($0.rawValue) }, retry: retry, inventory: inventory(),
-            index: publishIndex.current(), policy: configuration.unknownMACPolicy, httpBaseOverride: configuration.publicBaseURL)
-        timeline.record(.bootScript(image: decision.image, detail: retry > 0 ? "\(decision.detail), retry \(retry)" : decision.detail), mac: mac)
+            index: publishIndex.current(), policy: configuration.unknownMACPolicy, httpBaseOverride: configuration.publicBaseURL,
+            reportToken: reportTokens?.issue(for: mac, at: timeline.currentTime))
+        timeline.record(.bootScript(image: decision.image, detail: retry > 0 ? "\(decision.detail), retry \(retry)" : decision.detail),
+                        mac: mac, source: clientIP.flatMap { $0.isAny ? nil : $0 })
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"],
                         body: ResponseBody(byteBuffer: ByteBuffer(string: decision.script)))
     }
@@ -318,7 +351,7 @@ public final class HTTPService: Service, Sendable {
 
     /// What the router and the early path share for `POST /api/v1/events`.
     var eventIntake: EventIntake {
-        EventIntake(timeline: timeline, attribute: attributor(), maximumBodySize: configuration.maximumEventBodySize)
+        EventIntake(timeline: timeline, admission: { [self] in reportAdmission() }, maximumBodySize: configuration.maximumEventBodySize)
     }
 
     private func postEvent(_ request: Request, context: BootRequestContext, intake: EventIntake) async throws -> Response {

@@ -131,6 +131,7 @@ struct RootFileProvider: FileProvider {
         if Self.unsafeName(name.utf8) {
             return cachedOnly ? nil : FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
         }
+        if ServedNames.isWithheld(name) { return nil }  // 404, as for a file that is not there
         if cachedOnly && observe(name) { return nil }
         let joined = name.isEmpty ? root : root + "/" + name
         // Fast path: an unchanged small file we already resolved and read (same inode, size, mtime).

@@ -59,6 +59,9 @@ public struct ServerConfigFile: Sendable, Equatable {
         public var enabled: Bool?
         public var port: Int?
         public var maximumConnections: Int?
+        /// Stage reports may carry a per-boot token instead of coming from the node's own address
+        /// (sites where reports pass NAT or a relay). Off by default: see `ReportTokens`.
+        public var reportTokens: Bool?
         public init() {}
     }
 
@@ -156,10 +159,11 @@ public struct ServerConfigFile: Sendable, Equatable {
             config.tftp.enabled = try tftp.bool("enabled")
             config.tftp.port = try tftp.int("port", in: 1...65535)
         }
-        if let http = try top["http"]?.map(allowed: ["enabled", "port", "max_connections"]) {
+        if let http = try top["http"]?.map(allowed: ["enabled", "port", "max_connections", "report_tokens"]) {
             config.http.enabled = try http.bool("enabled")
             config.http.port = try http.int("port", in: 1...65535)
             config.http.maximumConnections = try http.int("max_connections", in: 1...1_000_000)
+            config.http.reportTokens = try http.bool("report_tokens")
         }
         if config.dhcp.enabled == false && config.tftp.enabled == false && config.http.enabled == false, let dhcp = top["dhcp"] {
             throw dhcp.error("dhcp, tftp and http are all disabled: nothing to serve")
@@ -202,6 +206,7 @@ public struct ServerConfigFile: Sendable, Equatable {
         r.http.enabled = http.enabled ?? base.http.enabled
         r.http.port = http.port ?? base.http.port
         r.http.maximumConnections = http.maximumConnections ?? base.http.maximumConnections
+        r.http.reportTokens = http.reportTokens ?? base.http.reportTokens
         return r
     }
 
@@ -219,6 +224,7 @@ public struct ServerConfigFile: Sendable, Equatable {
             "dhcp.rate_limit.burst": s(dhcp.rateLimitBurst), "dhcp.rate_limit.per_second": s(dhcp.rateLimitPerSecond),
             "tftp.enabled": s(tftp.enabled), "tftp.port": s(tftp.port),
             "http.enabled": s(http.enabled), "http.port": s(http.port), "http.max_connections": s(http.maximumConnections),
+            "http.report_tokens": s(http.reportTokens),
         ]
     }
 

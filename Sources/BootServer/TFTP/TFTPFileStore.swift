@@ -174,7 +174,10 @@ final class TFTPFileStore {
             components.append(component)
         }
         guard !components.isEmpty else { throw .notRegularFile(path: requested) }
-        return components.joined(separator: "/")
+        let relative = components.joined(separator: "/")
+        // Withheld names answer as a file that is not there, like HTTP's 404.
+        if ServedNames.isWithheld(relative) { throw .notFound(path: relative) }
+        return relative
     }
 
     /// Opens `requested` for serving.

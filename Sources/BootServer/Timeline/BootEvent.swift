@@ -52,8 +52,9 @@ public enum BootObservation: Sendable, Hashable {
     case bootScript(image: String?, detail: String?)
     case report(NodeReport, detail: String?)
 
-    /// The stage this observation puts a node in.
-    public var stage: BootStage {
+    /// The stage this observation puts a node in; nil for a file that is no step of a boot (a
+    /// manifest, a command line): fetching it moves no stage and begins no boot.
+    public var stage: BootStage? {
         switch self {
         case .dhcp: .dhcp
         case .transfer(_, let path, _, _, _): BootStage.forFile(path)
@@ -89,12 +90,16 @@ public struct BootEvent: Sendable, Hashable {
     /// Counts the node's boots since the journal began; a new DISCOVER after `up` starts the next.
     public var boot: Int
     public var observation: BootObservation
+    /// The address the server saw it come from (stage reports, transfers); nil when there is none
+    /// (DHCP, where the client has no address yet) or it was not recorded.
+    public var source: IPv4Address?
 
-    public init(time: Date, mac: MACAddress, boot: Int, observation: BootObservation) {
+    public init(time: Date, mac: MACAddress, boot: Int, observation: BootObservation, source: IPv4Address? = nil) {
         self.time = time
         self.mac = mac
         self.boot = boot
         self.observation = observation
+        self.source = source
     }
 }
 
@@ -102,7 +107,7 @@ public struct BootEvent: Sendable, Hashable {
 /// enums with associated values.
 extension BootEvent: Codable {
     private enum CodingKeys: String, CodingKey {
-        case time, mac, boot, kind, stage, step, ip, proto, path, bytes, size, outcome, image, detail, summary
+        case time, mac, boot, kind, stage, step, ip, proto, path, bytes, size, outcome, image, detail, summary, source
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -110,7 +115,8 @@ extension BootEvent: Codable {
         try c.encode(time.timeIntervalSince1970, forKey: .time)
         try c.encode(mac.description, forKey: .mac)
         try c.encode(boot, forKey: .boot)
-        try c.encode(observation.stage, forKey: .stage)
+        try c.encodeIfPresent(observation.stage, forKey: .stage)
+        try c.encodeIfPresent(source?.description, forKey: .source)
         switch observation {
         case .dhcp(let step, let address, let detail):
             try c.encode("dhcp", forKey: .kind)
@@ -148,6 +154,7 @@ extension BootEvent: Codable {
         }
         self.mac = mac
         boot = try c.decode(Int.self, forKey: .boot)
+        source = try c.decodeIfPresent(String.self, forKey: .source).flatMap { IPv4Address($0) }
         let detail = try c.decodeIfPresent(String.self, forKey: .detail)
         switch try c.decode(String.self, forKey: .kind) {
         case "dhcp":
@@ -178,7 +185,7 @@ extension BootEvent: Codable {
 extension BootEvent {
     func writeJSON(into out: inout [UInt8], includeSummary: Bool) {
         // Keys in sorted order: boot, bytes, detail, image, ip, kind, mac, outcome, path, proto, size,
-        // stage, step, summary, time.
+        // source, stage, step, summary, time.
         var kind = "", step: String?, ip: String?, proto: String?, path: String?, bytes: UInt64?, size: UInt64?
         var outcome: String?, image: String?, detail: String?
         switch observation {
@@ -232,7 +239,8 @@ extension BootEvent {
         if let path { key("path"); string(path) }
         if let proto { key("proto"); string(proto) }
         if let size { key("size"); number(String(size)) }
-        key("stage"); string(observation.stage.rawValue)
+        if let source { key("source"); string(source.description) }
+        if let stage = observation.stage { key("stage"); string(stage.rawValue) }
         if let step { key("step"); string(step) }
         if includeSummary { key("summary"); string(observation.summary) }
         let seconds = time.timeIntervalSince1970

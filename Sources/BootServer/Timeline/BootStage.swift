@@ -27,17 +27,24 @@ public enum BootStage: String, Sendable, Codable, CaseIterable, Comparable {
     /// Stages a reboot starts with: seeing one of them after `.up`/`.failed` begins a new boot.
     var beginsBoot: Bool { self == .dhcp || self == .bootloader || self == .config }
 
-    /// The stage a fetched file belongs to, by its name. Image folders hold `vmlinuz`, `initramfs.img`
-    /// and `image.<format>` (see `PublishedImage`); everything else a node fetches before the kernel is a
-    /// boot loader or its configuration.
-    public static func forFile(_ path: String) -> BootStage {
+    /// The stage a fetched file belongs to, by its name; nil for a file that is no step of a boot
+    /// (`manifest.json`, `cmdline`, anything else), so fetching it moves no node. Image folders hold
+    /// `vmlinuz`, `initramfs.img` and `image.<format>` (see `PublishedImage`); loaders are network boot
+    /// programs by their extension (`pxelinux.0`, `undionly.kpxe`, `ipxe.efi`, `ldlinux.c32`, ...).
+    public static func forFile(_ path: String) -> BootStage? {
         let name = path.split(separator: "/").last.map(String.init) ?? path
         if name.hasPrefix("vmlinuz") || name == "bzImage" || name == "kernel" { return .kernel }
         if name.hasPrefix("initramfs") || name.hasPrefix("initrd") { return .initrd }
         if name.hasPrefix("image.") { return .image }
         if path.contains("pxelinux.cfg/") || name.hasSuffix(".ipxe") || name.hasSuffix(".cfg") || name == "bootscript" { return .config }
-        return .bootloader
+        let lower = name.lowercased()
+        if loaderExtensions.contains(where: { lower.hasSuffix($0) }) { return .bootloader }
+        return nil
     }
+
+    /// Network boot programs: PXE NBPs (`.0`, `.pxe`, `.kpxe`, `.kkpxe`), EFI applications, syslinux
+    /// modules, iPXE's Linux-kernel form.
+    static let loaderExtensions = [".0", ".pxe", ".kpxe", ".kkpxe", ".efi", ".c32", ".lkrn"]
 }
 
 /// What a node reports to `POST /api/v1/events` (stage 1 and stage 2 scripts).

@@ -98,13 +98,14 @@ public final class BootTimeline: Service, Sendable {
 
     // MARK: Recording (hot path)
 
-    /// Records what happened to the node with this MAC; returns the stored event.
+    /// Records what happened to the node with this MAC (seen from `source`, when there was one);
+    /// returns the stored event.
     @discardableResult
-    public func record(_ observation: BootObservation, mac: MACAddress, ago: TimeInterval = 0) -> BootEvent {
+    public func record(_ observation: BootObservation, mac: MACAddress, source: IPv4Address? = nil, ago: TimeInterval = 0) -> BootEvent {
         let time = now().addingTimeInterval(-ago)
         let (event, wake) = state.withLock { state -> (BootEvent, Bool) in
             let boot = state.nodes[mac]?.state.boot(for: observation) ?? 1
-            let event = BootEvent(time: time, mac: mac, boot: boot, observation: observation)
+            let event = BootEvent(time: time, mac: mac, boot: boot, observation: observation, source: source)
             Self.insert(event, into: &state, configuration: configuration)
             if journal != nil {
                 if state.pending.count >= configuration.maximumPendingEvents {
@@ -128,11 +129,12 @@ public final class BootTimeline: Service, Sendable {
             state.withLock { $0.unattributed += 1 }
             return nil
         }
-        return record(observation, mac: mac, ago: ago)
+        return record(observation, mac: mac, source: ip, ago: ago)
     }
 
-    /// Remembers that `ip` is `mac` (DHCP acks do this by themselves; the bootscript endpoint and fixed
-    /// inventory addresses call it too).
+    /// Remembers that `ip` is `mac` for attributing transfers, which carry only an address (DHCP acks do
+    /// this by themselves; the bootscript endpoint calls it too). Never a reason to believe a stage
+    /// report: `ReportAdmission` asks the inventory and the leases, which no HTTP client can teach.
     public func learn(ip: IPv4Address, mac: MACAddress) {
         state.withLock { $0.macByIP[ip] = mac }
     }

@@ -36,7 +36,7 @@ public struct NodeBootState: Sendable, Hashable {
         switch observation {
         case .dhcp(let step, _, _): return step == .discover ? boot + 1 : boot
         case .report: return boot
-        default: return observation.stage.beginsBoot ? boot + 1 : boot
+        default: return observation.stage?.beginsBoot == true ? boot + 1 : boot
         }
     }
 
@@ -52,7 +52,8 @@ public struct NodeBootState: Sendable, Hashable {
         }
         lastSeen = max(lastSeen ?? event.time, event.time)
         lastEvent = event.observation.summary
-        var next = event.observation.stage
+        // An observation that is no step of a boot (a manifest fetched) leaves the stage as it is.
+        var next = event.observation.stage ?? stage
         switch event.observation {
         case .dhcp(let step, let offered, _):
             // A running node renewing its lease is still up.

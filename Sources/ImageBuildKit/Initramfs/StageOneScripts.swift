@@ -6,7 +6,9 @@
 /// `imagebuild.image=URL` the stage-2 image, `imagebuild.sha256=HEX` its digest,
 /// `imagebuild.server=URL` where stage reports go (`POST /api/v1/events`),
 /// `imagebuild.onfail=shell|reboot`, `imagebuild.init=/sbin/init`,
-/// `imagebuild.rootsize=80%` (tmpfs size), `imagebuild.format=tar.gz|squashfs`.
+/// `imagebuild.rootsize=80%` (tmpfs size), `imagebuild.format=tar.gz|squashfs`,
+/// `imagebuild.token=T` the per-boot report token (sent with each report; the server hands it out
+/// only when `http.report_tokens` is on).
 public enum StageOneScripts {
     /// `/init`: mounts, modules, network, then sources `/load_img.sh`.
     public static func initScript(onFail: OnFail, onFailDelay: Int, retries: Int) -> String {
@@ -24,7 +26,7 @@ public enum StageOneScripts {
         ONFAIL=\#(onFail.rawValue)
         ONFAIL_DELAY=\#(onFailDelay)
         RETRIES=\#(retries)
-        IMAGE_URL= IMAGE_SHA256= SERVER= FORMAT=tar.gz NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF=
+        IMAGE_URL= IMAGE_SHA256= SERVER= FORMAT=tar.gz NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF= TOKEN=
         for arg in $(cat /proc/cmdline); do
             case "$arg" in
                 imagebuild.image=*) IMAGE_URL="${arg#*=}" ;;
@@ -35,6 +37,7 @@ public enum StageOneScripts {
                 imagebuild.rootsize=*) ROOTSIZE="${arg#*=}" ;;
                 imagebuild.format=*) FORMAT="${arg#*=}" ;;
                 imagebuild.retries=*) RETRIES="${arg#*=}" ;;
+                imagebuild.token=*) TOKEN="${arg#*=}" ;;
                 BOOTIF=*) BOOTIF="${arg#*=}" ;;
             esac
         done
@@ -50,7 +53,7 @@ public enum StageOneScripts {
             detail=$(printf '%s' "$2" | tr -d '"\\' | head -c 200)
             for try in 1 2 3; do
                 timeout 4 wget -q -O /dev/null --header 'Content-Type: application/json' \
-                    --post-data "{\"mac\":\"$MAC\",\"stage\":\"$1\",\"detail\":\"$detail\"}" \
+                    --post-data "{\"mac\":\"$MAC\",\"stage\":\"$1\",\"detail\":\"$detail\",\"token\":\"$TOKEN\"}" \
                     "$SERVER/api/v1/events" 2>/dev/null && return 0
             done
             return 0
@@ -183,6 +186,7 @@ public enum StageOneScripts {
             echo "IMAGEBUILD_PREFIX=$PREFIX"
             echo "IMAGEBUILD_ROUTER=$ROUTER"
             echo "IMAGEBUILD_SERVER=$SERVER"
+            echo "IMAGEBUILD_TOKEN=$TOKEN"
             echo "IMAGEBUILD_HOSTNAME=$HOSTNAME"
         } > "$ROOT/etc/imagebuild/boot.env"
         [ -s /etc/resolv.conf ] && cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null

@@ -73,9 +73,37 @@ public struct Inventory: Sendable, Equatable {
     public var defaults: Settings
     public var groups: [String: Settings]
     public var ranges: [Range]
-    public var nodes: [Node]
+    public var nodes: [Node] { didSet { lookup = Lookup(nodes) } }
+    /// Where each MAC and fixed address sits in `nodes`: the server asks per request (boot scripts,
+    /// stage reports), and a 10,000-node inventory makes a scan per request count.
+    private var lookup: Lookup
 
-    public func node(mac: MAC) -> Node? { nodes.first { $0.mac == mac } }
+    private struct Lookup: Sendable, Equatable {
+        var byMAC: [MAC: Int] = [:]
+        var byIP: [IPv4: Int] = [:]
+        init(_ nodes: [Node]) {
+            // The first of duplicates wins, as a scan from the front would find it.
+            for (index, node) in nodes.enumerated() {
+                if byMAC[node.mac] == nil { byMAC[node.mac] = index }
+                if let ip = node.ip, byIP[ip] == nil { byIP[ip] = index }
+            }
+        }
+    }
+
+    public init(file: String, network: Network, defaults: Settings, groups: [String: Settings], ranges: [Range], nodes: [Node]) {
+        self.file = file
+        self.network = network
+        self.defaults = defaults
+        self.groups = groups
+        self.ranges = ranges
+        self.nodes = nodes
+        lookup = Lookup(nodes)
+    }
+
+    public func node(mac: MAC) -> Node? { lookup.byMAC[mac].map { nodes[$0] } }
+
+    /// The node whose fixed address (`ip:` in nodes.yaml) is `ip`.
+    public func node(ip: IPv4) -> Node? { lookup.byIP[ip].map { nodes[$0] } }
 
     /// The loader choice for a node (node > group > defaults); `nil` node: a machine not listed.
     public func loader(for node: Node?) -> Loader? {

@@ -93,9 +93,21 @@ func httpTestInventory(extraNodes: String = "") throws -> Inventory {
 
 let quietLogger = Logger(label: "http-test") { _ in SwiftLogNoOpLogHandler() }
 
+/// Leases as the DHCP server would hold them: alpha (52:54:00:aa:00:01) on 127.0.0.1, where the tests'
+/// requests come from by default, so alpha may report its stages; other nodes report from their own
+/// 127/8 address (`RawHTTP.post(from:)`) after `lease`.
+func testLeases(_ extra: [(MACAddress, IPv4Address)] = []) -> BoundLeaseIndex {
+    let index = BoundLeaseIndex()
+    let until = DHCPTimestamp(secondsSinceEpoch: Int64(time(nil)) + 3600)
+    index.bind(MACAddress(0x52, 0x54, 0, 0xaa, 0, 1), IPv4Address(127, 0, 0, 1), until: until)
+    for (mac, address) in extra { index.bind(mac, address, until: until) }
+    return index
+}
+
 /// Runs an HTTPService (and its timeline's writer) on 127.0.0.1, an ephemeral port, for `body`.
 func withHTTPService<T: Sendable>(
     root: HTTPTestRoot, inventory: InventoryBox, policy: UnknownMACPolicy = .defaultImage,
+    leases: BoundLeaseIndex = testLeases(), reportTokens: ReportTokens? = nil,
     configure: (inout HTTPServiceConfiguration) -> Void = { _ in },
     _ body: @Sendable (Int, HTTPService) async throws -> T
 ) async throws -> T {
@@ -105,7 +117,8 @@ func withHTTPService<T: Sendable>(
     var configuration = HTTPServiceConfiguration(root: root.root, host: "127.0.0.1", port: 0)
     configuration.unknownMACPolicy = policy
     configure(&configuration)
-    let service = HTTPService(configuration: configuration, timeline: timeline, inventory: { inventory.current }, logger: quietLogger)
+    let service = HTTPService(configuration: configuration, timeline: timeline, inventory: { inventory.current }, leases: leases,
+                              reportTokens: reportTokens, logger: quietLogger)
     let group = ServiceGroup(configuration: .init(services: [service, timeline], gracefulShutdownSignals: [], logger: quietLogger))
     return try await withThrowingTaskGroup(of: T?.self) { tasks in
         tasks.addTask {
@@ -150,10 +163,11 @@ enum RawHTTP {
         return try await send(port: port, head + "\r\n", headRequest: method == "HEAD")
     }
 
-    static func post(port: Int, _ path: String, json: String) async throws -> RawResponse {
+    /// - Parameter from: the source address (any 127/8 address on loopback), as a node sending from its own.
+    static func post(port: Int, _ path: String, json: String, from source: String? = nil) async throws -> RawResponse {
         let body = Array(json.utf8)
         let head = "POST \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
-        return try await send(port: port, head + json)
+        return try parse(try await exchangeTimed(port: port, chunks: [head + json], from: source).bytes)
     }
 
     /// Writes `chunks` with `pause` between them, then reads until the server closes; returns the bytes
@@ -165,8 +179,10 @@ enum RawHTTP {
     /// The connection is closed from this side after `deadline`, so a server that never answers fails
     /// the test instead of hanging it.
     static func exchangeTimed(port: Int, chunks: [String], pause: Duration = .zero,
-                              deadline: Duration = .seconds(20)) async throws -> (bytes: [UInt8], closedAfter: Duration) {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                              deadline: Duration = .seconds(20), from source: String? = nil) async throws -> (bytes: [UInt8], closedAfter: Duration) {
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
+        let channel = try await bootstrap
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)

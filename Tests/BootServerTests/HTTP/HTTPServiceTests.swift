@@ -209,7 +209,7 @@ struct HTTPServiceTests {
             #expect(allowed.contains(response.status), "\(path) -> \(response.status)")
             #expect(!response.text.contains("top secret"))
             #expect(!response.text.contains("root:"))
-            let inside = try await RawHTTP.get(port: port, "/publish.json")
+            let inside = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
             #expect(inside.status == 200)
         }
     }
@@ -347,8 +347,10 @@ struct HTTPServiceTests {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
         let inventory = InventoryBox(try httpTestInventory())
+        // The unregistered node holds a lease on 127.0.0.3 and reports from there.
+        let leases = testLeases([(MACAddress(0x52, 0x54, 0, 0xcc, 0, 3), IPv4Address(127, 0, 0, 3))])
         try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: 600_000, seed: 5)
-        try await withHTTPService(root: fixture, inventory: inventory) { port, service in
+        try await withHTTPService(root: fixture, inventory: inventory, leases: leases) { port, service in
             // The node's own address is learnt from its bootscript request, so its download is attributed.
             _ = try await RawHTTP.get(port: port, "/boot/v1/bootscript?mac=52:54:00:aa:00:01")
             let accepted = try await RawHTTP.post(port: port, "/api/v1/events",
@@ -360,8 +362,30 @@ struct HTTPServiceTests {
                 #expect(response.status == 202)
             }
             let failed = try await RawHTTP.post(port: port, "/api/v1/events",
-                                                json: #"{"mac":"52:54:00:cc:00:03","stage":"failed","detail":"download: HTTP 404"}"#)
+                                                json: #"{"mac":"52:54:00:cc:00:03","stage":"failed","detail":"download: HTTP 404"}"#,
+                                                from: "127.0.0.3")
             #expect(failed.status == 202)
+            // Trust: a report for a node from another node's address is refused (403) and not recorded;
+            // a malformed MAC is 400 even from a known sender; the sender is recorded on each event.
+            let forged = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:cc:00:03","stage":"up"}"#)
+            #expect(forged.status == 403)
+            #expect(forged.text.contains("must come from the node itself"))
+            let stranger = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"up"}"#,
+                                                  from: "127.0.0.9")
+            #expect(stranger.status == 403)
+            for bad in ["zz", String(repeating: "a", count: 500), ""] {
+                let response = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"\#(bad)","stage":"up"}"#)
+                #expect(response.status == 400, "mac '\(bad.prefix(10))'")
+            }
+            let noMACStranger = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"stage":"up"}"#, from: "127.0.0.9")
+            #expect(noMACStranger.status == 400)
+            #expect(service.timeline.node(MACAddress(0x52, 0x54, 0, 0xcc, 0, 3))?.stage == .failed)
+            #expect(service.timeline.events(for: MACAddress(0x52, 0x54, 0, 0xcc, 0, 3)).last?.source == IPv4Address(127, 0, 0, 3))
+            // Nothing of the publish machinery is served (the fixture lays it out as publish does).
+            try fixture.write(".publish/lock", "")
+            for path in ["/.publish/lock", "/publish.json", "/.publish/current/publish.json", "/.publish/gen-1/pxelinux.cfg/default"] {
+                #expect(try await RawHTTP.get(port: port, path).status == 404, "\(path)")
+            }
 
             let unknownStage = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"booting"}"#)
             #expect(unknownStage.status == 400)
@@ -582,7 +606,7 @@ struct HTTPServiceTests {
             try await Task.sleep(for: .milliseconds(300))
             let answered = Mutex(false)
             let waiting = Task {
-                let response = try await RawHTTP.get(port: port, "/publish.json")
+                let response = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
                 answered.withLock { $0 = true }
                 return response
             }
@@ -603,13 +627,13 @@ struct HTTPServiceTests {
             $0.timeouts.header = .milliseconds(600)
             $0.timeouts.idle = .seconds(5)
         }) { port, _ in
-            let chunks = ["GET /publish.json HTTP/1.1\r\n"] + Array(repeating: "X-Slow: 1\r\n", count: 20)
+            let chunks = ["GET /pxelinux.cfg/default HTTP/1.1\r\n"] + Array(repeating: "X-Slow: 1\r\n", count: 20)
             let (bytes, closedAfter) = try await RawHTTP.exchangeTimed(port: port, chunks: chunks, pause: .milliseconds(200),
                                                                        deadline: .seconds(8))
             #expect(bytes.isEmpty, "got a response: \(String(decoding: bytes.prefix(100), as: UTF8.self))")
             #expect(closedAfter < .seconds(3))
             // A normal client on the same server is unaffected.
-            let normal = try await RawHTTP.get(port: port, "/publish.json")
+            let normal = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
             #expect(normal.status == 200)
         }
     }

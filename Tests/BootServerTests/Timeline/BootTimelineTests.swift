@@ -152,8 +152,11 @@ struct NodeBootStateTests {
         ("pxelinux.cfg/01-52-54-00-77-00-01", .config), ("pxelinux.cfg/default", .config), ("ipxe/boot.ipxe", .config),
         ("images/compute/0123/vmlinuz", .kernel), ("images/compute/0123/initramfs.img", .initrd),
         ("images/compute/0123/image.tar.gz", .image), ("images/compute/0123/image.squashfs", .image),
+        ("ipxe/undionly.kpxe", .bootloader),
+        // Files that are no step of a boot move no stage (a manifest fetched by hand restarted a node's timeline).
+        ("images/compute/0123/manifest.json", nil), ("images/compute/0123/cmdline", nil), ("favicon.ico", nil),
     ])
-    func fileStages(path: String, stage: BootStage) {
+    func fileStages(path: String, stage: BootStage?) {
         #expect(BootStage.forFile(path) == stage)
     }
 }
@@ -197,6 +200,32 @@ struct BootTimelineTests {
         #expect(timeline.events(for: nodeA).map(\.observation.stage) == [.dhcp, .kernel, .initrd, .stage1, .up])
         #expect(timeline.node(nodeA)?.stage == .up)
         #expect(timeline.node(nodeA)?.furthest == .up)
+    }
+
+    @Test("a file that is no boot step (a manifest) neither restarts a node's boot nor moves its stage; events keep their sender")
+    func nonBootFiles() throws {
+        let timeline = try BootTimeline()
+        let ip = IPv4Address(10, 77, 0, 21)
+        timeline.record(.dhcp(.ack, address: ip, detail: nil), mac: nodeA)
+        timeline.record(.report(.up, detail: nil), mac: nodeA, source: ip)
+        let manifest = BootObservation.transfer(.http, path: "images/m/1/manifest.json", bytes: 300, size: 300, outcome: .completed)
+        let event = try #require(timeline.record(manifest, ip: ip))
+        #expect(event.boot == 1)
+        #expect(event.source == ip)
+        #expect(timeline.node(nodeA)?.stage == .up)
+        #expect(timeline.node(nodeA)?.boot == 1)
+        // Its JSON has no stage and names the sender; both encoders agree, and it reads back.
+        var bytes: [UInt8] = []
+        event.writeJSON(into: &bytes, includeSummary: false)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(String(decoding: bytes, as: UTF8.self) == String(decoding: try encoder.encode(event), as: UTF8.self))
+        #expect(!String(decoding: bytes, as: UTF8.self).contains("\"stage\""))
+        #expect(String(decoding: bytes, as: UTF8.self).contains("\"source\":\"10.77.0.21\""))
+        #expect(try JSONDecoder().decode(BootEvent.self, from: Data(bytes)) == event)
+        // A loader fetched after `up` is a reboot.
+        let loader = BootObservation.transfer(.tftp, path: "pxelinux.0", bytes: 10, size: nil, outcome: .completed)
+        #expect(timeline.record(loader, ip: ip)?.boot == 2)
     }
 
     @Test("TFTP and HTTP events by IP are attributed through DHCP acks; unknown addresses are counted")
