@@ -21,6 +21,42 @@ struct ImageBuildCommand: AsyncParsableCommand {
                       NodesCommand.self, ServeCommand.self, StatusCommand.self],
         defaultSubcommand: BuildCommand.self
     )
+
+    /// Like the default `main`, after one check the parser cannot make: the first word is a
+    /// subcommand, an option, or a recipe file that exists. Otherwise `imagebuild publsh --root x`
+    /// would run `build` on a recipe called "publsh" and complain about `--root`.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let message = misspelledCommand(arguments) {
+            FileHandle.standardError.write(Data("imagebuild: error: \(message)\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        }
+        if arguments.isEmpty {
+            print(helpMessage())
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// Why the first argument cannot be what the user meant, or nil when it can.
+    static func misspelledCommand(_ arguments: [String]) -> String? {
+        guard let first = arguments.first, !first.hasPrefix("-") else { return nil }
+        let names = (configuration.subcommands.compactMap { $0.configuration.commandName }) + ["help"]
+        if names.contains(first) || FileManager.default.fileExists(atPath: first) { return nil }
+        // A path-like word is a recipe that is not there: the build says so, with its own wording.
+        if first.contains("/") || first.hasSuffix(".yaml") || first.hasSuffix(".yml") { return nil }
+        let hint = closestMatch(to: first, in: names).map { " (did you mean '\($0)'?)" } ?? ""
+        return "'\(first)' is neither a command nor a recipe file\(hint); commands: \(names.dropLast().joined(separator: ", "))"
+    }
 }
 
 /// Options every subcommand shares.
