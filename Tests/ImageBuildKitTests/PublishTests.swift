@@ -72,8 +72,28 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(inventory.resolved(node1).image == "compute")
         #expect(inventory.resolved(node1).cmdline == "console=ttyS0 nomodeset")
         let node3 = inventory.node(mac: MAC("52:54:00:77:00:03")!)!
-        #expect(inventory.resolved(node3) == ("minimal", "console=ttyS0,115200 debug"))
+        #expect(inventory.resolved(node3) == .init(image: "minimal", cmdline: "console=ttyS0,115200 debug", replacesImageCommandLine: true))
         #expect(inventory.ranges[0].pxelinuxName == "0A4D006")
+    }
+
+    @Test func anInventoryCmdlineReplacesTheRecipesAndAppendAddsToIt() throws {
+        let renderer = BootRenderer(network: inventory.network)
+        let image = sampleImage("compute")  // its own line: "console=ttyS0,115200 imagebuild.sha256=aa"
+        let node1 = inventory.node(mac: MAC("52:54:00:77:00:01")!)!  // group gpu: cmdline "console=ttyS0 nomodeset"
+        let replaced = renderer.kernelCommandLine(BootTarget(title: "n1", image: image, resolution: inventory.resolved(node1)))
+        #expect(replaced.hasPrefix("console=ttyS0 nomodeset imagebuild.sha256=aa imagebuild.image="))
+        #expect(!replaced.contains("115200"), "the recipe's console= stayed: \(replaced)")
+        // Only append at every level: the recipe's line stays and the inventory's follows it.
+        let appendOnly = try InventoryLoader.parse("""
+            network: {server: 10.77.0.1, subnet: 10.77.0.0/24}
+            defaults: {image: compute, append: "rack=r1"}
+            nodes:
+              - {mac: "52:54:00:77:00:09", hostname: n9, append: debug}
+            """, file: "nodes.yaml")
+        let node9 = appendOnly.nodes[0]
+        #expect(appendOnly.resolved(node9) == .init(image: "compute", cmdline: "rack=r1 debug", replacesImageCommandLine: false))
+        let appended = renderer.kernelCommandLine(BootTarget(title: "n9", image: image, resolution: appendOnly.resolved(node9)))
+        #expect(appended.hasPrefix("console=ttyS0,115200 imagebuild.sha256=aa rack=r1 debug imagebuild.image="))
     }
 
     @Test func renderedFilesMatchSnapshots() throws {

@@ -36,13 +36,13 @@ struct BootScriptDecision: Equatable {
         guard let inventory else { return wait("no inventory is loaded on the server") }
         guard let index else { return wait("nothing is published in the boot root (no publish.json)") }
         let renderer = BootRenderer(network: inventory.network)
-        func boot(_ title: String, _ resolved: (image: String?, cmdline: String), why: String) -> BootScriptDecision {
+        func boot(_ title: String, _ resolved: Inventory.Resolution, why: String) -> BootScriptDecision {
             guard let name = resolved.image else { return wait("\(title) has no image in nodes.yaml") }
             guard let image = index.images[name] else {
                 return wait("image '\(name)' for \(title) is not published (run imagebuild publish)")
             }
-            let cmdline = reportToken.map { resolved.cmdline + " imagebuild.token=\($0)" } ?? resolved.cmdline
-            let target = BootTarget(title: title, image: image, cmdline: cmdline)
+            var target = BootTarget(title: title, image: image, resolution: resolved)
+            if let reportToken { target.cmdline += (target.cmdline.isEmpty ? "" : " ") + "imagebuild.token=\(reportToken)" }
             return BootScriptDecision(script: renderer.ipxeScript(target), image: name, detail: why)
         }
         if let node = inventory.node(mac: mac) {

@@ -115,23 +115,41 @@ public struct Inventory: Sendable, Equatable {
     /// else lpxelinux.0 (kernel and initrd over HTTP).
     public var pxelinuxLoader: String { network.biosLoader == "undionly.kpxe" ? "lpxelinux.0" : network.biosLoader }
 
+    /// What a node, range or unknown machine boots, as the inventory says.
+    public struct Resolution: Sendable, Equatable {
+        public var image: String?
+        /// The inventory's part of the kernel command line: the nearest `cmdline`, then every `append`.
+        public var cmdline: String
+        /// A `cmdline` is set (node, group or defaults): it replaces the recipe's command line, and only
+        /// the build's own `imagebuild.*` parameters of the image are kept. Without one, `append` adds
+        /// to the recipe's line.
+        public var replacesImageCommandLine: Bool
+
+        public init(image: String?, cmdline: String, replacesImageCommandLine: Bool = false) {
+            self.image = image
+            self.cmdline = cmdline
+            self.replacesImageCommandLine = replacesImageCommandLine
+        }
+    }
+
     /// Effective image and command line for a node (node > group > defaults).
-    public func resolved(_ node: Node) -> (image: String?, cmdline: String) {
+    public func resolved(_ node: Node) -> Resolution {
         resolve(node.settings, group: node.group)
     }
 
-    public func resolved(_ range: Range) -> (image: String?, cmdline: String) {
+    public func resolved(_ range: Range) -> Resolution {
         resolve(range.settings, group: range.group)
     }
 
-    public func resolve(_ own: Settings, group: String?) -> (image: String?, cmdline: String) {
+    public func resolve(_ own: Settings, group: String?) -> Resolution {
         let groupSettings = group.flatMap { groups[$0] } ?? Settings()
         let image = own.image ?? groupSettings.image ?? defaults.image
-        var cmdline = own.cmdline ?? groupSettings.cmdline ?? defaults.cmdline ?? ""
+        let replacement = own.cmdline ?? groupSettings.cmdline ?? defaults.cmdline
+        var cmdline = replacement ?? ""
         for append in [defaults.append, groupSettings.append, own.append].compactMap({ $0 }) where !append.isEmpty {
             cmdline += cmdline.isEmpty ? append : " " + append
         }
-        return (image, cmdline)
+        return Resolution(image: image, cmdline: cmdline, replacesImageCommandLine: replacement != nil)
     }
 
     /// Every image name the inventory refers to, with where (for "unknown image" errors).

@@ -26,11 +26,20 @@ public struct BootTarget: Sendable, Equatable {
     public var image: PublishedImage
     /// The inventory's part of the command line (node > group > defaults).
     public var cmdline: String
+    /// The inventory's `cmdline` replaces the recipe's (see `Inventory.Resolution`).
+    public var replacesImageCommandLine: Bool
 
-    public init(title: String, image: PublishedImage, cmdline: String) {
+    public init(title: String, image: PublishedImage, cmdline: String, replacesImageCommandLine: Bool = false) {
         self.title = title
         self.image = image
         self.cmdline = cmdline
+        self.replacesImageCommandLine = replacesImageCommandLine
+    }
+
+    /// `resolution`'s command line for `image` (its image name is the caller's to check).
+    public init(title: String, image: PublishedImage, resolution: Inventory.Resolution) {
+        self.init(title: title, image: image, cmdline: resolution.cmdline,
+                  replacesImageCommandLine: resolution.replacesImageCommandLine)
     }
 }
 
@@ -42,12 +51,19 @@ public struct BootRenderer: Sendable {
 
     public init(network: Inventory.Network) { self.network = network }
 
-    /// The full kernel command line: the image's own first, the inventory's
-    /// after it (so the inventory can override), then where stage 1 finds things.
+    /// The full kernel command line: the image's own (recipe `cmdline` and the build's `imagebuild.*`
+    /// parameters), then the inventory's, then where stage 1 finds things. An inventory `cmdline`
+    /// replaces the recipe's part: only the `imagebuild.*` parameters of the image stay, after it.
     public func kernelCommandLine(_ target: BootTarget) -> String {
         let base = network.httpBase
-        var parts = [target.image.cmdline]
-        if !target.cmdline.isEmpty { parts.append(target.cmdline) }
+        var parts: [String] = []
+        if target.replacesImageCommandLine {
+            if !target.cmdline.isEmpty { parts.append(target.cmdline) }
+            parts += target.image.cmdline.split(separator: " ").filter { $0.hasPrefix("imagebuild.") }.map(String.init)
+        } else {
+            parts.append(target.image.cmdline)
+            if !target.cmdline.isEmpty { parts.append(target.cmdline) }
+        }
         parts.append("imagebuild.image=\(base)/\(target.image.path)/\(target.image.imageFile)")
         parts.append("imagebuild.server=\(base)")
         return parts.joined(separator: " ")

@@ -265,9 +265,9 @@ public struct Publisher {
             written.append(loader.target)
         }
         let renderer = BootRenderer(network: inventory.network)
-        func target(_ title: String, _ resolved: (image: String?, cmdline: String)) -> BootTarget? {
+        func target(_ title: String, _ resolved: Inventory.Resolution) -> BootTarget? {
             guard let name = resolved.image, let image = images[name] else { return nil }
-            return BootTarget(title: title, image: image, cmdline: resolved.cmdline)
+            return BootTarget(title: title, image: image, resolution: resolved)
         }
 
         // Defaults first, so ranges and nodes overwrite nothing by accident.
