@@ -242,7 +242,7 @@ for n in $NODES; do
         cpu=$(cpu_seconds "${SERVER_PIDS[@]}")
         metrics=
         if [ "$server" = ours ]; then   # the server's own counters: TFTP retransmissions and time-outs say where time went
-            metrics=$(ip netns exec "$CNS" curl -s --max-time 5 http://10.200.0.1/metrics | grep -E '^(tftp_(retransmissions|timeouts|transfers)_total|dhcp_messages_(received|sent)_total\{type="(DISCOVER|REQUEST|OFFER|ACK|NAK)"\}|imagebuild_http_fast_path_responses_total|imagebuild_http_requests_total\{route="(files|events)",code="[245]xx"\} [1-9])' | head -n 30)
+            metrics=$(ip netns exec "$CNS" curl -s --max-time 5 http://10.200.0.1/metrics | grep -E '^(imagebuild_tftp_(retransmissions|timeouts|transfers)_total|imagebuild_dhcp_messages_(received|sent)_total\{type="(DISCOVER|REQUEST|OFFER|ACK|NAK)"\}|imagebuild_http_fast_path_responses_total|imagebuild_http_requests_total\{route="(files|events)",code="[245]xx"\} [1-9])' | head -n 30)
         fi
         stop_servers
         emit ""

@@ -11,15 +11,37 @@ struct InspectCommand: ParsableCommand {
     @Argument(help: "An initramfs.img, image.tar.gz or other archive.")
     var file: String
 
+    @Flag(help: "Print one JSON object per entry (JSON Lines: path, type, mode, uid, gid, size, mtime, target).")
+    var json = false
+
+    struct Line: Encodable {
+        var path: String
+        var type: String
+        var mode: String
+        var uid: UInt32
+        var gid: UInt32
+        var size: Int64
+        var mtime: Int64
+        var target: String?
+        var device: String?
+    }
+
     func run() throws {
         do {
             let reader = try ArchiveReader(path: file)
             var count = 0
             var bytes: Int64 = 0
             var out = ""
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             while let entry = try reader.next() {
                 count += 1
                 bytes += entry.size
+                if json {
+                    out += String(decoding: try encoder.encode(Self.line(entry)), as: UTF8.self) + "\n"
+                    if out.utf8.count > 1 << 16 { FileHandle.standardOutput.write(Data(out.utf8)); out = "" }
+                    continue
+                }
                 var name = entry.path
                 let type: Character
                 switch entry.kind {
@@ -37,11 +59,27 @@ struct InspectCommand: ParsableCommand {
                 out += "\(type)\(permissionString(entry.permissions)) \(owner) \(String(repeating: " ", count: max(0, 10 - size.count)))\(size) \(name)\n"
                 if out.utf8.count > 1 << 16 { FileHandle.standardOutput.write(Data(out.utf8)); out = "" }
             }
-            out += "\(count) entries, \(formatBytes(bytes)) of file data\n"
+            if !json { out += "\(count) entries, \(formatBytes(bytes)) of file data\n" }
             FileHandle.standardOutput.write(Data(out.utf8))
         } catch {
             fail(error)
         }
+    }
+
+    static func line(_ entry: ArchiveEntryHeader) -> Line {
+        var line = Line(path: entry.path, type: "file", mode: String(entry.permissions, radix: 8), uid: entry.uid, gid: entry.gid,
+                        size: entry.size, mtime: entry.mtime)
+        switch entry.kind {
+        case .regular: break
+        case .directory: line.type = "directory"
+        case .symlink(let target): line.type = "symlink"; line.target = target
+        case .hardlink(let target): line.type = "hardlink"; line.target = target
+        case .characterDevice(let major, let minor): line.type = "char"; line.device = "\(major),\(minor)"
+        case .blockDevice(let major, let minor): line.type = "block"; line.device = "\(major),\(minor)"
+        case .fifo: line.type = "fifo"
+        case .socket: line.type = "socket"
+        }
+        return line
     }
 
     func permissionString(_ mode: UInt32) -> String {

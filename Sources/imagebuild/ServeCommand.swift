@@ -133,7 +133,7 @@ struct ServeCommand: AsyncParsableCommand {
             try checkRoot(root, nodes: nodes)
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
             let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            MetricsSystem.bootstrap(BootServerMetricsFactory(registry: registry))
             // Only DHCP and HTTP read the inventory: TFTP alone serves files, so it needs no nodes.yaml
             // unless one was named.
             let inventory: InventoryStore?
@@ -210,7 +210,8 @@ struct ServeCommand: AsyncParsableCommand {
                 }
                 let http = HTTPService(configuration: configuration, timeline: timeline,
                                        inventory: { inventory.current.inventory }, leases: dhcpServer?.leaseIndex,
-                                       reportTokens: tokens, logger: Logger(label: "imagebuild.http"))
+                                       reportTokens: tokens, inventoryRejection: { inventory.lastError },
+                                       logger: Logger(label: "imagebuild.http"))
                 services.append(http)
                 httpPort = port
             }

@@ -14,7 +14,9 @@ struct StatusCommand: ParsableCommand {
             seen: current stage, time in that stage, last seen and total boot
             time (first DHCP DISCOVER of the boot to 'up'). Nodes stuck in a
             stage longer than it normally takes come first, each with a hint
-            of what usually causes it.
+            of what usually causes it. Above the table: whether the server
+            rejected the last change to nodes.yaml, and whether nodes.yaml has
+            nodes the published boot root has no files for yet.
             """)
 
     @Option(help: "The server's HTTP base URL.")
@@ -26,20 +28,40 @@ struct StatusCommand: ParsableCommand {
     @Option(help: "Seconds between refreshes with --watch.")
     var interval: Double = 2
 
+    @Flag(help: "Print the server's answers as one JSON object {\"inventory\": …, \"nodes\": …} instead of the table.")
+    var json = false
+
     func validate() throws {
         guard URL(string: server)?.scheme?.hasPrefix("http") == true else {
             throw ValidationError("--server must be an http:// URL, got '\(server)'")
         }
         guard interval >= 0.2 else { throw ValidationError("--interval must be at least 0.2 s") }
+        if json && watch { throw ValidationError("--json prints once; leave out --watch") }
     }
 
     func run() throws {
-        let url = URL(string: server.hasSuffix("/") ? server + "api/v1/nodes" : server + "/api/v1/nodes")!
+        let base = server.hasSuffix("/") ? String(server.dropLast()) : server
+        let url = URL(string: base + "/api/v1/nodes")!
+        let inventoryURL = URL(string: base + "/api/v1/inventory")!
+        if json {
+            do {
+                let nodes = try fetch(url), inventory = try fetch(inventoryURL)
+                FileHandle.standardOutput.write(Data("{\"inventory\":".utf8) + inventory + Data(",\"nodes\":".utf8) + nodes + Data("}\n".utf8))
+            } catch {
+                fail(error)
+            }
+            return
+        }
         repeat {
-            let text: String
+            var text = ""
             do {
                 let response = try JSONDecoder().decode(NodesResponse.self, from: try fetch(url))
-                text = NodeStatusTable.render(response.nodes, now: response.now)
+                // A server older than the inventory endpoint answers 404: the table alone then.
+                if let status = try? JSONDecoder().decode(InventoryStatus.self, from: try fetch(inventoryURL)) {
+                    for warning in status.warnings { text += "warning: \(warning)\n" }
+                    if !status.warnings.isEmpty { text += "\n" }
+                }
+                text += NodeStatusTable.render(response.nodes, now: response.now)
             } catch {
                 guard watch else { fail(error) }
                 text = "imagebuild: \(error) (retrying)\n"

@@ -135,19 +135,19 @@ public struct DHCPServerStatistics: Sendable, Hashable {
 final class DHCPServerMetrics {
     private let receivedByType: [Counter]
     private let sentByType: [Counter]
-    private let receivedOther = Counter(label: "dhcp_messages_received_total", dimensions: [("type", "none")])
+    private let receivedOther = Counter(label: "imagebuild_dhcp_messages_received_total", dimensions: [("type", "none")])
     private var ignoredByReason: [String: Counter] = [:]
-    let leasesCommitted = Counter(label: "dhcp_leases_total", dimensions: [("action", "commit")])
-    let leasesOffered = Counter(label: "dhcp_leases_total", dimensions: [("action", "offer")])
-    let leasesReleased = Counter(label: "dhcp_leases_total", dimensions: [("action", "release")])
-    let leasesDeclined = Counter(label: "dhcp_leases_total", dimensions: [("action", "decline")])
-    let boundLeases = Gauge(label: "dhcp_leases_bound")
-    let journalFailures = Counter(label: "dhcp_journal_failures_total")
+    let leasesCommitted = Counter(label: "imagebuild_dhcp_leases_total", dimensions: [("action", "commit")])
+    let leasesOffered = Counter(label: "imagebuild_dhcp_leases_total", dimensions: [("action", "offer")])
+    let leasesReleased = Counter(label: "imagebuild_dhcp_leases_total", dimensions: [("action", "release")])
+    let leasesDeclined = Counter(label: "imagebuild_dhcp_leases_total", dimensions: [("action", "decline")])
+    let boundLeases = Gauge(label: "imagebuild_dhcp_leases_bound")
+    let journalFailures = Counter(label: "imagebuild_dhcp_journal_failures_total")
 
     init() {
         let types = (1...18).compactMap { DHCPMessageType(rawValue: UInt8($0)) }
-        receivedByType = types.map { Counter(label: "dhcp_messages_received_total", dimensions: [("type", $0.description)]) }
-        sentByType = types.map { Counter(label: "dhcp_messages_sent_total", dimensions: [("type", $0.description)]) }
+        receivedByType = types.map { Counter(label: "imagebuild_dhcp_messages_received_total", dimensions: [("type", $0.description)]) }
+        sentByType = types.map { Counter(label: "imagebuild_dhcp_messages_sent_total", dimensions: [("type", $0.description)]) }
     }
 
     func received(_ type: DHCPMessageType?) {
@@ -162,7 +162,7 @@ final class DHCPServerMetrics {
 
     func ignored(_ reason: String) {
         if let counter = ignoredByReason[reason] { counter.increment(); return }
-        let counter = Counter(label: "dhcp_messages_ignored_total", dimensions: [("reason", reason)])
+        let counter = Counter(label: "imagebuild_dhcp_messages_ignored_total", dimensions: [("reason", reason)])
         ignoredByReason[reason] = counter
         counter.increment()
     }

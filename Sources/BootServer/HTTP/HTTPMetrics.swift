@@ -8,7 +8,7 @@ import Prometheus
 final class HTTPMetrics: Sendable {
     /// Route groups: a bounded label set, never the raw path.
     enum Route: String, CaseIterable, Sendable {
-        case files, bootscript, events, nodes, metrics, status, other
+        case files, bootscript, events, nodes, inventory, metrics, status, other
     }
 
     let registry: PrometheusCollectorRegistry
@@ -23,6 +23,11 @@ final class HTTPMetrics: Sendable {
     private let closedByTimeout: [ConnectionTimeoutReason: Counter]
     private let nodesByStage: [BootStage: Gauge]
     let unattributed: Gauge
+    /// First event of a boot to its `up` report.
+    let bootDuration: DurationHistogram
+    let inventoryRejected: Gauge
+    let inventoryUnpublished: Gauge
+    let publishedGeneration: Gauge
 
     init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -51,6 +56,13 @@ final class HTTPMetrics: Sendable {
         }
         nodesByStage = stages
         unattributed = registry.makeGauge(descriptor: Self.name("imagebuild_timeline_unattributed_events", "TFTP/HTTP requests from addresses no node is known at"))
+        bootDuration = registry.makeDurationHistogram(
+            name: "imagebuild_boot_duration_seconds", labels: [],
+            buckets: [10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600].map { Duration.seconds($0) },
+            help: "Boots that reached up: first DHCP or file of the boot to the node's up report")
+        inventoryRejected = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_rejected", "1 while the last change to nodes.yaml was rejected (the previous inventory is in force)"))
+        inventoryUnpublished = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_unpublished_changes", "Nodes and ranges of nodes.yaml that differ from the published generation (run imagebuild publish)"))
+        publishedGeneration = registry.makeGauge(descriptor: Self.name("imagebuild_published_generation", "The generation the boot root serves (0: nothing published)"))
     }
 
     private static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -69,6 +81,13 @@ final class HTTPMetrics: Sendable {
 
     func timedOut(_ reason: ConnectionTimeoutReason) {
         closedByTimeout[reason]!.increment()
+    }
+
+    /// Sets the inventory gauges (at scrape time, like the stages).
+    func update(_ status: InventoryStatus) {
+        inventoryRejected.set(Double(status.rejected == nil ? 0 : 1))
+        inventoryUnpublished.set(Double(status.published?.count ?? 0))
+        publishedGeneration.set(Double(status.published?.generation ?? 0))
     }
 
     /// Sets the per-stage gauges from the current node list (done at scrape time: always exact).
@@ -103,6 +122,7 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         if path.hasPrefix("/boot/v1/bootscript") { return .bootscript }
         if path.hasPrefix("/api/v1/events") { return .events }
         if path.hasPrefix("/api/v1/nodes") { return .nodes }
+        if path == "/api/v1/inventory" { return .inventory }
         if path == "/metrics" { return .metrics }
         if path == "/" { return .status }
         return .other

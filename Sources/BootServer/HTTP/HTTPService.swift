@@ -79,6 +79,7 @@ public final class HTTPService: Service, Sendable {
     private let inventory: @Sendable () -> Inventory?
     private let leases: BoundLeaseIndex?
     private let reportTokens: ReportTokens?
+    private let inventoryRejection: @Sendable () -> String?
     private let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     private let threadPool: NIOThreadPool
@@ -98,9 +99,11 @@ public final class HTTPService: Service, Sendable {
     ///     holds a lease on (besides its fixed address in the inventory).
     ///   - reportTokens: per-boot tokens for stage reports (put on the kernel command line by the
     ///     bootscript endpoint); nil: off.
+    ///   - inventoryRejection: the located error of the last rejected change to nodes.yaml, if any.
     public init(configuration: HTTPServiceConfiguration, timeline: BootTimeline,
                 inventory: @escaping @Sendable () -> Inventory?, leases: BoundLeaseIndex? = nil,
-                reportTokens: ReportTokens? = nil, logger: Logger = Logger(label: "imagebuild.http"),
+                reportTokens: ReportTokens? = nil, inventoryRejection: @escaping @Sendable () -> String? = { nil },
+                logger: Logger = Logger(label: "imagebuild.http"),
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 threadPool: NIOThreadPool = .singleton) {
         self.configuration = configuration
@@ -108,10 +111,13 @@ public final class HTTPService: Service, Sendable {
         self.inventory = inventory
         self.leases = leases
         self.reportTokens = reportTokens
+        self.inventoryRejection = inventoryRejection
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.threadPool = threadPool
         metrics = HTTPMetrics(registry: configuration.metrics)
+        let bootDuration = metrics.bootDuration
+        timeline.onBootCompleted { seconds in bootDuration.record(.milliseconds(Int64(seconds * 1000))) }
     }
 
     /// Waits until the listener is bound and returns its address (useful with port 0).
@@ -243,14 +249,18 @@ public final class HTTPService: Service, Sendable {
             Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: StatusPage.html)))
         }
+        let publishIndex = PublishIndexCache(root: provider.root)
         router.get("/metrics") { [self] _, _ in
             self.metrics.updateStages(self.nodeList(), unattributed: timeline.unattributedCount)
+            self.metrics.update(self.inventoryStatus(publishIndex))
             var bytes: [UInt8] = []
             self.metrics.registry.emit(into: &bytes)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
         }
-        let publishIndex = PublishIndexCache(root: provider.root)
+        router.get("/api/v1/inventory") { [self] _, _ in
+            try Self.json(self.inventoryStatus(publishIndex))
+        }
         router.get("/boot/v1/bootscript") { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }
@@ -309,6 +319,10 @@ public final class HTTPService: Service, Sendable {
                 return addresses
             },
             verifyToken: tokens.map { tokens in { token, mac in tokens.verify(token, for: mac, at: timeline.currentTime) } })
+    }
+
+    func inventoryStatus(_ publishIndex: PublishIndexCache) -> InventoryStatus {
+        InventoryStatus(inventory: inventory(), rejected: inventoryRejection(), index: publishIndex.current())
     }
 
     func nodeList(now: Date? = nil) -> [NodeStatus] {

@@ -113,14 +113,14 @@ public struct TFTPServerStatistics: Sendable, Hashable {
 
 /// swift-metrics counters, created once (a Counter lookup per packet would cost more than the packet).
 struct TFTPServerMetrics: Sendable {
-    let completed = Counter(label: "tftp_transfers_total", dimensions: [("result", "completed")])
-    let aborted = Counter(label: "tftp_transfers_total", dimensions: [("result", "aborted")])
-    let failed = Counter(label: "tftp_transfers_total", dimensions: [("result", "failed")])
-    let rejected = Counter(label: "tftp_transfers_total", dimensions: [("result", "rejected")])
-    let cancelled = Counter(label: "tftp_transfers_total", dimensions: [("result", "cancelled")])
-    let bytes = Counter(label: "tftp_bytes_sent_total")
-    let retransmissions = Counter(label: "tftp_retransmissions_total")
-    let timeouts = Counter(label: "tftp_timeouts_total")
+    let completed = Counter(label: "imagebuild_tftp_transfers_total", dimensions: [("result", "completed")])
+    let aborted = Counter(label: "imagebuild_tftp_transfers_total", dimensions: [("result", "aborted")])
+    let failed = Counter(label: "imagebuild_tftp_transfers_total", dimensions: [("result", "failed")])
+    let rejected = Counter(label: "imagebuild_tftp_transfers_total", dimensions: [("result", "rejected")])
+    let cancelled = Counter(label: "imagebuild_tftp_transfers_total", dimensions: [("result", "cancelled")])
+    let bytes = Counter(label: "imagebuild_tftp_bytes_sent_total")
+    let retransmissions = Counter(label: "imagebuild_tftp_retransmissions_total")
+    let timeouts = Counter(label: "imagebuild_tftp_timeouts_total")
 
     func record(_ report: TFTPTransferReport) {
         switch report.result {

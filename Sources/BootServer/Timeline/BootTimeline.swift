@@ -68,6 +68,8 @@ public final class BootTimeline: Service, Sendable {
     /// Wakes the writer early when many events are pending (bufferingNewest(1): a signal, not a queue).
     private let wakeUp: AsyncStream<Void>.Continuation
     private let wakeUps: AsyncStream<Void>
+    /// Told each boot's duration when a node reaches `up` (the boot-duration histogram).
+    private let completionObserver = Mutex<(@Sendable (TimeInterval) -> Void)?>(nil)
 
     /// Loads and compacts the journal in `configuration.stateDirectory` (created if missing).
     /// - Parameter now: the clock events are stamped with (tests pass a fixed one).
@@ -103,10 +105,15 @@ public final class BootTimeline: Service, Sendable {
     @discardableResult
     public func record(_ observation: BootObservation, mac: MACAddress, source: IPv4Address? = nil, ago: TimeInterval = 0) -> BootEvent {
         let time = now().addingTimeInterval(-ago)
-        let (event, wake) = state.withLock { state -> (BootEvent, Bool) in
+        let (event, wake, completed) = state.withLock { state -> (BootEvent, Bool, TimeInterval?) in
             let boot = state.nodes[mac]?.state.boot(for: observation) ?? 1
             let event = BootEvent(time: time, mac: mac, boot: boot, observation: observation, source: source)
             Self.insert(event, into: &state, configuration: configuration)
+            // This very event took the boot to `up`: its duration is final.
+            var completed: TimeInterval?
+            if observation.stage == .up, let node = state.nodes[mac]?.state, node.bootCompleted == time {
+                completed = node.bootDuration
+            }
             if journal != nil {
                 if state.pending.count >= configuration.maximumPendingEvents {
                     let dropped = state.pending.count / 2
@@ -115,10 +122,17 @@ public final class BootTimeline: Service, Sendable {
                 }
                 state.pending.append(event)
             }
-            return (event, state.pending.count == 1024)
+            return (event, state.pending.count == 1024, completed)
         }
         if wake { wakeUp.yield() }
+        if let completed, let observer = completionObserver.withLock({ $0 }) { observer(completed) }
         return event
+    }
+
+    /// Calls `observer` with the duration of every boot that reaches `up` from now on (first DHCP or
+    /// file of the boot to the `up` report), replacing any earlier observer.
+    public func onBootCompleted(_ observer: @escaping @Sendable (TimeInterval) -> Void) {
+        completionObserver.withLock { $0 = observer }
     }
 
     /// Records an observation of a client known only by its IP (TFTP, HTTP), attributing it through the

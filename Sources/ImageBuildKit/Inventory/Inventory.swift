@@ -162,16 +162,19 @@ public struct Inventory: Sendable, Equatable {
         return refs
     }
 
-    /// Fails at the first reference to an image that is not in `images`.
+    /// Every reference to an image that is not in `images`, and every node left without one (one
+    /// error, or `ConfigErrors` for several).
     public func checkImages(_ images: Set<String>) throws {
+        var errors: [ConfigError] = []
         for ref in imageReferences where !images.contains(ref.name) {
             let hint = closestMatch(to: ref.name, in: Array(images)).map { "did you mean '\($0)'?" }
                 ?? (images.isEmpty ? "no images are published" : "published: \(images.sorted().joined(separator: ", "))")
-            throw ConfigError(ref.location ?? ConfigLocation(file: file, line: 0, column: 0), "unknown image '\(ref.name)'", hint: hint)
+            errors.append(ConfigError(ref.location ?? ConfigLocation(file: file, line: 0, column: 0), "unknown image '\(ref.name)'", hint: hint))
         }
         for node in nodes where resolved(node).image == nil {
-            throw ConfigError(node.location, "node \(node.hostname) has no image", hint: "set 'image' on the node, its group or in 'defaults'")
+            errors.append(ConfigError(node.location, "node \(node.hostname) has no image", hint: "set 'image' on the node, its group or in 'defaults'"))
         }
+        try ConfigErrors.throwIfAny(errors)
     }
 }
 
@@ -191,10 +194,18 @@ public enum InventoryLoader {
         let network = try parseNetwork(try top.required("network"))
         let defaults = try top["defaults"].map { try parseSettings($0, extra: []) }?.0 ?? Inventory.Settings()
 
+        // Each group, range and node is checked on its own, so one run reports every broken entry
+        // (the file's structure and `network` must hold first: everything else depends on them).
+        var errors: [ConfigError] = []
+        func collecting(_ body: () throws -> Void) throws {
+            do { try body() } catch let error as ConfigError { errors.append(error) }
+        }
         var groups: [String: Inventory.Settings] = [:]
         for pair in try top["groups"]?.pairs() ?? [] {
-            let name = try nonEmpty(pair.key)
-            groups[name] = try parseSettings(pair.value, extra: []).0
+            try collecting {
+                let name = try nonEmpty(pair.key)
+                groups[name] = try parseSettings(pair.value, extra: []).0
+            }
         }
         func checkGroup(_ value: YAMLValue?) throws -> String? {
             guard let value else { return nil }
@@ -208,7 +219,7 @@ public enum InventoryLoader {
         }
 
         var ranges: [Inventory.Range] = []
-        for value in try top["ranges"]?.list() ?? [] {
+        for value in try top["ranges"]?.list() ?? [] { try collecting {
             let (settings, map) = try parseSettings(value, extra: ["cidr", "group"])
             if let loaderValue = map["loader"] {
                 throw loaderValue.error("a range cannot choose the loader", hint: "DHCP picks the loader before the machine has an address; set 'loader' in defaults, a group or a node")
@@ -224,11 +235,11 @@ public enum InventoryLoader {
                 throw cidrValue.error("\(cidr) is outside the subnet \(network.subnet)")
             }
             ranges.append(Inventory.Range(network: cidr, group: try checkGroup(map["group"]), settings: settings, location: value.location))
-        }
+        } }
 
         var nodes: [Inventory.Node] = []
         var byMAC: [MAC: Inventory.Node] = [:], byName: [String: Inventory.Node] = [:], byIP: [IPv4: Inventory.Node] = [:]
-        for value in try top["nodes"]?.list() ?? [] {
+        for value in try top["nodes"]?.list() ?? [] { try collecting {
             let (settings, map) = try parseSettings(value, extra: ["mac", "hostname", "ip", "group"])
             let macValue = try map.required("mac")
             guard let mac = MAC(try macValue.string()) else {
@@ -268,7 +279,8 @@ public enum InventoryLoader {
             byName[hostname.lowercased()] = node
             if let ip { byIP[ip] = node }
             nodes.append(node)
-        }
+        } }
+        try ConfigErrors.throwIfAny(errors)
         return Inventory(file: file, network: network, defaults: defaults, groups: groups, ranges: ranges, nodes: nodes)
     }
 

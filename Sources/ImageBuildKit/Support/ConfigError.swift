@@ -33,6 +33,20 @@ public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Several located errors of one file, found in one pass (`nodes check` lists them all), one per line
+/// in file order.
+public struct ConfigErrors: Error, Sendable, Equatable, CustomStringConvertible {
+    public var errors: [ConfigError]
+
+    /// Throws nothing for none, the error itself for one, all of them for more.
+    public static func throwIfAny(_ errors: [ConfigError]) throws {
+        if errors.count == 1 { throw errors[0] }
+        if errors.count > 1 { throw ConfigErrors(errors: errors) }
+    }
+
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
 /// Closest candidate by edit distance, for "did you mean" hints. Only suggests
 /// names that are plausibly typos (distance at most a third of the length, min 2).
 public func closestMatch(to word: String, in candidates: [String]) -> String? {

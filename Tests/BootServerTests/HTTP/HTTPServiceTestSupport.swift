@@ -108,6 +108,7 @@ func testLeases(_ extra: [(MACAddress, IPv4Address)] = []) -> BoundLeaseIndex {
 func withHTTPService<T: Sendable>(
     root: HTTPTestRoot, inventory: InventoryBox, policy: UnknownMACPolicy = .defaultImage,
     leases: BoundLeaseIndex = testLeases(), reportTokens: ReportTokens? = nil,
+    inventoryRejection: @escaping @Sendable () -> String? = { nil },
     configure: (inout HTTPServiceConfiguration) -> Void = { _ in },
     _ body: @Sendable (Int, HTTPService) async throws -> T
 ) async throws -> T {
@@ -118,7 +119,7 @@ func withHTTPService<T: Sendable>(
     configuration.unknownMACPolicy = policy
     configure(&configuration)
     let service = HTTPService(configuration: configuration, timeline: timeline, inventory: { inventory.current }, leases: leases,
-                              reportTokens: reportTokens, logger: quietLogger)
+                              reportTokens: reportTokens, inventoryRejection: inventoryRejection, logger: quietLogger)
     let group = ServiceGroup(configuration: .init(services: [service, timeline], gracefulShutdownSignals: [], logger: quietLogger))
     return try await withThrowingTaskGroup(of: T?.self) { tasks in
         tasks.addTask {

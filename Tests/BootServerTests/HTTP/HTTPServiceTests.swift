@@ -439,6 +439,35 @@ struct HTTPServiceTests {
         }
     }
 
+    @Test("the inventory's state: rejected changes and nodes the published generation lacks, as JSON and metrics; boot durations as a histogram")
+    func inventoryStatusAndBootDuration() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let rejection = Mutex<String?>(nil)
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory()),
+                                  inventoryRejection: { rejection.withLock { $0 } }) { port, _ in
+            var status = try JSONDecoder().decode(InventoryStatus.self, from: Data(try await RawHTTP.get(port: port, "/api/v1/inventory").body))
+            // The fixture's generation 1 has no node files; nodes.yaml lists alpha.
+            #expect(status.nodes == 1)
+            #expect(status.rejected == nil)
+            #expect(status.published?.generation == 1)
+            #expect(status.published?.added == ["alpha (52:54:00:aa:00:01)"])
+            #expect(status.warnings == ["inventory newer than published generation 1 (1 added): run 'imagebuild publish' to write their boot files"])
+            rejection.withLock { $0 = "nodes.yaml:7:5: malformed MAC 'zz'" }
+            status = try JSONDecoder().decode(InventoryStatus.self, from: Data(try await RawHTTP.get(port: port, "/api/v1/inventory").body))
+            #expect(status.warnings.first == "inventory rejected at nodes.yaml:7:5: malformed MAC 'zz' (the previous inventory is in force)")
+
+            for stage in ["stage1-start", "up"] {
+                #expect(try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"\#(stage)"}"#).status == 202)
+            }
+            let metrics = try await RawHTTP.get(port: port, "/metrics").text
+            for line in ["imagebuild_inventory_rejected 1", "imagebuild_inventory_unpublished_changes 1", "imagebuild_published_generation 1",
+                         "imagebuild_boot_duration_seconds_count 1", "# HELP imagebuild_boot_duration_seconds "] {
+                #expect(metrics.contains(line), "\(line) not in /metrics")
+            }
+        }
+    }
+
     @Test("metrics: requests, bytes and nodes by stage in Prometheus text; the status page is self-contained")
     func metricsAndStatusPage() async throws {
         let fixture = try HTTPTestRoot()
