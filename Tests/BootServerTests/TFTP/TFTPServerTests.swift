@@ -113,6 +113,10 @@ struct TFTPServerBehaviourTests {
         try root.write("boot/vmlinuz", size: 100)
         try root.write("pxelinux.cfg/default", size: 20)
         try root.write("private", size: 10, mode: 0o600)
+        // What publish keeps for itself: world-readable, and still never served (see ServedNames).
+        try root.write(".publish/lock", size: 0)
+        try root.write(".publish/gen-1/publish.json", size: 10)
+        try FileManager.default.createSymbolicLink(atPath: root.path + "/publish.json", withDestinationPath: ".publish/gen-1/publish.json")
         try FileManager.default.createSymbolicLink(atPath: root.path + "/escape", withDestinationPath: outside.path + "/secret")
         try FileManager.default.createSymbolicLink(atPath: root.path + "/escape-dir", withDestinationPath: outside.path)
         try FileManager.default.createSymbolicLink(atPath: root.path + "/inside", withDestinationPath: "boot/vmlinuz")
@@ -140,6 +144,9 @@ struct TFTPServerBehaviourTests {
                 ("dangling", .fileNotFound),
                 ("boot/vmlinuz/x", .fileNotFound),
                 ("pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", .fileNotFound),
+                (".publish/lock", .fileNotFound),
+                ("publish.json", .fileNotFound),
+                ("/.publish/gen-1/publish.json", .fileNotFound),
             ]
             for (path, code) in refused {
                 let answer = try await firstAnswer(path, server: address)
