@@ -42,7 +42,11 @@ struct EventIntake: Sendable {
         case .refused(let why): throw HTTPError(.forbidden, message: why)
         }
         let detail = report.detail.map { String($0.prefix(500)) }.flatMap { $0.isEmpty ? nil : $0 }
-        return timeline.record(.report(stage, detail: detail), mac: mac, source: remote)
+        let event = timeline.record(.report(stage, detail: detail), mac: mac, source: remote)
+        // An admitted sender is that node: its later downloads are attributed to it (with a token, the
+        // sender's address may be known no other way).
+        if let remote { timeline.learn(ip: remote, mac: mac) }
+        return event
     }
 
     private static let stages = NodeReport.allCases.map(\.rawValue).joined(separator: ", ")
