@@ -9,6 +9,7 @@ public enum RootfsError: Error, CustomStringConvertible, Equatable {
     case system(operation: String, path: String, errno: Int32)
     case unknownOwner(name: String, kind: String, location: ConfigLocation?)
     case commandFailed(command: String, status: Int32, location: ConfigLocation?)
+    case notRemovable(path: String)
 
     public var description: String {
         switch self {
@@ -24,6 +25,8 @@ public enum RootfsError: Error, CustomStringConvertible, Equatable {
             return "\(location.map { "\($0): " } ?? "")unknown \(kind) '\(name)' (not in the rootfs's /etc/\(kind == "user" ? "passwd" : "group"))"
         case .commandFailed(let command, let status, let location):
             return "\(location.map { "\($0): " } ?? "")command failed with status \(status): \(command)"
+        case .notRemovable(let path):
+            return "\(path): names the root filesystem itself or what holds it, not a file in it; not removed"
         }
     }
 }
@@ -181,8 +184,11 @@ public final class RootfsTree {
 
     /// Removes `path` as a recipe asks: a symlink itself, not its target.
     public func remove(_ path: String) throws {
+        let name = (path as NSString).lastPathComponent
+        // Joined to the resolved parent, "/.." would name the folder holding the tree, "/." or "/" the tree.
+        guard !["", ".", "..", "/"].contains(name) else { throw RootfsError.notRemovable(path: path) }
         let parent = try resolve((path as NSString).deletingLastPathComponent, followLast: true)
-        let inner = (parent == "/" ? "" : parent) + "/" + (path as NSString).lastPathComponent
+        let inner = (parent == "/" ? "" : parent) + "/" + name
         try removeTree(inner)
     }
 
