@@ -36,7 +36,9 @@ struct InspectCommand: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             while let entry = try reader.next() {
                 count += 1
-                bytes += entry.size
+                // Saturating: sizes come from the archive, and two near 2^63 overflowed (a trap, exit 132).
+                let (sum, overflow) = bytes.addingReportingOverflow(entry.size)
+                bytes = overflow ? .max : sum
                 if json {
                     out += String(decoding: try encoder.encode(Self.line(entry)), as: UTF8.self) + "\n"
                     if out.utf8.count > 1 << 16 { FileHandle.standardOutput.write(Data(out.utf8)); out = "" }

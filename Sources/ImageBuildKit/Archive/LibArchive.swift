@@ -53,7 +53,7 @@ public final class ArchiveReader {
             throw ArchiveError(path: name, message: "libarchive: out of memory")
         }
         archive_read_support_filter_all(handle)
-        archive_read_support_format_all(handle)
+        supportFormats(handle)
         if open(handle) != ib_archive_ok() {
             let message = errorString(handle)
             archive_read_free(handle)
@@ -62,21 +62,59 @@ public final class ArchiveReader {
         return handle
     }
 
+    /// Every format `archive_read_support_format_all` enables but mtree. An mtree file describes files
+    /// without holding them: libarchive gives each regular entry the size the text declares, filled with
+    /// zeros, so forty bytes could make an extraction write terabytes (and an entry size near 2^63 made
+    /// `inspect` overflow its total). No base, package or initramfs is one.
+    private static func supportFormats(_ handle: OpaquePointer) {
+        for support in [archive_read_support_format_ar, archive_read_support_format_cpio, archive_read_support_format_empty,
+                        archive_read_support_format_lha, archive_read_support_format_tar, archive_read_support_format_xar,
+                        archive_read_support_format_warc, archive_read_support_format_7zip, archive_read_support_format_cab,
+                        archive_read_support_format_rar, archive_read_support_format_rar5, archive_read_support_format_iso9660,
+                        archive_read_support_format_zip] {
+            _ = support(handle)
+        }
+    }
+
     deinit { archive_read_free(handle) }
 
     static func errorString(_ handle: OpaquePointer) -> String {
-        archive_error_string(handle).map { String(cString: $0) } ?? "unknown libarchive error"
+        // libarchive fails some reads of a corrupt archive without a message (a header that declares a
+        // size it cannot buffer, for one).
+        guard let text = archive_error_string(handle).map({ String(cString: $0) }) else {
+            return "corrupt or truncated archive (libarchive gave no reason)"
+        }
+        // Its messages about the file itself ("Failed to open '<path>'") repeat the path and keep the
+        // reason in its errno.
+        let code = archive_errno(handle)
+        if code > 0, text.hasPrefix("Failed to open") { return "cannot open: \(String(cString: strerror(code)))" }
+        if code > 0, text.hasPrefix("Error reading") { return "cannot read: \(String(cString: strerror(code)))" }
+        return text
     }
+
+    private var entries = 0
 
     /// The next entry's header, or nil at the end of the archive.
     public func next() throws -> ArchiveEntryHeader? {
         var entry: OpaquePointer?
         let status = archive_read_next_header(handle, &entry)
-        if status == ib_archive_eof() { return nil }
+        if status == ib_archive_eof() {
+            // libarchive reads an empty file (or empty compressed data) as an archive with no entries.
+            if entries == 0, archive_format(handle) == ARCHIVE_FORMAT_EMPTY {
+                throw ArchiveError(path: path, message: archive_filter_count(handle) > 1
+                                   ? "not an archive: the compressed data is empty" : "not an archive: the file is empty")
+            }
+            return nil
+        }
         if status < ib_archive_warn() || entry == nil {
             throw ArchiveError(path: path, message: Self.errorString(handle))
         }
-        return Self.header(from: entry!)
+        entries += 1
+        let header = Self.header(from: entry!)
+        if header.size < 0 {
+            throw ArchiveError(path: path, message: "entry '\(header.path)' has a negative size (\(header.size)); the archive is corrupt")
+        }
+        return header
     }
 
     static func header(from entry: OpaquePointer) -> ArchiveEntryHeader {
