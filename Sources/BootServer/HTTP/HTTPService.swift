@@ -268,8 +268,13 @@ public final class HTTPService: Service, Sendable {
         router.post("/api/v1/events") { [self] request, context in
             try await self.postEvent(request, context: context, intake: intake)
         }
-        router.get("/api/v1/nodes") { [self] _, _ in
+        // `?since=CURSOR` (the status page): the summary and only the nodes changed since that poll.
+        let changes = NodeChangeTracker()
+        router.get("/api/v1/nodes") { [self] request, _ in
             let now = timeline.currentTime
+            if let since = request.uri.queryParameters.get("since") {
+                return try Self.json(changes.changes(since: since, inventory: self.inventory(), states: timeline.nodes(), now: now))
+            }
             return try Self.json(NodesResponse(now: now.timeIntervalSince1970, nodes: self.nodeList(now: now)))
         }
         router.get("/api/v1/nodes/:mac") { [self] _, context in
