@@ -52,7 +52,7 @@ enum StatusPage {
       #hints li button.active { background:var(--sel); }
       #hints .n { color:var(--stuck); font-weight:600; font-variant-numeric: tabular-nums; text-align:right; }
       main { flex:1; min-height:0; padding:12px 20px 16px; display:grid; grid-template-columns: minmax(0, 1fr); gap:16px; }
-      main.with-detail { grid-template-columns: minmax(0, 2fr) minmax(320px, 1fr); }
+      main.with-detail { grid-template-columns: minmax(0, 2.4fr) minmax(300px, 1fr); }
       #list { display:flex; flex-direction:column; min-height:0; }
       .toolbar { display:flex; gap:10px; align-items:center; padding:8px 10px; border-bottom:1px solid var(--line); }
       .toolbar input { flex:0 1 320px; font:inherit; padding:4px 8px; border:1px solid var(--line); border-radius:6px; }
@@ -100,8 +100,8 @@ enum StatusPage {
         </div>
         <div id="scroller">
           <table>
-            <colgroup><col style="width:13%"><col style="width:152px"><col style="width:118px"><col style="width:150px">
-                      <col style="width:84px"><col style="width:100px"><col style="width:96px"><col></colgroup>
+            <colgroup><col style="width:12%"><col style="width:152px"><col style="width:116px"><col style="width:146px">
+                      <col style="width:80px"><col style="width:108px"><col style="width:100px"><col></colgroup>
             <thead><tr><th>Host</th><th>MAC</th><th>IP</th><th>Stage</th><th>In stage</th><th>Last seen</th><th>Boot time</th><th>Last event</th></tr></thead>
             <tbody id="nodes"><tr><td colspan="8" class="empty">loading…</td></tr></tbody>
           </table>
