@@ -338,7 +338,11 @@ enum StatusPage {
         }
       }
       let shown = total === nodes.size ? total + " nodes" : total + " of " + nodes.size + " nodes";
-      if (total > 0) shown += " · rows " + (first + 1) + "–" + last;
+      if (total > 0) {
+        // The rows on screen (the DOM holds a few more either side).
+        const top = Math.max(0, Math.floor((scroller.scrollTop - headH) / ROW_H));
+        shown += " · rows " + Math.min(total, top + 1) + "–" + Math.min(total, top + Math.floor((scroller.clientHeight - headH) / ROW_H));
+      }
       if (filter !== "all") shown += " · " + describe(filter);
       if (query) shown += " · matching “" + query + "”";
       setText($("shown"), shown);
