@@ -42,6 +42,11 @@ let sentinel = treeParent + "/sentinel"
 let scratch = work + "/scratch"
 let temporary = work + "/tmp"
 let kernelOut = work + "/vmlinuz"
+/// A valid layer outside the tree and the staging folder, holding `/stolen-marker`: an archive that gets
+/// it read into the tree (a digest or layer path with "..", a symlinked blob) is a finding. The OCI seeds
+/// of run.sh point at it as `sha256:../../../../host-secret.tar` and by a relative symlink.
+let hostSecret = work + "/host-secret.tar"
+let stolenMarker = "stolen-marker"
 /// Data read per input by the inspect entry point before it stops (a decompression bomb is not a finding).
 let inspectDataLimit = 64 << 20
 
@@ -84,6 +89,7 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMu
     require(NSTemporaryDirectory().hasPrefix(temporary), "TMPDIR not honoured: \(NSTemporaryDirectory())")
     _ = FileManager.default.createFile(atPath: inputPath, contents: nil)
     _ = FileManager.default.createFile(atPath: sentinel, contents: Data("sentinel\n".utf8))
+    writeHostSecret()
     recipes[.tarball] = recipe(base: "tarball")
     recipes[.oci] = recipe(base: "oci-archive")
     return 0
@@ -136,9 +142,27 @@ func inspect() throws {
 
 /// A build's base step: RootfsAssembler with a recipe whose base is the input (tarball or OCI archive).
 func assembleBase(_ recipe: Recipe) throws {
-    defer { cleanUpTrees() }
+    defer {
+        var info = stat()
+        require(lstat(treeRoot + "/" + stolenMarker, &info) != 0, "a file outside the archive was read into the tree")
+        cleanUpTrees()
+    }
     let tree = try RootfsTree(root: treeRoot)
     try RootfsAssembler(recipe: recipe, tree: tree, scratch: scratch, logger: logger).assemble()
+}
+
+func writeHostSecret() {
+    var bytes = Data()
+    do {
+        let writer = try ArchiveWriter(format: .paxRestricted) { bytes.append(contentsOf: $0) }
+        let content = Data("read from outside the archive\n".utf8)
+        try writer.write(path: stolenMarker, kind: .regular, permissions: 0o644, uid: 0, gid: 0, mtime: 0, inode: 1,
+                         size: Int64(content.count)) { sink in try content.withUnsafeBytes(sink) }
+        try writer.close()
+        try bytes.write(to: URL(fileURLWithPath: hostSecret))
+    } catch {
+        fatalError("cannot write \(hostSecret): \(error)")
+    }
 }
 
 /// `base: debs` unpacks with DebPackage.extract; `kernel: {deb: ...}` reads the version with KernelImage.

@@ -204,6 +204,21 @@ trap 'rm -rf "$MAKE"' EXIT
     printf '[{"Config":"config.json","RepoTags":["fuzz:latest"],"Layers":["aaaa/layer.tar","bbbb/layer.tar"]}]' > docker/manifest.json
     cp config.json docker/config.json
     tar -C docker -cf docker-save.tar .
+    # Hostile layouts (each once let a build read a host file, block, or remove outside the tree): a digest
+    # and a symlinked blob that lead to the target's host-secret.tar next to the work tree, a FIFO blob,
+    # a whiteout named ".wh...", and a docker save layer path with "..".
+    hostile() {
+        mkdir -p "$1/blobs/sha256"
+        printf '{"layers":[{"digest":"%s"}]}' "$2" > "$1/blobs/sha256/m"
+        printf '{"manifests":[{"digest":"sha256:m"}]}' > "$1/index.json"
+    }
+    hostile traversal "sha256:../../../../host-secret.tar"
+    hostile symlink sha256:aa && ln -s ../../../../host-secret.tar symlink/blobs/sha256/aa
+    hostile fifo sha256:aa && mkfifo fifo/blobs/sha256/aa
+    mkdir -p whiteout-layer && : > 'whiteout-layer/.wh...' && : > whiteout-layer/.wh.. && tar -C whiteout-layer -cf whiteout-layer.tar .
+    hostile whiteout sha256:aa && cp whiteout-layer.tar whiteout/blobs/sha256/aa
+    mkdir -p docker-escape && printf '[{"Layers":["../../host-secret.tar"]}]' > docker-escape/manifest.json
+    for layout in traversal symlink fifo whiteout docker-escape; do tar -C $layout -cf "$SEEDS/oci/hostile-$layout.tar" .; done
     cp oci-layout.tar oci-nested.tar docker-save.tar "$SEEDS/oci/"
     tar -C oci -czf "$SEEDS/oci/oci-layout.tar.gz" .
 
