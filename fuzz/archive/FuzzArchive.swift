@@ -10,6 +10,8 @@
 // - nothing is written or removed next to the tree being extracted (a sentinel file sits beside it);
 // - no write fails with EROFS: run.sh mounts everything but the work tmpfs and the fuzz scratch read-only
 //   in a private mount namespace, so EROFS means a write aimed outside the work directory;
+// - no file from outside the archive (host-secret.tar, next to the work tree) ends up in the tree;
+// - no input takes 2 s or more;
 // - no descriptor of a file in the work directory and no spool file (TMPDIR is there too) outlives an input.
 import Foundation
 import ImageBuildKit
@@ -95,8 +97,17 @@ public func fuzzInitialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMu
     return 0
 }
 
+/// The time an input may take. libFuzzer's -timeout=2 is the same limit, but its alarm can interrupt a
+/// blocking open(2) (of a FIFO) and so turn the hang into an error; this check still sees it.
+let slowInput = 2.0
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let start = Date()
+    defer {
+        let seconds = Date().timeIntervalSince(start)
+        require(seconds < slowInput, "the input took \(seconds) s (a hang, or unbounded work)")
+    }
     writeInput(UnsafeRawBufferPointer(start: data, count: size))
     do {
         switch entryPoint {

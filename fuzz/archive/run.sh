@@ -215,10 +215,14 @@ trap 'rm -rf "$MAKE"' EXIT
     hostile traversal "sha256:../../../../host-secret.tar"
     hostile symlink sha256:aa && ln -s ../../../../host-secret.tar symlink/blobs/sha256/aa
     hostile fifo sha256:aa && mkfifo fifo/blobs/sha256/aa
-    mkdir -p whiteout-layer && : > 'whiteout-layer/.wh...' && : > whiteout-layer/.wh.. && tar -C whiteout-layer -cf whiteout-layer.tar .
-    hostile whiteout sha256:aa && cp whiteout-layer.tar whiteout/blobs/sha256/aa
+    for whiteout in .wh... .wh..; do
+        mkdir -p "layer$whiteout" && : > "layer$whiteout/$whiteout" && tar -C "layer$whiteout" -cf "layer$whiteout.tar" .
+        hostile "whiteout$whiteout" sha256:aa && cp "layer$whiteout.tar" "whiteout$whiteout/blobs/sha256/aa"
+    done
     mkdir -p docker-escape && printf '[{"Layers":["../../host-secret.tar"]}]' > docker-escape/manifest.json
-    for layout in traversal symlink fifo whiteout docker-escape; do tar -C $layout -cf "$SEEDS/oci/hostile-$layout.tar" .; done
+    for layout in traversal symlink fifo whiteout.wh... whiteout.wh.. docker-escape; do
+        tar -C "$layout" -cf "$SEEDS/oci/hostile-$layout.tar" .
+    done
     cp oci-layout.tar oci-nested.tar docker-save.tar "$SEEDS/oci/"
     tar -C oci -czf "$SEEDS/oci/oci-layout.tar.gz" .
 
