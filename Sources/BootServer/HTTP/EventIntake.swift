@@ -9,9 +9,8 @@ import NIOCore
 /// timeline only takes a short lock, so the early path records on the event loop without a hop.
 struct EventIntake: Sendable {
     let timeline: BootTimeline
-    /// Who may report for which MAC (see `ReportAdmission`), built per request from the inventory and
-    /// leases in force.
-    let admission: @Sendable () -> ReportAdmission
+    /// Who may report for which MAC (see `ReportAdmission`).
+    let admission: ReportAdmission
     let maximumBodySize: Int
 
     private struct Body: Decodable {
@@ -36,7 +35,7 @@ struct EventIntake: Sendable {
         }
         let remote = remote.flatMap { $0.isAny ? nil : $0 }
         let mac: MACAddress
-        switch admission().decide(mac: report.mac, token: report.token, from: remote) {
+        switch admission.decide(mac: report.mac, token: report.token, from: remote) {
         case .accept(let admitted): mac = admitted
         case .malformed(let why): throw HTTPError(.badRequest, message: why)
         case .refused(let why): throw HTTPError(.forbidden, message: why)

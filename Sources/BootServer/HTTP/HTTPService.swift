@@ -306,24 +306,26 @@ public final class HTTPService: Service, Sendable {
     }
 
     /// Who may report for which MAC: the inventory's fixed addresses and the live leases, and tokens
-    /// when they are on. Asked per report, so a reload or a new lease counts at once.
+    /// when they are on. Each lookup reads the inventory and leases in force, so a reload or a new
+    /// lease counts at once; made once per service, nothing is allocated per report for it.
     private func reportAdmission() -> ReportAdmission {
-        let inventory = self.inventory()
+        let inventory = self.inventory
         let leases = self.leases
         let tokens = self.reportTokens
         let timeline = self.timeline
-        return ReportAdmission(
-            macAt: { ip in
-                if let node = inventory?.node(ip: IPv4(ip.rawValue)) { return MACAddress(bytes: node.mac.bytes) }
-                return leases?.mac(at: ip)
-            },
-            addressesOf: { mac in
-                var addresses: [IPv4Address] = []
-                if let ip = inventory?.node(mac: MAC(bytes: (0..<6).map { mac[$0] }))?.ip { addresses.append(IPv4Address(rawValue: ip.value)) }
-                if let leased = leases?.address(of: mac), !addresses.contains(leased) { addresses.append(leased) }
-                return addresses
-            },
-            verifyToken: tokens.map { tokens in { token, mac in tokens.verify(token, for: mac, at: timeline.currentTime) } })
+        let macAt: @Sendable (IPv4Address) -> MACAddress? = { ip in
+            if let node = inventory()?.node(ip: IPv4(ip.rawValue)) { return MACAddress(bytes: node.mac.bytes) }
+            return leases?.mac(at: ip)
+        }
+        let addressesOf: @Sendable (MACAddress) -> [IPv4Address] = { mac in
+            var addresses: [IPv4Address] = []
+            if let ip = inventory()?.node(mac: MAC(bytes: (0..<6).map { mac[$0] }))?.ip { addresses.append(IPv4Address(rawValue: ip.value)) }
+            if let leased = leases?.address(of: mac), !addresses.contains(leased) { addresses.append(leased) }
+            return addresses
+        }
+        var verifyToken: (@Sendable (String, MACAddress) -> Bool)?
+        if let tokens { verifyToken = { token, mac in tokens.verify(token, for: mac, at: timeline.currentTime) } }
+        return ReportAdmission(macAt: macAt, addressesOf: addressesOf, verifyToken: verifyToken)
     }
 
     func inventoryStatus(_ publishIndex: PublishIndexCache) -> InventoryStatus {
@@ -370,7 +372,7 @@ public final class HTTPService: Service, Sendable {
 
     /// What the router and the early path share for `POST /api/v1/events`.
     var eventIntake: EventIntake {
-        EventIntake(timeline: timeline, admission: { [self] in reportAdmission() }, maximumBodySize: configuration.maximumEventBodySize)
+        EventIntake(timeline: timeline, admission: reportAdmission(), maximumBodySize: configuration.maximumEventBodySize)
     }
 
     private func postEvent(_ request: Request, context: BootRequestContext, intake: EventIntake) async throws -> Response {

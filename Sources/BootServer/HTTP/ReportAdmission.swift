@@ -12,13 +12,13 @@ import ImageBuildKit
 /// or when it carries a valid per-boot token for that MAC (`ReportTokens`: for sites where reports
 /// arrive through NAT or a relay, so the source address says nothing). Nothing a client can say over
 /// HTTP (a boot-script request, a download) teaches this rule an address.
-struct ReportAdmission {
+struct ReportAdmission: Sendable {
     /// The MAC the inventory gives a fixed address to, or that holds a live lease on it.
-    var macAt: (IPv4Address) -> MACAddress?
+    var macAt: @Sendable (IPv4Address) -> MACAddress?
     /// The addresses the server ties to a MAC (fixed address, live lease).
-    var addressesOf: (MACAddress) -> [IPv4Address]
+    var addressesOf: @Sendable (MACAddress) -> [IPv4Address]
     /// Checks a per-boot token; nil when tokens are off.
-    var verifyToken: ((String, MACAddress) -> Bool)?
+    var verifyToken: (@Sendable (String, MACAddress) -> Bool)?
 
     enum Decision: Equatable {
         case accept(MACAddress)
@@ -39,6 +39,8 @@ struct ReportAdmission {
         guard text.utf8.count <= 32, let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
             return .malformed("'\(text.prefix(40))' is not a MAC address (aa:bb:cc:dd:ee:ff)")
         }
+        // The common case answers without building the list of the MAC's addresses.
+        if let remote, macAt(remote) == mac { return .accept(mac) }
         let expected = addressesOf(mac)
         if let remote, expected.contains(remote) { return .accept(mac) }
         if let token, !token.isEmpty, let verifyToken {

@@ -15,10 +15,11 @@ struct ReportTrustTests {
 
     func admission(tokens: ReportTokens? = nil, now: Date = Date(timeIntervalSince1970: 1_800_000_000)) -> ReportAdmission {
         let alpha = self.alpha, beta = self.beta, alphaFixed = self.alphaFixed, betaLease = self.betaLease
-        return ReportAdmission(
-            macAt: { ip in ip == alphaFixed ? alpha : ip == betaLease ? beta : nil },
-            addressesOf: { mac in mac == alpha ? [alphaFixed] : mac == beta ? [betaLease] : [] },
-            verifyToken: tokens.map { tokens in { token, mac in tokens.verify(token, for: mac, at: now) } })
+        let macAt: @Sendable (IPv4Address) -> MACAddress? = { ip in ip == alphaFixed ? alpha : ip == betaLease ? beta : nil }
+        let addressesOf: @Sendable (MACAddress) -> [IPv4Address] = { mac in mac == alpha ? [alphaFixed] : mac == beta ? [betaLease] : [] }
+        var verify: (@Sendable (String, MACAddress) -> Bool)?
+        if let tokens { verify = { token, mac in tokens.verify(token, for: mac, at: now) } }
+        return ReportAdmission(macAt: macAt, addressesOf: addressesOf, verifyToken: verify)
     }
 
     @Test func aReportIsBelievedOnlyFromTheNodesOwnAddress() {
