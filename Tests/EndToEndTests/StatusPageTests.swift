@@ -84,6 +84,9 @@ extension EndToEnd {
             let script = Harness.packageRoot + "/benchmarks/status-page.py"
             let fill = try Harness.run("/usr/bin/env", ["python3", script, "fill", dir, "--nodes", "\(Self.nodes)", "--http-port", "\(port)"])
             try #require(fill.status == 0, "fill: \(fill.stderr)")
+            // A published generation that boots none of the nodes: the page must say nodes.yaml is newer.
+            try #"{"generation": 4, "defaultImage": null, "nodes": [], "ranges": [], "images": {}}"#
+                .write(toFile: dir + "/root/publish.json", atomically: true, encoding: .utf8)
 
             let serve = try BackgroundProcess(Harness.binary, [
                 "serve", "--no-dhcp", "--no-tftp", "--listen", "127.0.0.1", "--root", dir + "/root", "--nodes", dir + "/nodes.yaml",
@@ -133,6 +136,10 @@ extension EndToEnd {
             let lastBytes = Int(Self.attribute("data-bytes", page) ?? "") ?? .max
             #expect(refreshes >= 2, "polls: \(refreshes)")
             #expect(lastBytes < 20_000, "a poll after the first was \(lastBytes) bytes")
+
+            // The inventory's state, above the counts.
+            let registered = Self.nodes - before.unregistered
+            #expect(page.contains("nodes.yaml is newer than published generation 4 (\(registered) added"), "no inventory warning on the page")
 
             // A filter: failed nodes only.
             let failed = try Self.dom(port: port, query: "?filter=failed", dir: dir)

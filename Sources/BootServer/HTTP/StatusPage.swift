@@ -28,6 +28,7 @@ enum StatusPage {
       header { display:flex; align-items:baseline; gap:16px; padding:12px 20px; background:var(--card); border-bottom:1px solid var(--line); }
       header h1 { font-size:17px; margin:0; }
       #summary { color:var(--muted); }
+      #warnings { margin:12px 20px 0; padding:8px 12px; border:1px solid #fedf89; background:#fffaeb; color:#93370d; border-radius:8px; font-size:13px; }
       #updated { margin-left:auto; color:var(--muted); font-size:12px; }
       #error { display:none; padding:10px 20px; background:#fef3f2; color:var(--stuck); border-bottom:1px solid #fecdca; }
       .card { background:var(--card); border:1px solid var(--line); border-radius:8px; overflow:hidden; }
@@ -88,6 +89,7 @@ enum StatusPage {
     <body>
     <header><h1>imagebuild boot status</h1><span id="summary"></span><span id="updated"></span></header>
     <div id="error"></div>
+    <div id="warnings" hidden></div>
     <div id="top">
       <section class="card" id="overview"><div id="bar"></div><div id="chips"></div></section>
       <section class="card" id="hints" hidden><h2>Why nodes are stuck (click to list them)</h2><ul id="hintlist"></ul></section>
@@ -397,6 +399,7 @@ enum StatusPage {
         d.refreshes = perf.refreshes; d.bytes = text.length; d.changed = data.nodes.length; d.renderMs = ms.toFixed(1); d.nodes = nodes.size;
         performance.measure("status-refresh", { start: started, duration: ms });
         $("error").style.display = "none";
+        refreshInventory();
       } catch (e) {
         const box = $("error");
         box.textContent = "Cannot reach the server (" + e.message + "); retrying.";
@@ -405,6 +408,32 @@ enum StatusPage {
       timer = setTimeout(refresh, REFRESH_MS);
     }
     document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
+
+    // ---- the inventory's state: a rejected nodes.yaml, or one newer than the published root ----
+    let inventoryAt = 0;
+    async function refreshInventory() {
+      if (Date.now() - inventoryAt < 10000) return;  // a few hundred bytes, every 10 s is enough
+      inventoryAt = Date.now();
+      try {
+        const response = await fetch("/api/v1/inventory", { cache: "no-store" });
+        if (!response.ok) return;
+        const s = await response.json();
+        const lines = [];
+        if (s.rejected) lines.push("nodes.yaml rejected at " + s.rejected + " (the previous inventory is in force)");
+        const p = s.published;
+        if (p && p.added.length + p.removed.length + p.changed.length > 0) {
+          const parts = [];
+          if (p.added.length) parts.push(p.added.length + " added");
+          if (p.removed.length) parts.push(p.removed.length + " removed");
+          if (p.changed.length) parts.push(p.changed.length + " changed");
+          lines.push("nodes.yaml is newer than published generation " + p.generation + " (" + parts.join(", ")
+                     + "): run imagebuild publish to write their boot files");
+        }
+        const box = $("warnings");
+        box.replaceChildren(...lines.map(t => el("div", {}, t)));
+        box.hidden = lines.length === 0;
+      } catch (e) { /* the node poll reports an unreachable server */ }
+    }
 
     // ---- one node's timeline ----
     function select(mac) {
