@@ -35,9 +35,9 @@ for map in $(find "$BIN" .build-fuzz/checkouts -name module.modulemap 2>/dev/nul
         | grep -E '/(CNIOAtomics|CNIOLinux|CNIODarwin|CNIOWindows|CNIOWASI|CNIOFreeBSD|CNIOOpenBSD|_AtomicsShims)(\.build)?/'); do
     INCLUDES+=(-Xcc "-fmodule-map-file=$map")
 done
-for dir in $(find .build-fuzz/checkouts/swift-nio/Sources .build-fuzz/checkouts/swift-atomics/Sources -type d -name include 2>/dev/null); do
+while IFS= read -r dir; do
     INCLUDES+=(-Xcc -I"$dir")
-done
+done < <(find .build-fuzz/checkouts/swift-nio/Sources .build-fuzz/checkouts/swift-atomics/Sources -type d -name include 2>/dev/null)
 swiftc -O -sanitize=fuzzer,address -parse-as-library fuzz/DHCPFuzz.swift -module-name DHCPFuzz \
     -I "$BIN/Modules" "${INCLUDES[@]}" "${OBJECTS[@]}" -o $SCRATCH/dhcp-fuzz >&2
 
