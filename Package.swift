@@ -39,6 +39,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            // Stage 1's shell scripts, compiled into the binary (PackageResources.<file>, [UInt8]).
+            resources: [.embedInCode("Initramfs/stage1")],
             linkerSettings: [.linkedLibrary("z")]
         ),
         // An epoll loop on a thread of its own for many UDP sockets (TFTP transfers, server and simulator).
