@@ -56,8 +56,6 @@ public struct Publisher {
     public let root: String
     public let inventory: Inventory
     public var keep: Int = 3
-    /// Test seam: `IMAGEBUILD_FAULT=publish:<point>` kills the process at that point.
-    let fault = ProcessInfo.processInfo.environment["IMAGEBUILD_FAULT"]
 
     public init(root: String, inventory: Inventory, keep: Int = 3) {
         self.root = URL(fileURLWithPath: root).standardizedFileURL.path
@@ -81,9 +79,8 @@ public struct Publisher {
         return list
     }()
 
-    func checkpoint(_ point: String) {
-        if fault == "publish:\(point)" { kill(getpid(), SIGKILL) }
-    }
+    /// A point a test may kill publish at (`FaultInjection`, `IMAGEBUILD_FAULT=publish:<point>`).
+    func checkpoint(_ point: String) { FaultInjection.crash(at: "publish:" + point) }
 
     var publishDir: String { root + "/.publish" }
 
