@@ -17,6 +17,10 @@ struct NodesCommand: ParsableCommand {
                 from --ip, else from nodes.yaml), marks what exists in the root, and shows the
                 iPXE path too. The order comes from pxelinuxLookupOrder, the function the
                 pxelinux lookup-order tests pin down.
+
+                'boots:' is the boot plan's answer (the rule publish, DHCP and the bootscript
+                endpoint share: registered node, else the most specific range holding the IP,
+                else the default image) with the images published in --root.
                 """)
 
         @Argument(help: "The node's MAC address (any usual spelling).")
@@ -46,6 +50,8 @@ struct NodesCommand: ParsableCommand {
             var biosLoader: String?
             var firmwareGets: String?
             var ipxeROMGets: String?
+            /// The boot plan's answer with the published images: what the bootscript endpoint boots, and why.
+            var boots: String?
             var pxelinux: [Candidate]
             /// The KERNEL, APPEND and comment lines of the file pxelinux would use.
             var pxelinuxUses: [String]
@@ -66,11 +72,16 @@ struct NodesCommand: ParsableCommand {
             var answer = Explanation(mac: mac.description, hostname: node?.hostname, ip: address?.description, group: node?.group,
                                      inventory: inventory == nil ? nil : nodes, pxelinux: [], pxelinuxUses: [], ipxe: [])
             if let inventory {
-                // What DHCP hands a BIOS machine, by the `loader` setting (the same resolution serve uses).
-                let loader = inventory.loader(for: node)
-                answer.biosLoader = loader?.rawValue ?? "not set"
-                answer.firmwareGets = loader == .ipxe ? "ipxe/undionly.kpxe" : loader == .pxelinux ? inventory.pxelinuxLoader : inventory.network.biosLoader
-                answer.ipxeROMGets = loader == .pxelinux ? inventory.pxelinuxLoader : "its boot script"
+                // The boot plan's answers: what DHCP hands a BIOS machine, and what the bootscript endpoint boots.
+                let plan = BootPlan(inventory: inventory, images: (try? PublishIndex.read(root: root))?.images ?? [:])
+                let bios = plan.biosBoot(for: node)
+                answer.biosLoader = bios.loader?.rawValue ?? "not set"
+                answer.firmwareGets = bios.firmwareFile
+                answer.ipxeROMGets = bios.ipxeROMFile ?? "its boot script"
+                switch plan.answer(mac: mac, ip: address) {
+                case .boot(let target, let why): answer.boots = "\(target.image.name) \(target.image.digest) (\(why))"
+                case .wait(let reason): answer.boots = "nothing yet: \(reason)"
+                }
             }
             var winner: String?
             for name in pxelinuxLookupOrder(mac: mac, ip: address) {
@@ -83,7 +94,7 @@ struct NodesCommand: ParsableCommand {
                     .filter { $0.contains("KERNEL") || $0.contains("APPEND") || $0.hasPrefix("#") }
                     .map { $0.trimmingCharacters(in: .whitespaces) }
             }
-            let script = "ipxe/nodes/\(mac.hyphenated).ipxe"
+            let script = BootPlan.ipxeScriptPath(mac)
             let ownScript = FileManager.default.fileExists(atPath: root + "/" + script)
             answer.ipxe = [.init(name: script, exists: ownScript, used: ownScript),
                            .init(name: "ipxe/default.ipxe", exists: FileManager.default.fileExists(atPath: root + "/ipxe/default.ipxe"), used: !ownScript)]
@@ -105,6 +116,7 @@ struct NodesCommand: ParsableCommand {
             if let loader = answer.biosLoader, let firmware = answer.firmwareGets, let rom = answer.ipxeROMGets {
                 out += "  BIOS boot (loader: \(loader)): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets ipxe/ipxe.efi\n"
             }
+            if let boots = answer.boots { out += "  boots: \(boots)\n" }
             out += "\npxelinux would try, in order:\n"
             for candidate in answer.pxelinux {
                 let mark = candidate.used ? "found  <- used" : candidate.exists ? "found" : "-"
@@ -112,7 +124,7 @@ struct NodesCommand: ParsableCommand {
             }
             for line in answer.pxelinuxUses { out += "    \(line)\n" }
             if !answer.pxelinux.contains(where: \.used) { out += "  nothing found: run 'imagebuild publish' for this root\n" }
-            out += "\niPXE: ipxe/boot.ipxe chains:\n"
+            out += "\niPXE: imagebuild serve answers with the 'boots:' line above; from a plain web server, ipxe/boot.ipxe chains:\n"
             for candidate in answer.ipxe {
                 let mark = candidate.used ? (candidate.exists ? "found  <- used" : "<- used") : candidate.exists ? "" : "-"
                 out += "  \(candidate.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(mark)\n"

@@ -103,7 +103,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         let target = BootTarget(title: "node001 (52:54:00:77:00:01)", image: sampleImage("compute"), cmdline: resolved.cmdline)
         try assertSnapshot(renderer.pxelinuxConfig(target), named: "pxelinux-node-lpxelinux.cfg")
         try assertSnapshot(renderer.ipxeScript(target), named: "node.ipxe")
-        try assertSnapshot(renderer.bootIPXE(), named: "boot.ipxe")
+        try assertSnapshot(renderer.bootIPXE(bootScriptURL: inventory.network.httpBase + BootPlan.bootScriptPath), named: "boot.ipxe")
         try assertSnapshot(renderer.pxelinuxUnregistered(), named: "pxelinux-unregistered.cfg")
         try assertSnapshot(renderer.ipxeUnregistered(), named: "unregistered.ipxe")
         var tftp = inventory.network

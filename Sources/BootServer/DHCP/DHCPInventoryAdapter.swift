@@ -11,6 +11,7 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
 
     public init(_ inventory: Inventory) {
         let network = inventory.network
+        let plan = BootPlan(inventory: inventory)
         var hosts: [MACAddress: DHCPHost] = [:]
         hosts.reserveCapacity(inventory.nodes.count)
         var reserved = Set<IPv4Address>()
@@ -18,7 +19,7 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
             guard let mac = MACAddress(bytes: node.mac.bytes) else { continue }
             let address = node.ip.map { IPv4Address(rawValue: $0.value) }
             hosts[mac] = DHCPHost(mac: mac, address: address, hostname: node.hostname,
-                                  biosLoader: DHCPBIOSLoader(inventory.loader(for: node), inventory: inventory))
+                                  biosLoader: DHCPBIOSLoader(plan.biosBoot(for: node)))
             if let address { reserved.insert(address) }
         }
         // The server's own address is never handed out either.
@@ -41,11 +42,10 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
 }
 
 extension DHCPBootFileTable {
-    /// The standard table with the BIOS entry following `network.bios_loader`: `pxelinux.0` and
-    /// `lpxelinux.0` sit at the top of the boot root, `undionly.kpxe` under `ipxe/` (as publish lays them out).
-    public static func forInventory(_ network: Inventory.Network) -> DHCPBootFileTable {
+    /// The standard table with the BIOS entry the boot plan gives a machine no `loader:` applies to.
+    public static func forInventory(_ inventory: Inventory) -> DHCPBootFileTable {
         var table = DHCPBootFileTable.standard
-        table[.x86BIOS] = network.biosLoader == "undionly.kpxe" ? "ipxe/undionly.kpxe" : network.biosLoader
+        table[.x86BIOS] = BootPlan(inventory: inventory).defaultBIOSFile
         return table
     }
 }
@@ -63,18 +63,19 @@ extension DHCPPolicy {
             rapidCommit: configuration.rapidCommit,
             offerHoldTime: configuration.offerHoldTime,
             declineHoldTime: configuration.declineHoldTime,
-            bootFiles: .forInventory(network),
-            unknownClientBIOSLoader: DHCPBIOSLoader(inventory.loader(for: nil), inventory: inventory),
+            bootFiles: .forInventory(inventory),
+            bootScriptPath: BootPlan.bootScriptPath,
+            unknownClientBIOSLoader: DHCPBIOSLoader(BootPlan(inventory: inventory).biosBoot(for: nil)),
             pxelinuxRebootTime: configuration.pxelinuxRebootTime)
     }
 }
 
 extension DHCPBIOSLoader {
-    /// The boot-root file behind a `loader:` setting, as publish lays the root out.
-    init?(_ loader: Inventory.Loader?, inventory: Inventory) {
-        switch loader {
-        case .pxelinux: self = .pxelinux(inventory.pxelinuxLoader)
-        case .ipxe: self = .ipxe("ipxe/undionly.kpxe")
+    /// The DHCP form of the plan's BIOS boot: nil when no `loader:` applies (the firmware decides).
+    init?(_ boot: BootPlan.BIOSBoot) {
+        switch boot.loader {
+        case .pxelinux: self = .pxelinux(boot.firmwareFile)
+        case .ipxe: self = .ipxe(boot.firmwareFile)
         case nil: return nil
         }
     }

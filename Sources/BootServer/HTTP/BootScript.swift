@@ -28,37 +28,26 @@ struct BootScriptDecision: Equatable {
     static func decide(mac: MAC, clientIP: IPv4?, retry: Int, inventory: Inventory?, index: PublishIndex?,
                        policy: UnknownMACPolicy, httpBaseOverride: String? = nil, reportToken: String? = nil) -> BootScriptDecision {
         let base = httpBaseOverride ?? inventory?.network.httpBase ?? ""
-        let retryURL = "\(base)/boot/v1/bootscript?mac=\(mac)&retry=\(retry + 1)"
+        let retryURL = "\(base)\(BootPlan.bootScriptPath)?mac=\(mac)&retry=\(retry + 1)"
         let delay = retryDelay(retry)
         func wait(_ reason: String) -> BootScriptDecision {
             BootScriptDecision(script: waitScript(reason: reason, retryURL: retryURL, delay: delay), image: nil, detail: reason)
         }
         guard let inventory else { return wait("no inventory is loaded on the server") }
         guard let index else { return wait("nothing is published in the boot root (no publish.json)") }
-        let renderer = BootRenderer(network: inventory.network)
-        func boot(_ title: String, _ resolved: Inventory.Resolution, why: String) -> BootScriptDecision {
-            guard let name = resolved.image else { return wait("\(title) has no image in nodes.yaml") }
-            guard let image = index.images[name] else {
-                return wait("image '\(name)' for \(title) is not published (run imagebuild publish)")
-            }
-            var target = BootTarget(title: title, image: image, resolution: resolved)
+        let plan = BootPlan(inventory: inventory, images: index.images)
+        let choice = policy == .wait && inventory.node(mac: mac) == nil ? nil : plan.choice(mac: mac, ip: clientIP)
+        guard let choice else {
+            return BootScriptDecision(script: plan.renderer.ipxeUnregistered(retryURL: retryURL, delay: delay),
+                                      image: nil, detail: "not registered in nodes.yaml")
+        }
+        switch plan.answer(choice) {
+        case .wait(let reason):
+            return wait(reason)
+        case .boot(var target, let why):
             if let reportToken { target.cmdline += (target.cmdline.isEmpty ? "" : " ") + "imagebuild.token=\(reportToken)" }
-            return BootScriptDecision(script: renderer.ipxeScript(target), image: name, detail: why)
+            return BootScriptDecision(script: plan.renderer.ipxeScript(target), image: target.image.name, detail: why)
         }
-        if let node = inventory.node(mac: mac) {
-            return boot("\(node.hostname) (\(mac))", inventory.resolved(node), why: "registered as \(node.hostname)")
-        }
-        if policy == .defaultImage {
-            if let clientIP, let range = inventory.ranges.first(where: { $0.network.contains(clientIP) }),
-               inventory.resolved(range).image != nil {
-                return boot("range \(range.network)", inventory.resolved(range), why: "unregistered, in range \(range.network)")
-            }
-            if inventory.defaults.image != nil {
-                return boot("any machine not listed", inventory.resolve(Inventory.Settings(), group: nil), why: "unregistered, default image")
-            }
-        }
-        return BootScriptDecision(script: BootRenderer(network: inventory.network).ipxeUnregistered(retryURL: retryURL, delay: delay),
-                                  image: nil, detail: "not registered in nodes.yaml")
     }
 
     /// Like `BootRenderer.ipxeUnregistered`, for the server's own reasons to make a node wait.

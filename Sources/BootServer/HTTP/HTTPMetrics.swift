@@ -1,4 +1,5 @@
 import Hummingbird
+import ImageBuildKit
 import Prometheus
 
 /// The HTTP service's metrics, made directly in the Prometheus registry `/metrics` renders. The TFTP and
@@ -119,7 +120,7 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
 
     static func route(_ path: String, endpoint: String?) -> HTTPMetrics.Route {
         if endpoint == "FileMiddleware" { return .files }
-        if path.hasPrefix("/boot/v1/bootscript") { return .bootscript }
+        if path.hasPrefix(BootPlan.bootScriptPath) { return .bootscript }
         if path.hasPrefix("/api/v1/events") { return .events }
         if path.hasPrefix("/api/v1/nodes") { return .nodes }
         if path == "/api/v1/inventory" { return .inventory }

@@ -261,7 +261,7 @@ public final class HTTPService: Service, Sendable {
         router.get("/api/v1/inventory") { [self] _, _ in
             try Self.json(self.inventoryStatus(publishIndex))
         }
-        router.get("/boot/v1/bootscript") { [self] request, context in
+        router.get(RouterPath(BootPlan.bootScriptPath)) { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }
         let intake = eventIntake

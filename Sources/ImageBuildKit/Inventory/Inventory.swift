@@ -234,6 +234,9 @@ public enum InventoryLoader {
             guard network.subnet.contains(cidr.address) else {
                 throw cidrValue.error("\(cidr) is outside the subnet \(network.subnet)")
             }
+            if let other = ranges.first(where: { $0.network.prefix == cidr.prefix && $0.network.contains(cidr.address) }) {
+                throw cidrValue.error("duplicate range \(cidr): also at \(other.location)", hint: "both would write pxelinux.cfg/\(other.pxelinuxName); merge them")
+            }
             ranges.append(Inventory.Range(network: cidr, group: try checkGroup(map["group"]), settings: settings, location: value.location))
         } }
 

@@ -103,12 +103,15 @@ public struct BootRenderer: Sendable {
         """
     }
 
-    /// `ipxe/boot.ipxe`: the entry point chains the node's own script, else the default.
-    public func bootIPXE() -> String {
+    /// `ipxe/boot.ipxe`, the entry point for iPXE sent here by another DHCP server: the bootscript
+    /// endpoint first (it applies the whole `BootPlan` rule, ranges included), then, when the root is
+    /// served by a plain web server that has no such endpoint, the node's own script, else the default.
+    public func bootIPXE(bootScriptURL: String) -> String {
         """
         #!ipxe
-        # imagebuild: iPXE entry point. Loads this machine's script, else the default one.
-        chain --autofree nodes/${mac:hexhyp}.ipxe || chain --autofree default.ipxe
+        # imagebuild: iPXE entry point. Asks the boot server; a plain web server has no such endpoint,
+        # so then this machine's own script, else the default one.
+        chain --autofree \(bootScriptURL)?mac=${mac} || chain --autofree nodes/${mac:hexhyp}.ipxe || chain --autofree default.ipxe
 
         """
     }

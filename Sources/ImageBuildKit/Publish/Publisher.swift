@@ -68,7 +68,7 @@ public struct Publisher {
         var list: [(String, String, String)] = [
             ("/usr/lib/PXELINUX/pxelinux.0", "boot/pxelinux.0", "pxelinux"),
             ("/usr/lib/PXELINUX/lpxelinux.0", "boot/lpxelinux.0", "pxelinux"),
-            ("/usr/lib/ipxe/undionly.kpxe", "ipxe/undionly.kpxe", "ipxe"),
+            ("/usr/lib/ipxe/undionly.kpxe", BootPlan.undionly, "ipxe"),
             ("/usr/lib/ipxe/ipxe.efi", "ipxe/ipxe.efi", "ipxe"),
             ("/usr/lib/ipxe/snponly.efi", "ipxe/snponly.efi", "ipxe"),
         ]
@@ -261,37 +261,8 @@ public struct Publisher {
             try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
             written.append(loader.target)
         }
-        let renderer = BootRenderer(network: inventory.network)
-        func target(_ title: String, _ resolved: Inventory.Resolution) -> BootTarget? {
-            guard let name = resolved.image, let image = images[name] else { return nil }
-            return BootTarget(title: title, image: image, resolution: resolved)
-        }
-
-        // Defaults first, so ranges and nodes overwrite nothing by accident.
-        let defaultTarget = target("any machine not listed", inventory.resolve(Inventory.Settings(), group: nil))
-        try write("pxelinux.cfg/default", defaultTarget.map(renderer.pxelinuxConfig) ?? renderer.pxelinuxUnregistered())
-        try write("ipxe/default.ipxe", defaultTarget.map(renderer.ipxeScript) ?? renderer.ipxeUnregistered())
-        try write("ipxe/boot.ipxe", renderer.bootIPXE())
-
-        var ranges: [PublishIndex.RangeEntry] = []
-        for range in inventory.ranges {
-            guard let t = target("range \(range.network)", inventory.resolved(range)) else { continue }
-            try write("pxelinux.cfg/\(range.pxelinuxName)", renderer.pxelinuxConfig(t))
-            ranges.append(.init(cidr: range.network.description, image: t.image.name, digest: t.image.digest, pxelinux: "pxelinux.cfg/\(range.pxelinuxName)"))
-        }
-        var nodes: [PublishIndex.NodeEntry] = []
-        for node in inventory.nodes {
-            guard let t = target("\(node.hostname) (\(node.mac))", inventory.resolved(node)) else { continue }
-            let config = renderer.pxelinuxConfig(t)
-            var names = ["pxelinux.cfg/\(node.mac.pxelinuxName)"]
-            if let ip = node.ip { names.append("pxelinux.cfg/\(ip.hex)") }
-            for name in names { try write(name, config) }
-            let script = "ipxe/nodes/\(node.mac.hyphenated).ipxe"
-            try write(script, renderer.ipxeScript(t))
-            nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
-                               image: t.image.name, digest: t.image.digest, pxelinux: names, ipxe: script))
-        }
-        let index = PublishIndex(generation: number, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
+        let (files, index) = BootPlan(inventory: inventory, images: images).files(generation: number)
+        for file in files { try write(file.path, file.text) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try write("publish.json", String(decoding: try encoder.encode(index), as: UTF8.self) + "\n")

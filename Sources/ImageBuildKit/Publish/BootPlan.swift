@@ -1,0 +1,188 @@
+import Foundation
+
+/// What each machine boots: the one place that decides it.
+///
+/// Publish writes the plan's files, the server's bootscript endpoint asks it per request, DHCP asks it
+/// which BIOS loader a machine gets, and `nodes explain` prints its answer. Pure: an inventory and the
+/// published images in, answers out (table-tested in `BootPlanTests`).
+///
+/// **The rule**, for a machine with MAC `m` and (when known) address `a`:
+/// 1. a node registered with MAC `m` boots its own settings (node > group > defaults);
+/// 2. else the most specific range containing `a` whose settings name an image (the longest prefix,
+///    which is the first one pxelinux's hex-IP walk finds);
+/// 3. else the default image, when `defaults` names one;
+/// 4. else the machine waits and asks again.
+///
+/// The static files express the same rule as far as each loader can: pxelinux walks
+/// `01-<mac>`, the hex-IP names (ranges) and `default` by itself; iPXE's `boot.ipxe` asks the
+/// bootscript endpoint first (which applies the whole rule, ranges included) and falls back to
+/// `nodes/<mac>.ipxe`, then `default.ipxe`, when the root is served by another web server.
+public struct BootPlan: Sendable {
+    public let inventory: Inventory
+    /// The images the boot root holds, by name (a generation's `publish.json`).
+    public let images: [String: PublishedImage]
+    public let renderer: BootRenderer
+
+    /// The HTTP path of the per-request iPXE script (`?mac=…&retry=N`), served by `imagebuild serve`.
+    public static let bootScriptPath = "/boot/v1/bootscript"
+
+    public init(inventory: Inventory, images: [String: PublishedImage] = [:]) {
+        self.inventory = inventory
+        self.images = images
+        renderer = BootRenderer(network: inventory.network)
+    }
+
+    // MARK: - The rule
+
+    /// Which part of the inventory a machine boots by.
+    public enum Source: Sendable, Equatable {
+        case node(Inventory.Node)
+        case range(Inventory.Range)
+        case defaults
+    }
+
+    /// The settings a machine boots by, and why (steps 1-3 of the rule).
+    public struct Choice: Sendable, Equatable {
+        public var source: Source
+        /// Names the target in generated files: `node001 (52:54:00:…)`, `range 10.0.0.96/28`.
+        public var title: String
+        /// Why this choice, for the timeline, the log and `explain`.
+        public var why: String
+        public var resolution: Inventory.Resolution
+    }
+
+    /// Steps 1-3 of the rule; nil when the machine is to wait (step 4). A registered node is chosen
+    /// even when it resolves to no image, so the answer can say why it waits.
+    public func choice(mac: MAC, ip: IPv4?) -> Choice? {
+        if let node = inventory.node(mac: mac) { return choice(node) }
+        if let ip, let range = range(containing: ip) {
+            return Choice(source: .range(range), title: Self.title(range), why: "unregistered, in range \(range.network)",
+                          resolution: inventory.resolved(range))
+        }
+        return defaultChoice
+    }
+
+    public func choice(_ node: Inventory.Node) -> Choice {
+        Choice(source: .node(node), title: Self.title(node), why: "registered as \(node.hostname)", resolution: inventory.resolved(node))
+    }
+
+    /// Step 3: what a machine no node and no range claims boots; nil when `defaults` names no image.
+    public var defaultChoice: Choice? {
+        let resolution = inventory.resolve(Inventory.Settings(), group: nil)
+        guard resolution.image != nil else { return nil }
+        return Choice(source: .defaults, title: "any machine not listed", why: "unregistered, default image", resolution: resolution)
+    }
+
+    /// Step 2: the most specific range containing `ip` that names an image (ranges without one are
+    /// passed over, as pxelinux's walk passes over the file publish does not write for them).
+    public func range(containing ip: IPv4) -> Inventory.Range? {
+        inventory.ranges
+            .filter { $0.network.contains(ip) && inventory.resolved($0).image != nil }
+            .max { $0.network.prefix < $1.network.prefix }
+    }
+
+    /// The plan's answer for one machine.
+    public enum Answer: Sendable, Equatable {
+        /// Boot `target`; `why` says which rule chose it.
+        case boot(BootTarget, why: String)
+        /// Nothing to boot yet: the machine waits and asks again. `reason` is for the node's console.
+        case wait(reason: String)
+    }
+
+    public func answer(mac: MAC, ip: IPv4?) -> Answer {
+        guard let choice = choice(mac: mac, ip: ip) else { return .wait(reason: "not registered in nodes.yaml") }
+        return answer(choice)
+    }
+
+    public func answer(_ choice: Choice) -> Answer {
+        guard let name = choice.resolution.image else { return .wait(reason: "\(choice.title) has no image in nodes.yaml") }
+        guard let image = images[name] else {
+            return .wait(reason: "image '\(name)' for \(choice.title) is not published (run imagebuild publish)")
+        }
+        return .boot(BootTarget(title: choice.title, image: image, resolution: choice.resolution), why: choice.why)
+    }
+
+    // MARK: - BIOS loaders
+
+    /// What a BIOS machine is handed by DHCP (UEFI machines always get iPXE).
+    public struct BIOSBoot: Sendable, Equatable {
+        /// The `loader:` setting in force (node > group > defaults); nil: the firmware decides.
+        public var loader: Inventory.Loader?
+        /// The boot-root file a BIOS firmware's PXE ROM gets.
+        public var firmwareFile: String
+        /// What an iPXE ROM gets: a boot-root file, or nil for its boot script (the bootscript URL).
+        public var ipxeROMFile: String?
+
+        public init(loader: Inventory.Loader?, firmwareFile: String, ipxeROMFile: String?) {
+            self.loader = loader
+            self.firmwareFile = firmwareFile
+            self.ipxeROMFile = ipxeROMFile
+        }
+    }
+
+    /// The boot-root path of iPXE for BIOS firmware (publish lays it there).
+    public static let undionly = "ipxe/undionly.kpxe"
+
+    /// The BIOS boot of `node` (nil: a machine not listed).
+    public func biosBoot(for node: Inventory.Node?) -> BIOSBoot {
+        let loader = inventory.loader(for: node)
+        switch loader {
+        case .ipxe: return BIOSBoot(loader: loader, firmwareFile: Self.undionly, ipxeROMFile: nil)
+        case .pxelinux: return BIOSBoot(loader: loader, firmwareFile: inventory.pxelinuxLoader, ipxeROMFile: inventory.pxelinuxLoader)
+        case nil: return BIOSBoot(loader: nil, firmwareFile: defaultBIOSFile, ipxeROMFile: nil)
+        }
+    }
+
+    /// What BIOS firmware gets when no `loader:` applies: `network.bios_loader`, as laid out in the root.
+    public var defaultBIOSFile: String {
+        inventory.network.biosLoader == "undionly.kpxe" ? Self.undionly : inventory.network.biosLoader
+    }
+
+    // MARK: - Files
+
+    /// The pxelinux names publish writes for a node: its MAC, then its fixed address in hex.
+    public static func pxelinuxNames(_ node: Inventory.Node) -> [String] {
+        ["pxelinux.cfg/\(node.mac.pxelinuxName)"] + (node.ip.map { ["pxelinux.cfg/\($0.hex)"] } ?? [])
+    }
+
+    public static func ipxeScriptPath(_ mac: MAC) -> String { "ipxe/nodes/\(mac.hyphenated).ipxe" }
+
+    static func title(_ node: Inventory.Node) -> String { "\(node.hostname) (\(node.mac))" }
+    static func title(_ range: Inventory.Range) -> String { "range \(range.network)" }
+
+    /// The boot configuration of a generation: every file (path relative to the generation, text) in
+    /// the order publish writes them, and the index that describes them. Nodes and ranges whose image
+    /// is not among `images` get no file (publish refuses such an inventory before it gets here).
+    public func files(generation: Int) -> (files: [(path: String, text: String)], index: PublishIndex) {
+        var files: [(path: String, text: String)] = []
+        let defaultTarget = defaultChoice.flatMap { choice -> BootTarget? in
+            if case .boot(let target, _) = answer(choice) { return target }
+            return nil
+        }
+        files.append(("pxelinux.cfg/default", defaultTarget.map(renderer.pxelinuxConfig) ?? renderer.pxelinuxUnregistered()))
+        files.append(("ipxe/default.ipxe", defaultTarget.map(renderer.ipxeScript) ?? renderer.ipxeUnregistered()))
+        files.append(("ipxe/boot.ipxe", renderer.bootIPXE(bootScriptURL: inventory.network.httpBase + Self.bootScriptPath)))
+
+        var ranges: [PublishIndex.RangeEntry] = []
+        for range in inventory.ranges {
+            let choice = Choice(source: .range(range), title: Self.title(range), why: "", resolution: inventory.resolved(range))
+            guard case .boot(let target, _) = answer(choice) else { continue }
+            files.append(("pxelinux.cfg/\(range.pxelinuxName)", renderer.pxelinuxConfig(target)))
+            ranges.append(.init(cidr: range.network.description, image: target.image.name, digest: target.image.digest,
+                                pxelinux: "pxelinux.cfg/\(range.pxelinuxName)"))
+        }
+        var nodes: [PublishIndex.NodeEntry] = []
+        for node in inventory.nodes {
+            guard case .boot(let target, _) = answer(choice(node)) else { continue }
+            let config = renderer.pxelinuxConfig(target)
+            let names = Self.pxelinuxNames(node)
+            for name in names { files.append((name, config)) }
+            let script = Self.ipxeScriptPath(node.mac)
+            files.append((script, renderer.ipxeScript(target)))
+            nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
+                               image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script))
+        }
+        let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
+        return (files, index)
+    }
+}

@@ -1,0 +1,177 @@
+import BootProtocols
+@testable import BootServer
+import Foundation
+import ImageBuildKit
+import Testing
+
+/// One table, every consumer of the boot plan: for each machine, what the plan answers is what the
+/// bootscript endpoint sends, what pxelinux finds walking the published files, and what DHCP hands each
+/// firmware (in the style of u-root's `pxe_test.go`: inputs and expected answers side by side).
+@Suite("Boot plan: one answer for publish, the bootscript endpoint, pxelinux and DHCP")
+struct BootPlanTests {
+    static let yaml = """
+        network:
+          server: 10.77.0.1
+          subnet: 10.77.0.0/24
+          pool: 10.77.0.200-10.77.0.250
+          http_port: 8080
+          bios_loader: lpxelinux.0
+        defaults:
+          image: compute
+        groups:
+          gpu: {image: gpu, loader: ipxe}
+          legacy: {loader: pxelinux, append: console=ttyS0}
+        ranges:
+          - {cidr: 10.77.0.0/24, image: wide}
+          - {cidr: 10.77.0.96/28, image: rescue}
+        nodes:
+          - {mac: 52:54:00:77:00:01, hostname: n1, ip: 10.77.0.11}
+          - {mac: 52:54:00:77:00:02, hostname: n2, group: gpu}
+          - {mac: 52:54:00:77:00:03, hostname: n3, group: legacy, ip: 10.77.0.13}
+          - {mac: 52:54:00:77:00:04, hostname: n4, ip: 10.77.0.99}
+        """
+
+    static func image(_ name: String) -> PublishedImage {
+        let json = #"{"name": "\#(name)", "digest": "\#(name)0123456789", "kernelVersion": "6.1.0", "cmdline": "quiet imagebuild.sha256=00", "imageFile": "image.tar.gz"}"#
+        return try! JSONDecoder().decode(PublishedImage.self, from: Data(json.utf8))
+    }
+
+    static let images = Dictionary(uniqueKeysWithValues: ["compute", "gpu", "wide", "rescue"].map { ($0, image($0)) })
+
+    struct Case: Sendable, CustomTestStringConvertible {
+        var mac: String
+        var ip: String?
+        /// The image the plan boots, nil: the machine waits.
+        var image: String?
+        var why: String
+        var testDescription: String { "\(mac) \(ip ?? "no address") -> \(image ?? "wait") (\(why))" }
+    }
+
+    @Test("who boots what", arguments: [
+        Case(mac: "52:54:00:77:00:01", ip: "10.77.0.11", image: "compute", why: "registered as n1"),
+        Case(mac: "52:54:00:77:00:02", ip: nil, image: "gpu", why: "registered as n2"),
+        Case(mac: "52:54:00:77:00:03", ip: "10.77.0.13", image: "compute", why: "registered as n3"),
+        // Registered beats a range that holds the node's address.
+        Case(mac: "52:54:00:77:00:04", ip: "10.77.0.99", image: "compute", why: "registered as n4"),
+        // Unregistered: the most specific range holding the address, in either order in the file.
+        Case(mac: "02:00:00:00:00:99", ip: "10.77.0.100", image: "rescue", why: "unregistered, in range 10.77.0.96/28"),
+        Case(mac: "02:00:00:00:00:99", ip: "10.77.0.20", image: "wide", why: "unregistered, in range 10.77.0.0/24"),
+        // Unregistered, no address known (or outside every range): the default image.
+        Case(mac: "02:00:00:00:00:99", ip: nil, image: "compute", why: "unregistered, default image"),
+        Case(mac: "02:00:00:00:00:99", ip: "10.78.0.5", image: "compute", why: "unregistered, default image"),
+    ])
+    func table(_ expected: Case) throws {
+        let inventory = try InventoryLoader.parse(Self.yaml, file: "nodes.yaml")
+        let plan = BootPlan(inventory: inventory, images: Self.images)
+        let mac = try #require(MAC(expected.mac))
+        let ip = expected.ip.flatMap(IPv4.init)
+
+        // 1. The plan.
+        let answer = plan.answer(mac: mac, ip: ip)
+        guard case .boot(let target, let why) = answer else { Issue.record("expected a boot, got \(answer)"); return }
+        #expect(target.image.name == expected.image)
+        #expect(why == expected.why)
+
+        // 2. The bootscript endpoint sends a script for that image, saying why.
+        let index = plan.files(generation: 1).index
+        let decision = BootScriptDecision.decide(mac: mac, clientIP: ip, retry: 0, inventory: inventory, index: index, policy: .defaultImage)
+        #expect(decision.image == expected.image)
+        #expect(decision.detail == expected.why)
+        #expect(decision.script == plan.renderer.ipxeScript(target))
+
+        // 3. pxelinux, walking the published names, finds a file that boots the same image.
+        let files = Dictionary(plan.files(generation: 1).files.map { ($0.path, $0.text) }, uniquingKeysWith: { $1 })
+        let found = try #require(pxelinuxLookupOrder(mac: mac, ip: ip).first { files[$0] != nil })
+        #expect(files[found] == plan.renderer.pxelinuxConfig(target), "pxelinux finds \(found)")
+    }
+
+    @Test("without a default image an unregistered machine outside every range waits, everywhere")
+    func waits() throws {
+        let inventory = try InventoryLoader.parse(
+            Self.yaml.replacingOccurrences(of: "defaults:\n  image: compute\n", with: "defaults:\n  append: quiet\n")
+                .replacingOccurrences(of: "hostname: n1,", with: "hostname: n1, image: compute,")
+                .replacingOccurrences(of: "hostname: n3,", with: "hostname: n3, image: compute,")
+                .replacingOccurrences(of: "hostname: n4,", with: "hostname: n4, image: compute,"),
+            file: "nodes.yaml")
+        let plan = BootPlan(inventory: inventory, images: Self.images)
+        let stranger = MAC("02:00:00:00:00:99")!
+        #expect(plan.answer(mac: stranger, ip: nil) == .wait(reason: "not registered in nodes.yaml"))
+        #expect(plan.answer(mac: stranger, ip: IPv4("10.77.0.100")).bootedImage == "rescue")
+        let (files, index) = plan.files(generation: 1)
+        let decision = BootScriptDecision.decide(mac: stranger, clientIP: nil, retry: 0, inventory: inventory, index: index, policy: .defaultImage)
+        #expect(decision.image == nil)
+        let byPath = Dictionary(files.map { ($0.path, $0.text) }, uniquingKeysWith: { $1 })
+        #expect(byPath["pxelinux.cfg/default"] == plan.renderer.pxelinuxUnregistered())
+        #expect(byPath["ipxe/default.ipxe"] == plan.renderer.ipxeUnregistered())
+        // The server's `unknown_macs: wait` policy: even a range member waits.
+        let policyWait = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.100"), retry: 0, inventory: inventory,
+                                                   index: index, policy: .wait)
+        #expect(policyWait.image == nil)
+    }
+
+    @Test("an image the inventory names but nobody published: the node waits, saying so")
+    func unpublished() throws {
+        let inventory = try InventoryLoader.parse(Self.yaml, file: "nodes.yaml")
+        let plan = BootPlan(inventory: inventory, images: Self.images.filter { $0.key != "gpu" })
+        #expect(plan.answer(mac: MAC("52:54:00:77:00:02")!, ip: nil)
+                == .wait(reason: "image 'gpu' for n2 (52:54:00:77:00:02) is not published (run imagebuild publish)"))
+        #expect(!plan.files(generation: 1).files.contains { $0.path.contains("52-54-00-77-00-02") })
+    }
+
+    /// Every firmware, every `loader:` and `bios_loader`: DHCP hands out what the plan says.
+    @Test("DHCP boot files per architecture and loader", arguments: ["lpxelinux.0", "pxelinux.0", "undionly.kpxe"])
+    func dhcpBootFiles(biosLoader: String) throws {
+        let inventory = try InventoryLoader.parse(
+            Self.yaml.replacingOccurrences(of: "bios_loader: lpxelinux.0", with: "bios_loader: \(biosLoader)"), file: "nodes.yaml")
+        let plan = BootPlan(inventory: inventory)
+        let policy = DHCPPolicy(inventory: inventory, configuration: DHCPServerConfiguration(stateDirectory: "/nonexistent"))
+        let dhcpInventory = DHCPServerInventory(inventory)
+        struct NoLeases: DHCPLeaseView {
+            func holder(of address: IPv4Address, at now: DHCPTimestamp) -> MACAddress? { nil }
+            func address(heldBy client: MACAddress, at now: DHCPTimestamp) -> IPv4Address? { nil }
+            func isDeclined(_ address: IPv4Address, at now: DHCPTimestamp) -> Bool { false }
+        }
+        func bootFile(_ mac: String, _ arch: DHCPClientArchitecture, ipxe: Bool = false) throws -> String? {
+            let wire = try #require(MACAddress(bytes: MAC(mac)!.bytes))
+            let vendor = "PXEClient:Arch:\(String(format: "%05d", arch.rawValue)):UNDI:003016"
+            let decision = policy.decide(DHCPReceived(message: dhcpDiscover(wire, vendorClass: vendor, arch: arch, ipxe: ipxe),
+                                                      interfaceAddress: IPv4Address(10, 77, 0, 1)),
+                                         now: dhcpTime(1000), inventory: dhcpInventory, leases: NoLeases())
+            guard case .reply(let reply) = decision else { Issue.record("no reply for \(mac) \(arch): \(decision)"); return nil }
+            return reply.message.options.bootfileName
+        }
+        let script = { (mac: String) in "http://10.77.0.1:8080\(BootPlan.bootScriptPath)?mac=\(mac)" }
+        for mac in ["52:54:00:77:00:01", "52:54:00:77:00:02", "52:54:00:77:00:03", "02:00:00:00:00:99"] {
+            let bios = plan.biosBoot(for: inventory.node(mac: MAC(mac)!))
+            #expect(try bootFile(mac, .x86BIOS) == bios.firmwareFile, "\(mac) BIOS firmware")
+            #expect(try bootFile(mac, .x86BIOS, ipxe: true) == (bios.ipxeROMFile ?? script(mac)), "\(mac) BIOS iPXE ROM")
+            #expect(try bootFile(mac, .x64UEFI) == "ipxe/ipxe.efi", "\(mac) x64 UEFI")
+            #expect(try bootFile(mac, .x64UEFI, ipxe: true) == script(mac), "\(mac) x64 UEFI iPXE")
+            #expect(try bootFile(mac, .arm64UEFI) == "ipxe/ipxe-arm64.efi", "\(mac) arm64 UEFI")
+        }
+        // What each loader setting means, spelled out once here.
+        let pxelinux = biosLoader == "undionly.kpxe" ? "lpxelinux.0" : biosLoader
+        let unset = biosLoader == "undionly.kpxe" ? BootPlan.undionly : biosLoader
+        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:01")!)) == .init(loader: nil, firmwareFile: unset, ipxeROMFile: nil))
+        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:02")!)) == .init(loader: .ipxe, firmwareFile: BootPlan.undionly, ipxeROMFile: nil))
+        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:03")!)) == .init(loader: .pxelinux, firmwareFile: pxelinux, ipxeROMFile: pxelinux))
+    }
+
+    @Test("two ranges on one network are refused: they would write one pxelinux file")
+    func duplicateRanges() throws {
+        let yaml = Self.yaml.replacingOccurrences(of: "- {cidr: 10.77.0.96/28, image: rescue}",
+                                                  with: "- {cidr: 10.77.0.96/28, image: rescue}\n  - {cidr: 10.77.0.96/28, image: gpu}")
+        #expect(throws: ConfigError.self) { try InventoryLoader.parse(yaml, file: "nodes.yaml") }
+        do { _ = try InventoryLoader.parse(yaml, file: "nodes.yaml") } catch {
+            #expect("\(error)".contains("nodes.yaml:15:"), "\(error)")
+            #expect("\(error)".contains("duplicate range 10.77.0.96/28"), "\(error)")
+        }
+    }
+}
+
+extension BootPlan.Answer {
+    var bootedImage: String? {
+        if case .boot(let target, _) = self { return target.image.name }
+        return nil
+    }
+}
