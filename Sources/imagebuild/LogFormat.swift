@@ -1,4 +1,5 @@
 import ArgumentParser
+import BootServer
 import Foundation
 import Logging
 import Synchronization
@@ -32,22 +33,6 @@ struct JSONLogHandler: LogHandler {
         FileHandle.standardError.write(data)
         Self.lock.unlock()
     }
-}
-
-/// The log level of a running server, changeable on SIGHUP (server.yaml `log.level`): every logger
-/// reads it on each call, so a reload applies to loggers created before it. An atomic, not a lock:
-/// the level is checked on every log call, also on per-packet paths.
-final class LogLevelControl: Sendable {
-    private let raw: Atomic<Int>
-
-    init(_ level: Logger.Level) { raw = Atomic(Self.all.firstIndex(of: level) ?? 2) }
-
-    var level: Logger.Level {
-        get { Self.all[raw.load(ordering: .relaxed)] }
-        set { raw.store(Self.all.firstIndex(of: newValue) ?? 2, ordering: .relaxed) }
-    }
-
-    private static let all = Logger.Level.allCases
 }
 
 /// A handler whose level is the shared `LogLevelControl`'s; setting a level on one logger is ignored.

@@ -1,14 +1,11 @@
 import ArgumentParser
 import BootServer
-import Dispatch
 import Metrics
 import Prometheus
 import Foundation
-import ImageBuildKit
 import Logging
 import NIOCore
 import NIOPosix
-import ServiceLifecycle
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -108,197 +105,25 @@ struct ServeCommand: AsyncParsableCommand {
         // One event loop per CPU this process may run on: NIO counts the machine's CPUs, and under
         // `taskset` or a cpuset two loops sharing one CPU would only switch between each other.
         if let usable = Self.usableCPUs() { NIOSingletons.groupLoopCountSuggestion = usable }
-        var settings = flagSettings
-        if let config {
-            do { settings = settings.overriding(try ServerConfigFile.load(path: config)) } catch { fail(error) }
-        }
-        let serveDHCP = settings.dhcp.enabled ?? true, serveTFTP = settings.tftp.enabled ?? true, serveHTTP = settings.http.enabled ?? true
-        if !serveDHCP && !serveTFTP && !serveHTTP { fail(ValidationError("DHCP, TFTP and HTTP are all switched off: nothing to serve")) }
-        if settings.dhcp.proxy == true && !serveDHCP { fail(ValidationError("proxyDHCP is on but DHCP is switched off")) }
-        let root = settings.root ?? "tftpboot"
-        let nodes = settings.nodes ?? "nodes.yaml"
-        let listen = settings.listen ?? "0.0.0.0"
-        let stateDir = settings.stateDirectory ?? "/var/lib/imagebuild"
-        let tftpPort = settings.tftp.port ?? 69
-        let dhcpPort = settings.dhcp.port ?? 67
+        let settings: BootServices.Settings
+        do { settings = try .load(flags: flagSettings, configPath: config) } catch { fail(error) }
 
-        let format = LogFormat(rawValue: settings.logFormat ?? "text") ?? .text
-        let levelControl = LogLevelControl(settings.logLevel ?? .info)
+        // Logging and metrics are process-wide: set up here, once, before any service logs.
+        let levelControl = LogLevelControl(settings.logLevel)
+        let json = settings.logFormat == LogFormat.json.rawValue
         LoggingSystem.bootstrap { label in
-            let handler: LogHandler = format == .json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
+            let handler: LogHandler = json ? JSONLogHandler(label: label) : StreamLogHandler.standardError(label: label)
             return ControlledLevelLogHandler(inner: handler, control: levelControl)
         }
-        let logger = Logger(label: "imagebuild.serve")
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(BootServerMetricsFactory(registry: registry))
         do {
-            try checkRoot(root, nodes: nodes)
-            try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
-            let registry = PrometheusCollectorRegistry()
-            MetricsSystem.bootstrap(BootServerMetricsFactory(registry: registry))
-            // Only DHCP and HTTP read the inventory: TFTP alone serves files, so it needs no nodes.yaml
-            // unless one was named.
-            let inventory: InventoryStore?
-            do {
-                inventory = serveDHCP || serveHTTP || settings.nodes != nil
-                    ? try InventoryStore(path: nodes, pollInterval: .milliseconds(Int((settings.inventoryPollInterval ?? 0.5) * 1000)),
-                                         logger: Logger(label: "imagebuild.inventory"))
-                    : nil
-            } catch {
-                throw StartupError("\(error)")
-            }
-            let timeline: BootTimeline
-            do {
-                timeline = try BootTimeline(configuration: .init(stateDirectory: stateDir + "/timeline"),
-                                            logger: Logger(label: "imagebuild.timeline"))
-            } catch {
-                throw StartupError("boot timeline in \(stateDir)/timeline: \(error)")
-            }
-            var services: [any Service] = [timeline]
-            if let inventory { services.append(inventory) }
-
-            if serveTFTP {
-                var configuration = TFTPServerConfiguration(root: root, host: listen, port: tftpPort)
-                configuration.maximumTransfers = 10_000
-                let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp")) { report in
-                    _ = timeline.record(report)
-                }
-                do { try await server.start() } catch {
-                    throw StartupError.bind(error, service: "TFTP", host: listen, port: tftpPort, flag: "--tftp-port")
-                }
-                services.append(ServerService(name: "tftp") { try await server.run() })
-            }
-            var dhcpServer: DHCPServer?
-            // The DHCP settings before the file's knobs: a knob removed from the file on reload falls back to these.
-            var dhcpBaseline = DHCPServerConfiguration(stateDirectory: stateDir + "/dhcp", mode: settings.dhcp.proxy == true ? .proxy : .authoritative,
-                                                       interfaces: settings.interface.map { [$0] } ?? [], port: dhcpPort)
-            if listen != "0.0.0.0" { dhcpBaseline.listenAddress = listen }
-            if serveDHCP, let inventory {
-                let server = DHCPServer(configuration: settings.applyDHCP(to: dhcpBaseline), inventory: inventory,
-                                        logger: Logger(label: "imagebuild.dhcp")) { event in
-                    timeline.record(event)
-                }
-                do { try await server.start() } catch {
-                    if error is DHCPServerError { throw StartupError("DHCP: \(error)") }
-                    throw StartupError.bind(error, service: "DHCP", host: listen, port: dhcpPort, flag: "--dhcp-port")
-                }
-                services.append(ServerService(name: "dhcp") { try await server.run() })
-                dhcpServer = server
-            }
-
-            // SIGHUP: the inventory, then server.yaml (its reloadable keys; the rest is reported).
-            let reloader = ConfigReloader(path: config, flags: flagSettings, current: settings, baseline: dhcpBaseline,
-                                          levels: levelControl, dhcp: dhcpServer, logger: logger)
-            let hangup: ObservationToken
-            do {
-                hangup = try HangupSignal.observe {
-                    logger.notice("SIGHUP: reloading")
-                    inventory?.reload()
-                    reloader.reload()
-                }
-            } catch {
-                throw StartupError("\(error)")
-            }
-            defer { hangup.cancel() }
-
-            var httpPort: Int?
-            if serveHTTP, let inventory {
-                let port = settings.http.port ?? inventory.current.inventory.network.httpPort
-                var configuration = HTTPServiceConfiguration(root: root, host: listen, port: port, metrics: registry)
-                if let limit = settings.http.maximumConnections { configuration.maximumConnections = limit }
-                var tokens: ReportTokens?
-                if settings.http.reportTokens == true {
-                    tokens = try ReportTokens(keyFile: stateDir + "/report-token.key")
-                }
-                let http = HTTPService(configuration: configuration, timeline: timeline,
-                                       inventory: { inventory.current.inventory }, leases: dhcpServer?.leaseIndex,
-                                       reportTokens: tokens, inventoryRejection: { inventory.lastError },
-                                       logger: Logger(label: "imagebuild.http"))
-                services.append(http)
-                httpPort = port
-            }
-            let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
-                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-            logger.info("serving \(root)")
-            do { try await group.run() } catch let error as IOError where httpPort != nil {
-                // A bind failure of the HTTP listener surfaces from the group; phrase it like the others.
-                throw StartupError.bind(error, service: "HTTP", host: listen, port: httpPort!, flag: "--http-port")
-            }
+            let services = try await BootServices(settings: settings, flags: flagSettings, configPath: config,
+                                                  logLevel: levelControl, metrics: registry)
+            try await services.run()
         } catch let error as StartupError {
             fail(error)
         }
-    }
-
-    /// A missing or empty root is the commonest first-day mistake: say what to run.
-    func checkRoot(_ root: String, nodes: String) throws {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw StartupError("the boot root '\(root)' does not exist: run 'imagebuild publish artifacts/NAME --root \(root) --nodes \(nodes)' first")
-        }
-        if ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).isEmpty {
-            throw StartupError("the boot root '\(root)' is empty: run 'imagebuild publish artifacts/NAME --root \(root) --nodes \(nodes)' first")
-        }
-    }
-}
-
-/// Re-reads server.yaml on SIGHUP and applies what a running server can change: the log level and
-/// the DHCP policy knobs. Keys that need a restart are named in the log; a broken file is rejected
-/// with its located error and the settings in force stay.
-final class ConfigReloader: @unchecked Sendable {
-    private let path: String?
-    private let flags: ServerConfigFile
-    private let baseline: DHCPServerConfiguration
-    private let levels: LogLevelControl
-    private let dhcp: DHCPServer?
-    private let logger: Logger
-    private let lock = NSLock()
-    /// What the running server was started with or last reloaded to (flags merged over the file).
-    private var current: ServerConfigFile
-
-    init(path: String?, flags: ServerConfigFile, current: ServerConfigFile, baseline: DHCPServerConfiguration,
-         levels: LogLevelControl, dhcp: DHCPServer?, logger: Logger) {
-        self.path = path
-        self.flags = flags
-        self.current = current
-        self.baseline = baseline
-        self.levels = levels
-        self.dhcp = dhcp
-        self.logger = logger
-    }
-
-    /// Runs on the signal thread; one reload at a time.
-    func reload() {
-        guard let path else { return }
-        lock.lock()
-        defer { lock.unlock() }
-        let name = (path as NSString).lastPathComponent
-        let next: ServerConfigFile
-        do {
-            next = flags.overriding(try ServerConfigFile.load(path: path))
-        } catch {
-            logger.error("\(name) rejected, the settings in force stay: \(error)")
-            return
-        }
-        let (applied, restart) = next.changes(from: current)
-        if applied.isEmpty && restart.isEmpty {
-            logger.notice("reloaded \(name): no setting changed")
-            return
-        }
-        // Keys that need a restart keep their running values until then.
-        let running = current.takingReloadable(from: next)
-        current = running
-        levels.level = running.logLevel ?? .info
-        if let dhcp {
-            let configuration = running.applyDHCP(to: baseline)
-            let done = DispatchSemaphore(value: 0)
-            Task {
-                await dhcp.reconfigure(configuration)
-                done.signal()
-            }
-            done.wait()
-        }
-        var message = "reloaded \(name)"
-        message += applied.isEmpty ? ": nothing applied" : ": applied \(applied.joined(separator: ", "))"
-        if !restart.isEmpty { message += "; needs a restart to take effect: \(restart.joined(separator: ", "))" }
-        logger.notice("\(message)")
     }
 }
 

@@ -1,0 +1,309 @@
+import Foundation
+import ImageBuildKit
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Synchronization
+
+/// `imagebuild serve` as one value: the settings (every default applied once, here), the servers they
+/// switch on, how they are wired to the inventory and the boot timeline, and reload. The CLI only
+/// parses flags, sets up process-wide logging and metrics, and prints; tests run the whole server in
+/// process (`BootServicesTests`).
+public final class BootServices: Sendable {
+    /// The settings in force: flags over `server.yaml` over the defaults below.
+    public struct Settings: Sendable, Equatable {
+        public var root: String
+        public var nodes: String
+        /// nodes.yaml is read even when only TFTP is served (a file named explicitly must exist).
+        public var nodesNamed: Bool
+        public var listen: String
+        public var interface: String?
+        public var stateDirectory: String
+        public var pollInterval: Double
+        /// `text` or `json` (the CLI sets up logging with it before anything logs).
+        public var logFormat: String
+        public var logLevel: Logger.Level
+        public var dhcp: Bool
+        public var proxyDHCP: Bool
+        public var dhcpPort: Int
+        public var tftp: Bool
+        public var tftpPort: Int
+        public var http: Bool
+        /// nil: the inventory's `network.http_port`, which is what nodes are told.
+        public var httpPort: Int?
+        public var httpMaximumConnections: Int?
+        public var reportTokens: Bool
+        /// The merged file the settings came from: the DHCP knobs, and what a reload compares against.
+        public var source: ServerConfigFile
+
+        /// Applies the defaults and checks that the combination can run.
+        public init(_ merged: ServerConfigFile) throws(StartupError) {
+            source = merged
+            root = merged.root ?? "tftpboot"
+            nodes = merged.nodes ?? "nodes.yaml"
+            nodesNamed = merged.nodes != nil
+            listen = merged.listen ?? "0.0.0.0"
+            interface = merged.interface
+            stateDirectory = merged.stateDirectory ?? "/var/lib/imagebuild"
+            pollInterval = merged.inventoryPollInterval ?? 0.5
+            logFormat = merged.logFormat ?? "text"
+            logLevel = merged.logLevel ?? .info
+            dhcp = merged.dhcp.enabled ?? true
+            proxyDHCP = merged.dhcp.proxy ?? false
+            dhcpPort = merged.dhcp.port ?? 67
+            tftp = merged.tftp.enabled ?? true
+            tftpPort = merged.tftp.port ?? 69
+            http = merged.http.enabled ?? true
+            httpPort = merged.http.port
+            httpMaximumConnections = merged.http.maximumConnections
+            reportTokens = merged.http.reportTokens ?? false
+            if !dhcp && !tftp && !http { throw StartupError("DHCP, TFTP and HTTP are all switched off: nothing to serve") }
+            if proxyDHCP && !dhcp { throw StartupError("proxyDHCP is on but DHCP is switched off") }
+        }
+
+        /// The command line's settings over `server.yaml`'s (when given), defaults applied.
+        public static func load(flags: ServerConfigFile, configPath: String?) throws -> Settings {
+            try Settings(configPath.map { flags.overriding(try ServerConfigFile.load(path: $0)) } ?? flags)
+        }
+
+        /// DHCP's settings before the file's policy knobs: a knob removed from the file on reload falls back to these.
+        var dhcpBaseline: DHCPServerConfiguration {
+            var c = DHCPServerConfiguration(stateDirectory: stateDirectory + "/dhcp", mode: proxyDHCP ? .proxy : .authoritative,
+                                            interfaces: interface.map { [$0] } ?? [], port: dhcpPort)
+            if listen != "0.0.0.0" { c.listenAddress = listen }
+            return c
+        }
+    }
+
+    public let settings: Settings
+    public let timeline: BootTimeline
+    /// nil when neither DHCP nor HTTP needs nodes.yaml and none was named.
+    public let inventory: InventoryStore?
+    public let dhcp: DHCPServer?
+    public let tftp: TFTPServer?
+    public let http: HTTPService?
+    /// The TFTP listener's address once started (its port, when the settings asked for port 0).
+    public let tftpAddress: SocketAddress?
+    /// The HTTP port asked for (the bound one is `http?.listeningAddress()`).
+    public let httpPort: Int?
+    private let reloader: ConfigReloader
+    private let logger: Logger
+    /// SIGHUPs and `requestReload()` calls, consumed one at a time by the reload service.
+    private let reloads: AsyncStream<Void>
+    private let reloadRequests: AsyncStream<Void>.Continuation
+    /// The running group, for `shutdown()`.
+    private let group = Mutex<ServiceGroup?>(nil)
+
+    /// Builds every service the settings switch on, and binds DHCP and TFTP (HTTP binds when it runs).
+    /// Throws `StartupError`s phrased for the administrator: a missing root, a port in use, ...
+    ///
+    /// - Parameters:
+    ///   - settings: from `Settings.load(flags:configPath:)`.
+    ///   - flags: the command line's settings, kept so a reload merges them over the new file again.
+    ///   - configPath: `server.yaml`, re-read on reload; nil: reload re-reads nodes.yaml only.
+    ///   - logLevel: the process's shared level, which a reload changes.
+    ///   - metrics: the registry `/metrics` serves.
+    public init(settings: Settings, flags: ServerConfigFile, configPath: String?, logLevel: LogLevelControl,
+                metrics: PrometheusCollectorRegistry, logger: Logger = Logger(label: "imagebuild.serve")) async throws {
+        self.settings = settings
+        self.logger = logger
+        logLevel.level = settings.logLevel
+        try Self.checkRoot(settings.root, nodes: settings.nodes)
+        do {
+            try FileManager.default.createDirectory(atPath: settings.stateDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StartupError("the state directory '\(settings.stateDirectory)': \(error.localizedDescription)")
+        }
+
+        // Only DHCP and HTTP read the inventory: TFTP alone serves files.
+        let inventory: InventoryStore?
+        do {
+            inventory = settings.dhcp || settings.http || settings.nodesNamed
+                ? try InventoryStore(path: settings.nodes, pollInterval: .milliseconds(Int(settings.pollInterval * 1000)),
+                                     logger: Logger(label: "imagebuild.inventory"))
+                : nil
+        } catch {
+            throw StartupError("\(error)")
+        }
+        self.inventory = inventory
+        let timeline: BootTimeline
+        do {
+            timeline = try BootTimeline(configuration: .init(stateDirectory: settings.stateDirectory + "/timeline"),
+                                        logger: Logger(label: "imagebuild.timeline"))
+        } catch {
+            throw StartupError("boot timeline in \(settings.stateDirectory)/timeline: \(error)")
+        }
+        self.timeline = timeline
+
+        if settings.tftp {
+            var configuration = TFTPServerConfiguration(root: settings.root, host: settings.listen, port: settings.tftpPort)
+            configuration.maximumTransfers = 10_000
+            let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp")) { report in
+                _ = timeline.record(report)
+            }
+            do { tftpAddress = try await server.start() } catch {
+                throw StartupError.bind(error, service: "TFTP", host: settings.listen, port: settings.tftpPort, flag: "--tftp-port")
+            }
+            tftp = server
+        } else {
+            tftp = nil
+            tftpAddress = nil
+        }
+
+        if settings.dhcp, let inventory {
+            let server = DHCPServer(configuration: settings.source.applyDHCP(to: settings.dhcpBaseline), inventory: inventory,
+                                    logger: Logger(label: "imagebuild.dhcp")) { event in
+                timeline.record(event)
+            }
+            do { _ = try await server.start() } catch {
+                if error is DHCPServerError { throw StartupError("DHCP: \(error)") }
+                throw StartupError.bind(error, service: "DHCP", host: settings.listen, port: settings.dhcpPort, flag: "--dhcp-port")
+            }
+            dhcp = server
+        } else {
+            dhcp = nil
+        }
+
+        if settings.http, let inventory {
+            let port = settings.httpPort ?? inventory.current.inventory.network.httpPort
+            var configuration = HTTPServiceConfiguration(root: settings.root, host: settings.listen, port: port, metrics: metrics)
+            if let limit = settings.httpMaximumConnections { configuration.maximumConnections = limit }
+            let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
+            http = HTTPService(configuration: configuration, timeline: timeline,
+                               inventory: { inventory.current.inventory }, leases: dhcp?.leaseIndex,
+                               reportTokens: tokens, inventoryRejection: { inventory.lastError },
+                               logger: Logger(label: "imagebuild.http"))
+            httpPort = port
+        } else {
+            http = nil
+            httpPort = nil
+        }
+
+        reloader = ConfigReloader(path: configPath, flags: flags, current: settings.source, baseline: settings.dhcpBaseline,
+                                  levels: logLevel, dhcp: dhcp, logger: logger)
+        (reloads, reloadRequests) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Serves until SIGTERM or SIGINT (with `signals`) or until the task is cancelled; SIGHUP reloads
+    /// (`reload()`) meanwhile. A bind failure of the HTTP listener is reported as a `StartupError`.
+    /// Tests run without `signals`: the process's signals are not theirs.
+    public func run(signals: Bool = true) async throws {
+        var services: [any Service] = [timeline]
+        if let inventory { services.append(inventory) }
+        if let tftp { services.append(ServerService(name: "tftp") { try await tftp.run() }) }
+        if let dhcp { services.append(ServerService(name: "dhcp") { try await dhcp.run() }) }
+        if let http { services.append(http) }
+        let reloads = self.reloads
+        services.append(ServerService(name: "reload") { [self] in
+            for await _ in reloads { await reload() }
+        })
+        let requests = reloadRequests
+        let hangup = signals ? try HangupSignal.observe { requests.yield() } : nil
+        defer { hangup?.cancel() }
+        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                      gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [], logger: logger))
+        self.group.withLock { $0 = group }
+        logger.info("serving \(settings.root)")
+        do { try await group.run() } catch let error as IOError where httpPort != nil {
+            throw StartupError.bind(error, service: "HTTP", host: settings.listen, port: httpPort!, flag: "--http-port")
+        }
+    }
+
+    /// Shuts the running server down as SIGTERM does: listeners close, transfers end, state is flushed.
+    public func shutdown() async {
+        await group.withLock { $0 }?.triggerGracefulShutdown()
+    }
+
+    /// Asks the running server to reload, as SIGHUP does; reloads run one at a time, and requests
+    /// that arrive while one runs are coalesced into one more.
+    public func requestReload() { reloadRequests.yield() }
+
+    /// What SIGHUP does: nodes.yaml, then server.yaml's reloadable keys (the log names the others).
+    public func reload() async {
+        logger.notice("reloading")
+        _ = inventory?.reload()
+        await reloader.reload()
+    }
+
+    /// A missing or empty root is the commonest first-day mistake: say what to run.
+    static func checkRoot(_ root: String, nodes: String) throws(StartupError) {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw StartupError("the boot root '\(root)' does not exist: run 'imagebuild publish artifacts/NAME --root \(root) --nodes \(nodes)' first")
+        }
+        if ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).isEmpty {
+            throw StartupError("the boot root '\(root)' is empty: run 'imagebuild publish artifacts/NAME --root \(root) --nodes \(nodes)' first")
+        }
+    }
+}
+
+/// Re-reads server.yaml and applies what a running server can change: the log level and the DHCP
+/// policy knobs. Keys that need a restart are named in the log; a broken file is rejected with its
+/// located error and the settings in force stay.
+final class ConfigReloader: Sendable {
+    private let path: String?
+    private let flags: ServerConfigFile
+    private let baseline: DHCPServerConfiguration
+    private let levels: LogLevelControl
+    private let dhcp: DHCPServer?
+    private let logger: Logger
+    /// What the running server was started with or last reloaded to (flags merged over the file).
+    private let current: Mutex<ServerConfigFile>
+
+    init(path: String?, flags: ServerConfigFile, current: ServerConfigFile, baseline: DHCPServerConfiguration,
+         levels: LogLevelControl, dhcp: DHCPServer?, logger: Logger) {
+        self.path = path
+        self.flags = flags
+        self.current = Mutex(current)
+        self.baseline = baseline
+        self.levels = levels
+        self.dhcp = dhcp
+        self.logger = logger
+    }
+
+    /// Called by the one reload service, so reloads never overlap.
+    func reload() async {
+        guard let path else { return }
+        let name = (path as NSString).lastPathComponent
+        let next: ServerConfigFile
+        do {
+            next = flags.overriding(try ServerConfigFile.load(path: path))
+        } catch {
+            logger.error("\(name) rejected, the settings in force stay: \(error)")
+            return
+        }
+        let (applied, restart, running) = current.withLock { current in
+            let (applied, restart) = next.changes(from: current)
+            // Keys that need a restart keep their running values until then.
+            current = current.takingReloadable(from: next)
+            return (applied, restart, current)
+        }
+        if applied.isEmpty && restart.isEmpty {
+            logger.notice("reloaded \(name): no setting changed")
+            return
+        }
+        levels.level = running.logLevel ?? .info
+        await dhcp?.reconfigure(running.applyDHCP(to: baseline))
+        var message = "reloaded \(name)"
+        message += applied.isEmpty ? ": nothing applied" : ": applied \(applied.joined(separator: ", "))"
+        if !restart.isEmpty { message += "; needs a restart to take effect: \(restart.joined(separator: ", "))" }
+        logger.notice("\(message)")
+    }
+}
+
+/// The log level of a running server, changeable on reload (server.yaml `log.level`): every logger
+/// reads it on each call, so a reload applies to loggers created before it. An atomic, not a lock:
+/// the level is checked on every log call, also on per-packet paths.
+public final class LogLevelControl: Sendable {
+    private let raw: Atomic<Int>
+
+    public init(_ level: Logger.Level) { raw = Atomic(Self.all.firstIndex(of: level) ?? 2) }
+
+    public var level: Logger.Level {
+        get { Self.all[raw.load(ordering: .relaxed)] }
+        set { raw.store(Self.all.firstIndex(of: newValue) ?? 2, ordering: .relaxed) }
+    }
+
+    private static let all = Logger.Level.allCases
+}

@@ -1,0 +1,111 @@
+import BootProtocols
+@testable import BootServer
+import Foundation
+import ImageBuildKit
+import Logging
+import Prometheus
+import Testing
+
+/// The whole server in this process: settings resolved once, TFTP and HTTP bound on loopback, a reload
+/// that picks up nodes.yaml and server.yaml, and a graceful shutdown. (`ServeReloadTests` drives the
+/// same through the binary and real signals.)
+@Suite("BootServices: the server assembled, reloaded and stopped in process")
+struct BootServicesTests {
+    @Test("defaults are applied once, and a combination that cannot run is refused")
+    func settings() throws {
+        let defaults = try BootServices.Settings(ServerConfigFile())
+        #expect(defaults.root == "tftpboot" && defaults.nodes == "nodes.yaml" && !defaults.nodesNamed)
+        #expect(defaults.listen == "0.0.0.0" && defaults.stateDirectory == "/var/lib/imagebuild")
+        #expect(defaults.dhcpPort == 67 && defaults.tftpPort == 69 && defaults.httpPort == nil)
+        #expect(defaults.dhcp && defaults.tftp && defaults.http && !defaults.proxyDHCP && !defaults.reportTokens)
+        #expect(defaults.pollInterval == 0.5 && defaults.logLevel == .info && defaults.logFormat == "text")
+
+        var off = ServerConfigFile()
+        off.dhcp.enabled = false
+        off.tftp.enabled = false
+        off.http.enabled = false
+        #expect(throws: StartupError.self) { try BootServices.Settings(off) }
+        var proxy = ServerConfigFile()
+        proxy.dhcp.enabled = false
+        proxy.dhcp.proxy = true
+        #expect(throws: StartupError.self) { try BootServices.Settings(proxy) }
+
+        // Flags win over the file.
+        let file = try ServerConfigFile.parse("root: /srv/boot\ntftp: {port: 6969}\n", file: "server.yaml", folder: "/etc")
+        var flags = ServerConfigFile()
+        flags.tftp.port = 1069
+        let merged = try BootServices.Settings(flags.overriding(file))
+        #expect(merged.root == "/srv/boot" && merged.tftpPort == 1069)
+    }
+
+    @Test("a missing boot root is a start-up error that says what to run")
+    func missingRoot() async throws {
+        var flags = ServerConfigFile()
+        flags.root = "/nonexistent/root"
+        let settings = try BootServices.Settings(flags)
+        await #expect(throws: StartupError.self) {
+            _ = try await BootServices(settings: settings, flags: flags, configPath: nil, logLevel: LogLevelControl(.info),
+                                       metrics: PrometheusCollectorRegistry())
+        }
+    }
+
+    @Test("TFTP and HTTP serve, a reload applies nodes.yaml and server.yaml, shutdown returns")
+    func serveReloadShutdown() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        let nodes = fixture.base + "/nodes.yaml"
+        let config = fixture.base + "/server.yaml"
+        let inventory = """
+            network: {server: 127.0.0.1, subnet: 127.0.0.0/8, http_port: 8080}
+            nodes:
+              - {mac: "52:54:00:aa:00:01", hostname: alpha, image: compute}
+
+            """
+        try inventory.write(toFile: nodes, atomically: true, encoding: .utf8)
+        try "log: {level: info}\ninventory: {poll_interval: 0}\n".write(toFile: config, atomically: true, encoding: .utf8)
+        var flags = ServerConfigFile()
+        flags.root = fixture.root
+        flags.nodes = nodes
+        flags.stateDirectory = fixture.state
+        flags.listen = "127.0.0.1"
+        flags.dhcp.enabled = false
+        flags.tftp.port = 0
+        flags.http.port = 0
+        let level = LogLevelControl(.info)
+        let settings = try BootServices.Settings.load(flags: flags, configPath: config)
+        #expect(settings.pollInterval == 0)
+        let services = try await BootServices(settings: settings, flags: flags, configPath: config, logLevel: level,
+                                              metrics: PrometheusCollectorRegistry(), logger: quietLogger)
+        #expect(services.dhcp == nil && services.tftp != nil && services.http != nil)
+        let tftpPort = try #require(services.tftpAddress?.port)
+
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await services.run(signals: false) }
+            let port = try #require(try await services.http?.listeningAddress().port)
+
+            // Both protocols serve the root.
+            let file = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            #expect(file.status == 200 && String(decoding: file.body, as: UTF8.self) == "DEFAULT imagebuild\n")
+            let tftp = try await runCommand(["curl", "-sS", "tftp://127.0.0.1:\(tftpPort)/pxelinux.cfg/default"], timeoutSeconds: 20)
+            #expect(tftp.status == 0 && tftp.output == "DEFAULT imagebuild\n", "\(tftp.output)")
+
+            // nodes.yaml and server.yaml change; one reload applies both.
+            let stranger = "/boot/v1/bootscript?mac=52:54:00:aa:00:02"
+            #expect(String(decoding: try await RawHTTP.get(port: port, stranger).body, as: UTF8.self).contains("not registered"))
+            try (inventory + "  - {mac: \"52:54:00:aa:00:02\", hostname: beta, image: compute}\n")
+                .write(toFile: nodes, atomically: true, encoding: .utf8)
+            try "log: {level: debug}\ninventory: {poll_interval: 0}\n".write(toFile: config, atomically: true, encoding: .utf8)
+            services.requestReload()
+            #expect(await eventually { level.level == .debug && services.inventory?.current.inventory.nodes.count == 2 })
+            #expect(String(decoding: try await RawHTTP.get(port: port, stranger).body, as: UTF8.self).contains("beta (52:54:00:aa:00:02) boots compute"))
+
+            // A broken server.yaml is rejected; the level in force stays.
+            try "log: {level: loud}\n".write(toFile: config, atomically: true, encoding: .utf8)
+            await services.reload()
+            #expect(level.level == .debug)
+
+            await services.shutdown()
+            try await tasks.waitForAll()
+        }
+    }
+}
