@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way: imagebuild (CLI) -> BootServer -> {BootProtocols, ImageBuildKit};
-// ImageBuildKit -> CArchive. See ../shared/DESIGN.md.
+// ImageBuildKit -> CArchive. See docs/architecture.md.
 let package = Package(
     name: "imagebuild",
     platforms: [.macOS(.v14)],
@@ -22,6 +22,10 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        // Hummingbird's own dependencies, imported directly by the HTTP fast path (HTTP field names,
+        // the NIO <-> HTTPTypes handlers).
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras", from: "1.20.0"),
     ],
     targets: [
         .systemLibrary(
@@ -62,6 +66,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Crypto", package: "swift-crypto"),

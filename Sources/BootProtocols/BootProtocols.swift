@@ -1,2 +1,2 @@
 // BootProtocols: DHCPv4 and TFTP wire types, codecs and state machines.
-// Pure: no sockets, no clocks; time enters as an event. See ../shared/STYLE.md §1.
+// Pure: no sockets, no clocks; time enters as an event (docs/architecture.md).

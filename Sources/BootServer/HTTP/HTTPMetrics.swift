@@ -58,9 +58,8 @@ final class HTTPMetrics: Sendable {
         nodesByStage = stages
         unattributed = registry.makeGauge(descriptor: Self.name("imagebuild_timeline_unattributed_events", "TFTP/HTTP requests from addresses no node is known at"))
         bootDuration = registry.makeDurationHistogram(
-            name: "imagebuild_boot_duration_seconds", labels: [],
-            buckets: [10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600].map { Duration.seconds($0) },
-            help: "Boots that reached up: first DHCP or file of the boot to the node's up report")
+            descriptor: Self.name("imagebuild_boot_duration_seconds", "Boots that reached up: first DHCP or file of the boot to the node's up report"),
+            labels: [], buckets: [10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600].map { Duration.seconds($0) })
         inventoryRejected = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_rejected", "1 while the last change to nodes.yaml was rejected (the previous inventory is in force)"))
         inventoryUnpublished = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_unpublished_changes", "Nodes and ranges of nodes.yaml that differ from the published generation (run imagebuild publish)"))
         publishedGeneration = registry.makeGauge(descriptor: Self.name("imagebuild_published_generation", "The generation the boot root serves (0: nothing published)"))

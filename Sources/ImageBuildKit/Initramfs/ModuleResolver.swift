@@ -346,7 +346,7 @@ struct ModuleIndex: Sendable {
         for candidate in Set(modules.map(\.name)).union(builtIn) {
             let bytes = Array(candidate.utf8)
             let isPrefix = query.count >= 3 && bytes.starts(with: query)
-            guard let distance = ModuleNameDistance.levenshtein(query, bytes, limit: isPrefix ? Int.max : limit) else { continue }
+            guard let distance = editDistance(query, bytes, limit: isPrefix ? Int.max : limit) else { continue }
             scored.append((isPrefix ? 0 : 1, distance, candidate))
         }
         return scored.sorted { ($0.0, $0.1, $0.2) < ($1.0, $1.1, $1.2) }.prefix(3).map(\.2)
@@ -531,29 +531,5 @@ struct ModuleWalk {
                 stack.append(try frame(child.id))
             }
         }
-    }
-}
-
-/// Levenshtein distance with an early exit once every cell of a row passes
-/// `limit` (the answer then is nil): ~4000 names are scored per unknown name.
-enum ModuleNameDistance {
-    static func levenshtein(_ a: [UInt8], _ b: [UInt8], limit: Int) -> Int? {
-        if abs(a.count - b.count) > limit { return nil }
-        if a.isEmpty { return b.count }
-        if b.isEmpty { return a.count }
-        var previous = Array(0...b.count)
-        var current = [Int](repeating: 0, count: b.count + 1)
-        for i in 1...a.count {
-            current[0] = i
-            var best = current[0]
-            for j in 1...b.count {
-                let cost = a[i - 1] == b[j - 1] ? 0 : 1
-                current[j] = Swift.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-                best = Swift.min(best, current[j])
-            }
-            if best > limit { return nil }
-            swap(&previous, &current)
-        }
-        return previous[b.count] <= limit ? previous[b.count] : nil
     }
 }

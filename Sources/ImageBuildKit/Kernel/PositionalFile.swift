@@ -45,19 +45,28 @@ final class PositionalFile {
         guard offset >= 0, count > 0, offset < size else { return [] }
         let wanted = min(count, size - offset)
         var result = [UInt8](repeating: 0, count: wanted)
-        var done = 0
-        while done < wanted {
-            let n = result.withUnsafeMutableBytes { raw in
-                pread(fd, raw.baseAddress! + done, wanted - done, off_t(offset + done))
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Failure(call: "pread", code: errno)
-            }
-            if n == 0 { break }
-            done += n
-        }
+        let (done, code) = result.withUnsafeMutableBytes { preadFully(fd, into: $0, offset: offset) }
+        if code != 0 { throw Failure(call: "pread", code: code) }
         if done < wanted { result.removeLast(wanted - done) }
         return result
     }
+}
+
+/// Fills `buffer` from `descriptor` at `offset` with pread(2), retrying short reads and EINTR: the one
+/// read loop the kernel and ELF readers and the boot server's file reads share.
+/// - Returns: the bytes read (fewer than `buffer.count` when the file ended first) and the errno that
+///   stopped the read early (0 if none).
+public func preadFully(_ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: Int) -> (count: Int, errno: Int32) {
+    var done = 0
+    while done < buffer.count {
+        let result = pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+        if result > 0 {
+            done += result
+        } else if result == 0 {
+            break
+        } else if errno != EINTR {
+            return (done, errno)
+        }
+    }
+    return (done, 0)
 }

@@ -59,20 +59,29 @@ public func closestMatch(to word: String, in candidates: [String]) -> String? {
     return distance <= max(2, word.count / 3) ? name : nil
 }
 
-/// Levenshtein distance over Unicode scalars, O(n*m) time, O(m) memory.
+/// Levenshtein distance over Unicode scalars.
 public func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a.unicodeScalars), b = Array(b.unicodeScalars)
+    editDistance(Array(a.unicodeScalars), Array(b.unicodeScalars))!
+}
+
+/// Levenshtein distance, O(n*m) time and O(m) memory, with an early exit: nil as soon as every cell
+/// of a row passes `limit` (the module resolver scores ~4000 names per unknown name).
+public func editDistance<Element: Equatable>(_ a: [Element], _ b: [Element], limit: Int = .max) -> Int? {
+    if abs(a.count - b.count) > limit { return nil }
     if a.isEmpty { return b.count }
     if b.isEmpty { return a.count }
     var previous = Array(0...b.count)
     var current = [Int](repeating: 0, count: b.count + 1)
     for i in 1...a.count {
         current[0] = i
+        var best = current[0]
         for j in 1...b.count {
             let cost = a[i - 1] == b[j - 1] ? 0 : 1
             current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            best = min(best, current[j])
         }
+        if best > limit { return nil }
         swap(&previous, &current)
     }
-    return previous[b.count]
+    return previous[b.count] <= limit ? previous[b.count] : nil
 }
