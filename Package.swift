@@ -99,15 +99,18 @@ let package = Package(
             ],
             path: "Sources/BootStorm"
         ),
+        // What the test targets share (Tests/TestSupport): the process runner, the network-namespace
+        // lab and the snapshot helper. Foundation and Testing only; see docs/testing.md.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Snapshots are read through #filePath too (re-recording writes into the source tree).
-        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit"], exclude: ["Snapshots"]),
+        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit", "TestSupport"], exclude: ["Snapshots"]),
         // Fixtures are read through #filePath (so re-recording writes into the source tree).
-        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols"], exclude: ["Fixtures"]),
+        .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(
             name: "BootServerTests",
-            dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", "DatagramIO",
+            dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", "DatagramIO", "TestSupport",
                            .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit", "TestSupport"]),
     ]
 )

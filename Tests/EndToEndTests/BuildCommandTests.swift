@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 extension EndToEnd {
@@ -128,27 +129,41 @@ extension EndToEnd {
             #expect(leftovers.isEmpty, "left over: \(leftovers)")
         }
 
+        static let squashfsTools = Harness.have("mksquashfs") && Harness.have("unsquashfs")
+
+        /// The minimal recipe with `format: squashfs`, built once for the two tests below.
+        static let squashfsBuild: Swift.Result<String, HarnessError> = {
+            let dir = Harness.temporaryDirectory("sqfs")
+            do {
+                let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
+                let recipe = minimal.replacingOccurrences(of: "name: minimal", with: "name: minimal-sqfs")
+                    .replacingOccurrences(of: "format: tar.gz", with: "format: squashfs")
+                try recipe.write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
+                let result = try Harness.imagebuild([dir + "/recipe.yaml", "--out", dir], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
+                guard result.status == 0 else { return .failure(HarnessError("squashfs build failed: \(result.stderr)")) }
+                return .success(dir + "/minimal-sqfs")
+            } catch {
+                return .failure(HarnessError("squashfs build: \(error)"))
+            }
+        }()
+
         @Test("image format squashfs: a squashfs image, and loop/squashfs/overlay in stage 1",
-              .enabled(if: Harness.have("mksquashfs") && Harness.have("unsquashfs"), "squashfs-tools not installed"))
+              .enabled(if: squashfsTools, "squashfs-tools not installed (scripts/setup installs them)"))
         func squashfsImage() async throws { try await Harness.blocking { try Self().squashfsImageOnThread() } }
         func squashfsImageOnThread() throws {
-            let dir = Harness.temporaryDirectory("sqfs")
-            defer { try? FileManager.default.removeItem(atPath: dir) }
-            let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
-            let recipe = minimal.replacingOccurrences(of: "name: minimal", with: "name: minimal-sqfs")
-                .replacingOccurrences(of: "format: tar.gz", with: "format: squashfs")
-            try recipe.write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
-            let result = try Harness.imagebuild([dir + "/recipe.yaml", "--out", dir], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
-            try #require(result.status == 0, "\(result.stderr)")
-            let listing = try Harness.shell("unsquashfs -l \(dir)/minimal-sqfs/image.squashfs")
+            let artifacts = try Self.squashfsBuild.get()
+            let listing = try Harness.shell("unsquashfs -l \(artifacts)/image.squashfs")
             #expect(listing.stdout.contains("squashfs-root/etc/init.d/rcS"))
-            #expect(try String(contentsOfFile: dir + "/minimal-sqfs/cmdline", encoding: .utf8).contains("imagebuild.format=squashfs"))
-            let manifest = try String(contentsOfFile: dir + "/minimal-sqfs/manifest.json", encoding: .utf8)
+            #expect(try String(contentsOfFile: artifacts + "/cmdline", encoding: .utf8).contains("imagebuild.format=squashfs"))
+            let manifest = try String(contentsOfFile: artifacts + "/manifest.json", encoding: .utf8)
             for module in ["\"loop\"", "\"squashfs\"", "\"overlay\""] { #expect(manifest.contains(module), "\(module) not in stage 1") }
+        }
 
-            // And it boots: stage 1 mounts the squashfs read-only under a tmpfs overlay.
-            guard QEMU.available else { return }
-            let artifacts = dir + "/minimal-sqfs"
+        @Test("a squashfs image boots: stage 1 mounts it read-only under a tmpfs overlay",
+              .enabled(if: squashfsTools && QEMU.available, "needs squashfs-tools and qemu-system-x86_64 (scripts/setup installs them)"))
+        func squashfsImageBoots() async throws { try await Harness.blocking { try Self().squashfsImageBootsOnThread() } }
+        func squashfsImageBootsOnThread() throws {
+            let artifacts = try Self.squashfsBuild.get()
             let http = try LoopbackHTTPServer(root: artifacts)
             let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.squashfs imagebuild.onfail=reboot")
             defer { vm.console.stop(); http.server.stop() }

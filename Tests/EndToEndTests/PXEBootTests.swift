@@ -1,12 +1,13 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// Real machines network-boot from `imagebuild serve` (its own DHCP, TFTP and HTTP) on a private
 /// network: QEMU's iPXE ROM (BIOS) and EDK2's own PXE client (UEFI) on taps in a namespace.
 extension EndToEnd {
     @Suite("Network boot from imagebuild serve", .serialized,
-           .enabled(if: QEMU.available && NetworkLab.unavailableReason == nil,
-                    "needs qemu-system-x86_64, /dev/net/tun and network namespaces: \(NetworkLab.unavailableReason ?? "qemu missing")"))
+           .enabled(if: QEMU.available && BootLab.unavailableReason == nil,
+                    "needs qemu-system-x86_64, /dev/net/tun and network namespaces: \(BootLab.unavailableReason ?? "qemu missing")"))
     struct PXEBootTests {
         /// node001 boots through pxelinux and its 01-<mac> file; node004 keeps iPXE (its boot script);
         /// node005 is UEFI. Machines not listed get pxelinux (`defaults.loader`) and one of the two pool
@@ -31,7 +32,7 @@ extension EndToEnd {
 
         /// A published boot root and a running `imagebuild serve` (all three services) in a fresh lab.
         final class Site {
-            let lab: NetworkLab
+            let lab: BootLab
             let root: String
             let nodesFile: String
             /// `server.yaml` for serve, if the test gave one.
@@ -41,7 +42,7 @@ extension EndToEnd {
 
             init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil) throws {
                 let artifacts = try Harness.minimal.get()
-                lab = try NetworkLab()
+                lab = try BootLab()
                 root = lab.directory + "/tftpboot"
                 nodesFile = lab.directory + "/nodes.yaml"
                 try nodes.write(toFile: nodesFile, atomically: true, encoding: .utf8)
@@ -58,7 +59,7 @@ extension EndToEnd {
                 starts = 1
             }
 
-            static func startServe(lab: NetworkLab, root: String, nodes: String, config: String? = nil, number: Int) throws -> BackgroundProcess {
+            static func startServe(lab: BootLab, root: String, nodes: String, config: String? = nil, number: Int) throws -> BackgroundProcess {
                 let process = try lab.start("serve-\(number)", [
                     Harness.binary, "serve", "--root", root, "--nodes", nodes, "--interface", "br0",
                     "--listen", lab.serverAddress, "--log-level", "debug", "--state-dir", lab.directory + "/state"]

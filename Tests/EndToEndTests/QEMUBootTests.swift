@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// QEMU as a real machine: boots the built kernel + initramfs, whose stage 1

@@ -10,7 +10,7 @@ import Testing
 extension EndToEnd {
     @Suite("Boot time against dnsmasq + nginx", .serialized,
            .enabled(if: ProcessInfo.processInfo.environment["IMAGEBUILD_BENCH_REFERENCE"] == "1"
-                    && QEMU.available && NetworkLab.unavailableReason == nil && Harness.have("nginx"),
+                    && QEMU.available && BootLab.unavailableReason == nil && Harness.have("nginx"),
                     "opt-in benchmark: IMAGEBUILD_BENCH_REFERENCE=1 (needs qemu, nginx, dnsmasq, namespaces)"))
     struct ReferenceStackBenchmark {
         enum Stack: String, CaseIterable { case imagebuild, reference }
@@ -20,7 +20,7 @@ extension EndToEnd {
 
         /// Starts the reference stack on a published root: dnsmasq hands out the same addresses and boot
         /// files (`lpxelinux.0`; the iPXE node gets its static script from publish) and serves TFTP; nginx serves HTTP.
-        static func startReference(lab: NetworkLab, root: String) throws {
+        static func startReference(lab: BootLab, root: String) throws {
             let conf = lab.directory + "/nginx.conf"
             try """
                 daemon off;
@@ -60,7 +60,7 @@ extension EndToEnd {
 
         /// One run: a fresh lab, `count` VMs started together; seconds from QEMU start to each NODE-UP.
         static func run(_ stack: Stack, count: Int) throws -> [Double?] {
-            let lab = try NetworkLab()
+            let lab = try BootLab()
             defer { lab.close() }
             let root = lab.directory + "/tftpboot"
             let nodesFile = lab.directory + "/nodes.yaml"

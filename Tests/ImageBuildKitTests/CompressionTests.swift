@@ -1,5 +1,6 @@
 import CArchive
 import Foundation
+import TestSupport
 import ImageBuildKit
 import Testing
 
@@ -126,13 +127,7 @@ func zlibGunzip(_ gz: [UInt8]) throws -> [UInt8] {
     return output
 }
 
-func toolPath(_ name: String) -> String? {
-    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
-        let candidate = "\(directory)/\(name)"
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-}
+func toolPath(_ name: String) -> String? { ProcessRunner.which(name) }
 
 /// A temporary directory removed when the value is dropped.
 final class TempDirectory {
@@ -151,30 +146,11 @@ struct ToolResult {
     let stderr: String
 }
 
-/// Runs a tool with stdin from a file (or /dev/null) and output to files, so
-/// no pipe can fill up.
+/// Runs a tool (`ProcessRunner`: output to files, so no pipe can fill up) with stdin from a file
+/// (or /dev/null).
 func runTool(_ tool: String, _ arguments: [String], stdinPath: String? = nil, in directory: TempDirectory) throws -> ToolResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: toolPath(tool)!)
-    process.arguments = arguments
-    let outPath = directory.path("tool-\(UUID().uuidString).out")
-    let errPath = directory.path("tool-\(UUID().uuidString).err")
-    _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-    _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-    let outHandle = FileHandle(forWritingAtPath: outPath)!
-    let errHandle = FileHandle(forWritingAtPath: errPath)!
-    process.standardInput = stdinPath.map { FileHandle(forReadingAtPath: $0)! } ?? FileHandle.nullDevice
-    process.standardOutput = outHandle
-    process.standardError = errHandle
-    try process.run()
-    process.waitUntilExit()
-    try outHandle.close()
-    try errHandle.close()
-    let stdout = [UInt8](try Data(contentsOf: URL(fileURLWithPath: outPath)))
-    let stderr = String(decoding: try Data(contentsOf: URL(fileURLWithPath: errPath)), as: UTF8.self)
-    try? FileManager.default.removeItem(atPath: outPath)
-    try? FileManager.default.removeItem(atPath: errPath)
-    return ToolResult(status: process.terminationStatus, stdout: stdout, stderr: stderr)
+    let result = try ProcessRunner.run(toolPath(tool)!, arguments, stdin: stdinPath, timeout: 600)
+    return ToolResult(status: result.status, stdout: [UInt8](result.stdoutData), stderr: result.stderr)
 }
 
 func write(_ bytes: [UInt8], to path: String) throws {

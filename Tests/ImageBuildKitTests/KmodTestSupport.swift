@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// Temporary directories and small process helpers for the kernel, module
 /// and ELF tests. Everything is created under the system temporary directory.
@@ -29,18 +30,9 @@ enum KmodTestSupport {
     /// Runs a program and returns its standard output; nil if it cannot run
     /// or exits non-zero.
     static func run(_ executable: String, _ arguments: [String]) -> String? {
-        guard FileManager.default.isExecutableFile(atPath: executable) else { return nil }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        do { try process.run() } catch { return nil }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { return nil }
-        return String(decoding: data, as: UTF8.self)
+        guard FileManager.default.isExecutableFile(atPath: executable),
+              let result = try? ProcessRunner.run(executable, arguments, timeout: 300), result.status == 0 else { return nil }
+        return result.stdout
     }
 
     /// A Unix `ar` archive as dpkg writes it (a .deb is one).

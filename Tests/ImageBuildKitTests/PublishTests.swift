@@ -1,16 +1,12 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import ImageBuildKit
 
-/// Golden files for rendered boot configuration. `RECORD_SNAPSHOTS=1 swift test` rewrites them.
-func assertSnapshot(_ text: String, named name: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) throws {
+/// Golden files for rendered boot configuration, in Snapshots/ (`Snapshot`: `IMAGEBUILD_RECORD=1` re-records them).
+func assertSnapshot(_ text: String, named name: String, sourceLocation: Testing.SourceLocation = #_sourceLocation) {
     let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Snapshots/\(name)").path
-    if ProcessInfo.processInfo.environment["RECORD_SNAPSHOTS"] != nil {
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return
-    }
-    let expected = try String(contentsOfFile: path, encoding: .utf8)
-    #expect(text == expected, "\(name) differs from its snapshot (RECORD_SNAPSHOTS=1 to re-record)", sourceLocation: sourceLocation)
+    Snapshot.expect(text, matches: path, sourceLocation: sourceLocation)
 }
 
 let sampleInventory = """
@@ -101,14 +97,14 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         let node = inventory.node(mac: MAC("52:54:00:77:00:01")!)!
         let resolved = inventory.resolved(node)
         let target = BootTarget(title: "node001 (52:54:00:77:00:01)", image: sampleImage("compute"), cmdline: resolved.cmdline)
-        try assertSnapshot(renderer.pxelinuxConfig(target), named: "pxelinux-node-lpxelinux.cfg")
-        try assertSnapshot(renderer.ipxeScript(target), named: "node.ipxe")
-        try assertSnapshot(renderer.bootIPXE(bootScriptURL: inventory.network.httpBase + BootPlan.bootScriptPath), named: "boot.ipxe")
-        try assertSnapshot(renderer.pxelinuxUnregistered(), named: "pxelinux-unregistered.cfg")
-        try assertSnapshot(renderer.ipxeUnregistered(), named: "unregistered.ipxe")
+        assertSnapshot(renderer.pxelinuxConfig(target), named: "pxelinux-node-lpxelinux.cfg")
+        assertSnapshot(renderer.ipxeScript(target), named: "node.ipxe")
+        assertSnapshot(renderer.bootIPXE(bootScriptURL: inventory.network.httpBase + BootPlan.bootScriptPath), named: "boot.ipxe")
+        assertSnapshot(renderer.pxelinuxUnregistered(), named: "pxelinux-unregistered.cfg")
+        assertSnapshot(renderer.ipxeUnregistered(), named: "unregistered.ipxe")
         var tftp = inventory.network
         tftp.biosLoader = "pxelinux.0"
-        try assertSnapshot(BootRenderer(network: tftp).pxelinuxConfig(target), named: "pxelinux-node-tftp.cfg")
+        assertSnapshot(BootRenderer(network: tftp).pxelinuxConfig(target), named: "pxelinux-node-tftp.cfg")
     }
 }
 
@@ -196,7 +192,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
     }
 }
 
-/// Publishing into a real boot root, with fault injection at every step.
+/// Publishing into a real boot root (killed at every step: EndToEndTests/PublishKillTests).
 @Suite(.serialized) struct PublisherTests {
     let dir = TemporaryDirectory("publish")
 
@@ -217,7 +213,8 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         return path
     }
 
-    var bootloadersInstalled: Bool { Publisher.bootloaders.allSatisfy { FileManager.default.fileExists(atPath: $0.source) } }
+    static let bootloadersInstalled = Publisher.bootloaders.allSatisfy { FileManager.default.fileExists(atPath: $0.source) }
+    static let needsBootloaders: Comment = "needs pxelinux, syslinux-common and ipxe (scripts/setup installs them)"
 
     /// Every file a node could fetch: the boot files and configuration under the
     /// root's top-level names, and the image versions publish.json points at.
@@ -236,8 +233,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         return result
     }
 
-    @Test func publishesLayoutAndIndex() throws {
-        try #require(bootloadersInstalled, "pxelinux, syslinux-common and ipxe must be installed")
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func publishesLayoutAndIndex() throws {
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
         let root = dir.path + "/tftpboot"
         let index = try Publisher(root: root, inventory: inventory).publish(artifacts: [try artifact("minimal", content: "v1")])
@@ -262,37 +258,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(throws: PublishError.self) { try Publisher(root: dir.path + "/r", inventory: inventory).publish(artifacts: [path]) }
     }
 
-    @Test func killedPublishLeavesTheRootWhole() throws {
-        try #require(bootloadersInstalled)
-        let binary = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/.build/debug/imagebuild"
-        let bundled = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/imagebuild"
-        let tool = FileManager.default.isExecutableFile(atPath: bundled) ? bundled : binary
-        try #require(FileManager.default.isExecutableFile(atPath: tool), "imagebuild binary not built")
-        let root = dir.path + "/tftpboot"
-        let nodes = dir.write("nodes.yaml", sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"))
-        let v1 = try artifact("minimal", content: "v1")
-        try sh("\(tool) publish \(v1) --root \(root) --nodes \(nodes)")
-        let before = try fetchable(root)
-        let v2 = try artifact("minimal", content: "v2")
-        for point in ["image-copied", "images-done", "generation-files", "generation-written", "before-switch"] {
-            _ = try? sh("IMAGEBUILD_FAULT=publish:\(point) \(tool) publish \(v2) --root \(root) --nodes \(nodes) 2>/dev/null")
-            #expect(try fetchable(root) == before, "the root changed after a kill at \(point)")
-        }
-        _ = try? sh("IMAGEBUILD_FAULT=publish:after-switch \(tool) publish \(v2) --root \(root) --nodes \(nodes) 2>/dev/null")
-        let after = try fetchable(root)
-        #expect(after != before)
-        #expect(after.keys.contains { $0.hasPrefix("./images/minimal/") && after[$0] == (try? sha256File(v2 + "/vmlinuz").digest) })
-        // A clean publish afterwards clears what the killed ones left, and rollback returns to v1's files.
-        try sh("\(tool) publish \(v2) --root \(root) --nodes \(nodes)")
-        let leftovers = try sh("cd \(root) && find . -name '*.tmp-*'")
-        #expect(leftovers.isEmpty, "left over: \(leftovers)")
-        try sh("\(tool) publish --rollback --root \(root)")
-        try sh("\(tool) publish --rollback --root \(root)")
-        #expect(try fetchable(root) == before, "two rollbacks (v2 -> v2 -> v1) do not give v1's files back")
-    }
-
-    @Test func keepsTheLastNVersions() throws {
-        try #require(bootloadersInstalled)
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func keepsTheLastNVersions() throws {
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
         let root = dir.path + "/keep"
         for version in 1...5 {
@@ -310,8 +276,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         try FileManager.default.contentsOfDirectory(atPath: root + "/.publish").filter { $0.hasPrefix("gen-") }.sorted()
     }
 
-    @Test func aFailedPublishAfterARollbackLosesNothing() throws {
-        try #require(bootloadersInstalled)
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func aFailedPublishAfterARollbackLosesNothing() throws {
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
         let root = dir.path + "/failed-after-rollback"
         let publisher = Publisher(root: root, inventory: inventory)
@@ -350,8 +315,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(!FileManager.default.fileExists(atPath: root), "a failed publish created \(root)")
     }
 
-    @Test func publishingAfterARollbackKeepsTheRolledBackFromGeneration() throws {
-        try #require(bootloadersInstalled)
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func publishingAfterARollbackKeepsTheRolledBackFromGeneration() throws {
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
         let root = dir.path + "/publish-after-rollback"
         let publisher = Publisher(root: root, inventory: inventory)
@@ -368,8 +332,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(throws: PublishError.self) { try Publisher.rollback(root: root) }
     }
 
-    @Test func refusesToTakeOverUnmanagedFiles() throws {
-        try #require(bootloadersInstalled)
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func refusesToTakeOverUnmanagedFiles() throws {
         let inventory = try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml")
         let root = dir.path + "/unmanaged"
         try FileManager.default.createDirectory(atPath: root + "/pxelinux.cfg", withIntermediateDirectories: true)

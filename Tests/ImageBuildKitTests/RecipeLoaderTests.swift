@@ -114,11 +114,12 @@ import Testing
         #expect(error(Self.minimal + "\ndirectories:\n  - {path: /a, owner: \"a:b:c\"}\n").contains("bad owner 'a:b:c'"))
     }
 
-    @Test func shippedRecipesLoad() throws {
+    // minimal.yaml is for a host set up by scripts/setup (busybox-static, a kernel); busybox stands for that.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/bin/busybox"), "needs a host set up by scripts/setup (busybox-static)"))
+    func shippedRecipesLoad() throws {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         for name in ["minimal.yaml"] {
             let path = repo.appendingPathComponent("recipes/\(name)").path
-            guard FileManager.default.fileExists(atPath: "/bin/busybox") else { return }
             let recipe = try RecipeLoader.load(path: path)
             #expect(recipe.name == "minimal")
         }

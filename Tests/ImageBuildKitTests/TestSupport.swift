@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 @testable import ImageBuildKit
 
 /// A temporary directory removed when the value is released.
@@ -19,20 +20,12 @@ final class TemporaryDirectory {
     }
 }
 
-/// Runs a host command, returning stdout; fails the test on a non-zero exit.
+/// Runs a host command (`ProcessRunner.shell`), returning stdout; throws on a non-zero exit.
 @discardableResult
 func sh(_ command: String, in directory: String? = nil) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", command]
-    if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-    let out = Pipe()
-    process.standardOutput = out
-    try process.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    if process.terminationStatus != 0 {
-        throw ToolError(command: [command], status: process.terminationStatus, stderr: String(decoding: data, as: UTF8.self))
+    let result = try ProcessRunner.shell(command, directory: directory, timeout: 600)
+    if result.status != 0 {
+        throw ToolError(command: [command], status: result.status, stderr: result.output)
     }
-    return String(decoding: data, as: UTF8.self)
+    return result.stdout
 }

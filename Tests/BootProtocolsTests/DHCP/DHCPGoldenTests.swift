@@ -1,9 +1,10 @@
 import BootProtocols
 import Foundation
+import TestSupport
 import Testing
 
 /// Golden tests over packets captured from real clients (see Fixtures/DHCP/README.md).
-/// `RECORD_GOLDEN=1` rewrites the `.txt` renderings instead of comparing.
+/// The `.txt` renderings are snapshots (`Snapshot`): `IMAGEBUILD_RECORD=1` re-records them.
 enum DHCPFixtures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().appendingPathComponent("Fixtures/DHCP", isDirectory: true)
@@ -37,13 +38,7 @@ enum DHCPFixtures {
         let raw = try DHCPFixtures.bytes(name)
         let message = try DHCPMessage(decoding: raw)
         let rendering = "# \(raw.count) bytes\n" + message.description + "\n"
-        let golden = DHCPFixtures.directory.appendingPathComponent("\(name).txt")
-        if ProcessInfo.processInfo.environment["RECORD_GOLDEN"] == "1" {
-            try rendering.write(to: golden, atomically: true, encoding: .utf8)
-        } else {
-            let expected = try String(contentsOf: golden, encoding: .utf8)
-            #expect(rendering == expected, "re-record with RECORD_GOLDEN=1 if the change is intended")
-        }
+        Snapshot.expect(rendering, matches: DHCPFixtures.directory.appendingPathComponent("\(name).txt").path)
         // What we decode, we re-encode to the same message (within the sender's own size).
         let again = try DHCPMessage(decoding: message.encoded(maxMessageSize: max(576, raw.count + 28)))
         #expect(again == message)

@@ -2,7 +2,7 @@ import Foundation
 
 /// The scripted DHCP client (Python 3, standard library only) the namespace tests run inside the client
 /// namespace: a firmware-style PXE exchange next to a proxyDHCP, a bounded DORA load loop, and a check
-/// of which address each MAC is offered. Written to a temporary file by `DHCPTestNetwork`.
+/// of which address each MAC is offered. Written into the lab by `DHCPLab.with`.
 let dhcpClientScript = #"""
 #!/usr/bin/python3
 # Scripted DHCP client for imagebuild's DHCP server tests. Modes:

@@ -3,6 +3,7 @@ import BootServer
 import Foundation
 import ImageBuildKit
 import Logging
+import TestSupport
 import Testing
 
 /// Real clients against the server, in namespaces the tests create: the server end of a veth pair
@@ -11,7 +12,7 @@ import Testing
 @Suite("DHCP server with real clients", .serialized)
 struct DHCPInteropTests {
     struct Setup {
-        let network: DHCPTestNetwork
+        let network: NamespaceLab
         let clientNamespace: String
         let hostLink: String
         let octet: Int
@@ -33,21 +34,16 @@ struct DHCPInteropTests {
     }
 
     func withSetup(mode: DHCPPolicy.Mode = .authoritative, _ body: (Setup) async throws -> Void) async throws {
-        if let reason = await DHCPTestNetwork.unavailableReason() {
-            print("skipping DHCP namespace test: \(reason)")
-            return
-        }
-        let network = try DHCPTestNetwork()
-        let octet = dhcpTestSubnetOctet()
-        do {
+        try await DHCPLab.with { network in
+            let octet = dhcpTestSubnetOctet()
             let client = try await network.addNamespace("c")
             let host = try await network.addHostVeth("s", to: client, peerName: "cl0", hostAddress: "10.213.\(octet).1/24")
-            let nodesPath = network.directory.path + "/nodes.yaml"
+            let nodesPath = network.directory + "/nodes.yaml"
             try nodesYAML(octet, pool: true).write(toFile: nodesPath, atomically: true, encoding: .utf8)
             let logger = dhcpTestLogger("dhcp-interop")
             let inventory = try InventoryStore(path: nodesPath, pollInterval: .milliseconds(200), logger: logger)
             let inventoryTask = Task { try await inventory.run() }
-            var configuration = DHCPServerConfiguration(stateDirectory: network.directory.path + "/state", mode: mode, interfaces: [host])
+            var configuration = DHCPServerConfiguration(stateDirectory: network.directory + "/state", mode: mode, interfaces: [host])
             configuration.rateLimitBurst = 1000
             let events = DHCPBox<DHCPEvent>()
             let server = DHCPServer(configuration: configuration, inventory: inventory, logger: logger, observer: { events.append($0) })
@@ -63,17 +59,13 @@ struct DHCPInteropTests {
             }
             await server.stop()
             inventoryTask.cancel()
-        } catch {
-            await network.cleanup()
-            throw error
         }
-        await network.cleanup()
     }
 
     /// udhcpc once, with a hook script that prints what it was given; returns the `bound` line if any.
     func udhcpc(_ setup: Setup, mac: String, tries: Int = 3) async throws -> String? {
         try await setup.network.setMAC(setup.clientNamespace, "cl0", mac)
-        let hook = setup.network.directory.path + "/udhcpc-hook.sh"
+        let hook = setup.network.directory + "/udhcpc-hook.sh"
         try """
         #!/bin/sh
         echo "EVENT $1 ip=$ip router=$router lease=$lease mask=$mask hostname=$hostname"
@@ -82,10 +74,11 @@ struct DHCPInteropTests {
         chmod(hook, 0o755)
         let result = try await setup.network.exec(
             setup.clientNamespace, ["udhcpc", "-i", "cl0", "-f", "-q", "-n", "-t", "\(tries)", "-T", "1", "-A", "1", "-s", hook], timeout: 30)
-        return result.output.split(separator: "\n").first { $0.hasPrefix("EVENT bound") }.map(String.init)
+        return result.stdout.split(separator: "\n").first { $0.hasPrefix("EVENT bound") }.map(String.init)
     }
 
-    @Test("udhcpc and dhclient get their fixed addresses, router and lease time; strangers get the pool; reloads apply")
+    @Test("udhcpc and dhclient get their fixed addresses, router and lease time; strangers get the pool; reloads apply",
+          .enabled(if: DHCPLab.clientsUnavailable == nil, "needs network namespaces, udhcpc and dhclient: \(DHCPLab.clientsUnavailable ?? "")"))
     func authoritative() async throws {
         try await withSetup { setup in
             // udhcpc, known node: fixed address, router, lease time, host name.
@@ -97,7 +90,7 @@ struct DHCPInteropTests {
 
             // dhclient, known node.
             try await setup.network.setMAC(setup.clientNamespace, "cl0", Self.node2)
-            let dir = setup.network.directory.path
+            let dir = setup.network.directory
             let hook = dir + "/dhclient-hook.sh"
             try """
             #!/bin/sh
@@ -107,20 +100,20 @@ struct DHCPInteropTests {
             chmod(hook, 0o755)
             try "timeout 20;\nretry 1;\n".write(toFile: dir + "/dhclient.conf", atomically: true, encoding: .utf8)
             // Foreground (-d) and spawned: a daemonised dhclient would keep the output pipe open.
-            let dhclient = try await setup.network.spawn([
-                "/usr/sbin/ip", "netns", "exec", setup.clientNamespace, "dhclient", "-1", "-d", "-v", "-cf", dir + "/dhclient.conf",
+            let dhclient = try setup.network.start("dhclient", [
+                "dhclient", "-1", "-d", "-v", "-cf", dir + "/dhclient.conf",
                 "-sf", hook, "-lf", dir + "/dhclient.leases", "-pf", dir + "/dhclient.pid", "cl0",
-            ], output: dir + "/dhclient.log")
+            ], in: setup.clientNamespace)
             let clock = ContinuousClock()
             let started = clock.now
             var out = ""
             while clock.now - started < .seconds(30) {
                 out = (try? String(contentsOfFile: dir + "/dhclient.out", encoding: .utf8)) ?? ""
-                if out.contains("reason=BOUND") || !DHCPTestNetwork.isRunning(dhclient) { break }
+                if out.contains("reason=BOUND") || !dhclient.isRunning { break }
                 try await Task.sleep(for: .milliseconds(100))
             }
-            kill(dhclient, SIGKILL)
-            let log = (try? String(contentsOfFile: dir + "/dhclient.log", encoding: .utf8)) ?? ""
+            dhclient.kill()
+            let log = dhclient.log
             let boundLine = out.split(separator: "\n").first { $0.hasPrefix("reason=BOUND") }
             #expect(boundLine == "reason=BOUND ip=\(setup.ip(12)) router=\(setup.ip(1)) lease=900", "dhclient: \(out)\n\(log)")
             _ = try? await setup.network.exec(setup.clientNamespace, ["ip", "addr", "flush", "dev", "cl0"])
@@ -176,35 +169,30 @@ struct DHCPInteropTests {
         }
     }
 
-    @Test("proxyDHCP next to dnsmasq: the PXE client gets its address from dnsmasq and its boot file from us")
+    @Test("proxyDHCP next to dnsmasq: the PXE client gets its address from dnsmasq and its boot file from us",
+          .enabled(if: DHCPLab.proxyUnavailable == nil, "needs network namespaces and dnsmasq: \(DHCPLab.proxyUnavailable ?? "")"))
     func proxyNextToDnsmasq() async throws {
-        if let reason = await DHCPTestNetwork.unavailableReason() {
-            print("skipping DHCP namespace test: \(reason)")
-            return
-        }
-        try await DHCPTestNetwork.with { network in
+        try await DHCPLab.with { network in
 
         let octet = dhcpTestSubnetOctet()
         let net = "10.213.\(octet)"
         // Bridge namespace (dnsmasq), client namespace, and our veth end on the host side.
         let bridgeNS = try await network.addNamespace("b")
         let clientNS = try await network.addNamespace("c")
-        try await network.run(["ip", "-n", bridgeNS, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
-        try await network.run(["ip", "-n", bridgeNS, "link", "set", "br0", "up"])
-        try await network.run(["ip", "-n", bridgeNS, "addr", "add", "\(net).2/24", "dev", "br0"])
+        try await network.addBridge("br0", in: bridgeNS, address: "\(net).2/24")
         let host = try await network.addHostVeth("s", to: bridgeNS, peerName: "srvp", hostAddress: "\(net).1/24")
         try await network.run(["ip", "-n", bridgeNS, "link", "set", "srvp", "master", "br0"])
         try await network.addVeth(clientNS, "cl0", bridgeNS, "clp")
         try await network.run(["ip", "-n", bridgeNS, "link", "set", "clp", "master", "br0"])
         try await network.setMAC(clientNS, "cl0", Self.node1)
 
-        let dir = network.directory.path
-        let dnsmasq = try await network.spawn([
-            "/usr/sbin/ip", "netns", "exec", bridgeNS, "/usr/sbin/dnsmasq", "--no-daemon", "--port=0", "--interface=br0",
+        let dir = network.directory
+        let dnsmasq = try network.start("dnsmasq", [
+            "dnsmasq", "--no-daemon", "--port=0", "--interface=br0",
             "--bind-interfaces", "--dhcp-range=\(net).50,\(net).99,255.255.255.0,600", "--no-ping",
             "--dhcp-leasefile=\(dir)/dnsmasq.leases", "--log-dhcp", "--conf-file=/dev/null",
-        ], output: dir + "/dnsmasq.log")
-        #expect(DHCPTestNetwork.isRunning(dnsmasq))
+        ], in: bridgeNS)
+        #expect(dnsmasq.isRunning, "dnsmasq: \(dnsmasq.log)")
 
         let nodesPath = dir + "/nodes.yaml"
         try nodesYAML(octet, pool: false).write(toFile: nodesPath, atomically: true, encoding: .utf8)
@@ -215,12 +203,12 @@ struct DHCPInteropTests {
                                 inventory: inventory, logger: logger, observer: { events.append($0) })
         try await server.start()
         try await Task.sleep(for: .milliseconds(500))  // dnsmasq binding
-        let result = try await network.exec(clientNS, ["/usr/bin/python3", dir + "/dhcp_client.py", "pxe", "cl0", Self.node1], timeout: 40)
+        let result = try await network.exec(clientNS, ["python3", DHCPLab.clientScript(in: network), "pxe", "cl0", Self.node1], timeout: 40)
         await server.stop()
-        kill(dnsmasq, SIGKILL)
+        dnsmasq.kill()
 
-        let json = try #require(result.output.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] },
-                                "client output: \(result.output)")
+        let json = try #require(result.stdout.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] },
+                                "client output: \(result.output)\ndnsmasq: \(dnsmasq.log.suffix(2000))")
         #expect(json["address_server"] as? String == "\(net).2", "address from dnsmasq: \(json)")
         let acked = json["acked"] as? String ?? ""
         #expect(acked.hasPrefix("\(net).") && (50...99).contains(Int(acked.split(separator: ".").last ?? "") ?? 0), "\(json)")
