@@ -146,9 +146,13 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         if let id = provider.cachedFileIdentifier(target), let content = id.cached, let head = id.cachedHead {
             return .content(head: head, body: isHead ? nil : content)
         }
-        guard let file = provider.recordedLargeFile(target) else { return nil }
-        if isHead { return .file(head: file.head, download: nil) }
-        guard let download = EarlyDownload(file: file, remote: context.remoteAddress, provider: provider) else { return nil }
+        if isHead {
+            guard let file = provider.recordedLargeFile(target) else { return nil }
+            return .file(head: file.head, download: nil)
+        }
+        guard let file = provider.openRecordedLargeFile(target) else { return nil }
+        let download = EarlyDownload(relative: file.relative, version: file.version, descriptor: file.descriptor,
+                                     remote: context.remoteAddress, provider: provider)
         return .file(head: file.head, download: download)
     }
 
@@ -221,30 +225,25 @@ final class EarlyDownload {
     static let maximumRegions = 64
 
     private let handle: NIOFileHandle
-    private let file: RootFileProvider.LargeFile
+    private let relative: String
+    private let size: Int64
     private let remote: SocketAddress?
     private let delivered: @Sendable (RootFileProvider.Delivery) -> Void
     private var sent: Int64 = 0
     private var outstanding = 0
     private var failure: (any Error)?
 
-    /// Nil when the file cannot be opened or is no longer the recorded version.
-    init?(file: RootFileProvider.LargeFile, remote: SocketAddress?, provider: RootFileProvider) {
-        let fd = open(file.resolved, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
-        guard fd >= 0 else { return nil }
-        var info = stat()
-        guard fstat(fd, &info) == 0, RootFileProvider.FileStat(info) == file.stat else {
-            close(fd)
-            return nil
-        }
-        handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: fd)
-        self.file = file
+    /// Takes over `descriptor`: the recorded version, opened by the provider's reader.
+    init(relative: String, version: BootFileVersion, descriptor: CInt, remote: SocketAddress?, provider: RootFileProvider) {
+        handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
+        self.relative = relative
+        size = version.size
         self.remote = remote
         delivered = provider.delivered
     }
 
     func send(through context: ChannelHandlerContext, last: EventLoopPromise<Void>?, ended: @escaping () -> Void) {
-        let size = Int(file.stat.size)
+        let size = Int(self.size)
         guard size > 0 else {
             finish(ended: ended)
             last?.succeed()
@@ -275,7 +274,7 @@ final class EarlyDownload {
 
     private func finish(ended: () -> Void) {
         try? handle.close()
-        delivered(.init(relative: file.relative, remote: remote, bytes: UInt64(sent), expected: UInt64(file.stat.size), error: failure))
+        delivered(.init(relative: relative, remote: remote, bytes: UInt64(sent), expected: UInt64(size), error: failure))
         ended()
     }
 }

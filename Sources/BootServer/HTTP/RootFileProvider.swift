@@ -6,13 +6,13 @@ import NIOPosix
 import Synchronization
 
 /// Serves files for Hummingbird's `FileMiddleware` (which does ETag, If-None-Match, If-Modified-Since,
-/// Range and HEAD) from the boot root, confined to it, with small files from memory and large ones
-/// streamed in chunks read on the thread pool (a multi-GB image never sits in memory).
+/// Range and HEAD) from the boot root, with small files from memory and large ones streamed in chunks
+/// read on the thread pool (a multi-GB image never sits in memory).
 ///
-/// Confinement: `FileMiddleware` refuses `..` after percent-decoding; here the path is resolved with
-/// realpath(3) and must stay under the root's own realpath. Symlinks inside the root work (the root is
-/// built from them: `pxelinux.cfg -> .publish/current/pxelinux.cfg`); a link that leaves it is refused
-/// with 403.
+/// What is served is `BootRootReader`'s decision, the same as TFTP's: confined to the root by
+/// `openat2(RESOLVE_BENEATH)`, regular world-readable files only, withheld names answered as missing.
+/// Here only HTTP's side: the path (already percent-decoded by `FileMiddleware`, which also refuses
+/// `..`) loses its leading '/'; a refusal becomes 404 (missing, withheld, a directory) or 403.
 struct RootFileProvider: FileProvider {
     struct FileAttributes: FileMiddlewareFileAttributes, Sendable {
         let isFolder: Bool
@@ -24,7 +24,8 @@ struct RootFileProvider: FileProvider {
     struct FileIdentifier: Sendable {
         /// The path as asked, relative to the root.
         var relative: String
-        /// Where it resolves to (nil: refused, see `refusal`).
+        /// The root-joined path, for messages (nil: refused, see `refusal`). Files are opened below the
+        /// root by `relative`, never by this path.
         var resolved: String?
         var refusal: String?
         /// The cached content when the file is small and unchanged since it was cached.
@@ -36,32 +37,12 @@ struct RootFileProvider: FileProvider {
         /// blank line (see `EarlyStaticFastPath`).
         var cachedHead: ByteBuffer?
         var stat: FileStat?
+        /// The file, opened by the reader when it was not answered from the cache: what `loadFile`
+        /// reads, so the bytes are the version the headers describe.
+        var file: BootRootFile?
     }
 
-    struct FileStat: Sendable, Equatable {
-        var device: UInt64
-        var inode: UInt64
-        var size: Int64
-        var modifiedSeconds: Int
-        var modifiedNanoseconds: Int
-        var isDirectory: Bool
-        var isRegular: Bool
-
-        init(_ info: stat) {
-            device = UInt64(info.st_dev)
-            inode = UInt64(info.st_ino)
-            size = Int64(info.st_size)
-            modifiedSeconds = info.st_mtim.tv_sec
-            modifiedNanoseconds = info.st_mtim.tv_nsec
-            let type = info.st_mode & 0o170000
-            isDirectory = type == 0o040000
-            isRegular = type == 0o100000
-        }
-
-        var modificationDate: Date {
-            Date(timeIntervalSince1970: Double(modifiedSeconds) + Double(modifiedNanoseconds) / 1e9)
-        }
-    }
+    typealias FileStat = BootFileVersion
 
     /// One finished (or abandoned) body, for the timeline and the byte counters.
     struct Delivery: Sendable {
@@ -72,20 +53,21 @@ struct RootFileProvider: FileProvider {
         var error: (any Error)?
     }
 
-    let root: String
+    let reader: BootRootReader
     let threadPool: NIOThreadPool
-    let cache: SmallFileCache
     let budget: StreamBudget
     /// Called once per body served (completed or not) for paths `observe` selects; keep it short.
     let observe: @Sendable (String) -> Bool
     let delivered: @Sendable (Delivery) -> Void
 
+    var root: String { reader.root }
+    var cache: SmallFileCache { reader.cache }
+
     /// - Parameter root: must be canonical (realpath of the configured root).
     init(root: String, threadPool: NIOThreadPool, cache: SmallFileCache, chunkSize: Int = 512 * 1024,
          observe: @escaping @Sendable (String) -> Bool, delivered: @escaping @Sendable (Delivery) -> Void) {
-        self.root = root
+        reader = BootRootReader(root: root, cache: cache)
         self.threadPool = threadPool
-        self.cache = cache
         budget = StreamBudget(maximumChunk: chunkSize)
         self.observe = observe
         self.delivered = delivered
@@ -94,88 +76,81 @@ struct RootFileProvider: FileProvider {
     func getFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: false) }
 
     /// A file the small-file cache does not hold (larger, or under `images/`) that the router already
-    /// answered with a plain 200: where it resolved, the version it was, and the head it was sent with.
+    /// answered with a plain 200: the version it was, and the head it was sent with.
     struct LargeFile: Sendable {
         var relative: String
+        /// The root-joined path, for messages.
         var resolved: String
         var stat: FileStat
         var head: ByteBuffer
     }
 
     /// Heads recorded by `StaticFileGuard`, for `EarlyStaticFastPath` to send such files with sendfile.
-    let largeFiles = LargeFileHeads()
+    var largeFiles: LargeFileHeads { LargeFileHeads(cache: reader.cache) }
 
     /// The recorded file behind `path`, if the file there is still the very version recorded (same
-    /// inode, size and mtime: a publish or an edit makes the router answer again first). Safe without
-    /// realpath for the same reason as the small-file cache.
+    /// inode, size and mtime: a publish or an edit makes the router answer again first) and may still be
+    /// served. One `fstatat`.
     func recordedLargeFile(_ path: String) -> LargeFile? {
-        var relative = Substring(path)
-        while relative.first == "/" { relative = relative.dropFirst() }
-        let name = String(relative)
-        guard !Self.unsafeName(name.utf8), let file = largeFiles[name] else { return nil }
-        var info = stat()
-        guard stat(root + "/" + name, &info) == 0, FileStat(info) == file.stat else { return nil }
-        return file
+        let name = Self.relativeName(path)
+        guard let entry = reader.cached(name, needing: .head), let head = entry.head else { return nil }
+        return LargeFile(relative: name, resolved: reader.joined(name), stat: entry.version, head: head)
+    }
+
+    /// A recorded large file, opened (`openat2` and `fstat`) if it is still the recorded version and may
+    /// still be served: what `EarlyStaticFastPath` sends with sendfile. The caller closes `descriptor`.
+    func openRecordedLargeFile(_ path: String) -> (relative: String, version: FileStat, head: ByteBuffer, descriptor: CInt)? {
+        let name = Self.relativeName(path)
+        guard let entry = reader.cache.entry(name), let head = entry.head,
+              let descriptor = reader.openDescriptor(name, matching: entry.version) else { return nil }
+        return (name, entry.version, head, descriptor)
     }
 
     /// A small file already in memory and unchanged, and not one `observe` selects: what
-    /// `StaticFastPath` may answer without the router. One `stat`, never a realpath; nil otherwise.
+    /// `StaticFastPath` may answer without the router. One `fstatat`, none for a name not cached; nil
+    /// otherwise.
     func cachedFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: true) }
 
-    private func identify(_ path: String, cachedOnly: Bool) -> FileIdentifier? {
+    /// The request path without its leading '/'s: the name the reader takes.
+    static func relativeName(_ path: String) -> String {
+        guard path.utf8.first == UInt8(ascii: "/") else { return path }
         var relative = Substring(path)
         while relative.first == "/" { relative = relative.dropFirst() }
-        let name = String(relative)
-        // A NUL would end the C string early; '..' is already refused by FileMiddleware, checked again
-        // here per component so this provider is safe on its own.
-        if Self.unsafeName(name.utf8) {
-            return cachedOnly ? nil : FileIdentifier(relative: name, refusal: "'\(name)' leaves the root")
-        }
-        if ServedNames.isWithheld(name) { return nil }  // 404, as for a file that is not there
-        if cachedOnly && observe(name) { return nil }
-        let joined = name.isEmpty ? root : root + "/" + name
-        // Fast path: an unchanged small file we already resolved and read (same inode, size, mtime).
-        // Safe without realpath: it is the very file that was checked to be inside the root.
-        var info = stat()
-        guard stat(joined, &info) == 0 else { return nil }
-        let current = FileStat(info)
-        if current.isRegular, let hit = cache.lookup(name, matching: current) {
-            return FileIdentifier(relative: name, resolved: hit.resolved, cached: hit.content, cachedHeaders: hit.headers,
-                                  cachedHead: hit.head, stat: current)
-        }
-        if cachedOnly { return nil }
-        guard let pointer = realpath(joined, nil) else { return nil }
-        let resolved = String(cString: pointer)
-        free(pointer)
-        guard resolved == root || resolved.hasPrefix(root == "/" ? "/" : root + "/") else {
-            return FileIdentifier(relative: name, refusal: "'\(name)' resolves outside the root")
-        }
-        return FileIdentifier(relative: name, resolved: resolved, stat: current)
+        return String(relative)
     }
 
-    /// A NUL or a `..` component, found in one pass over the bytes (this runs for every request).
-    static func unsafeName(_ bytes: String.UTF8View) -> Bool {
-        var dots = 0  // dots since the last '/', -1 once the component has anything else
-        for byte in bytes {
-            switch byte {
-            case 0: return true
-            case UInt8(ascii: "/"):
-                if dots == 2 { return true }
-                dots = 0
-            case UInt8(ascii: "."):
-                if dots >= 0 { dots += 1 }
-            default:
-                dots = -1
-            }
+    private func identify(_ path: String, cachedOnly: Bool) -> FileIdentifier? {
+        let name = Self.relativeName(path)
+        if cachedOnly && observe(name) { return nil }
+        // An unchanged small file already read: one fstatat.
+        if let entry = reader.cached(name), let content = entry.content {
+            return FileIdentifier(relative: name, resolved: cachedOnly ? nil : reader.joined(name), cached: content,
+                                  cachedHeaders: entry.headers, cachedHead: entry.head, stat: entry.version)
         }
-        return dots == 2
+        if cachedOnly { return nil }
+        let file: BootRootFile
+        do {
+            file = try reader.open(name)
+        } catch {
+            let refusal: String
+            switch error {
+            case .notFound, .notRegularFile(isDirectory: true): return nil  // 404, as for a file that is not there
+            case .escapesRoot: refusal = "'\(name)' leaves the root"
+            case .leavesRoot: refusal = "'\(name)' resolves outside the root"
+            case .notRegularFile: refusal = "'\(name)' is not a regular file"
+            case .notWorldReadable: refusal = "'\(name)' is not world-readable"
+            case .permissionDenied: refusal = "'\(name)': permission denied"
+            case .readFailed(let code): refusal = "'\(name)': \(String(cString: strerror(code)))"
+            }
+            return FileIdentifier(relative: name, refusal: refusal)
+        }
+        return FileIdentifier(relative: name, resolved: reader.joined(name), stat: file.version, file: file)
     }
 
     func getAttributes(id: FileIdentifier) async throws -> FileAttributes? {
         if let refusal = id.refusal { throw HTTPError(.forbidden, message: refusal) }
         guard let stat = id.stat else { return nil }
-        guard stat.isDirectory || stat.isRegular else { throw HTTPError(.forbidden, message: "'\(id.relative)' is not a regular file") }
-        return FileAttributes(isFolder: stat.isDirectory, size: Int(stat.size), modificationDate: stat.modificationDate)
+        return FileAttributes(isFolder: false, size: Int(stat.size), modificationDate: stat.modificationDate)
     }
 
     func loadFile(id: FileIdentifier, context: some RequestContext) async throws -> ResponseBody {
@@ -184,16 +159,16 @@ struct RootFileProvider: FileProvider {
     }
 
     func loadFile(id: FileIdentifier, range: ClosedRange<Int>, context: some RequestContext) async throws -> ResponseBody {
-        guard let resolved = id.resolved, let stat = id.stat else { throw HTTPError(.notFound) }
+        guard let stat = id.stat else { throw HTTPError(.notFound) }
         let remote = (context as? any RemoteAddressRequestContext)?.remoteAddress
         let observed = observe(id.relative)
         let range = range.clamped(to: 0...max(0, Int(stat.size) - 1))
         let content: ByteBuffer?
         if let cached = id.cached {
             content = cached
-        } else if stat.size <= cache.fileLimit {
-            let whole = try await threadPool.runIfActive { try Self.readWhole(resolved, expected: stat) }
-            cache.insert(id.relative, resolved: resolved, stat: stat, content: whole)
+        } else if let file = id.file, stat.size <= cache.fileLimit {
+            let whole = try await threadPool.runIfActive { try file.read(at: 0, count: Int(stat.size)) }
+            cache.insert(id.relative, version: stat, content: whole)
             content = whole
         } else {
             content = nil
@@ -218,7 +193,8 @@ struct RootFileProvider: FileProvider {
                 delivered(Delivery(relative: relative, remote: remote, bytes: UInt64(range.count), expected: UInt64(range.count), error: nil))
             }
         }
-        return streamBody(resolved: resolved, relative: id.relative, stat: stat, range: range, remote: remote,
+        guard let file = id.file else { throw HTTPError(.notFound) }
+        return streamBody(file: file, relative: id.relative, range: range, remote: remote,
                           eventLoop: (context as? any EventLoopRequestContext)?.eventLoop)
     }
 
@@ -232,13 +208,12 @@ struct RootFileProvider: FileProvider {
     /// boot storm on one core) therefore let every download queue chunk after chunk: 1000 downloads of
     /// a 64 MiB image held 3.2 GB of chunks. Waiting for one round trip through the loop after each
     /// chunk lets the socket's back-pressure reach the reader.
-    private func streamBody(resolved: String, relative: String, stat: FileStat, range: ClosedRange<Int>,
+    private func streamBody(file: BootRootFile, relative: String, range: ClosedRange<Int>,
                             remote: SocketAddress?, eventLoop: (any EventLoop)?) -> ResponseBody {
         let threadPool = self.threadPool
         let budget = self.budget
         let delivered = self.delivered
         return ResponseBody(contentLength: range.count) { writer in
-            let file = try await threadPool.runIfActive { try OpenFile(path: resolved, expected: stat) }
             budget.begin()
             defer { budget.end() }
             var sent: UInt64 = 0
@@ -271,11 +246,6 @@ struct RootFileProvider: FileProvider {
             delivered(Delivery(relative: relative, remote: remote, bytes: sent, expected: UInt64(range.count), error: nil))
         }
     }
-
-    static func readWhole(_ path: String, expected: FileStat) throws -> ByteBuffer {
-        let file = try OpenFile(path: path, expected: expected)
-        return try file.read(at: 0, count: Int(expected.size))
-    }
 }
 
 /// A request context that knows its connection's event loop (see `RootFileProvider.streamBody`).
@@ -283,62 +253,27 @@ protocol EventLoopRequestContext {
     var eventLoop: any EventLoop { get }
 }
 
-/// A file open for one download, closed when the last chunk read lets go of it.
-final class OpenFile: Sendable {
-    let descriptor: CInt
-    let path: String
-
-    init(path: String, expected: RootFileProvider.FileStat) throws {
-        // O_NONBLOCK: a FIFO swapped in after the stat must not block a thread in open().
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
-        guard fd >= 0 else { throw HTTPError(errno == EACCES ? .forbidden : .notFound) }
-        var info = stat()
-        guard fstat(fd, &info) == 0, RootFileProvider.FileStat(info).isRegular,
-              UInt64(info.st_ino) == expected.inode, UInt64(info.st_dev) == expected.device else {
-            // Replaced between the stat and the open (a publish switched it): the headers already
-            // promised the old size, so fail this request rather than send the wrong bytes.
-            close(fd)
-            throw HTTPError(.serviceUnavailable, message: "file changed while being opened; retry")
-        }
-        descriptor = fd
-        self.path = path
+extension BootFileVersion {
+    var modificationDate: Date {
+        Date(timeIntervalSince1970: Double(modifiedSeconds) + Double(modifiedNanoseconds) / 1e9)
     }
 
-    deinit { close(descriptor) }
-
-    func read(at offset: Int, count: Int) throws -> ByteBuffer {
-        let (buffer, failure) = preadBuffer(descriptor, offset: offset, count: count)
-        guard buffer.readableBytes == count else {
-            throw FileReadError(path: path, offset: offset, message: failure != 0 ? String(cString: strerror(failure)) : "file shrank")
-        }
-        return buffer
-    }
+    /// Always true: the reader hands out regular files only (kept for `StaticFileGuard`, which checks).
+    var isRegular: Bool { true }
 }
 
-struct FileReadError: Error, CustomStringConvertible {
-    var path: String
-    var offset: Int
-    var message: String
-    var description: String { "reading '\(path)' at \(offset): \(message)" }
+extension BootRootReader {
+    /// The root-joined path of `relative`, for messages.
+    func joined(_ relative: String) -> String { root == "/" ? "/" + relative : root + "/" + relative }
 }
 
-/// Response heads of large files, by path relative to the root. Bounded: past `limit` entries it
-/// starts over (the router records again on the next request of each).
-final class LargeFileHeads: Sendable {
-    private let entries = Mutex([String: RootFileProvider.LargeFile]())
-    let limit: Int
-
-    init(limit: Int = 4096) { self.limit = limit }
-
-    subscript(relative: String) -> RootFileProvider.LargeFile? {
-        entries.withLock { $0[relative] }
-    }
+/// Response heads of large files, by path relative to the root: entries without content in the
+/// reader's cache (see `BootRootCache.recordLarge`).
+struct LargeFileHeads: Sendable {
+    let cache: BootRootCache
 
     func record(_ file: RootFileProvider.LargeFile) {
-        entries.withLock { entries in
-            if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
-            entries[file.relative] = file
-        }
+        cache.recordLarge(head: file.head, for: file.relative, version: file.stat)
     }
 }
 
@@ -363,52 +298,15 @@ final class StreamBudget: Sendable {
     }
 }
 
-/// Small files (boot loaders, configs, scripts: what every node fetches) kept in memory, checked against
-/// inode, size and mtime on every hit so a publish or an edit is seen at once.
-final class SmallFileCache: Sendable {
-    struct Entry {
-        var resolved: String
-        var stat: RootFileProvider.FileStat
-        var content: ByteBuffer
-        var headers: HTTPFields?
-        var head: ByteBuffer?
-        var lastUse: UInt64
-    }
+/// Small files (boot loaders, configs, scripts: what every node fetches) kept in memory: the reader's
+/// cache, checked against inode, size and mtime on every hit so a publish or an edit is seen at once.
+typealias SmallFileCache = BootRootCache
 
-    struct State {
-        var entries: [String: Entry] = [:]
-        var bytes = 0
-        var clock: UInt64 = 0
-    }
-
-    let fileLimit: Int64
-    let totalLimit: Int
-    private let state = Mutex(State())
-
-    init(fileLimit: Int64, totalLimit: Int) {
-        self.fileLimit = fileLimit
-        self.totalLimit = totalLimit
-    }
-
-    func lookup(_ relative: String, matching stat: RootFileProvider.FileStat)
-        -> (resolved: String, content: ByteBuffer, headers: HTTPFields?, head: ByteBuffer?)? {
-        state.withLock { state in
-            guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return nil }
-            state.clock += 1
-            state.entries.values[index].lastUse = state.clock
-            let entry = state.entries.values[index]
-            return (entry.resolved, entry.content, entry.headers, entry.head)
-        }
-    }
-
+extension BootRootCache {
     /// Keeps the response headers of a plain GET with the entry for this file version (a changed file
     /// has a new entry, without them, until the router answers it again).
-    func record(headers: HTTPFields, for relative: String, matching stat: RootFileProvider.FileStat) {
-        state.withLock { state in
-            guard let index = state.entries.index(forKey: relative), state.entries.values[index].stat == stat else { return }
-            state.entries.values[index].headers = headers
-            state.entries.values[index].head = Self.encodeHead(headers, size: state.entries.values[index].content.readableBytes)
-        }
+    func record(headers: HTTPFields, for relative: String, matching version: BootFileVersion) {
+        record(headers: headers, head: Self.encodeHead(headers, size: Int(version.size)), for: relative, matching: version)
     }
 
     /// "HTTP/1.1 200 OK" and the header lines, as NIO's HTTP/1 encoder writes them, minus the two
@@ -423,21 +321,5 @@ final class SmallFileCache: Sendable {
         }
         if headers[.contentLength] == nil { buffer.writeString("content-length: \(size)\r\n") }
         return buffer
-    }
-
-    func insert(_ relative: String, resolved: String, stat: RootFileProvider.FileStat, content: ByteBuffer) {
-        let size = content.readableBytes
-        guard size <= totalLimit else { return }
-        state.withLock { state in
-            if let old = state.entries.removeValue(forKey: relative) { state.bytes -= old.content.readableBytes }
-            while state.bytes + size > totalLimit,
-                  let victim = state.entries.min(by: { $0.value.lastUse < $1.value.lastUse }) {
-                state.entries.removeValue(forKey: victim.key)
-                state.bytes -= victim.value.content.readableBytes
-            }
-            state.clock += 1
-            state.entries[relative] = Entry(resolved: resolved, stat: stat, content: content, lastUse: state.clock)
-            state.bytes += size
-        }
     }
 }

@@ -24,3 +24,11 @@ func preadBuffer(_ descriptor: CInt, offset: Int, count: Int) -> (buffer: ByteBu
     }
     return (buffer, failure)
 }
+
+/// A read of a served file that came back short (the file shrank) or failed.
+struct FileReadError: Error, CustomStringConvertible {
+    var path: String
+    var offset: Int
+    var message: String
+    var description: String { "reading '\(path)' at \(offset): \(message)" }
+}
