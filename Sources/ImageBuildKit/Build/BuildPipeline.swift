@@ -276,9 +276,9 @@ public final class BuildPipeline {
         }
 
         // stage-1 programs
-        let initText = try spec.initTemplate.map(readTextFile)
-            ?? StageOneScripts.initScript(onFail: spec.onFail, onFailDelay: spec.onFailDelay, retries: spec.downloadRetries)
-        plan.addText("/init", initText, mode: 0o755)
+        plan.addText("/init", try spec.initTemplate.map(readTextFile) ?? StageOneScripts.initScript, mode: 0o755)
+        plan.addText(StageOneScripts.configPath,
+                     StageOneScripts.config(onFail: spec.onFail, onFailDelay: spec.onFailDelay, retries: spec.downloadRetries))
         plan.addText("/load_img.sh", try spec.loadImageTemplate.map(readTextFile) ?? StageOneScripts.loadImageScript, mode: 0o755)
         plan.addText("/etc/udhcpc.script", StageOneScripts.udhcpcScript, mode: 0o755)
 
