@@ -136,7 +136,7 @@ struct SimulatedNode: Sendable {
         // 6. Stage 1: report, download the image named on the command line, report, "switch root".
         let server = entry.argument("imagebuild.server")
         var eventTime = 0.0
-        try await report("stage1-start", detail: "eth0 \(lease.address) kernel storm", server: server, source: source, time: &eventTime)
+        try await report(.stage1Start, detail: "eth0 \(lease.address) kernel storm", server: server, source: source, time: &eventTime)
         guard let imageURL = entry.argument("imagebuild.image") else {
             throw Failure(stage: .image, reason: "no imagebuild.image= on the kernel command line")
         }
@@ -144,10 +144,10 @@ struct SimulatedNode: Sendable {
         start = clock.now
         let imageBytes = try await download(imageURL, stage: .image, source: source)
         result.durations[Stage.image.rawValue] = seconds(clock.now - start)
-        try await report("image-downloaded", detail: "\(imageBytes) bytes", server: server, source: source, time: &eventTime)
-        try await report("image-verified", detail: entry.argument("imagebuild.sha256") ?? "", server: server, source: source, time: &eventTime)
-        try await report("switch-root", detail: "/sbin/init", server: server, source: source, time: &eventTime)
-        try await report("up", detail: "storm node \(index)", server: server, source: source, time: &eventTime)
+        try await report(.imageDownloaded, detail: "\(imageBytes) bytes", server: server, source: source, time: &eventTime)
+        try await report(.imageVerified, detail: entry.argument("imagebuild.sha256") ?? "", server: server, source: source, time: &eventTime)
+        try await report(.switchRoot, detail: "/sbin/init", server: server, source: source, time: &eventTime)
+        try await report(.up, detail: "storm node \(index)", server: server, source: source, time: &eventTime)
         if settings.postEvents, server != nil { result.durations[Stage.events.rawValue] = eventTime }
     }
 
@@ -245,18 +245,18 @@ struct SimulatedNode: Sendable {
     }
 
     /// `POST /api/v1/events` as stage 1's `report` does (wget --post-data, JSON body).
-    private func report(_ stage: String, detail: String, server: String?, source: SocketAddress?, time: inout Double) async throws {
+    private func report(_ stage: StageReport, detail: String, server: String?, source: SocketAddress?, time: inout Double) async throws {
         guard settings.postEvents, let server else { return }
         let start = ContinuousClock.now
-        let body = "{\"mac\":\"\(mac)\",\"stage\":\"\(stage)\",\"detail\":\"\(detail)\"}"
+        let body = "{\"mac\":\"\(mac)\",\"stage\":\"\(stage.rawValue)\",\"detail\":\"\(detail)\"}"
         let outcome: HTTPOutcome
         do {
             outcome = try await HTTPClient.fetch(server + "/api/v1/events", method: .POST, jsonBody: body, source: source,
                                                  timeout: settings.httpTimeout, group: settings.group)
         } catch {
-            throw Failure(stage: .events, reason: "\(stage): \(error)")
+            throw Failure(stage: .events, reason: "\(stage.rawValue): \(error)")
         }
-        guard (200..<300).contains(outcome.status) else { throw Failure(stage: .events, reason: "\(stage): HTTP \(outcome.status)") }
+        guard (200..<300).contains(outcome.status) else { throw Failure(stage: .events, reason: "\(stage.rawValue): HTTP \(outcome.status)") }
         time += seconds(ContinuousClock.now - start)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import ImageBuildKit
 
 /// Where a node's boot is, derived from what the server saw and what the node reported.
 /// Ordered as a boot goes: a node at `.up` or `.failed` that is seen at an early stage again has rebooted.
@@ -47,15 +48,12 @@ public enum BootStage: String, Sendable, Codable, CaseIterable, Comparable {
     static let loaderExtensions = [".0", ".pxe", ".kpxe", ".kkpxe", ".efi", ".c32", ".lkrn"]
 }
 
-/// What a node reports to `POST /api/v1/events` (stage 1 and stage 2 scripts).
-public enum NodeReport: String, Sendable, Codable, CaseIterable {
-    case stage1Start = "stage1-start"
-    case imageDownloaded = "image-downloaded"
-    case imageVerified = "image-verified"
-    case switchRoot = "switch-root"
-    case up
-    case failed
+/// What a node reports to `POST /api/v1/events` (stage 1 and stage 2 scripts): the names are
+/// decided once, in ImageBuildKit next to the stage-1 scripts, which the simulator uses too.
+public typealias NodeReport = StageReport
 
+extension StageReport {
+    /// The stage a report moves its node to.
     public var stage: BootStage {
         switch self {
         case .stage1Start: .stage1
