@@ -352,6 +352,11 @@ struct InputDigest {
         let recipeData = try Data(contentsOf: URL(fileURLWithPath: recipe.file))
         recipeDigest = SHA256.hash(data: recipeData).hex
         hasher.update(data: Data("imagebuild \(ImageBuildVersion.current)\n".utf8))
+        // The stage-1 programs built into this binary go into the initramfs: a binary with other
+        // scripts must not reuse artifacts built with the old ones, whatever its version string says.
+        for script in [StageOneScripts.initScript, StageOneScripts.loadImageScript, StageOneScripts.udhcpcScript] {
+            hasher.update(data: Data(script.utf8))
+        }
         hasher.update(data: recipeData)
         try add(recipe.file, contentHash: false)
         var files: [String] = []
