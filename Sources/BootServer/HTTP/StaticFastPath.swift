@@ -6,7 +6,8 @@ import NIOHTTPTypes
 /// Answers plain GET and HEAD requests for small cached files on the connection's event loop, before
 /// they reach Hummingbird. What every booting node fetches (pxelinux.cfg files, iPXE scripts, boot
 /// loaders) is a few KiB; through the router each such request hops to the concurrency pool and back,
-/// which cost five times nginx's CPU per request (see benchmarks/results). Here it costs one `stat`.
+/// which cost five times nginx's CPU per request (see benchmarks/results). Here it costs one `fstatat`
+/// (`BootRootReader.cached`).
 ///
 /// Only the plainest requests take this path, so its answers are exactly Hummingbird's: the response
 /// headers are the ones `FileMiddleware` produced for the same file version (recorded by
