@@ -109,7 +109,8 @@ let package = Package(
         .testTarget(
             name: "BootServerTests",
             dependencies: ["BootServer", "BootProtocols", "ImageBuildKit", "DatagramIO", "TestSupport",
-                           .product(name: "HummingbirdTesting", package: "hummingbird")]
+                           .product(name: "HummingbirdTesting", package: "hummingbird"),
+                           .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit", "TestSupport"]),
     ]
