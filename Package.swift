@@ -45,7 +45,8 @@ let package = Package(
             ],
             // Stage 1's shell scripts, compiled into the binary (PackageResources.<file>, [UInt8]).
             resources: [.embedInCode("Initramfs/stage1")],
-            linkerSettings: [.linkedLibrary("z")]
+            linkerSettings: [.linkedLibrary("z")],
+            plugins: ["StageOneLoader"]
         ),
         // An epoll loop on a thread of its own for many UDP sockets (TFTP transfers, server and simulator).
         .target(
@@ -74,6 +75,9 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // Stage 1's image loader (Sources/imagebuild-fetch/main.c), compiled by this plugin and
+        // carried in ImageBuildKit as bytes: one-pass download + SHA-256 (Nettle) + Range resume.
+        .plugin(name: "StageOneLoader", capability: .buildTool(), path: "Plugins/StageOneLoader"),
         .executableTarget(
             name: "imagebuild",
             dependencies: [

@@ -38,10 +38,12 @@ public enum BuildError: Error, CustomStringConvertible {
     case busybox(String)
     case modules(String)
     case locked(String)
+    /// Stage 1's own programs (the image loader).
+    case stageOne(String)
 
     public var description: String {
         switch self {
-        case .kernel(let m), .busybox(let m), .modules(let m), .locked(let m): return m
+        case .kernel(let m), .busybox(let m), .modules(let m), .locked(let m), .stageOne(let m): return m
         }
     }
 }
@@ -321,6 +323,16 @@ public final class BuildPipeline {
             }
         }
 
+        // stage 1's image loader with its libraries, after the recipe's binaries: it was linked
+        // against the host's libraries, so where both need one (libc), the host's copy wins
+        for entry in try StageOneLoader.libraries() {
+            switch entry {
+            case .file(let path): try plan.addHostFile(path, from: path)
+            case .symlink(let path, let target): plan.addSymlink(path, target: target)
+            }
+        }
+        plan.addData(StageOneLoader.initramfsPath, Data(StageOneLoader.binary), mode: 0o755)
+
         // extra files
         for file in spec.files {
             switch file.content {
@@ -379,6 +391,9 @@ struct InputDigest {
         }
         if recipe.busybox == .host || recipe.initramfs.busybox == .host, let busybox = try? HostBusybox.path() { files.append(busybox) }
         if !recipe.initramfs.binaries.isEmpty { cacheable = false }
+        // stage 1's image loader and the host libraries it brings into the initramfs
+        hasher.update(data: Data(StageOneLoader.binary))
+        files += try StageOneLoader.libraries().compactMap { if case .file(let path) = $0 { return path } else { return nil } }
         for file in files.sorted() { try add(file, contentHash: true) }
     }
 

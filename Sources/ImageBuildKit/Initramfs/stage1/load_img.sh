@@ -1,51 +1,57 @@
-# imagebuild stage 1 (/load_img.sh), sourced by /init: download the stage-2
-# image with retries and Range resume, verify its sha256, unpack it into a
-# tmpfs and switch_root. Uses say/step/report/fail and the variables of /init.
+# imagebuild stage 1 (/load_img.sh), sourced by /init: load the stage-2 image
+# into a tmpfs in one pass (download with Range resume, sha256, unpack at once)
+# and switch_root. Uses say/step/report/fail and the variables of /init.
 [ -n "$IMAGE_URL" ] || fail "no imagebuild.image=URL on the kernel command line"
-step download "fetching $IMAGE_URL"
-IMAGE=/image.download
-attempt=0 delay=1
-while :; do
-    attempt=$((attempt + 1))
-    # busybox wget -T is unreliable here; bound each attempt with timeout(1).
-    # -c resumes a partial download with an HTTP Range request.
-    if timeout 900 wget -c -q -O "$IMAGE" "$IMAGE_URL" 2>/tmp/wget.err; then
-        break
-    fi
-    say "download attempt $attempt/$RETRIES failed: $(tail -n 1 /tmp/wget.err 2>/dev/null)"
-    [ "$attempt" -lt "$RETRIES" ] || fail "download failed $attempt times: $(tail -n 1 /tmp/wget.err)"
-    sleep "$delay"
-    delay=$((delay * 2)); [ "$delay" -gt 30 ] && delay=30
-done
-size=$(wc -c < "$IMAGE")
-report image-downloaded "$size bytes"
-
-if [ -n "$IMAGE_SHA256" ]; then
-    step verify "checking sha256 of $size bytes"
-    got=$(sha256sum "$IMAGE" | cut -d' ' -f1)
-    if [ "$got" != "$IMAGE_SHA256" ]; then
-        rm -f "$IMAGE"
-        fail "sha256 mismatch: expected $IMAGE_SHA256, got $got (corrupt or wrong image)"
-    fi
-    say "sha256 OK"
-    report image-verified "$got"
-else
-    say "warning: no imagebuild.sha256 given, image not verified"
-fi
-
-step unpack "unpacking into tmpfs (size=$ROOTSIZE)"
 mkdir -p /newroot
 mount -t tmpfs -o "size=$ROOTSIZE,mode=0755" rootfs /newroot || fail "cannot mount a tmpfs at /newroot"
+
+# imagebuild-fetch streams the image in one pass, hashing every byte, and continues a broken
+# download from the byte it reached (HTTP Range), so the unpacker never starts over. Exit 4:
+# the digest did not match; the tree it fed is then never switched into.
+fetch() {
+    # shellcheck disable=SC2086  # $check is empty or the two words "-s DIGEST"
+    imagebuild-fetch -r "$RETRIES" $check "$@" "$IMAGE_URL" 2>/tmp/fetch.err
+}
+fetched() {  # $1: fetch's exit status; fails the boot unless 0
+    last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
+    case "$1" in
+        0) ;;
+        4) step verify "checking sha256"; fail "$last" ;;
+        *) fail "${last:-imagebuild-fetch exited with $1}" ;;
+    esac
+    say "downloaded $last"
+    report image-downloaded "${last%%,*}"
+    if [ -n "$IMAGE_SHA256" ]; then
+        say "sha256 OK"
+        report image-verified "$IMAGE_SHA256"
+    fi
+}
+check=
+if [ -n "$IMAGE_SHA256" ]; then check="-s $IMAGE_SHA256"; else say "warning: no imagebuild.sha256 given, image not verified"; fi
+
 case "$FORMAT" in
     squashfs)
+        # mounted, not unpacked: the file itself is the root (in RAM)
+        IMAGE=/newroot/image.squashfs
+        step download "fetching $IMAGE_URL"
+        fetch -o "$IMAGE"
+        fetched $?
+        step unpack "mounting the squashfs image under a tmpfs overlay (size=$ROOTSIZE)"
         mkdir -p /ro /newroot/upper /newroot/work /merged
         mount -t squashfs -o loop,ro "$IMAGE" /ro || fail "cannot mount the squashfs image"
         mount -t overlay -o lowerdir=/ro,upperdir=/newroot/upper,workdir=/newroot/work overlay /merged ||
             fail "cannot mount overlayfs"
         ROOT=/merged ;;
     *)
-        tar -xzf "$IMAGE" -C /newroot 2>/tmp/tar.err || fail "unpacking failed: $(tail -n 1 /tmp/tar.err)"
-        rm -f "$IMAGE"
+        step download "streaming $IMAGE_URL into tmpfs (size=$ROOTSIZE): download, sha256 and unpack in one pass"
+        # fetch's status goes through a file: busybox ash has no PIPESTATUS
+        { fetch; echo $? >/tmp/fetch.status; } | gzip -dc 2>/tmp/unpack.err | tar -xf - -C /newroot 2>>/tmp/unpack.err
+        unpacked=$? status=$(cat /tmp/fetch.status)
+        # 5: the unpacker stopped reading; its own message says why
+        [ "$status" != 5 ] || { step unpack "unpacking"; fail "unpacking failed: $(tail -n 1 /tmp/unpack.err)"; }
+        fetched "$status"
+        step unpack "unpacked"
+        [ "$unpacked" -eq 0 ] || fail "unpacking failed: $(tail -n 1 /tmp/unpack.err)"
         ROOT=/newroot ;;
 esac
 [ -x "$ROOT$NEWINIT" ] || [ -L "$ROOT$NEWINIT" ] || fail "the image has no $NEWINIT"
