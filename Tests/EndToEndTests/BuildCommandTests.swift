@@ -1,4 +1,5 @@
 import Foundation
+import ImageBuildKit
 import TestSupport
 import Testing
 
@@ -129,46 +130,72 @@ extension EndToEnd {
             #expect(leftovers.isEmpty, "left over: \(leftovers)")
         }
 
-        static let squashfsTools = Harness.have("mksquashfs") && Harness.have("unsquashfs")
+        static let formatTools = Harness.have("mksquashfs") && Harness.have("unsquashfs") && Harness.have("mkfs.erofs")
+            && Harness.have("zstd")
+        static let formats = ["tar.zst", "squashfs", "erofs"]
 
-        /// The minimal recipe with `format: squashfs`, built once for the two tests below.
-        static let squashfsBuild: Swift.Result<String, HarnessError> = {
-            let dir = Harness.temporaryDirectory("sqfs")
-            do {
-                let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
-                let recipe = minimal.replacingOccurrences(of: "name: minimal", with: "name: minimal-sqfs")
-                    .replacingOccurrences(of: "format: tar.gz", with: "format: squashfs")
-                try recipe.write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
-                let result = try Harness.imagebuild([dir + "/recipe.yaml", "--out", dir], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
-                guard result.status == 0 else { return .failure(HarnessError("squashfs build failed: \(result.stderr)")) }
-                return .success(dir + "/minimal-sqfs")
-            } catch {
-                return .failure(HarnessError("squashfs build: \(error)"))
+        /// The minimal recipe in each other image format, each built once for the tests below.
+        static let formatBuilds: [String: Swift.Result<String, HarnessError>] = {
+            var builds: [String: Swift.Result<String, HarnessError>] = [:]
+            for format in formats {
+                let name = "minimal-" + format.replacingOccurrences(of: ".", with: "-")
+                let dir = Harness.temporaryDirectory(name)
+                do {
+                    let minimal = try String(contentsOfFile: Harness.packageRoot + "/recipes/minimal.yaml", encoding: .utf8)
+                    let recipe = minimal.replacingOccurrences(of: "name: minimal", with: "name: \(name)")
+                        .replacingOccurrences(of: "format: tar.gz", with: "format: \(format)")
+                    try recipe.write(toFile: dir + "/recipe.yaml", atomically: true, encoding: .utf8)
+                    let result = try Harness.imagebuild([dir + "/recipe.yaml", "--out", dir], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
+                    builds[format] = result.status == 0 ? .success(dir + "/" + name) : .failure(HarnessError("\(format) build failed: \(result.stderr)"))
+                } catch {
+                    builds[format] = .failure(HarnessError("\(format) build: \(error)"))
+                }
             }
+            return builds
         }()
 
-        @Test("image format squashfs: a squashfs image, and loop/squashfs/overlay in stage 1",
-              .enabled(if: squashfsTools, "squashfs-tools not installed (scripts/setup installs them)"))
-        func squashfsImage() async throws { try await Harness.blocking { try Self().squashfsImageOnThread() } }
-        func squashfsImageOnThread() throws {
-            let artifacts = try Self.squashfsBuild.get()
-            let listing = try Harness.shell("unsquashfs -l \(artifacts)/image.squashfs")
-            #expect(listing.stdout.contains("squashfs-root/etc/init.d/rcS"))
-            #expect(try String(contentsOfFile: artifacts + "/cmdline", encoding: .utf8).contains("imagebuild.format=squashfs"))
-            let manifest = try String(contentsOfFile: artifacts + "/manifest.json", encoding: .utf8)
-            for module in ["\"loop\"", "\"squashfs\"", "\"overlay\""] { #expect(manifest.contains(module), "\(module) not in stage 1") }
+        @Test("image formats tar.zst, squashfs, erofs: the image, imagebuild.format and .need, and what stage 1 needs to load it",
+              .enabled(if: formatTools, "needs zstd, squashfs-tools and erofs-utils (scripts/setup installs them)"), arguments: formats)
+        func imageFormat(_ format: String) async throws { try await Harness.blocking { try Self().imageFormatOnThread(format) } }
+        func imageFormatOnThread(_ format: String) throws {
+            let artifacts = try #require(Self.formatBuilds[format]).get()
+            let image = artifacts + "/image." + format
+            let listing = switch format {
+            case "squashfs": try Harness.shell("unsquashfs -l \(image)").stdout
+            case "erofs": try Harness.shell("fsck.erofs --extract=\(artifacts)/x \(image) && cd \(artifacts)/x && find . && rm -rf \(artifacts)/x").stdout
+            default: try Harness.shell("zstd -dc \(image) | tar -tf -").stdout
+            }
+            #expect(listing.contains("etc/init.d/rcS"), "\(listing.prefix(2000))")
+            let cmdline = try String(contentsOfFile: artifacts + "/cmdline", encoding: .utf8)
+            #expect(cmdline.contains("imagebuild.format=\(format)"))
+            let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: artifacts + "/manifest.json")))
+            let need = try #require(manifest.loadedSize)
+            #expect(cmdline.contains("imagebuild.need=\(need)"))
+            let initramfs = try Harness.shell("zcat \(artifacts)/initramfs.img | cpio -t 2>/dev/null").stdout
+            #expect(initramfs.contains("usr/bin/imagebuild-fetch"))
+            if format == "tar.zst" {
+                // Every tmpfs page of every file, so at least the content.
+                let content = try Harness.shell("zstd -dc \(image) | tar -tvf - | awk '{ s += $3 } END { print s }'").stdout
+                #expect(need >= Int64(content.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .max)
+                #expect(initramfs.contains("usr/bin/zstd"))
+            } else {
+                #expect(need == manifest.files["image." + format]?.size)
+                for module in ["loop", format, "overlay"] { #expect(manifest.modules.contains(module), "\(module) not in stage 1") }
+            }
         }
 
-        @Test("a squashfs image boots: stage 1 mounts it read-only under a tmpfs overlay",
-              .enabled(if: squashfsTools && QEMU.available, "needs squashfs-tools and qemu-system-x86_64 (scripts/setup installs them)"))
-        func squashfsImageBoots() async throws { try await Harness.blocking { try Self().squashfsImageBootsOnThread() } }
-        func squashfsImageBootsOnThread() throws {
-            let artifacts = try Self.squashfsBuild.get()
+        @Test("images in formats tar.zst, squashfs and erofs boot to NODE-UP",
+              .enabled(if: formatTools && QEMU.available, "needs zstd, squashfs-tools, erofs-utils and qemu-system-x86_64 (scripts/setup installs them)"),
+              arguments: formats)
+        func imageFormatBoots(_ format: String) async throws { try await Harness.blocking { try Self().imageFormatBootsOnThread(format) } }
+        func imageFormatBootsOnThread(_ format: String) throws {
+            let artifacts = try #require(Self.formatBuilds[format]).get()
             let http = try LoopbackHTTPServer(root: artifacts)
-            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.squashfs imagebuild.onfail=reboot")
+            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.\(format) imagebuild.onfail=reboot")
             defer { vm.console.stop(); http.server.stop() }
             #expect(vm.console.wait(for: "NODE-UP 52:54:00:12:34:56", timeout: 240),
-                    "the squashfs image did not boot (\(QEMU.accelerator)):\n\(vm.console.log.suffix(3000))")
+                    "the \(format) image did not boot (\(QEMU.accelerator)):\n\(vm.console.log.suffix(3000))")
+            #expect(!vm.console.log.contains("Ignoring unknown extended header"), "stage 1's tar warned")
         }
 
         @Test("validate reports a located error and exits 1")

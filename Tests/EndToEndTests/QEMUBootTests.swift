@@ -55,6 +55,19 @@ extension EndToEnd {
             if up { print("QEMU (\(QEMU.accelerator)) start to NODE-UP: \(String(format: "%.1f", Date().timeIntervalSince(started))) s") }
         }
 
+        @Test("a node with too little memory for the image fails before the download, saying how much it needs")
+        func tooLittleMemory() async throws { try await Harness.blocking { try Self().tooLittleMemoryOnThread() } }
+        func tooLittleMemoryOnThread() throws {
+            let artifacts = try Harness.minimal.get()
+            let http = try LoopbackHTTPServer(root: artifacts)
+            // The build's imagebuild.need comes first on the command line; a later one wins. 3 GiB on a 512 MiB VM.
+            let vm = try QEMU.VM(artifacts: artifacts, append: "imagebuild.image=http://10.0.2.2:\(http.port)/image.tar.gz imagebuild.onfail=reboot imagebuild.need=3328599654")
+            defer { vm.console.stop(); http.server.stop() }
+            let refused = vm.console.wait(for: "FAILED at step 'download': image needs 3.1 GiB, node has", timeout: 240)
+            #expect(refused, "console:\n\(vm.console.log.suffix(3000))")
+            #expect(!vm.console.log.contains("NODE-UP") && !vm.console.log.contains("streaming"))
+        }
+
         @Test("a corrupted image is refused with the sha256 failure message")
         func corruptImageIsRefused() async throws { try await Harness.blocking { try Self().corruptImageIsRefusedOnThread() } }
         func corruptImageIsRefusedOnThread() throws {

@@ -83,6 +83,16 @@ public struct ArchivePlan {
 
     /// Adds every entry of a rootfs tree, with the owners it recorded. Hard links
     /// become link entries when `hardlinks` is set (tar), copies otherwise (cpio).
+    /// Adds an ELF closure's files (read from `root` on the host) and symbolic links at their paths.
+    public mutating func addClosure(_ entries: [ELFClosure.Entry], root: String) throws {
+        for entry in entries {
+            switch entry {
+            case .file(let inner): try addHostFile(inner, from: root == "/" ? inner : root + inner)
+            case .symlink(let inner, let target): addSymlink(inner, target: target)
+            }
+        }
+    }
+
     public mutating func addTree(_ tree: RootfsTree, excluding excluded: [String] = [], hardlinks: Bool) throws {
         var seen: [String: String] = [:]   // "dev:ino" -> first path
         let excludedSet = Set(excluded.map(Self.normalise))
@@ -140,6 +150,9 @@ public struct ArchivePlan {
 
     /// Total bytes of file content, for progress reporting.
     public var contentBytes: Int64 { entries.values.reduce(0) { $0 + $1.size } }
+
+    /// What the files take once unpacked into a tmpfs, which allocates whole 4 KiB pages.
+    public var pageRoundedBytes: Int64 { entries.values.reduce(0) { $0 + ($1.size + 4095) / 4096 * 4096 } }
 
     /// Writes the plan in sorted order. Names are relative ("bin/busybox"), as
     /// the kernel's initramfs unpacker and tar both expect.

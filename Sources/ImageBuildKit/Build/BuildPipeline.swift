@@ -106,15 +106,19 @@ public final class BuildPipeline {
         // 3. Stage-2 image.
         let out = work + "/out"
         let imagePath = out + "/" + recipe.image.format.fileName
-        try buildImage(tree: tree, epoch: epoch, to: imagePath)
+        let archiveNeed = try buildImage(tree: tree, epoch: epoch, to: imagePath)
         let image = try sha256File(imagePath)
+        // What the loaded image occupies in the node's tmpfs: the unpacked files of an archive, the
+        // file of a file system. Stage 1 checks it against the node's memory before it starts.
+        let loadedSize = archiveNeed ?? image.size
 
         // 4. Stage-1 initramfs.
         let modules = try buildInitramfs(tree: tree, kernel: kernel, epoch: epoch, to: out + "/initramfs.img")
 
         // 5. Command line and manifest.
         var cmdline = recipe.cmdline + " imagebuild.sha256=\(image.digest)"
-        if recipe.image.format == .squashfs { cmdline += " imagebuild.format=squashfs" }
+        if recipe.image.format != .tarGz { cmdline += " imagebuild.format=\(recipe.image.format.rawValue)" }
+        cmdline += " imagebuild.need=\(loadedSize)"
         try Data((cmdline + "\n").utf8).write(to: URL(fileURLWithPath: out + "/cmdline"))
         var files: [String: Manifest.FileInfo] = [:]
         for name in ["vmlinuz", "initramfs.img", recipe.image.format.fileName, "cmdline"] {
@@ -126,7 +130,7 @@ public final class BuildPipeline {
             name: recipe.name, toolVersion: ImageBuildVersion.current, recipeDigest: inputs.recipeDigest,
             inputDigest: inputDigest, sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
             imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
-            modules: modules, files: files)
+            modules: modules, files: files, loadedSize: loadedSize)
         try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
         try SafeFileSystem.fsyncFile(out + "/" + Manifest.fileName)
         SafeFileSystem.fsyncDirectory(out)
@@ -210,7 +214,7 @@ public final class BuildPipeline {
                 modules = modulesRoot + "/" + version
             }
         }
-        if modules == nil, !recipe.initramfs.modules.isEmpty || recipe.image.format == .squashfs {
+        if modules == nil, !recipe.initramfs.modules.isEmpty || !recipe.image.format.stageOneModules.isEmpty {
             let place = spec.modulesDirectory ?? (spec.source == .rootfs ? "the rootfs's /lib/modules" : "/lib/modules of the rootfs")
             throw BuildError.modules("\(recipe.file): modules are asked for, but there is no \(version)/ in \(place)"
                                      + " (install the kernel's modules, or set kernel.modules to a folder that has them)")
@@ -220,30 +224,72 @@ public final class BuildPipeline {
 
     // MARK: image
 
-    func buildImage(tree: RootfsTree, epoch: Int64, to path: String) throws {
-        switch recipe.image.format {
-        case .tarGz:
+    /// Writes the stage-2 image; for an archive, returns the bytes its files take in a tmpfs.
+    func buildImage(tree: RootfsTree, epoch: Int64, to path: String) throws -> Int64? {
+        let format = recipe.image.format
+        let name = (path as NSString).lastPathComponent
+        var environment = ProcessInfo.processInfo.environment
+        environment["SOURCE_DATE_EPOCH"] = String(epoch)
+        switch format {
+        case .tarGz, .tarZst:
             var plan = ArchivePlan(epoch: epoch)
             try plan.addTree(tree, excluding: recipe.image.exclude, hardlinks: true)
             let total = plan.contentBytes
-            step("image", "\(plan.count) entries, \(formatBytes(total)) → \((path as NSString).lastPathComponent)")
-            let output = try CompressedOutput(path: path, compression: .gzip)
+            step("image", "\(plan.count) entries, \(formatBytes(total)) → \(name)")
+            let output = format == .tarGz
+                ? try CompressedOutput(path: path, compression: .gzip)
+                : try CompressedOutput(path: path, filter: Self.imageZstd)
             try plan.write(format: .paxRestricted, sink: output.write) { [weak self] done in
                 self?.reporter?.progress("image", done: done, total: total)
             }
             try output.finish()
+            return plan.pageRoundedBytes
         case .squashfs:
-            step("image", "mksquashfs")
+            step("image", "mksquashfs → \(name)")
             for excluded in recipe.image.exclude { try tree.remove(excluded) }
-            var environment = ProcessInfo.processInfo.environment
-            environment["SOURCE_DATE_EPOCH"] = String(epoch)
             try Tool.run(["mksquashfs", tree.root, path, "-noappend", "-comp", "xz", "-no-progress",
                           "-processors", String(ProcessInfo.processInfo.activeProcessorCount)] + (tree.privileged ? [] : ["-all-root"]),
                          environment: environment)
+            return nil
+        case .erofs:
+            step("image", "mkfs.erofs → \(name)")
+            for excluded in recipe.image.exclude { try tree.remove(excluded) }
+            // -T and -U fix the two values mkfs.erofs would take from the clock and from chance.
+            try Tool.run(["mkfs.erofs", "--quiet", "-zlz4hc", "-T\(epoch)", "-U\(Self.uuid(recipe.name, epoch))"]
+                         + (tree.privileged ? [] : ["--all-root"]) + [path, tree.root],
+                         environment: environment)
+            return nil
         }
     }
 
+    /// zstd for images: level 3 (zstd's default; at 1 Gbit/s a higher level saves less transfer time
+    /// than it costs to build), on every core. zstd's multi-threaded frames do not depend on the
+    /// number of workers, so the bytes are the same on any machine with the same zstd.
+    static let imageZstd = (tool: "zstd", arguments: ["-q", "-3", "-T0", "-c"], package: "zstd")
+
+    /// A fixed file-system UUID for a recipe and epoch (mkfs tools pick a random one otherwise).
+    static func uuid(_ name: String, _ epoch: Int64) -> String {
+        let bytes = Array(SHA256.hash(data: Data("\(name) \(epoch)".utf8)).prefix(16))
+        let hex = bytes.hex
+        let parts = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)]
+        return parts.joined(separator: "-")
+    }
+
     // MARK: initramfs
+
+    /// The host files stage 1 runs besides busybox: the image loader's libraries, and the programs
+    /// the image format needs (`ImageFormat.stageOnePrograms`) with theirs.
+    static func stageOneHostPrograms(for format: ImageFormat) throws(BuildError) -> [ELFClosure.Entry] {
+        var entries = try StageOneLoader.libraries()
+        if !format.stageOnePrograms.isEmpty {
+            var walker = ELFDependencies(root: "/")
+            do { entries += try walker.closure(of: format.stageOnePrograms).entries } catch {
+                throw BuildError.stageOne("image format \(format.rawValue) needs \(format.stageOnePrograms.joined(separator: ", ")) in stage 1: \(error)"
+                                          + " (apt-get install zstd)")
+            }
+        }
+        return entries
+    }
 
     /// Returns the names of the modules it carries.
     func buildInitramfs(tree: RootfsTree, kernel: LocatedKernel, epoch: Int64, to path: String) throws -> [String] {
@@ -286,7 +332,7 @@ public final class BuildPipeline {
 
         // kernel modules
         var wanted = spec.modules
-        if recipe.image.format == .squashfs { wanted += ["loop", "squashfs", "overlay"] }
+        wanted += recipe.image.format.stageOneModules
         var moduleNames: [String] = []
         if !wanted.isEmpty, let dir = kernel.modules {
             let resolution: ModuleResolution
@@ -315,22 +361,12 @@ public final class BuildPipeline {
             do { closure = try walker.closure(of: spec.binaries) } catch {
                 throw BuildError.busybox("\(spec.location.map { "\($0)" } ?? recipe.file): initramfs binaries: \(error)")
             }
-            for entry in closure.entries {
-                switch entry {
-                case .file(let inner): try plan.addHostFile(inner, from: root == "/" ? inner : root + inner)
-                case .symlink(let inner, let target): plan.addSymlink(inner, target: target)
-                }
-            }
+            try plan.addClosure(closure.entries, root: root)
         }
 
-        // stage 1's image loader with its libraries, after the recipe's binaries: it was linked
-        // against the host's libraries, so where both need one (libc), the host's copy wins
-        for entry in try StageOneLoader.libraries() {
-            switch entry {
-            case .file(let path): try plan.addHostFile(path, from: path)
-            case .symlink(let path, let target): plan.addSymlink(path, target: target)
-            }
-        }
+        // stage 1's image loader and what the image format needs (zstd) with their libraries, after
+        // the recipe's binaries: they come from the host, so where both need one (libc), the host's wins
+        try plan.addClosure(Self.stageOneHostPrograms(for: recipe.image.format), root: "/")
         plan.addData(StageOneLoader.initramfsPath, Data(StageOneLoader.binary), mode: 0o755)
 
         // extra files
@@ -391,9 +427,11 @@ struct InputDigest {
         }
         if recipe.busybox == .host || recipe.initramfs.busybox == .host, let busybox = try? HostBusybox.path() { files.append(busybox) }
         if !recipe.initramfs.binaries.isEmpty { cacheable = false }
-        // stage 1's image loader and the host libraries it brings into the initramfs
+        // stage 1's image loader and the host files it brings into the initramfs
         hasher.update(data: Data(StageOneLoader.binary))
-        files += try StageOneLoader.libraries().compactMap { if case .file(let path) = $0 { return path } else { return nil } }
+        files += try BuildPipeline.stageOneHostPrograms(for: recipe.image.format).compactMap {
+            if case .file(let path) = $0 { return path } else { return nil }
+        }
         for file in files.sorted() { try add(file, contentHash: true) }
     }
 

@@ -16,6 +16,12 @@ final class CompressedOutput {
         sink = try compression.makeSink(into: file, gzipMaxChain: Self.gzipMaxChain)
     }
 
+    /// Through an external filter with these arguments (a compressor writing to its stdout).
+    init(path: String, filter: (tool: String, arguments: [String], package: String)) throws {
+        let file = try FileSink(path: path, syncOnFinish: true)
+        sink = try ProcessFilterSink(tool: filter.tool, arguments: filter.arguments, package: filter.package, downstream: file)
+    }
+
     func write(_ bytes: UnsafeRawBufferPointer) throws { try sink.write(bytes) }
     func finish() throws { try sink.finish() }
 }

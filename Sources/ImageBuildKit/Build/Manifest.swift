@@ -21,6 +21,9 @@ public struct Manifest: Codable, Sendable, Equatable {
     public var initramfsCompression: String
     public var modules: [String]
     public var files: [String: FileInfo]
+    /// Bytes the loaded image takes in a node's tmpfs (the unpacked files of an archive, the file
+    /// of a file system); stage 1 gets it as `imagebuild.need=`. Absent in older manifests.
+    public var loadedSize: Int64?
 
     public static let fileName = "manifest.json"
 

@@ -140,10 +140,38 @@ public struct InitramfsSpec: Sendable, Equatable {
     public var location: ConfigLocation?
 }
 
+/// How the stage-2 image is packed, and so how stage 1 loads it (`imagebuild.format=`).
+///
+/// Archives are streamed into a tmpfs by stage 1 (download, sha256 and unpack in one pass): the
+/// node's RAM holds the unpacked tree only. File systems are downloaded into the tmpfs as one file
+/// and mounted read-only under a tmpfs overlay: RAM holds the compressed image, and files are
+/// decompressed as they are read.
 public enum ImageFormat: String, Sendable, Equatable, CaseIterable {
+    /// tar, gzip (in-process, parallel, reproducible). Read by every stage 1 with busybox alone.
     case tarGz = "tar.gz"
+    /// tar, zstd (`zstd -3 -T0`); stage 1 gets the host's `zstd` to decompress it.
+    case tarZst = "tar.zst"
+    /// squashfs, xz (`mksquashfs`).
     case squashfs
-    public var fileName: String { self == .tarGz ? "image.tar.gz" : "image.squashfs" }
+    /// EROFS, lz4hc (`mkfs.erofs` from erofs-utils).
+    case erofs
+
+    public var fileName: String { "image." + rawValue }
+
+    /// Mounted (a file system) rather than unpacked (an archive).
+    public var isFileSystem: Bool { self == .squashfs || self == .erofs }
+
+    /// The kernel modules stage 1 needs for this format, on top of the recipe's.
+    public var stageOneModules: [String] {
+        switch self {
+        case .tarGz, .tarZst: return []
+        case .squashfs: return ["loop", "squashfs", "overlay"]
+        case .erofs: return ["loop", "erofs", "overlay"]
+        }
+    }
+
+    /// Host programs stage 1 needs for this format beyond busybox (copied with their libraries).
+    public var stageOnePrograms: [String] { self == .tarZst ? ["/usr/bin/zstd"] : [] }
 }
 
 public struct ImageSpec: Sendable, Equatable {

@@ -17,7 +17,7 @@ ONFAIL_DELAY=30
 RETRIES=8
 # shellcheck source=/dev/null  # written by the build, not part of this tree
 [ -r /etc/imagebuild/stage1.conf ] && . /etc/imagebuild/stage1.conf
-IMAGE_URL='' IMAGE_SHA256='' SERVER='' FORMAT=tar.gz NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF='' TOKEN=''
+IMAGE_URL='' IMAGE_SHA256='' SERVER='' FORMAT=tar.gz NEED='' NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF='' TOKEN=''
 # shellcheck disable=SC2013  # the command line is words, split on purpose
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -28,6 +28,7 @@ for arg in $(cat /proc/cmdline); do
         imagebuild.init=*) NEWINIT="${arg#*=}" ;;
         imagebuild.rootsize=*) ROOTSIZE="${arg#*=}" ;;
         imagebuild.format=*) FORMAT="${arg#*=}" ;;
+        imagebuild.need=*) NEED="${arg#*=}" ;;
         imagebuild.retries=*) RETRIES="${arg#*=}" ;;
         imagebuild.token=*) TOKEN="${arg#*=}" ;;
         BOOTIF=*) BOOTIF="${arg#*=}" ;;

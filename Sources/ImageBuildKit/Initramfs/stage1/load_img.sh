@@ -5,6 +5,21 @@
 mkdir -p /newroot
 mount -t tmpfs -o "size=$ROOTSIZE,mode=0755" rootfs /newroot || fail "cannot mount a tmpfs at /newroot"
 
+# imagebuild.need: the bytes the loaded image takes in the tmpfs. Refuse now, clearly, rather than
+# die half-way with "No space left on device": the tmpfs must hold it, and memory must remain for
+# the kernel and stage 2 to start (64 MiB).
+gib() { awk -v b="$1" 'BEGIN { printf "%.1f GiB", b / 1073741824 }'; }
+if [ -n "$NEED" ]; then
+    available=$(awk '/^MemAvailable:/ { printf "%.0f", $2 * 1024 }' /proc/meminfo)
+    room=$(df -k /newroot | awk 'NR == 2 { printf "%.0f", $4 * 1024 }')
+    have=$((available - 64 * 1048576))
+    [ "$room" -lt "$have" ] && have=$room
+    if [ "$NEED" -gt "$have" ]; then
+        step download "checking memory"
+        fail "image needs $(gib "$NEED"), node has $(gib "$have") (available memory $(gib "$available") less 64 MiB, tmpfs $(gib "$room") with imagebuild.rootsize=$ROOTSIZE)"
+    fi
+fi
+
 # imagebuild-fetch streams the image in one pass, hashing every byte, and continues a broken
 # download from the byte it reached (HTTP Range), so the unpacker never starts over. Exit 4:
 # the digest did not match; the tree it fed is then never switched into.
@@ -30,22 +45,23 @@ check=
 if [ -n "$IMAGE_SHA256" ]; then check="-s $IMAGE_SHA256"; else say "warning: no imagebuild.sha256 given, image not verified"; fi
 
 case "$FORMAT" in
-    squashfs)
+    squashfs|erofs)
         # mounted, not unpacked: the file itself is the root (in RAM)
-        IMAGE=/newroot/image.squashfs
+        IMAGE=/newroot/image.$FORMAT
         step download "fetching $IMAGE_URL"
         fetch -o "$IMAGE"
         fetched $?
-        step unpack "mounting the squashfs image under a tmpfs overlay (size=$ROOTSIZE)"
+        step unpack "mounting the $FORMAT image under a tmpfs overlay (size=$ROOTSIZE)"
         mkdir -p /ro /newroot/upper /newroot/work /merged
-        mount -t squashfs -o loop,ro "$IMAGE" /ro || fail "cannot mount the squashfs image"
+        mount -t "$FORMAT" -o loop,ro "$IMAGE" /ro || fail "cannot mount the $FORMAT image"
         mount -t overlay -o lowerdir=/ro,upperdir=/newroot/upper,workdir=/newroot/work overlay /merged ||
             fail "cannot mount overlayfs"
         ROOT=/merged ;;
-    *)
+    tar.gz|tar.zst)
+        case "$FORMAT" in tar.zst) decompress="zstd -dcq" ;; *) decompress="gzip -dc" ;; esac
         step download "streaming $IMAGE_URL into tmpfs (size=$ROOTSIZE): download, sha256 and unpack in one pass"
         # fetch's status goes through a file: busybox ash has no PIPESTATUS
-        { fetch; echo $? >/tmp/fetch.status; } | gzip -dc 2>/tmp/unpack.err | tar -xf - -C /newroot 2>>/tmp/unpack.err
+        { fetch; echo $? >/tmp/fetch.status; } | $decompress 2>/tmp/unpack.err | tar -xf - -C /newroot 2>>/tmp/unpack.err
         unpacked=$? status=$(cat /tmp/fetch.status)
         # 5: the unpacker stopped reading; its own message says why
         [ "$status" != 5 ] || { step unpack "unpacking"; fail "unpacking failed: $(tail -n 1 /tmp/unpack.err)"; }
@@ -53,6 +69,8 @@ case "$FORMAT" in
         step unpack "unpacked"
         [ "$unpacked" -eq 0 ] || fail "unpacking failed: $(tail -n 1 /tmp/unpack.err)"
         ROOT=/newroot ;;
+    *)
+        fail "unknown image format '$FORMAT' (imagebuild.format=tar.gz, tar.zst, squashfs or erofs)" ;;
 esac
 [ -x "$ROOT$NEWINIT" ] || [ -L "$ROOT$NEWINIT" ] || fail "the image has no $NEWINIT"
 
