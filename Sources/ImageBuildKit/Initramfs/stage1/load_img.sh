@@ -11,7 +11,7 @@ mount -t tmpfs -o "size=$ROOTSIZE,mode=0755" rootfs /newroot || fail "cannot mou
 gib() { awk -v b="$1" 'BEGIN { printf "%.1f GiB", b / 1073741824 }'; }
 if [ -n "$NEED" ]; then
     available=$(awk '/^MemAvailable:/ { printf "%.0f", $2 * 1024 }' /proc/meminfo)
-    room=$(df -k /newroot | awk 'NR == 2 { printf "%.0f", $4 * 1024 }')
+    room=$(stat -f -c '%a %S' /newroot | awk '{ printf "%.0f", $1 * $2 }')
     have=$((available - 64 * 1048576))
     [ "$room" -lt "$have" ] && have=$room
     if [ "$NEED" -gt "$have" ]; then
