@@ -46,21 +46,23 @@ enum { BUFFER_SIZE = 1 << 18, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30 };
 
 static const char *program = "imagebuild-fetch";
 
-static void message(const char *format, ...) {
-    va_list args;
-    va_start(args, format);
+static void vmessage(const char *format, va_list args) {
     fprintf(stderr, "%s: ", program);
     vfprintf(stderr, format, args);
     fputc('\n', stderr);
+}
+
+static void message(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vmessage(format, args);
     va_end(args);
 }
 
 static void die(int status, const char *format, ...) {
     va_list args;
     va_start(args, format);
-    fprintf(stderr, "%s: ", program);
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
+    vmessage(format, args);
     va_end(args);
     exit(status);
 }

@@ -288,7 +288,7 @@ public final class ArchiveWriter {
         archive_entry_set_dev(entry, 0)
         archive_entry_set_nlink(entry, UInt32(kind == .directory ? 2 : nlink))
         archive_entry_set_size(entry, la_int64_t(entrySize))
-        try check(archive_write_header(handle, entry), path)
+        try check(Self.inUTF8Locale { archive_write_header(handle, entry) }, path)
         if entrySize > 0, let data {
             var remaining = entrySize
             try data { chunk in
@@ -305,6 +305,21 @@ public final class ArchiveWriter {
             }
         }
         try check(archive_write_finish_entry(handle), path)
+    }
+
+    /// libarchive converts names from the calling thread's locale to UTF-8 for a
+    /// pax header. In the C locale (a service, a CI job) a name with any byte over
+    /// 0x7f fails that conversion and the header gets `hdrcharset=BINARY`, which
+    /// busybox tar warns about on every node's console. Names in a root tree are
+    /// UTF-8, so the header is written under C.UTF-8 for this thread only (the
+    /// locale object is created once and never changed, so sharing it is safe).
+    private nonisolated(unsafe) static let utf8Locale: locale_t? = newlocale(LC_CTYPE_MASK, "C.UTF-8", nil)
+
+    private static func inUTF8Locale<T>(_ body: () -> T) -> T {
+        guard let utf8Locale else { return body() }
+        let previous = uselocale(utf8Locale)
+        defer { uselocale(previous) }
+        return body()
     }
 
     /// Writes the trailer and flushes the last block to the sink.

@@ -236,9 +236,7 @@ public final class BuildPipeline {
             try plan.addTree(tree, excluding: recipe.image.exclude, hardlinks: true)
             let total = plan.contentBytes
             step("image", "\(plan.count) entries, \(formatBytes(total)) → \(name)")
-            let output = format == .tarGz
-                ? try CompressedOutput(path: path, compression: .gzip)
-                : try CompressedOutput(path: path, filter: Self.imageZstd)
+            let output = try CompressedOutput(path: path, compression: format == .tarGz ? .gzip : .zstd, purpose: .image)
             try plan.write(format: .paxRestricted, sink: output.write) { [weak self] done in
                 self?.reporter?.progress("image", done: done, total: total)
             }
@@ -261,11 +259,6 @@ public final class BuildPipeline {
             return nil
         }
     }
-
-    /// zstd for images: level 3 (zstd's default; at 1 Gbit/s a higher level saves less transfer time
-    /// than it costs to build), on every core. zstd's multi-threaded frames do not depend on the
-    /// number of workers, so the bytes are the same on any machine with the same zstd.
-    static let imageZstd = (tool: "zstd", arguments: ["-q", "-3", "-T0", "-c"], package: "zstd")
 
     /// A fixed file-system UUID for a recipe and epoch (mkfs tools pick a random one otherwise).
     static func uuid(_ name: String, _ epoch: Int64) -> String {
@@ -379,7 +372,7 @@ public final class BuildPipeline {
 
         let total = plan.contentBytes
         step("initramfs", "\(plan.count) entries, \(moduleNames.count) modules, \(formatBytes(total)), \(spec.compression.rawValue)")
-        let output = try CompressedOutput(path: path, compression: spec.compression)
+        let output = try CompressedOutput(path: path, compression: spec.compression, purpose: .initramfs)
         try plan.write(format: .cpioNewc, sink: output.write) { [weak self] done in
             self?.reporter?.progress("initramfs", done: done, total: total)
         }

@@ -11,15 +11,9 @@ final class CompressedOutput {
 
     private let sink: ByteSink
 
-    init(path: String, compression: Compression) throws {
+    init(path: String, compression: Compression, purpose: Compression.Purpose) throws {
         let file = try FileSink(path: path, syncOnFinish: true)
-        sink = try compression.makeSink(into: file, gzipMaxChain: Self.gzipMaxChain)
-    }
-
-    /// Through an external filter with these arguments (a compressor writing to its stdout).
-    init(path: String, filter: (tool: String, arguments: [String], package: String)) throws {
-        let file = try FileSink(path: path, syncOnFinish: true)
-        sink = try ProcessFilterSink(tool: filter.tool, arguments: filter.arguments, package: filter.package, downstream: file)
+        sink = try compression.makeSink(into: file, purpose: purpose, gzipMaxChain: Self.gzipMaxChain)
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws { try sink.write(bytes) }

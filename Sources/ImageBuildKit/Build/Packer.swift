@@ -14,7 +14,9 @@ public enum Packer {
         try plan.addTree(tree, hardlinks: format == .paxRestricted)
         let temporary = output + ".tmp-\(getpid())"
         do {
-            let sink = try CompressedOutput(path: temporary, compression: compression)
+            // A tar is a stage-2 image (zstd's image settings); a cpio is an initramfs.
+            let sink = try CompressedOutput(path: temporary, compression: compression,
+                                            purpose: format == .paxRestricted ? .image : .initramfs)
             try plan.write(format: format, sink: sink.write)
             try sink.finish()
             if rename(temporary, output) != 0 { throw RootfsError.system(operation: "rename to", path: output, errno: errno) }

@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import ImageBuildKit
+
+@Suite("Archive writer")
+struct ArchiveWriterTests {
+    /// A service or CI job runs in the C locale, where libarchive could not convert a
+    /// non-ASCII name to UTF-8 and marked the header `hdrcharset=BINARY`: busybox tar
+    /// then printed a warning on every node's console. The test pins the C locale on
+    /// its own thread so it holds whatever locale the runner has.
+    @Test("a UTF-8 name in the C locale: a plain pax path, no hdrcharset, read back the same")
+    func utf8NamesInTheCLocale() throws {
+        let name = "usr/share/café/naïve-東京.txt"
+        let cLocale = try #require(newlocale(LC_CTYPE_MASK, "C", nil))
+        defer { freelocale(cLocale) }
+        let previous = uselocale(cLocale)
+        defer { uselocale(previous) }
+
+        var bytes: [UInt8] = []
+        let writer = try ArchiveWriter(format: .paxRestricted) { bytes.append(contentsOf: $0) }
+        let content = Array("hello\n".utf8)
+        try writer.write(path: name, kind: .regular, permissions: 0o644, uid: 0, gid: 0, mtime: 0, inode: 1,
+                         size: Int64(content.count)) { sink in try content.withUnsafeBytes(sink) }
+        try writer.close()
+
+        let marksBinary = bytes.contains(subsequence: Array("hdrcharset".utf8))
+        let hasUTF8Path = bytes.contains(subsequence: Array("path=\(name)\n".utf8))
+        #expect(!marksBinary)
+        #expect(hasUTF8Path)
+
+        let directory = TemporaryDirectory("archive-writer")
+        let archive = directory.path + "/utf8.tar"
+        try Data(bytes).write(to: URL(fileURLWithPath: archive))
+        let reader = try ArchiveReader(path: archive)
+        #expect(try reader.next()?.path == name)
+
+        // Stage 1 reads images with busybox tar: it must list the name and print nothing else.
+        let busybox = try #require(ProcessRunner.which("busybox"), "scripts/setup installs busybox-static")
+        let listed = try ProcessRunner.run(busybox, ["tar", "-tf", archive])
+        #expect(listed.status == 0)
+        #expect(listed.stdout == name + "\n")
+        #expect(listed.stderr.isEmpty, "busybox tar: \(listed.stderr)")
+    }
+}
+
+private extension Array where Element == UInt8 {
+    func contains(subsequence needle: [UInt8]) -> Bool {
+        guard needle.count <= count else { return false }
+        return (0...(count - needle.count)).contains { start in self[start..<start + needle.count].elementsEqual(needle) }
+    }
+}
