@@ -7,7 +7,9 @@
 # EXTRA_DIRS to top it up) in a temporary directory, runs every command RUNS
 # times pinned with taskset to the same CPUs, and prints medians (wall and
 # CPU seconds), throughput, output sizes and ratios, and whether two packer
-# runs gave identical bytes.
+# runs gave identical bytes. Last, a stage-2 image: `imagebuild pack --tar
+# --compression zstd` against `tar --sort=name | zstd -T2 -3` (the level image
+# zstd uses), ending in `zstd_ratio=` (reference wall time / ours).
 #
 # The packer is `imagebuild pack DIR --output FILE` from a release build when
 # that subcommand exists; until then (or with PACKER=helper) it is
@@ -169,3 +171,27 @@ if [ -n "$MAX_CHAIN" ]; then
 fi
 report "raw" "gzip -6 -n" "$RAW_BYTES"
 gzip -dc "$WORK/raw-ours.gz.1" | cmp -s - "$RAW" && echo "  round trip: ParallelGzipWriter output decompresses to the input"
+
+# --- 3. a stage-2 image as tar.zst: imagebuild pack against tar | zstd -T2 ---------
+# Same level (3, the level image zstd uses) and two threads on both sides; the
+# reference sorts names and clamps times like the packer, so the inputs match.
+if [ "$PACK_LABEL" = "imagebuild pack" ] && command -v zstd >/dev/null; then
+    WALL=(); CPU=(); SIZE=(); ORDER=()
+    echo
+    echo "image: tree -> tar.zst (level 3, 2 threads)"
+    measure "tar --sort=name|zstd -T2 -3" "$WORK/ref.tar.zst" \
+        "tar -C '$TREE' --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=pax -cf - . | zstd -q -T2 -3 -c > @OUT@"
+    measure "imagebuild pack --tar zstd" "$WORK/pack.tar.zst" "$PACK_CMD @OUT@ --tar --compression zstd"
+    TAR_BYTES=$(zstd -dc "$WORK/ref.tar.zst.1" | wc -c)
+    report "image" "tar --sort=name|zstd -T2 -3" "$TAR_BYTES"
+    echo "  (vs_gzip6 and speed here are against tar | zstd -T2 -3)"
+    zstd -t -q "$WORK/pack.tar.zst.1"
+    if [ "$RUNS" -ge 2 ]; then
+        if cmp -s "$WORK/pack.tar.zst.1" "$WORK/pack.tar.zst.2"; then
+            echo "  reproducible: imagebuild pack --tar --compression zstd runs 1 and 2 are byte-identical"
+        else
+            echo "  NOT REPRODUCIBLE: imagebuild pack --tar --compression zstd runs 1 and 2 differ"; KEEP=1; exit 1
+        fi
+    fi
+    echo "zstd_ratio=$(awk -v a="${WALL[tar --sort=name|zstd -T2 -3]}" -v b="${WALL[imagebuild pack --tar zstd]}" 'BEGIN { printf "%.2f", a / b }') (reference wall / ours: at least 1 is the goal)"
+fi
