@@ -60,10 +60,10 @@ struct NodesCommand: ParsableCommand {
         }
 
         func run() throws {
-            guard let mac = MAC(mac) else { fail(ValidationError("'\(self.mac)' is not a MAC address")) }
-            var address: IPv4?
+            guard let mac = MACAddress(mac) else { fail(ValidationError("'\(self.mac)' is not a MAC address")) }
+            var address: IPv4Address?
             if let ip {
-                guard let parsed = IPv4(ip) else { fail(ValidationError("'\(ip)' is not an IPv4 address")) }
+                guard let parsed = IPv4Address(ip) else { fail(ValidationError("'\(ip)' is not an IPv4 address")) }
                 address = parsed
             }
             let inventory = FileManager.default.fileExists(atPath: nodes) ? try? InventoryLoader.load(path: nodes) : nil
