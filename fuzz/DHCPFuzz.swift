@@ -46,8 +46,8 @@ let inventory = DHCPStaticInventory(
         DHCPSubnet(network: IPv4Address(198, 51, 100, 0), mask: IPv4Address(255, 255, 255, 0), leaseTime: 60),
     ])
 let policies = [
-    DHCPPolicy(serverAddress: server, httpPort: 8080),
-    DHCPPolicy(mode: .proxy, serverAddress: server),
+    DHCPPolicy(serverAddress: server, httpPort: 8080, bootScriptPath: "/boot/v1/bootscript"),
+    DHCPPolicy(mode: .proxy, serverAddress: server, bootScriptPath: "/boot/v1/bootscript"),
 ]
 nonisolated(unsafe) var leases = FuzzLeases()
 nonisolated(unsafe) var clock: Int64 = 1_000_000

@@ -106,3 +106,9 @@ public struct IPv4Network: Hashable, Sendable, CustomStringConvertible {
     public func contains(_ ip: IPv4Address) -> Bool { ip.rawValue & Self.mask(prefix) == address.rawValue }
     public var description: String { "\(address)/\(prefix)" }
 }
+
+extension IPv4Address {
+    /// `http://10.77.0.1` (port 80) or `http://10.77.0.1:8080`: the base of every URL nodes are given
+    /// (boot-script URLs in DHCP replies, kernel and image URLs in boot files).
+    public func httpBase(port: Int) -> String { port == 80 ? "http://\(self)" : "http://\(self):\(port)" }
+}

@@ -90,13 +90,15 @@ import Testing
         #expect(IPv4Address(text) == nil)
     }
 
-    @Test func printsAndHex() {
+    @Test func printsHexAndHTTPBase() {
         let a = IPv4Address(192, 168, 1, 98)
         #expect(a.description == "192.168.1.98")
         #expect(a.hex == "C0A80162")
         #expect(IPv4Address(10, 0, 0, 1).hex == "0A000001")
         #expect(IPv4Address(10, 77, 0, 11).hex == "0A4D000B")
         #expect(IPv4Address(a.description) == a)
+        #expect(a.httpBase(port: 80) == "http://192.168.1.98")
+        #expect(a.httpBase(port: 8080) == "http://192.168.1.98:8080")
     }
 
     @Test func subnetArithmeticAndStride() {

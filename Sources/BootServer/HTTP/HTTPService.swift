@@ -349,7 +349,7 @@ public final class HTTPService: Service, Sendable {
     private func bootScript(_ request: Request, context: BootRequestContext, publishIndex: PublishIndexCache) throws -> Response {
         let query = request.uri.queryParameters
         guard let text = query.get("mac") else {
-            throw HTTPError(.badRequest, message: "missing ?mac= (iPXE: chain http://server/boot/v1/bootscript?mac=${mac})")
+            throw HTTPError(.badRequest, message: "missing ?mac= (iPXE: chain http://server\(BootPlan.bootScriptPath)?mac=${mac})")
         }
         guard let mac = MACAddress(text) else {
             throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")

@@ -16,7 +16,7 @@ public struct Inventory: Sendable, Equatable {
         /// What BIOS PXE clients load: lpxelinux.0 (kernel and initrd over HTTP) or pxelinux.0 (TFTP).
         public var biosLoader: String
         /// `http://server[:port]`, the base of every URL nodes are given.
-        public var httpBase: String { httpPort == 80 ? "http://\(server)" : "http://\(server):\(httpPort)" }
+        public var httpBase: String { server.httpBase(port: httpPort) }
     }
 
     /// Boot settings at any level (defaults, group, range, node); nil inherits.

@@ -64,8 +64,10 @@ struct DHCPMemoryLeases: DHCPLeaseView {
     }
 }
 
-let dhcpPolicy = DHCPPolicy(serverAddress: dhcpServer, httpPort: 8080)
-let dhcpProxyPolicy = DHCPPolicy(mode: .proxy, serverAddress: dhcpServer, httpPort: 8080)
+/// The server passes `BootPlan.bootScriptPath` (ImageBuildKit, not a dependency of this target).
+let dhcpBootScriptPath = "/boot/v1/bootscript"
+let dhcpPolicy = DHCPPolicy(serverAddress: dhcpServer, httpPort: 8080, bootScriptPath: dhcpBootScriptPath)
+let dhcpProxyPolicy = DHCPPolicy(mode: .proxy, serverAddress: dhcpServer, httpPort: 8080, bootScriptPath: dhcpBootScriptPath)
 
 // MARK: Requests
 

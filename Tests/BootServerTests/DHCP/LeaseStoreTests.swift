@@ -1,6 +1,7 @@
 import BootProtocols
 import BootServer
 import Foundation
+import ImageBuildKit
 import Testing
 
 @Suite("Lease store")
@@ -187,7 +188,8 @@ struct LeaseStoreTests {
         let inventory = DHCPStaticInventory(hosts: fixed, subnets: [DHCPSubnet(
             network: IPv4Address(10, 9, 0, 0), mask: IPv4Address(255, 255, 255, 0), leaseTime: 120, pool: pool)])
         let server = IPv4Address(10, 9, 0, 1)
-        let policy = DHCPPolicy(serverAddress: server, rapidCommit: false, offerHoldTime: 10, declineHoldTime: 60)
+        let policy = DHCPPolicy(serverAddress: server, rapidCommit: false, offerHoldTime: 10, declineHoldTime: 60,
+                                bootScriptPath: BootPlan.bootScriptPath)
         let clients = (0..<60).map(dhcpMAC) + fixed.map(\.mac)
         var store = try open(dir) { $0.compactAfterRecords = 64 }
         var t: Int64 = 100_000
