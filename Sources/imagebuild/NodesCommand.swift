@@ -23,7 +23,7 @@ struct NodesCommand: ParsableCommand {
                 else the default image) with the images published in --root.
                 """)
 
-        @Argument(help: "The node's MAC address (any usual spelling).")
+        @Argument(help: "The node's MAC address: aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff.")
         var mac: String
 
         @Option(help: "The node's IPv4 address (default: its fixed IP from nodes.yaml).")
