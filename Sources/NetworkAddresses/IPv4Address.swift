@@ -63,11 +63,6 @@ public struct IPv4Address: Hashable, Sendable, Comparable, Strideable, CustomStr
         return "\(o.0).\(o.1).\(o.2).\(o.3)"
     }
 
-    /// True when `self` and `other` share the network part under `mask`.
-    @inlinable public func isInSameSubnet(as other: IPv4Address, mask: IPv4Address) -> Bool {
-        (rawValue ^ other.rawValue) & mask.rawValue == 0
-    }
-
     @inlinable public static func < (lhs: IPv4Address, rhs: IPv4Address) -> Bool { lhs.rawValue < rhs.rawValue }
     @inlinable public func distance(to other: IPv4Address) -> Int { Int(other.rawValue) - Int(rawValue) }
     @inlinable public func advanced(by n: Int) -> IPv4Address {
@@ -101,9 +96,11 @@ public struct IPv4Network: Hashable, Sendable, CustomStringConvertible {
     }
 
     @inlinable static func mask(_ prefix: Int) -> UInt32 { prefix == 0 ? 0 : UInt32.max << (32 - UInt32(prefix)) }
-    public var mask: IPv4Address { IPv4Address(rawValue: Self.mask(prefix)) }
-    public var broadcast: IPv4Address { IPv4Address(rawValue: address.rawValue | ~Self.mask(prefix)) }
-    public func contains(_ ip: IPv4Address) -> Bool { ip.rawValue & Self.mask(prefix) == address.rawValue }
+    /// `255.255.255.0` for a /24 (DHCP option 1).
+    @inlinable public var mask: IPv4Address { IPv4Address(rawValue: Self.mask(prefix)) }
+    @inlinable public var broadcast: IPv4Address { IPv4Address(rawValue: address.rawValue | ~Self.mask(prefix)) }
+    /// True when `ip` is inside this network (asked per DHCP packet: no allocation, inlinable).
+    @inlinable public func contains(_ ip: IPv4Address) -> Bool { ip.rawValue & Self.mask(prefix) == address.rawValue }
     public var description: String { "\(address)/\(prefix)" }
 }
 

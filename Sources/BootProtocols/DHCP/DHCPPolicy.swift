@@ -539,7 +539,7 @@ public struct DHCPPolicy: Hashable, Sendable {
     }
 
     private func addConfigurationOptions(_ reply: inout DHCPMessage, subnet: DHCPSubnet, host: DHCPHost?) {
-        reply.options.set(.subnetMask(subnet.mask))
+        reply.options.set(.subnetMask(subnet.network.mask))
         if !subnet.routers.isEmpty { reply.options.set(.router(subnet.routers)) }
         if !subnet.dnsServers.isEmpty { reply.options.set(.domainNameServer(subnet.dnsServers)) }
         if let name = host?.hostname { reply.options.set(.hostName(name)) }

@@ -25,8 +25,7 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
         self.hosts = hosts
         self.reserved = reserved
         subnets = [DHCPSubnet(
-            network: network.subnet.address,
-            mask: network.subnet.mask,
+            network: network.subnet,
             routers: network.router.map { [$0] } ?? [],
             dnsServers: network.dns,
             domainName: network.domain,

@@ -186,7 +186,7 @@ struct LeaseStoreTests {
         let pool = IPv4Address(10, 9, 0, 10)...IPv4Address(10, 9, 0, 49)  // 40 addresses for 60 clients
         let fixed = (0..<5).map { DHCPHost(mac: dhcpMAC(100 + $0), address: IPv4Address(10, 9, 0, UInt8(200 + $0)), hostname: "fixed\($0)") }
         let inventory = DHCPStaticInventory(hosts: fixed, subnets: [DHCPSubnet(
-            network: IPv4Address(10, 9, 0, 0), mask: IPv4Address(255, 255, 255, 0), leaseTime: 120, pool: pool)])
+            network: IPv4Network("10.9.0.0/24")!, leaseTime: 120, pool: pool)])
         let server = IPv4Address(10, 9, 0, 1)
         let policy = DHCPPolicy(serverAddress: server, rapidCommit: false, offerHoldTime: 10, declineHoldTime: 60,
                                 bootScriptPath: BootPlan.bootScriptPath)
