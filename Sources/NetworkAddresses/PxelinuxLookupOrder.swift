@@ -13,3 +13,10 @@ public func pxelinuxLookupOrder(mac: MACAddress, ip: IPv4Address?, uuid: String?
     names.append("default")
     return names.map { "pxelinux.cfg/" + $0 }
 }
+
+extension IPv4Network {
+    /// The name pxelinux's walk reaches for every address of this network: the address in upper-case
+    /// hex cut to `prefix / 4` digits (`C0A8016` for 192.168.1.96/28). Only a prefix that is a multiple
+    /// of 4 has one; nodes.yaml refuses other ranges.
+    public var pxelinuxName: String { String(address.hex.prefix(prefix / 4)) }
+}

@@ -141,4 +141,19 @@ import Testing
                                     uuid: "B8945908-D6A6-41A9-611D-74A6AB80B83D").first
                 == "pxelinux.cfg/b8945908-d6a6-41a9-611d-74a6ab80b83d")
     }
+
+    /// A range's file (what publish writes for it) is on the walk of every address inside it, and of
+    /// none outside it.
+    @Test(arguments: [4, 8, 12, 16, 20, 24, 28])
+    func aNetworksNameIsOnTheWalkOfItsAddresses(prefix: Int) throws {
+        let network = try #require(IPv4Network(address: IPv4Address(192, 168, 1, 98), prefix: prefix))
+        #expect(network.pxelinuxName.count == prefix / 4)
+        let mac = MACAddress(rawValue: 1)
+        for inside in [network.address, network.broadcast, IPv4Address(192, 168, 1, 98)] {
+            #expect(pxelinuxLookupOrder(mac: mac, ip: inside).contains("pxelinux.cfg/" + network.pxelinuxName), "\(inside) in \(network)")
+        }
+        let outside = IPv4Address(rawValue: network.broadcast.rawValue &+ 1)
+        #expect(!pxelinuxLookupOrder(mac: mac, ip: outside).contains("pxelinux.cfg/" + network.pxelinuxName), "\(outside) outside \(network)")
+        #expect(IPv4Network("192.168.1.96/28")?.pxelinuxName == "C0A8016")
+    }
 }

@@ -65,7 +65,7 @@ public struct Inventory: Sendable, Equatable {
         public var settings: Settings
         public var location: ConfigLocation
         /// The pxelinux file name: the prefix's hex digits (the prefix length must be a multiple of 4).
-        public var pxelinuxName: String { String(network.address.hex.prefix(network.prefix / 4)) }
+        public var pxelinuxName: String { network.pxelinuxName }
     }
 
     public var file: String
