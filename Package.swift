@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way: imagebuild (CLI) -> BootServer -> {BootProtocols, ImageBuildKit};
-// ImageBuildKit -> CArchive. See docs/architecture.md.
+// ImageBuildKit -> CArchive; both libraries -> NetworkAddresses (a leaf). See docs/architecture.md.
 let package = Package(
     name: "imagebuild",
     platforms: [.macOS(.v14)],
@@ -35,10 +35,13 @@ let package = Package(
         ),
         // openat2(2) for the TFTP root's confinement (header only: nothing to link).
         .systemLibrary(name: "CLinux"),
+        // MAC, IPv4 address, IPv4 network and pxelinux's lookup order: the one address vocabulary,
+        // re-exported by ImageBuildKit and BootProtocols. No dependencies.
+        .target(name: "NetworkAddresses"),
         .target(
             name: "ImageBuildKit",
             dependencies: [
-                "CArchive",
+                "CArchive", "NetworkAddresses",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,12 +59,12 @@ let package = Package(
         ),
         .target(
             name: "BootProtocols",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["NetworkAddresses", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "BootServer",
             dependencies: [
-                "BootProtocols", "ImageBuildKit", "CLinux", "DatagramIO",
+                "BootProtocols", "ImageBuildKit", "NetworkAddresses", "CLinux", "DatagramIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -107,6 +110,7 @@ let package = Package(
         // lab and the snapshot helper. Foundation and Testing only; see docs/testing.md.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Snapshots are read through #filePath too (re-recording writes into the source tree).
+        .testTarget(name: "NetworkAddressesTests", dependencies: ["NetworkAddresses"]),
         .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit", "TestSupport"], exclude: ["Snapshots"]),
         // Fixtures are read through #filePath (so re-recording writes into the source tree).
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols", "TestSupport"], exclude: ["Fixtures"]),

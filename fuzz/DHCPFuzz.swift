@@ -40,14 +40,14 @@ let inventory = DHCPStaticInventory(
         DHCPHost(mac: MACAddress(0x52, 0x54, 0, 0x77, 0, 2), hostname: "n2", architecture: .x64UEFI),
     ],
     subnets: [
-        DHCPSubnet(network: IPv4Address(192, 0, 2, 0), mask: IPv4Address(255, 255, 255, 0), routers: [server],
+        DHCPSubnet(network: IPv4Network("192.0.2.0/24")!, routers: [server],
                    dnsServers: [server], domainName: "fuzz.test", leaseTime: 600,
                    pool: IPv4Address(192, 0, 2, 100)...IPv4Address(192, 0, 2, 103)),
-        DHCPSubnet(network: IPv4Address(198, 51, 100, 0), mask: IPv4Address(255, 255, 255, 0), leaseTime: 60),
+        DHCPSubnet(network: IPv4Network("198.51.100.0/24")!, leaseTime: 60),
     ])
 let policies = [
-    DHCPPolicy(serverAddress: server, httpPort: 8080),
-    DHCPPolicy(mode: .proxy, serverAddress: server),
+    DHCPPolicy(serverAddress: server, httpPort: 8080, bootScriptPath: "/boot/v1/bootscript"),
+    DHCPPolicy(mode: .proxy, serverAddress: server, bootScriptPath: "/boot/v1/bootscript"),
 ]
 nonisolated(unsafe) var leases = FuzzLeases()
 nonisolated(unsafe) var clock: Int64 = 1_000_000

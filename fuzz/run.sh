@@ -23,7 +23,7 @@ BIN=$(cd "$SCRATCH/$CONFIG" && pwd -P)
 # 2. Link the target against the built objects (SwiftPM cannot add a fuzzer product without a
 #    Package.swift target; this keeps the package untouched).
 mapfile -t OBJECTS < <(find "$BIN" -name '*.o' -path '*.build/*' \
-    \( -path '*/BootProtocols.build/*' -o -path '*/NIOCore.build/*' -o -path '*/NIOConcurrencyHelpers.build/*' \
+    \( -path '*/BootProtocols.build/*' -o -path '*/NetworkAddresses.build/*' -o -path '*/NIOCore.build/*' -o -path '*/NIOConcurrencyHelpers.build/*' \
        -o -path '*/_NIOBase64.build/*' -o -path '*/_NIODataStructures.build/*' -o -path '*/CNIOLinux.build/*' \
        -o -path '*/CNIOAtomics.build/*' \
        -o -path '*/DequeModule.build/*' -o -path '*/InternalCollectionsUtilities.build/*' \

@@ -104,7 +104,7 @@ struct SimulatedNode: Sendable {
         try checkDeadline(.config)
         start = clock.now
         var config: [UInt8]?
-        let names = pxelinuxLookupOrder(mac: MAC(bytes: (0..<6).map { mac[$0] }), ip: IPv4(lease.address.rawValue))
+        let names = pxelinuxLookupOrder(mac: mac, ip: lease.address)
         for name in names {
             let outcome = await tftp(pxelinuxRead(prefix + name, keep: true), server: tftpServer, source: source, result: &result)
             switch outcome {

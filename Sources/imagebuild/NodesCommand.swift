@@ -23,7 +23,7 @@ struct NodesCommand: ParsableCommand {
                 else the default image) with the images published in --root.
                 """)
 
-        @Argument(help: "The node's MAC address (any usual spelling).")
+        @Argument(help: "The node's MAC address: aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff.")
         var mac: String
 
         @Option(help: "The node's IPv4 address (default: its fixed IP from nodes.yaml).")
@@ -60,10 +60,10 @@ struct NodesCommand: ParsableCommand {
         }
 
         func run() throws {
-            guard let mac = MAC(mac) else { fail(ValidationError("'\(self.mac)' is not a MAC address")) }
-            var address: IPv4?
+            guard let mac = MACAddress(mac) else { fail(ValidationError("'\(self.mac)' is not a MAC address")) }
+            var address: IPv4Address?
             if let ip {
-                guard let parsed = IPv4(ip) else { fail(ValidationError("'\(ip)' is not an IPv4 address")) }
+                guard let parsed = IPv4Address(ip) else { fail(ValidationError("'\(ip)' is not an IPv4 address")) }
                 address = parsed
             }
             let inventory = FileManager.default.fileExists(atPath: nodes) ? try? InventoryLoader.load(path: nodes) : nil

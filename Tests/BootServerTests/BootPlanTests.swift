@@ -63,8 +63,8 @@ struct BootPlanTests {
     func table(_ expected: Case) throws {
         let inventory = try InventoryLoader.parse(Self.yaml, file: "nodes.yaml")
         let plan = BootPlan(inventory: inventory, images: Self.images)
-        let mac = try #require(MAC(expected.mac))
-        let ip = expected.ip.flatMap(IPv4.init)
+        let mac = try #require(MACAddress(expected.mac))
+        let ip = expected.ip.flatMap(IPv4Address.init)
 
         // 1. The plan.
         let answer = plan.answer(mac: mac, ip: ip)
@@ -94,9 +94,9 @@ struct BootPlanTests {
                 .replacingOccurrences(of: "hostname: n4,", with: "hostname: n4, image: compute,"),
             file: "nodes.yaml")
         let plan = BootPlan(inventory: inventory, images: Self.images)
-        let stranger = MAC("02:00:00:00:00:99")!
+        let stranger = MACAddress("02:00:00:00:00:99")!
         #expect(plan.answer(mac: stranger, ip: nil) == .wait(reason: "not registered in nodes.yaml"))
-        #expect(plan.answer(mac: stranger, ip: IPv4("10.77.0.100")).bootedImage == "rescue")
+        #expect(plan.answer(mac: stranger, ip: IPv4Address("10.77.0.100")).bootedImage == "rescue")
         let (files, index) = plan.files(generation: 1)
         let decision = BootScriptDecision.decide(mac: stranger, clientIP: nil, retry: 0, inventory: inventory, index: index, policy: .defaultImage)
         #expect(decision.image == nil)
@@ -104,7 +104,7 @@ struct BootPlanTests {
         #expect(byPath["pxelinux.cfg/default"] == plan.renderer.pxelinuxUnregistered())
         #expect(byPath["ipxe/default.ipxe"] == plan.renderer.ipxeUnregistered())
         // The server's `unknown_macs: wait` policy: even a range member waits.
-        let policyWait = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.100"), retry: 0, inventory: inventory,
+        let policyWait = BootScriptDecision.decide(mac: stranger, clientIP: IPv4Address("10.77.0.100"), retry: 0, inventory: inventory,
                                                    index: index, policy: .wait)
         #expect(policyWait.image == nil)
     }
@@ -113,7 +113,7 @@ struct BootPlanTests {
     func unpublished() throws {
         let inventory = try InventoryLoader.parse(Self.yaml, file: "nodes.yaml")
         let plan = BootPlan(inventory: inventory, images: Self.images.filter { $0.key != "gpu" })
-        #expect(plan.answer(mac: MAC("52:54:00:77:00:02")!, ip: nil)
+        #expect(plan.answer(mac: MACAddress("52:54:00:77:00:02")!, ip: nil)
                 == .wait(reason: "image 'gpu' for n2 (52:54:00:77:00:02) is not published (run imagebuild publish)"))
         #expect(!plan.files(generation: 1).files.contains { $0.path.contains("52-54-00-77-00-02") })
     }
@@ -132,7 +132,7 @@ struct BootPlanTests {
             func isDeclined(_ address: IPv4Address, at now: DHCPTimestamp) -> Bool { false }
         }
         func bootFile(_ mac: String, _ arch: DHCPClientArchitecture, ipxe: Bool = false) -> String? {
-            guard let wire = MACAddress(bytes: MAC(mac)!.bytes) else { Issue.record("\(mac) is not a MAC"); return nil }
+            guard let wire = MACAddress(mac) else { Issue.record("\(mac) is not a MAC"); return nil }
             let vendor = "PXEClient:Arch:\(String(format: "%05d", arch.rawValue)):UNDI:003016"
             let decision = policy.decide(DHCPReceived(message: dhcpDiscover(wire, vendorClass: vendor, arch: arch, ipxe: ipxe),
                                                       interfaceAddress: IPv4Address(10, 77, 0, 1)),
@@ -142,7 +142,7 @@ struct BootPlanTests {
         }
         let script = { (mac: String) in "http://10.77.0.1:8080\(BootPlan.bootScriptPath)?mac=\(mac)" }
         for mac in ["52:54:00:77:00:01", "52:54:00:77:00:02", "52:54:00:77:00:03", "02:00:00:00:00:99"] {
-            let bios = plan.biosBoot(for: inventory.node(mac: MAC(mac)!))
+            let bios = plan.biosBoot(for: inventory.node(mac: MACAddress(mac)!))
             #expect(bootFile(mac, .x86BIOS) == bios.firmwareFile, "\(mac) BIOS firmware")
             #expect(bootFile(mac, .x86BIOS, ipxe: true) == (bios.ipxeROMFile ?? script(mac)), "\(mac) BIOS iPXE ROM")
             #expect(bootFile(mac, .x64UEFI) == "ipxe/ipxe.efi", "\(mac) x64 UEFI")
@@ -152,9 +152,9 @@ struct BootPlanTests {
         // What each loader setting means, spelled out once here.
         let pxelinux = biosLoader == "undionly.kpxe" ? "lpxelinux.0" : biosLoader
         let unset = biosLoader == "undionly.kpxe" ? BootPlan.undionly : biosLoader
-        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:01")!)) == .init(loader: nil, firmwareFile: unset, ipxeROMFile: nil))
-        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:02")!)) == .init(loader: .ipxe, firmwareFile: BootPlan.undionly, ipxeROMFile: nil))
-        #expect(plan.biosBoot(for: inventory.node(mac: MAC("52:54:00:77:00:03")!)) == .init(loader: .pxelinux, firmwareFile: pxelinux, ipxeROMFile: pxelinux))
+        #expect(plan.biosBoot(for: inventory.node(mac: MACAddress("52:54:00:77:00:01")!)) == .init(loader: nil, firmwareFile: unset, ipxeROMFile: nil))
+        #expect(plan.biosBoot(for: inventory.node(mac: MACAddress("52:54:00:77:00:02")!)) == .init(loader: .ipxe, firmwareFile: BootPlan.undionly, ipxeROMFile: nil))
+        #expect(plan.biosBoot(for: inventory.node(mac: MACAddress("52:54:00:77:00:03")!)) == .init(loader: .pxelinux, firmwareFile: pxelinux, ipxeROMFile: pxelinux))
     }
 
     @Test("two ranges on one network are refused: they would write one pxelinux file")

@@ -41,33 +41,11 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
 @Suite struct RenderingTests {
     let inventory = try! InventoryLoader.parse(sampleInventory, file: "nodes.yaml")
 
-    @Test func pxelinuxLookupOrderMatchesTheDocumentedWalk() {
-        // The console trace of PXELINUX for 192.168.1.29 (C0A8011D) and MAC 00:0c:29:19:29:c0.
-        let order = pxelinuxLookupOrder(mac: MAC("00:0C:29:19:29:C0")!, ip: IPv4("192.168.1.98"))
-        #expect(order == [
-            "pxelinux.cfg/01-00-0c-29-19-29-c0",
-            "pxelinux.cfg/C0A80162", "pxelinux.cfg/C0A8016", "pxelinux.cfg/C0A801", "pxelinux.cfg/C0A80",
-            "pxelinux.cfg/C0A8", "pxelinux.cfg/C0A", "pxelinux.cfg/C0", "pxelinux.cfg/C",
-            "pxelinux.cfg/default",
-        ])
-        #expect(pxelinuxLookupOrder(mac: MAC("aa:bb:cc:dd:ee:ff")!, ip: nil) == ["pxelinux.cfg/01-aa-bb-cc-dd-ee-ff", "pxelinux.cfg/default"])
-        #expect(pxelinuxLookupOrder(mac: MAC("aa:bb:cc:dd:ee:ff")!, ip: IPv4("10.0.0.1"), uuid: "B8945908-D6A6-41A9-611D-74A6AB80B83D").first
-                == "pxelinux.cfg/b8945908-d6a6-41a9-611d-74a6ab80b83d")
-    }
-
-    @Test func macSpellingsAreNormalised() {
-        for spelling in ["52:54:00:AB:cd:01", "52-54-00-ab-CD-01", "525400abcd01", "5254.00ab.cd01"] {
-            #expect(MAC(spelling)?.description == "52:54:00:ab:cd:01", "\(spelling)")
-        }
-        for bad in ["52:54:00:ab:cd", "52:54:00:ab:cd:0g", "52:54-00:ab:cd:01", ""] { #expect(MAC(bad) == nil, "\(bad)") }
-        #expect(IPv4("10.77.0.11")?.hex == "0A4D000B")
-    }
-
     @Test func inheritance() {
-        let node1 = inventory.node(mac: MAC("52:54:00:77:00:01")!)!
+        let node1 = inventory.node(mac: MACAddress("52:54:00:77:00:01")!)!
         #expect(inventory.resolved(node1).image == "compute")
         #expect(inventory.resolved(node1).cmdline == "console=ttyS0 nomodeset")
-        let node3 = inventory.node(mac: MAC("52:54:00:77:00:03")!)!
+        let node3 = inventory.node(mac: MACAddress("52:54:00:77:00:03")!)!
         #expect(inventory.resolved(node3) == .init(image: "minimal", cmdline: "console=ttyS0,115200 debug", replacesImageCommandLine: true))
         #expect(inventory.ranges[0].pxelinuxName == "0A4D006")
     }
@@ -75,7 +53,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
     @Test func anInventoryCmdlineReplacesTheRecipesAndAppendAddsToIt() throws {
         let renderer = BootRenderer(network: inventory.network)
         let image = sampleImage("compute")  // its own line: "console=ttyS0,115200 imagebuild.sha256=aa"
-        let node1 = inventory.node(mac: MAC("52:54:00:77:00:01")!)!  // group gpu: cmdline "console=ttyS0 nomodeset"
+        let node1 = inventory.node(mac: MACAddress("52:54:00:77:00:01")!)!  // group gpu: cmdline "console=ttyS0 nomodeset"
         let replaced = renderer.kernelCommandLine(BootTarget(title: "n1", image: image, resolution: inventory.resolved(node1)))
         #expect(replaced.hasPrefix("console=ttyS0 nomodeset imagebuild.sha256=aa imagebuild.image="))
         #expect(!replaced.contains("115200"), "the recipe's console= stayed: \(replaced)")
@@ -94,7 +72,7 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
 
     @Test func renderedFilesMatchSnapshots() throws {
         let renderer = BootRenderer(network: inventory.network)
-        let node = inventory.node(mac: MAC("52:54:00:77:00:01")!)!
+        let node = inventory.node(mac: MACAddress("52:54:00:77:00:01")!)!
         let resolved = inventory.resolved(node)
         let target = BootTarget(title: "node001 (52:54:00:77:00:01)", image: sampleImage("compute"), cmdline: resolved.cmdline)
         assertSnapshot(renderer.pxelinuxConfig(target), named: "pxelinux-node-lpxelinux.cfg")

@@ -15,9 +15,8 @@ public struct DHCPTimestamp: Hashable, Comparable, Sendable, CustomStringConvert
 
 /// One IPv4 subnet the server answers for (directly attached or behind a relay).
 public struct DHCPSubnet: Hashable, Sendable, CustomStringConvertible {
-    /// Network address (host bits cleared on init).
-    public var network: IPv4Address
-    public var mask: IPv4Address
+    /// The network (host bits cleared); its mask is option 1.
+    public var network: IPv4Network
     public var routers: [IPv4Address]
     public var dnsServers: [IPv4Address]
     public var domainName: String?
@@ -27,11 +26,10 @@ public struct DHCPSubnet: Hashable, Sendable, CustomStringConvertible {
     public var pool: ClosedRange<IPv4Address>?
 
     public init(
-        network: IPv4Address, mask: IPv4Address, routers: [IPv4Address] = [], dnsServers: [IPv4Address] = [],
+        network: IPv4Network, routers: [IPv4Address] = [], dnsServers: [IPv4Address] = [],
         domainName: String? = nil, leaseTime: UInt32 = 3600, pool: ClosedRange<IPv4Address>? = nil
     ) {
-        self.network = IPv4Address(rawValue: network.rawValue & mask.rawValue)
-        self.mask = mask
+        self.network = network
         self.routers = routers
         self.dnsServers = dnsServers
         self.domainName = domainName
@@ -39,10 +37,9 @@ public struct DHCPSubnet: Hashable, Sendable, CustomStringConvertible {
         self.pool = pool
     }
 
-    public func contains(_ address: IPv4Address) -> Bool { address.isInSameSubnet(as: network, mask: mask) }
+    @inlinable public func contains(_ address: IPv4Address) -> Bool { network.contains(address) }
 
-    public var prefixLength: Int { mask.rawValue.nonzeroBitCount }
-    public var description: String { "\(network)/\(prefixLength)" }
+    public var description: String { network.description }
 }
 
 /// An inventory entry: a node the administrator declared.

@@ -203,7 +203,8 @@ public struct DHCPPolicy: Hashable, Sendable {
     /// How long a declined address is set aside.
     public var declineHoldTime: UInt32
     public var bootFiles: DHCPBootFileTable
-    /// Path of the per-node iPXE script on the HTTP server; `?mac=` is appended.
+    /// Path of the per-node iPXE script on the HTTP server (the server passes `BootPlan.bootScriptPath`,
+    /// the one spelling of it); `?mac=` is appended.
     public var bootScriptPath: String
     /// The BIOS boot path of machines not in the inventory (a node's own is `DHCPHost.biosLoader`).
     public var unknownClientBIOSLoader: DHCPBIOSLoader?
@@ -216,7 +217,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         mode: Mode = .authoritative, serverAddress: IPv4Address, nextServer: IPv4Address? = nil,
         tftpServerName: String? = nil, httpPort: UInt16 = 80, ignoreUnknownClients: Bool = false,
         rapidCommit: Bool = true, offerHoldTime: UInt32 = 60, declineHoldTime: UInt32 = 3600,
-        bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String = "/boot/v1/bootscript",
+        bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String,
         unknownClientBIOSLoader: DHCPBIOSLoader? = nil, pxelinuxRebootTime: UInt32? = nil
     ) {
         self.unknownClientBIOSLoader = unknownClientBIOSLoader
@@ -236,12 +237,12 @@ public struct DHCPPolicy: Hashable, Sendable {
 
     var effectiveNextServer: IPv4Address { nextServer ?? serverAddress }
 
-    /// `http://SERVER:PORT/boot/v1/bootscript?mac=aa:bb:…` for a given client.
+    /// `http://SERVER:PORT` + `bootScriptPath` + `?mac=aa:bb:…` for a given client.
     public func bootScriptURL(for mac: MACAddress) -> String {
         "\(httpBase)\(bootScriptPath)?mac=\(mac)"
     }
 
-    var httpBase: String { httpPort == 80 ? "http://\(serverAddress)" : "http://\(serverAddress):\(httpPort)" }
+    var httpBase: String { serverAddress.httpBase(port: Int(httpPort)) }
 
     // MARK: Decision
 
@@ -538,7 +539,7 @@ public struct DHCPPolicy: Hashable, Sendable {
     }
 
     private func addConfigurationOptions(_ reply: inout DHCPMessage, subnet: DHCPSubnet, host: DHCPHost?) {
-        reply.options.set(.subnetMask(subnet.mask))
+        reply.options.set(.subnetMask(subnet.network.mask))
         if !subnet.routers.isEmpty { reply.options.set(.router(subnet.routers)) }
         if !subnet.dnsServers.isEmpty { reply.options.set(.domainNameServer(subnet.dnsServers)) }
         if let name = host?.hostname { reply.options.set(.hostName(name)) }

@@ -16,25 +16,21 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
         hosts.reserveCapacity(inventory.nodes.count)
         var reserved = Set<IPv4Address>()
         for node in inventory.nodes {
-            guard let mac = MACAddress(bytes: node.mac.bytes) else { continue }
-            let address = node.ip.map { IPv4Address(rawValue: $0.value) }
-            hosts[mac] = DHCPHost(mac: mac, address: address, hostname: node.hostname,
+            hosts[node.mac] = DHCPHost(mac: node.mac, address: node.ip, hostname: node.hostname,
                                   biosLoader: DHCPBIOSLoader(plan.biosBoot(for: node)))
-            if let address { reserved.insert(address) }
+            if let address = node.ip { reserved.insert(address) }
         }
         // The server's own address is never handed out either.
-        reserved.insert(IPv4Address(rawValue: network.server.value))
+        reserved.insert(network.server)
         self.hosts = hosts
         self.reserved = reserved
-        let pool = network.pool.map { IPv4Address(rawValue: $0.lowerBound.value)...IPv4Address(rawValue: $0.upperBound.value) }
         subnets = [DHCPSubnet(
-            network: IPv4Address(rawValue: network.subnet.address.value),
-            mask: IPv4Address(rawValue: network.subnet.mask.value),
-            routers: network.router.map { [IPv4Address(rawValue: $0.value)] } ?? [],
-            dnsServers: network.dns.map { IPv4Address(rawValue: $0.value) },
+            network: network.subnet,
+            routers: network.router.map { [$0] } ?? [],
+            dnsServers: network.dns,
             domainName: network.domain,
             leaseTime: UInt32(clamping: network.leaseTime),
-            pool: pool)]
+            pool: network.pool)]
     }
 
     public func host(for mac: MACAddress) -> DHCPHost? { hosts[mac] }
@@ -57,7 +53,7 @@ extension DHCPPolicy {
         let network = inventory.network
         self.init(
             mode: configuration.mode,
-            serverAddress: IPv4Address(rawValue: network.server.value),
+            serverAddress: network.server,
             httpPort: UInt16(clamping: network.httpPort),
             ignoreUnknownClients: configuration.ignoreUnknownClients,
             rapidCommit: configuration.rapidCommit,

@@ -25,7 +25,7 @@ struct BootScriptDecision: Equatable {
 
     /// - Parameter reportToken: the node's per-boot report token, added to the kernel command line as
     ///   `imagebuild.token=` (see `ReportTokens`); nil when tokens are off.
-    static func decide(mac: MAC, clientIP: IPv4?, retry: Int, inventory: Inventory?, index: PublishIndex?,
+    static func decide(mac: MACAddress, clientIP: IPv4Address?, retry: Int, inventory: Inventory?, index: PublishIndex?,
                        policy: UnknownMACPolicy, httpBaseOverride: String? = nil, reportToken: String? = nil) -> BootScriptDecision {
         let base = httpBaseOverride ?? inventory?.network.httpBase ?? ""
         let retryURL = "\(base)\(BootPlan.bootScriptPath)?mac=\(mac)&retry=\(retry + 1)"

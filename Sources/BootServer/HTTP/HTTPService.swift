@@ -279,11 +279,11 @@ public final class HTTPService: Service, Sendable {
         }
         router.get("/api/v1/nodes/:mac") { [self] _, context in
             let text = (context.parameters.get("mac") ?? "").removingPercentEncoding ?? ""
-            guard let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
+            guard let mac = MACAddress(text) else {
                 throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")
             }
             let now = timeline.currentTime
-            let node = self.inventory()?.node(mac: parsed)
+            let node = self.inventory()?.node(mac: mac)
             let state = timeline.node(mac)
             guard node != nil || state != nil else { throw HTTPError(.notFound, message: "no node \(mac): not in nodes.yaml and never seen") }
             let response = NodeTimelineResponse(now: now.timeIntervalSince1970,
@@ -300,8 +300,7 @@ public final class HTTPService: Service, Sendable {
         let inventory = self.inventory
         return { ip in
             if let mac = timeline.mac(for: ip) { return mac }
-            guard let node = inventory()?.node(ip: IPv4(ip.rawValue)) else { return nil }
-            return MACAddress(bytes: node.mac.bytes)
+            return inventory()?.node(ip: ip)?.mac
         }
     }
 
@@ -314,12 +313,12 @@ public final class HTTPService: Service, Sendable {
         let tokens = self.reportTokens
         let timeline = self.timeline
         let macAt: @Sendable (IPv4Address) -> MACAddress? = { ip in
-            if let node = inventory()?.node(ip: IPv4(ip.rawValue)) { return MACAddress(bytes: node.mac.bytes) }
+            if let node = inventory()?.node(ip: ip) { return node.mac }
             return leases?.mac(at: ip)
         }
         let addressesOf: @Sendable (MACAddress) -> [IPv4Address] = { mac in
             var addresses: [IPv4Address] = []
-            if let ip = inventory()?.node(mac: MAC(bytes: (0..<6).map { mac[$0] }))?.ip { addresses.append(IPv4Address(rawValue: ip.value)) }
+            if let ip = inventory()?.node(mac: mac)?.ip { addresses.append(ip) }
             if let leased = leases?.address(of: mac), !addresses.contains(leased) { addresses.append(leased) }
             return addresses
         }
@@ -350,16 +349,16 @@ public final class HTTPService: Service, Sendable {
     private func bootScript(_ request: Request, context: BootRequestContext, publishIndex: PublishIndexCache) throws -> Response {
         let query = request.uri.queryParameters
         guard let text = query.get("mac") else {
-            throw HTTPError(.badRequest, message: "missing ?mac= (iPXE: chain http://server/boot/v1/bootscript?mac=${mac})")
+            throw HTTPError(.badRequest, message: "missing ?mac= (iPXE: chain http://server\(BootPlan.bootScriptPath)?mac=${mac})")
         }
-        guard let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
+        guard let mac = MACAddress(text) else {
             throw HTTPError(.badRequest, message: "'\(text)' is not a MAC address")
         }
         let retry = query.get("retry").flatMap { Int($0) }.map { min(max($0, 0), 10_000) } ?? 0
         let clientIP = context.remoteAddress?.ipv4Address
         if let clientIP, !clientIP.isAny { timeline.learn(ip: clientIP, mac: mac) }
         let decision = BootScriptDecision.decide(
-            mac: parsed, clientIP: clientIP.map { IPv4($0.rawValue) }, retry: retry, inventory: inventory(),
+            mac: mac, clientIP: clientIP, retry: retry, inventory: inventory(),
             index: publishIndex.current(), policy: configuration.unknownMACPolicy, httpBaseOverride: configuration.publicBaseURL,
             reportToken: reportTokens?.issue(for: mac, at: timeline.currentTime))
         timeline.record(.bootScript(image: decision.image, detail: retry > 0 ? "\(decision.detail), retry \(retry)" : decision.detail),

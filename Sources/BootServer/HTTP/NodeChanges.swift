@@ -138,7 +138,7 @@ public final class NodeChangeTracker: Sendable {
     private struct Entry {
         var state: NodeBootState?
         var hostname: String?
-        var fixedIP: IPv4?
+        var fixedIP: IPv4Address?
         var stuck: Bool
         var version: UInt64
         var row: NodeRow
@@ -200,8 +200,8 @@ public final class NodeChangeTracker: Sendable {
             var inInventory = Set<MACAddress>()
             inInventory.reserveCapacity(nodes.count)
             for node in nodes {
-                guard let mac = MACAddress(bytes: node.mac.bytes), inInventory.insert(mac).inserted else { continue }
-                visit(mac, byMAC[mac], node)
+                guard inInventory.insert(node.mac).inserted else { continue }
+                visit(node.mac, byMAC[node.mac], node)
             }
             for state in states where !inInventory.contains(state.mac) {
                 visit(state.mac, state, nil)

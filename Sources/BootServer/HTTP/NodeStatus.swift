@@ -55,9 +55,8 @@ public struct NodeStatus: Codable, Sendable, Equatable {
         var result: [NodeStatus] = []
         var listed = Set<MACAddress>()
         for node in inventory?.nodes ?? [] {
-            guard let mac = MACAddress(bytes: node.mac.bytes) else { continue }
-            listed.insert(mac)
-            result.append(make(mac: mac, state: byMAC[mac], node: node, now: now))
+            listed.insert(node.mac)
+            result.append(make(mac: node.mac, state: byMAC[node.mac], node: node, now: now))
         }
         for state in states where !listed.contains(state.mac) {
             result.append(make(mac: state.mac, state: state, node: nil, now: now))

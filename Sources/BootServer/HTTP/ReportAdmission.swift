@@ -36,7 +36,7 @@ struct ReportAdmission: Sendable {
             }
             return .accept(mac)
         }
-        guard text.utf8.count <= 32, let parsed = MAC(text), let mac = MACAddress(bytes: parsed.bytes) else {
+        guard let mac = MACAddress(text) else {
             return .malformed("'\(text.prefix(40))' is not a MAC address (aa:bb:cc:dd:ee:ff)")
         }
         // The common case answers without building the list of the MAC's addresses.

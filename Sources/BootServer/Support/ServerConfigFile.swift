@@ -118,7 +118,7 @@ public struct ServerConfigFile: Sendable, Equatable {
         config.stateDirectory = try path("state_dir")
         if let value = top["listen"] {
             let text = try value.string()
-            guard IPv4(text) != nil else { throw value.error("'\(text)' is not an IPv4 address") }
+            guard IPv4Address(text) != nil else { throw value.error("'\(text)' is not an IPv4 address") }
             config.listen = text
         }
         config.interface = try top.string("interface")

@@ -1,6 +1,7 @@
 import BootProtocols
 import Foundation
 import Logging
+import NetworkAddresses
 import NIOCore
 import ServiceLifecycle
 import Synchronization
@@ -285,14 +286,14 @@ public final class BootTimeline: Service, Sendable {
 
 extension SocketAddress {
     /// The IPv4 address, also of an IPv4-mapped IPv6 peer (a dual-stack listener sees those).
-    var ipv4Address: BootProtocols.IPv4Address? {
+    var ipv4Address: NetworkAddresses.IPv4Address? {
         switch self {
         case .v4(let address):
-            return BootProtocols.IPv4Address(rawValue: UInt32(bigEndian: address.address.sin_addr.s_addr))
+            return NetworkAddresses.IPv4Address(rawValue: UInt32(bigEndian: address.address.sin_addr.s_addr))
         case .v6(let address):
             let bytes = withUnsafeBytes(of: address.address.sin6_addr) { Array($0) }
             guard bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF else { return nil }
-            return BootProtocols.IPv4Address(bytes[12], bytes[13], bytes[14], bytes[15])
+            return NetworkAddresses.IPv4Address(bytes[12], bytes[13], bytes[14], bytes[15])
         default:
             return nil
         }

@@ -4,19 +4,19 @@ import Foundation
 /// Read by `publish` (to render boot files) and by `serve` (DHCP, boot scripts).
 public struct Inventory: Sendable, Equatable {
     public struct Network: Sendable, Equatable {
-        public var server: IPv4
+        public var server: IPv4Address
         public var subnet: IPv4Network
-        public var router: IPv4?
-        public var dns: [IPv4]
+        public var router: IPv4Address?
+        public var dns: [IPv4Address]
         public var domain: String?
         /// Dynamic addresses for machines not listed (inclusive); nil: unknown machines get none.
-        public var pool: ClosedRange<IPv4>?
+        public var pool: ClosedRange<IPv4Address>?
         public var leaseTime: Int
         public var httpPort: Int
         /// What BIOS PXE clients load: lpxelinux.0 (kernel and initrd over HTTP) or pxelinux.0 (TFTP).
         public var biosLoader: String
         /// `http://server[:port]`, the base of every URL nodes are given.
-        public var httpBase: String { httpPort == 80 ? "http://\(server)" : "http://\(server):\(httpPort)" }
+        public var httpBase: String { server.httpBase(port: httpPort) }
     }
 
     /// Boot settings at any level (defaults, group, range, node); nil inherits.
@@ -49,9 +49,9 @@ public struct Inventory: Sendable, Equatable {
     }
 
     public struct Node: Sendable, Equatable {
-        public var mac: MAC
+        public var mac: MACAddress
         public var hostname: String
-        public var ip: IPv4?
+        public var ip: IPv4Address?
         public var group: String?
         public var settings: Settings
         public var location: ConfigLocation
@@ -65,7 +65,7 @@ public struct Inventory: Sendable, Equatable {
         public var settings: Settings
         public var location: ConfigLocation
         /// The pxelinux file name: the prefix's hex digits (the prefix length must be a multiple of 4).
-        public var pxelinuxName: String { String(network.address.hex.prefix(network.prefix / 4)) }
+        public var pxelinuxName: String { network.pxelinuxName }
     }
 
     public var file: String
@@ -79,8 +79,8 @@ public struct Inventory: Sendable, Equatable {
     private var lookup: Lookup
 
     private struct Lookup: Sendable, Equatable {
-        var byMAC: [MAC: Int] = [:]
-        var byIP: [IPv4: Int] = [:]
+        var byMAC: [MACAddress: Int] = [:]
+        var byIP: [IPv4Address: Int] = [:]
         init(_ nodes: [Node]) {
             // The first of duplicates wins, as a scan from the front would find it.
             for (index, node) in nodes.enumerated() {
@@ -100,10 +100,10 @@ public struct Inventory: Sendable, Equatable {
         lookup = Lookup(nodes)
     }
 
-    public func node(mac: MAC) -> Node? { lookup.byMAC[mac].map { nodes[$0] } }
+    public func node(mac: MACAddress) -> Node? { lookup.byMAC[mac].map { nodes[$0] } }
 
     /// The node whose fixed address (`ip:` in nodes.yaml) is `ip`.
-    public func node(ip: IPv4) -> Node? { lookup.byIP[ip].map { nodes[$0] } }
+    public func node(ip: IPv4Address) -> Node? { lookup.byIP[ip].map { nodes[$0] } }
 
     /// The loader choice for a node (node > group > defaults); `nil` node: a machine not listed.
     public func loader(for node: Node?) -> Loader? {
@@ -241,11 +241,11 @@ public enum InventoryLoader {
         } }
 
         var nodes: [Inventory.Node] = []
-        var byMAC: [MAC: Inventory.Node] = [:], byName: [String: Inventory.Node] = [:], byIP: [IPv4: Inventory.Node] = [:]
+        var byMAC: [MACAddress: Inventory.Node] = [:], byName: [String: Inventory.Node] = [:], byIP: [IPv4Address: Inventory.Node] = [:]
         for value in try top["nodes"]?.list() ?? [] { try collecting {
             let (settings, map) = try parseSettings(value, extra: ["mac", "hostname", "ip", "group"])
             let macValue = try map.required("mac")
-            guard let mac = MAC(try macValue.string()) else {
+            guard let mac = MACAddress(try macValue.string()) else {
                 throw macValue.error("malformed MAC '\(try macValue.string())'", hint: "six hex bytes, e.g. 52:54:00:77:00:01")
             }
             let nameValue = try map.required("hostname")
@@ -253,9 +253,9 @@ public enum InventoryLoader {
             guard hostname.count <= 63, hostname.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }), hostname.first != "-" else {
                 throw nameValue.error("invalid hostname '\(hostname)'", hint: "letters, digits and '-', at most 63")
             }
-            var ip: IPv4?
+            var ip: IPv4Address?
             if let ipValue = map["ip"] {
-                guard let parsed = IPv4(try ipValue.string()) else { throw ipValue.error("malformed IP address '\(try ipValue.string())'") }
+                guard let parsed = IPv4Address(try ipValue.string()) else { throw ipValue.error("malformed IP address '\(try ipValue.string())'") }
                 guard network.subnet.contains(parsed) else {
                     throw ipValue.error("\(parsed) is outside the subnet \(network.subnet)")
                 }
@@ -289,8 +289,8 @@ public enum InventoryLoader {
 
     static func parseNetwork(_ value: YAMLValue) throws -> Inventory.Network {
         let map = try value.map(allowed: ["server", "subnet", "router", "dns", "domain", "pool", "lease_time", "http_port", "bios_loader"])
-        func ip(_ value: YAMLValue) throws -> IPv4 {
-            guard let ip = IPv4(try value.string()) else { throw value.error("malformed IP address '\(try value.string())'") }
+        func ip(_ value: YAMLValue) throws -> IPv4Address {
+            guard let ip = IPv4Address(try value.string()) else { throw value.error("malformed IP address '\(try value.string())'") }
             return ip
         }
         let subnetValue = try map.required("subnet")
@@ -300,9 +300,9 @@ public enum InventoryLoader {
         let serverValue = try map.required("server")
         let server = try ip(serverValue)
         guard subnet.contains(server) else { throw serverValue.error("the server \(server) is outside the subnet \(subnet)") }
-        var pool: ClosedRange<IPv4>?
+        var pool: ClosedRange<IPv4Address>?
         if let poolValue = map["pool"] {
-            let parts = try poolValue.string().split(separator: "-").map { IPv4(String($0).trimmingCharacters(in: .whitespaces)) }
+            let parts = try poolValue.string().split(separator: "-").map { IPv4Address(String($0).trimmingCharacters(in: .whitespaces)) }
             guard parts.count == 2, let low = parts[0], let high = parts[1], low <= high else {
                 throw poolValue.error("'\(try poolValue.string())' is not a range like 10.77.0.100-10.77.0.199")
             }

@@ -53,7 +53,7 @@ public struct BootPlan: Sendable {
 
     /// Steps 1-3 of the rule; nil when the machine is to wait (step 4). A registered node is chosen
     /// even when it resolves to no image, so the answer can say why it waits.
-    public func choice(mac: MAC, ip: IPv4?) -> Choice? {
+    public func choice(mac: MACAddress, ip: IPv4Address?) -> Choice? {
         if let node = inventory.node(mac: mac) { return choice(node) }
         if let ip, let range = range(containing: ip) {
             return Choice(source: .range(range), title: Self.title(range), why: "unregistered, in range \(range.network)",
@@ -75,7 +75,7 @@ public struct BootPlan: Sendable {
 
     /// Step 2: the most specific range containing `ip` that names an image (ranges without one are
     /// passed over, as pxelinux's walk passes over the file publish does not write for them).
-    public func range(containing ip: IPv4) -> Inventory.Range? {
+    public func range(containing ip: IPv4Address) -> Inventory.Range? {
         inventory.ranges
             .filter { $0.network.contains(ip) && inventory.resolved($0).image != nil }
             .max { $0.network.prefix < $1.network.prefix }
@@ -89,7 +89,7 @@ public struct BootPlan: Sendable {
         case wait(reason: String)
     }
 
-    public func answer(mac: MAC, ip: IPv4?) -> Answer {
+    public func answer(mac: MACAddress, ip: IPv4Address?) -> Answer {
         guard let choice = choice(mac: mac, ip: ip) else { return .wait(reason: "not registered in nodes.yaml") }
         return answer(choice)
     }
@@ -145,7 +145,7 @@ public struct BootPlan: Sendable {
         ["pxelinux.cfg/\(node.mac.pxelinuxName)"] + (node.ip.map { ["pxelinux.cfg/\($0.hex)"] } ?? [])
     }
 
-    public static func ipxeScriptPath(_ mac: MAC) -> String { "ipxe/nodes/\(mac.hyphenated).ipxe" }
+    public static func ipxeScriptPath(_ mac: MACAddress) -> String { "ipxe/nodes/\(mac.hyphenated).ipxe" }
 
     static func title(_ node: Inventory.Node) -> String { "\(node.hostname) (\(node.mac))" }
     static func title(_ range: Inventory.Range) -> String { "range \(range.network)" }

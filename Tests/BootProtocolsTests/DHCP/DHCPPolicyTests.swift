@@ -17,11 +17,11 @@ let macUnknown = MACAddress(0x52, 0x54, 0, 0, 0, 0x99)
 let macOther = MACAddress(0x52, 0x54, 0, 0, 0, 0x77)
 
 let dhcpLocalSubnet = DHCPSubnet(
-    network: IPv4Address(192, 0, 2, 0), mask: IPv4Address(255, 255, 255, 0), routers: [dhcpServer],
+    network: IPv4Network("192.0.2.0/24")!, routers: [dhcpServer],
     dnsServers: [IPv4Address(192, 0, 2, 53)], domainName: "cluster.test", leaseTime: 3600,
     pool: IPv4Address(192, 0, 2, 100)...IPv4Address(192, 0, 2, 103))
 let dhcpRelayedSubnet = DHCPSubnet(
-    network: IPv4Address(198, 51, 100, 0), mask: IPv4Address(255, 255, 255, 0), routers: [dhcpRelay], leaseTime: 7200,
+    network: IPv4Network("198.51.100.0/24")!, routers: [dhcpRelay], leaseTime: 7200,
     pool: nil)
 
 let dhcpInventory = DHCPStaticInventory(
@@ -64,8 +64,10 @@ struct DHCPMemoryLeases: DHCPLeaseView {
     }
 }
 
-let dhcpPolicy = DHCPPolicy(serverAddress: dhcpServer, httpPort: 8080)
-let dhcpProxyPolicy = DHCPPolicy(mode: .proxy, serverAddress: dhcpServer, httpPort: 8080)
+/// The server passes `BootPlan.bootScriptPath` (ImageBuildKit, not a dependency of this target).
+let dhcpBootScriptPath = "/boot/v1/bootscript"
+let dhcpPolicy = DHCPPolicy(serverAddress: dhcpServer, httpPort: 8080, bootScriptPath: dhcpBootScriptPath)
+let dhcpProxyPolicy = DHCPPolicy(mode: .proxy, serverAddress: dhcpServer, httpPort: 8080, bootScriptPath: dhcpBootScriptPath)
 
 // MARK: Requests
 
@@ -325,7 +327,7 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
 
     @Test func discoverIgnoreReasons() {
         let noPool = DHCPStaticInventory(hosts: [DHCPHost(mac: macBIOS, address: IPv4Address(192, 0, 2, 11))],
-                                         subnets: [DHCPSubnet(network: IPv4Address(192, 0, 2, 0), mask: IPv4Address(255, 255, 255, 0))])
+                                         subnets: [DHCPSubnet(network: IPv4Network("192.0.2.0/24")!)])
         #expect(dhcpDecide(dhcpRequest(.discover, macUnknown), inventory: noPool) == .ignore(.unknownClientNoPool(macUnknown)))
         var strict = dhcpPolicy
         strict.ignoreUnknownClients = true

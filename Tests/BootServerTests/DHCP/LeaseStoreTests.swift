@@ -1,6 +1,7 @@
 import BootProtocols
 import BootServer
 import Foundation
+import ImageBuildKit
 import Testing
 
 @Suite("Lease store")
@@ -185,9 +186,10 @@ struct LeaseStoreTests {
         let pool = IPv4Address(10, 9, 0, 10)...IPv4Address(10, 9, 0, 49)  // 40 addresses for 60 clients
         let fixed = (0..<5).map { DHCPHost(mac: dhcpMAC(100 + $0), address: IPv4Address(10, 9, 0, UInt8(200 + $0)), hostname: "fixed\($0)") }
         let inventory = DHCPStaticInventory(hosts: fixed, subnets: [DHCPSubnet(
-            network: IPv4Address(10, 9, 0, 0), mask: IPv4Address(255, 255, 255, 0), leaseTime: 120, pool: pool)])
+            network: IPv4Network("10.9.0.0/24")!, leaseTime: 120, pool: pool)])
         let server = IPv4Address(10, 9, 0, 1)
-        let policy = DHCPPolicy(serverAddress: server, rapidCommit: false, offerHoldTime: 10, declineHoldTime: 60)
+        let policy = DHCPPolicy(serverAddress: server, rapidCommit: false, offerHoldTime: 10, declineHoldTime: 60,
+                                bootScriptPath: BootPlan.bootScriptPath)
         let clients = (0..<60).map(dhcpMAC) + fixed.map(\.mac)
         var store = try open(dir) { $0.compactAfterRecords = 64 }
         var t: Int64 = 100_000

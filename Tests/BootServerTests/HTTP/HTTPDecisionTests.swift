@@ -240,7 +240,7 @@ struct HTTPDecisionTests {
     @Test("boot script: registered node, its image and command line")
     func registered() throws {
         let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
-        let decision = BootScriptDecision.decide(mac: MAC("52-54-00-77-00-01")!, clientIP: nil, retry: 0, inventory: inventory,
+        let decision = BootScriptDecision.decide(mac: MACAddress("52-54-00-77-00-01")!, clientIP: nil, retry: 0, inventory: inventory,
                                                  index: try Self.index(["compute", "gpu"]), policy: .defaultImage)
         #expect(decision.image == "compute")
         #expect(decision.script.hasPrefix("#!ipxe\n"))
@@ -253,15 +253,15 @@ struct HTTPDecisionTests {
     func unknown() throws {
         let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
         let index = try Self.index(["compute", "gpu"])
-        let stranger = MAC("02:00:00:00:00:99")!
-        let byDefault = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.200"), retry: 0, inventory: inventory,
+        let stranger = MACAddress("02:00:00:00:00:99")!
+        let byDefault = BootScriptDecision.decide(mac: stranger, clientIP: IPv4Address("10.77.0.200"), retry: 0, inventory: inventory,
                                                   index: index, policy: .defaultImage)
         #expect(byDefault.image == "compute")
-        let inRange = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.70"), retry: 0, inventory: inventory,
+        let inRange = BootScriptDecision.decide(mac: stranger, clientIP: IPv4Address("10.77.0.70"), retry: 0, inventory: inventory,
                                                 index: index, policy: .defaultImage)
         #expect(inRange.image == "gpu")
         for (retry, delay) in [(0, 5), (1, 10), (3, 20), (11, 60), (500, 60)] {
-            let waiting = BootScriptDecision.decide(mac: stranger, clientIP: IPv4("10.77.0.70"), retry: retry, inventory: inventory,
+            let waiting = BootScriptDecision.decide(mac: stranger, clientIP: IPv4Address("10.77.0.70"), retry: retry, inventory: inventory,
                                                     index: index, policy: .wait)
             #expect(waiting.image == nil)
             #expect(waiting.script.contains("sleep \(delay)\n"))
@@ -273,12 +273,12 @@ struct HTTPDecisionTests {
     @Test("boot script: an unpublished image or no publish.json makes the node wait, saying why")
     func unpublished() throws {
         let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
-        let missing = BootScriptDecision.decide(mac: MAC("52:54:00:77:00:02")!, clientIP: nil, retry: 2, inventory: inventory,
+        let missing = BootScriptDecision.decide(mac: MACAddress("52:54:00:77:00:02")!, clientIP: nil, retry: 2, inventory: inventory,
                                                 index: try Self.index(["compute"]), policy: .defaultImage)
         #expect(missing.image == nil)
         #expect(missing.script.contains("image 'missing' for node02 (52:54:00:77:00:02) is not published"))
         #expect(missing.script.contains("retry=3"))
-        let nothing = BootScriptDecision.decide(mac: MAC("52:54:00:77:00:01")!, clientIP: nil, retry: 0, inventory: inventory,
+        let nothing = BootScriptDecision.decide(mac: MACAddress("52:54:00:77:00:01")!, clientIP: nil, retry: 0, inventory: inventory,
                                                 index: nil, policy: .defaultImage)
         #expect(nothing.detail.contains("no publish.json"))
     }

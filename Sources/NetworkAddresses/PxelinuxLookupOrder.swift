@@ -1,0 +1,22 @@
+/// pxelinux's lookup order for a client, as documented for PXELINUX and seen on the wire: UUID (when
+/// the client sent one), `01-<mac>`, the IP in upper-case hex dropping one digit at a time (8 names),
+/// then `default`. Used to name the files publish writes, by `imagebuild nodes explain`, and by the
+/// boot-storm simulator's walk.
+public func pxelinuxLookupOrder(mac: MACAddress, ip: IPv4Address?, uuid: String? = nil) -> [String] {
+    var names: [String] = []
+    if let uuid { names.append(uuid.lowercased()) }
+    names.append(mac.pxelinuxName)
+    if let ip {
+        let hex = ip.hex
+        for length in stride(from: 8, through: 1, by: -1) { names.append(String(hex.prefix(length))) }
+    }
+    names.append("default")
+    return names.map { "pxelinux.cfg/" + $0 }
+}
+
+extension IPv4Network {
+    /// The name pxelinux's walk reaches for every address of this network: the address in upper-case
+    /// hex cut to `prefix / 4` digits (`C0A8016` for 192.168.1.96/28). Only a prefix that is a multiple
+    /// of 4 has one; nodes.yaml refuses other ranges.
+    public var pxelinuxName: String { String(address.hex.prefix(prefix / 4)) }
+}
