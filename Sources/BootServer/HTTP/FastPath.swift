@@ -118,8 +118,7 @@ final class FastPath: ChannelDuplexHandler, RemovableChannelHandler {
             case .forward(let length):
                 forward(buffer.readSlice(length: length)!, context: context)
             case .eligible(let length, let path, let isHead, let close):
-                let target = buffer.getString(at: buffer.readerIndex + path.lowerBound, length: path.count)!
-                guard routed == 0, let answer = file(target, isHead: isHead, context: context) else {
+                guard routed == 0, let answer = file(at: path, in: buffer, isHead: isHead, context: context) else {
                     forward(buffer.readSlice(length: length)!, context: context)
                     continue
                 }
@@ -173,9 +172,15 @@ final class FastPath: ChannelDuplexHandler, RemovableChannelHandler {
         return .reply(head: head, body: reply.body)
     }
 
-    /// A cached small file, or a large one opened for sendfile (nil for HEAD).
-    private func file(_ target: String, isHead: Bool, context: ChannelHandlerContext) -> Answer? {
-        switch routes.files.fastFile(target, open: !isHead) {
+    /// A cached small file, or a large one opened for sendfile (nil for HEAD); `path`: where the
+    /// target's path is among `buffer`'s readable bytes.
+    private func file(at path: Range<Int>, in buffer: ByteBuffer, isHead: Bool, context: ChannelHandlerContext) -> Answer? {
+        // The name below the root: the path without its leading '/'s, made into a String once.
+        var start = buffer.readerIndex + path.lowerBound
+        let end = buffer.readerIndex + path.upperBound
+        while start < end, buffer.getInteger(at: start, as: UInt8.self) == UInt8(ascii: "/") { start += 1 }
+        let name = buffer.getString(at: start, length: end - start)!
+        switch routes.files.fastFile(named: name, open: !isHead) {
         case nil:
             return nil
         case .content(let head, let content):

@@ -75,6 +75,17 @@ final class HTTPMetrics: Sendable {
         if let bodyBytes, bodyBytes > 0 { bytes[route]!.increment(by: Int64(bodyBytes)) }
     }
 
+    /// What a file answered by `FastPath` counts (a 2xx of `files`, its body bytes sent from memory,
+    /// a fast-path response), with the counters looked up once rather than per request.
+    func fastFileAnswered() -> @Sendable (_ bodyBytes: Int) -> Void {
+        let answered = requests[.files]![1], sent = bytes[.files]!, fast = fastPathResponses
+        return { count in
+            answered.increment()
+            if count > 0 { sent.increment(by: Int64(count)) }
+            fast.increment()
+        }
+    }
+
     func sent(_ route: Route, bytes count: UInt64) {
         if count > 0 { bytes[route]!.increment(by: Int64(clamping: count)) }
     }

@@ -235,11 +235,7 @@ public final class HTTPService: Service, Sendable {
             metrics.fastPathResponses.increment()
             return FastRoutes.Reply(status: .accepted, fields: Self.eventAnswerFields, body: reply)
         }
-        return FastRoutes(files: provider, posts: [report]) { bytes in
-            metrics.request(.files, status: 200, bodyBytes: nil)
-            metrics.sent(.files, bytes: UInt64(bytes))
-            metrics.fastPathResponses.increment()
-        }
+        return FastRoutes(files: provider, posts: [report], fileAnswered: metrics.fastFileAnswered())
     }
 
     func makeRouter(provider: RootFileProvider) -> Router<BootRequestContext> {

@@ -94,8 +94,8 @@ struct RootFileProvider: FileProvider {
     /// answered a plain GET of (its head is cached), and only while the name still leads to that
     /// version and it may still be served. One `fstatat` (plus `openat2` and `fstat` to open a file);
     /// none for a name the cache knows nothing of.
-    func fastFile(_ path: String, open: Bool) -> FastFile? {
-        let name = Self.relativeName(path)
+    /// - Parameter name: relative to the root (the request path without its leading '/'s).
+    func fastFile(named name: String, open: Bool) -> FastFile? {
         guard let entry = reader.cached(name, needing: .head), let head = entry.head else { return nil }
         if let content = entry.content, !observe(name) { return .content(head: head, content: content) }
         guard open else { return .head(head) }
