@@ -4,7 +4,7 @@ import Glibc
 import HTTPTypes
 import NIOCore
 
-/// What the fast path answers itself, registered by the service (`HTTPService.fastRoutes`): GET and
+/// What the fast path answers itself, registered by the service (`HTTPService.makeFastRoutes`): GET and
 /// HEAD of the boot root's files, and POST routes answered from their whole body.
 struct FastRoutes: Sendable {
     /// A POST to exactly `path`, answered on the event loop; `answer` returns nil to leave the request

@@ -33,14 +33,7 @@ struct HTTPDecisionTests {
         #expect(RangeDecision.decide(header: "bytes=-1", size: 0) == .unsatisfiable)
     }
 
-    func limits() -> HTTPTimeouts {
-        var limits = HTTPTimeouts()
-        limits.idle = .seconds(60)
-        limits.header = .seconds(10)
-        limits.body = .seconds(10)
-        limits.send = .seconds(30)
-        return limits
-    }
+    func limits() -> HTTPTimeouts { HTTPTimeouts(idle: 60, header: 10, body: 10, send: 30) }
 
     @Test("an idle connection closes after the idle limit, not while a request is served")
     func idle() {

@@ -228,14 +228,7 @@ struct HTTPPipelineHandlerTests {
         return (channel, recorder, reasons)
     }
 
-    private var limits: HTTPTimeouts {
-        var limits = HTTPTimeouts()
-        limits.idle = .seconds(4)
-        limits.header = .seconds(2)
-        limits.body = .seconds(2)
-        limits.send = .seconds(8)
-        return limits
-    }
+    private var limits: HTTPTimeouts { HTTPTimeouts(idle: 4, header: 2, body: 2, send: 8) }
 
     @Test("time-outs: idle closes; a request in flight, or a fast-path download still streaming, does not")
     func idle() throws {
