@@ -73,7 +73,7 @@ struct ConnectionTimeoutState {
         partInThisRead = false
     }
 
-    /// `EarlyStaticFastPath` read a whole request and answered it, below the parts seen here;
+    /// `FastPath` read a whole request and answered it, below the parts seen here;
     /// `streaming`: its body is still going out (`wroteResponseEnd` follows), so no idle clock runs.
     mutating func answeredEarly(streaming: Bool, now: NIODeadline) {
         lastActivity = now
@@ -128,19 +128,24 @@ struct ConnectionTimeoutState {
 }
 
 /// Closes connections whose client stalls (see `HTTPTimeouts`). Sits after the HTTP codec, so it sees
-/// request/response parts, and learns of raw reads through `channelReadComplete`.
+/// request/response parts, learns of raw reads through `channelReadComplete` and of the requests
+/// `FastPath` answered through its events. Being where every routed response passes, it also tells
+/// `FastPath` when one ended (`FastPath.RoutedResponseEnded`), so answers keep request order. Time is
+/// the event loop's (`EventLoop.now`), so an `EmbeddedEventLoop` drives it in tests.
 final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
+    private let limits: HTTPTimeouts
     private var state: ConnectionTimeoutState
     private var timer: RepeatedTask?
     private let tick: TimeAmount
     private let closed: @Sendable (ConnectionTimeoutReason, SocketAddress?) -> Void
 
     init(limits: HTTPTimeouts, closed: @escaping @Sendable (ConnectionTimeoutReason, SocketAddress?) -> Void) {
+        self.limits = limits
         state = ConnectionTimeoutState(limits: limits, now: .now())
         let shortest = min(limits.idle, limits.header, limits.body, limits.send)
         tick = max(.milliseconds(50), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4)))
@@ -148,6 +153,7 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        state = ConnectionTimeoutState(limits: limits, now: context.eventLoop.now)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { task in
             let (handler, context) = loopBound.value
@@ -167,7 +173,7 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
     }
 
     private func check(context: ChannelHandlerContext, task: RepeatedTask) {
-        let now = NIODeadline.now()
+        let now = context.eventLoop.now
         if state.wantsAcknowledgementSample(now: now), let bytes = Self.acknowledgedBytes(context.channel) {
             state.acknowledged(bytes, now: now)
         }
@@ -195,36 +201,37 @@ final class ConnectionTimeoutHandler: ChannelDuplexHandler, RemovableChannelHand
         case .body: part = .body
         case .end: part = .end
         }
-        state.read(part, now: .now())
+        state.read(part, now: context.eventLoop.now)
         context.fireChannelRead(data)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        state.readComplete(now: .now())
+        state.readComplete(now: context.eventLoop.now)
         context.fireChannelReadComplete()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let answered = event as? EarlyStaticFastPath.Answered {
-            state.answeredEarly(streaming: answered.streaming, now: .now())
-        } else if event is EarlyStaticFastPath.StreamEnded {
-            state.wroteResponseEnd(now: .now())
+        if let answered = event as? FastPath.Answered {
+            state.answeredEarly(streaming: answered.streaming, now: context.eventLoop.now)
+        } else if event is FastPath.StreamEnded {
+            state.wroteResponseEnd(now: context.eventLoop.now)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        state.writabilityChanged(writable: context.channel.isWritable, now: .now())
+        state.writabilityChanged(writable: context.channel.isWritable, now: context.eventLoop.now)
         context.fireChannelWritabilityChanged()
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) {
-            state.wroteResponseEnd(now: .now())
-        } else {
-            state.wrote(now: .now())
+        guard case .end = unwrapOutboundIn(data) else {
+            state.wrote(now: context.eventLoop.now)
+            return context.write(data, promise: promise)
         }
+        state.wroteResponseEnd(now: context.eventLoop.now)
         context.write(data, promise: promise)
+        context.triggerUserOutboundEvent(FastPath.RoutedResponseEnded(), promise: nil)
     }
 }

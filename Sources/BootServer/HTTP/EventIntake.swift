@@ -5,8 +5,8 @@ import ImageBuildKit
 import NIOCore
 
 /// Stage reports (`POST /api/v1/events`) read, checked, attributed and recorded the same way whether
-/// the router or the event loop's early path (`EarlyStaticFastPath`) reads them. Synchronous: the
-/// timeline only takes a short lock, so the early path records on the event loop without a hop.
+/// the router or `FastPath` (before the HTTP decoder) reads them. Synchronous: the
+/// timeline only takes a short lock, so the fast path records on the event loop without a hop.
 struct EventIntake: Sendable {
     let timeline: BootTimeline
     /// Who may report for which MAC (see `ReportAdmission`).

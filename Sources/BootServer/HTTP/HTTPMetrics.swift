@@ -75,6 +75,17 @@ final class HTTPMetrics: Sendable {
         if let bodyBytes, bodyBytes > 0 { bytes[route]!.increment(by: Int64(bodyBytes)) }
     }
 
+    /// What a file answered by `FastPath` counts (a 2xx of `files`, its body bytes sent from memory,
+    /// a fast-path response), with the counters looked up once rather than per request.
+    func fastFileAnswered() -> @Sendable (_ bodyBytes: Int) -> Void {
+        let answered = requests[.files]![1], sent = bytes[.files]!, fast = fastPathResponses
+        return { count in
+            answered.increment()
+            if count > 0 { sent.increment(by: Int64(count)) }
+            fast.increment()
+        }
+    }
+
     func sent(_ route: Route, bytes count: UInt64) {
         if count > 0 { bytes[route]!.increment(by: Int64(clamping: count)) }
     }
@@ -106,25 +117,26 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             let response = try await next(request, context)
-            let route = Self.route(request.uri.path, endpoint: context.coreContext.endpointPath.value)
+            let route = Self.route(request.uri.path, status: response.status.code)
             // File bodies are counted as they are sent (a download can stop half-way).
             metrics.request(route, status: response.status.code, bodyBytes: route == .files ? nil : response.body.contentLength)
             return response
         } catch {
             let status = (error as? any HTTPResponseError)?.status.code ?? 500
-            metrics.request(Self.route(request.uri.path, endpoint: context.coreContext.endpointPath.value), status: status, bodyBytes: nil)
+            metrics.request(Self.route(request.uri.path, status: status), status: status, bodyBytes: nil)
             throw error
         }
     }
 
-    static func route(_ path: String, endpoint: String?) -> HTTPMetrics.Route {
-        if endpoint == "FileMiddleware" { return .files }
+    /// The route group of an answer: by path for the service's routes; what no route answers is a
+    /// file of the boot root when one was found (2xx, 3xx, 416), else `other` (404, 403, 400).
+    static func route(_ path: String, status: Int) -> HTTPMetrics.Route {
         if path.hasPrefix(BootPlan.bootScriptPath) { return .bootscript }
         if path.hasPrefix("/api/v1/events") { return .events }
         if path.hasPrefix("/api/v1/nodes") { return .nodes }
         if path == "/api/v1/inventory" { return .inventory }
         if path == "/metrics" { return .metrics }
         if path == "/" { return .status }
-        return .other
+        return status < 400 || status == 416 ? .files : .other
     }
 }

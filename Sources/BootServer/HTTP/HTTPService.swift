@@ -164,26 +164,16 @@ public final class HTTPService: Service, Sendable {
         let metrics = self.metrics
         let logger = self.logger
         let serverName = configuration.serverName
-        let eventIntake = self.eventIntake
-        let server = HTTPServerBuilder.http1(configuration: .init(
-            additionalChannelHandlers: [
-                ConnectionTimeoutHandler(limits: self.configuration.timeouts) { reason, remote in
-                    metrics.timedOut(reason)
-                    // A node whose download stalls shows up here, not as an error of its own.
-                    logger.notice("HTTP connection closed by time-out", metadata: [
-                        "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
-                },
-                StaticFastPath(provider: provider, serverName: serverName, events: eventIntake,
-                               eventCounted: { bytes in
-                                   metrics.request(.events, status: 202, bodyBytes: bytes)
-                                   metrics.fastPathResponses.increment()
-                               }) { bytes in
-                    metrics.request(.files, status: 200, bodyBytes: nil)
-                    metrics.sent(.files, bytes: UInt64(bytes))
-                    metrics.fastPathResponses.increment()
-                },
-            ],
-            idleTimeout: nil))
+        let timeouts = configuration.timeouts
+        let fastRoutes = makeFastRoutes(provider: provider)
+        let server = HTTPServerBuilder { responder in
+            BootHTTPChannel(responder: responder, fastRoutes: fastRoutes, serverName: serverName, timeouts: timeouts) { reason, remote in
+                metrics.timedOut(reason)
+                // A node whose download stalls shows up here, not as an error of its own.
+                logger.notice("HTTP connection closed by time-out", metadata: [
+                    "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
+            }
+        }
         let app = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port),
@@ -199,7 +189,7 @@ public final class HTTPService: Service, Sendable {
 
     // MARK: Routes
 
-    /// The boot root's files, shared by the router's `FileMiddleware` and the event-loop fast path.
+    /// The boot root's files, shared by the router's `FileMiddleware` and `FastPath`.
     func makeFileProvider(root: String) -> RootFileProvider {
         let timeline = self.timeline
         let attribute = self.attributor()
@@ -232,18 +222,29 @@ public final class HTTPService: Service, Sendable {
             })
     }
 
+    /// What `FastPath` answers before the router: files the router served (`RootFileProvider.fastFile`)
+    /// and stage reports, recorded by the router's own `EventIntake`; a report it refuses goes to the
+    /// router, which answers the error.
+    func makeFastRoutes(provider: RootFileProvider) -> FastRoutes {
+        let metrics = self.metrics
+        let intake = eventIntake
+        let report = FastRoutes.Post(path: Self.eventsPath, maximumBodySize: configuration.maximumEventBodySize) { body, remote in
+            guard let event = try? intake.accept(body, from: remote?.ipv4Address) else { return nil }
+            let reply = EventIntake.responseBody(event)
+            metrics.request(.events, status: 202, bodyBytes: reply.readableBytes)
+            metrics.fastPathResponses.increment()
+            return FastRoutes.Reply(status: .accepted, fields: Self.eventAnswerFields, body: reply)
+        }
+        return FastRoutes(files: provider, posts: [report], fileAnswered: metrics.fastFileAnswered())
+    }
+
     func makeRouter(provider: RootFileProvider) -> Router<BootRequestContext> {
         let router = Router(context: BootRequestContext.self)
         let timeline = self.timeline
         let metrics = self.metrics
         router.add(middleware: MetricsMiddleware(metrics: metrics))
         router.add(middleware: StaticFileGuard(provider: provider))
-        router.add(middleware: FileMiddleware(fileProvider: provider).withAdditionalMediaTypes(forFileExtensions: [
-            "ipxe": MediaType(type: .text, subType: "plain", parameter: ("charset", "utf-8")),
-            "cfg": MediaType(type: .text, subType: "plain", parameter: ("charset", "utf-8")),
-            "img": .applicationBinary, "efi": .applicationBinary, "kpxe": .applicationBinary, "0": .applicationBinary,
-            "c32": .applicationBinary, "squashfs": .applicationBinary,
-        ]))
+        router.add(middleware: FileMiddleware(fileProvider: provider).withAdditionalMediaTypes(forFileExtensions: ResponseHead.mediaTypes))
 
         router.get("/") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
@@ -265,7 +266,7 @@ public final class HTTPService: Service, Sendable {
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }
         let intake = eventIntake
-        router.post("/api/v1/events") { [self] request, context in
+        router.post(RouterPath(Self.eventsPath)) { [self] request, context in
             try await self.postEvent(request, context: context, intake: intake)
         }
         // `?since=CURSOR` (the status page): the summary and only the nodes changed since that poll.
@@ -369,7 +370,11 @@ public final class HTTPService: Service, Sendable {
 
     // MARK: Events
 
-    /// What the router and the early path share for `POST /api/v1/events`.
+    /// Where nodes post stage reports (a route of the router and of the fast path).
+    static let eventsPath = "/api/v1/events"
+    static let eventAnswerFields: HTTPFields = [.contentType: "application/json", .cacheControl: "no-store"]
+
+    /// What the router and the fast path share for `POST /api/v1/events`.
     var eventIntake: EventIntake {
         EventIntake(timeline: timeline, admission: reportAdmission(), maximumBodySize: configuration.maximumEventBodySize)
     }
@@ -377,7 +382,6 @@ public final class HTTPService: Service, Sendable {
     private func postEvent(_ request: Request, context: BootRequestContext, intake: EventIntake) async throws -> Response {
         let body = try await request.body.collect(upTo: configuration.maximumEventBodySize)
         let event = try intake.accept(body, from: context.remoteAddress?.ipv4Address)
-        return Response(status: .accepted, headers: [.contentType: "application/json", .cacheControl: "no-store"],
-                        body: ResponseBody(byteBuffer: EventIntake.responseBody(event)))
+        return Response(status: .accepted, headers: Self.eventAnswerFields, body: ResponseBody(byteBuffer: EventIntake.responseBody(event)))
     }
 }

@@ -56,7 +56,7 @@ extension Substring {
 }
 
 /// Sits in front of `FileMiddleware`: normalises `Range` (see `RangeDecision`) and gives files without a
-/// known extension (`vmlinuz`, `pxelinux.cfg/01-…`) a Content-Type.
+/// known extension (`vmlinuz`, `pxelinux.cfg/01-…`) a Content-Type (`ResponseHead.contentType`).
 struct StaticFileGuard<Context: RequestContext>: RouterMiddleware {
     let provider: RootFileProvider
 
@@ -85,36 +85,16 @@ struct StaticFileGuard<Context: RequestContext>: RouterMiddleware {
             request = Request(head: head, body: request.body)
         }
         var response = try await next(request, context)
-        guard context.coreContext.endpointPath.value == "FileMiddleware" else { return response }
+        // Every route sets its content type; a file whose extension names none gets one here.
         if response.headers[.contentType] == nil, response.status == .ok || response.status == .partialContent {
-            response.headers[.contentType] = Self.contentType(for: request.uri.path)
-        }
-        // A plain GET of a small cached file: from now on `StaticFastPath` answers it with these headers.
-        if response.status == .ok, request.method == .get, StaticFastPath.unconditional(request.headers),
-           let path = request.uri.path.removingPercentEncoding {
-            if let id = provider.cachedFileIdentifier(path) {
-                if id.cachedHeaders == nil, let stat = id.stat {
-                    provider.cache.record(headers: response.headers, for: id.relative, matching: stat)
-                }
-            } else if provider.recordedLargeFile(path) == nil, let id = provider.getFileIdentifier(path), id.refusal == nil,
-                      let resolved = id.resolved, let stat = id.stat, stat.isRegular {
-                // Larger files and images/: from now on `EarlyStaticFastPath` sends them with sendfile.
-                provider.largeFiles.record(.init(relative: id.relative, resolved: resolved, stat: stat,
-                                                 head: SmallFileCache.encodeHead(response.headers, size: Int(stat.size))))
-            }
+            response.headers[.contentType] = ResponseHead.fallbackContentType(for: request.uri.path)
         }
         return response
     }
 
     private func fileSize(_ request: Request) -> Int? {
         guard let path = request.uri.path.removingPercentEncoding,
-              let id = provider.getFileIdentifier(path), id.refusal == nil, let stat = id.stat, stat.isRegular else { return nil }
+              let id = provider.getFileIdentifier(path), id.refusal == nil, let stat = id.stat else { return nil }
         return Int(stat.size)
-    }
-
-    /// Boot files mostly have no extension Hummingbird knows.
-    static func contentType(for path: String) -> String {
-        if path.contains("/pxelinux.cfg/") || path.hasSuffix(".ipxe") || path.hasSuffix(".cfg") { return "text/plain; charset=utf-8" }
-        return "application/octet-stream"
     }
 }

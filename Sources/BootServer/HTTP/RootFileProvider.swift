@@ -30,12 +30,8 @@ struct RootFileProvider: FileProvider {
         var refusal: String?
         /// The cached content when the file is small and unchanged since it was cached.
         var cached: ByteBuffer?
-        /// The headers `FileMiddleware` answered a plain GET of this file version with, once recorded
-        /// (see `StaticFastPath`).
-        var cachedHeaders: HTTPFields?
-        /// The same headers as HTTP/1.1 bytes, status line first, without `Date` and `Server` and the
-        /// blank line (see `EarlyStaticFastPath`).
-        var cachedHead: ByteBuffer?
+        /// The cache already holds this version's head (`FastPath` answers it from now on).
+        var headKnown = false
         var stat: FileStat?
         /// The file, opened by the reader when it was not answered from the cache: what `loadFile`
         /// reads, so the bytes are the version the headers describe.
@@ -73,43 +69,39 @@ struct RootFileProvider: FileProvider {
         self.delivered = delivered
     }
 
-    func getFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: false) }
+    func getFileIdentifier(_ path: String) -> FileIdentifier? { identify(path) }
 
-    /// A file the small-file cache does not hold (larger, or under `images/`) that the router already
-    /// answered with a plain 200: the version it was, and the head it was sent with.
-    struct LargeFile: Sendable {
+    /// What `FastPath` sends for a plain GET or HEAD.
+    enum FastFile {
+        /// A small file from memory, with its head.
+        case content(head: ByteBuffer, content: ByteBuffer)
+        /// A HEAD of a file sent with sendfile.
+        case head(ByteBuffer)
+        /// A file opened for sendfile: a large one, or one under an `observe`d path (every download of
+        /// those is reported, and the delivery report needs the bytes actually sent).
+        case open(OpenFile)
+    }
+
+    struct OpenFile {
         var relative: String
-        /// The root-joined path, for messages.
-        var resolved: String
-        var stat: FileStat
+        var version: FileStat
         var head: ByteBuffer
+        /// The caller closes it.
+        var descriptor: CInt
     }
 
-    /// Heads recorded by `StaticFileGuard`, for `EarlyStaticFastPath` to send such files with sendfile.
-    var largeFiles: LargeFileHeads { LargeFileHeads(cache: reader.cache) }
-
-    /// The recorded file behind `path`, if the file there is still the very version recorded (same
-    /// inode, size and mtime: a publish or an edit makes the router answer again first) and may still be
-    /// served. One `fstatat`.
-    func recordedLargeFile(_ path: String) -> LargeFile? {
-        let name = Self.relativeName(path)
+    /// The answer `FastPath` may send without the router: only for a file version the router already
+    /// answered a plain GET of (its head is cached), and only while the name still leads to that
+    /// version and it may still be served. One `fstatat` (plus `openat2` and `fstat` to open a file);
+    /// none for a name the cache knows nothing of.
+    /// - Parameter name: relative to the root (the request path without its leading '/'s).
+    func fastFile(named name: String, open: Bool) -> FastFile? {
         guard let entry = reader.cached(name, needing: .head), let head = entry.head else { return nil }
-        return LargeFile(relative: name, resolved: reader.joined(name), stat: entry.version, head: head)
+        if let content = entry.content, !observe(name) { return .content(head: head, content: content) }
+        guard open else { return .head(head) }
+        guard let descriptor = reader.openDescriptor(name, matching: entry.version) else { return nil }
+        return .open(OpenFile(relative: name, version: entry.version, head: head, descriptor: descriptor))
     }
-
-    /// A recorded large file, opened (`openat2` and `fstat`) if it is still the recorded version and may
-    /// still be served: what `EarlyStaticFastPath` sends with sendfile. The caller closes `descriptor`.
-    func openRecordedLargeFile(_ path: String) -> (relative: String, version: FileStat, head: ByteBuffer, descriptor: CInt)? {
-        let name = Self.relativeName(path)
-        guard let entry = reader.cache.entry(name), let head = entry.head,
-              let descriptor = reader.openDescriptor(name, matching: entry.version) else { return nil }
-        return (name, entry.version, head, descriptor)
-    }
-
-    /// A small file already in memory and unchanged, and not one `observe` selects: what
-    /// `StaticFastPath` may answer without the router. One `fstatat`, none for a name not cached; nil
-    /// otherwise.
-    func cachedFileIdentifier(_ path: String) -> FileIdentifier? { identify(path, cachedOnly: true) }
 
     /// The request path without its leading '/'s: the name the reader takes.
     static func relativeName(_ path: String) -> String {
@@ -119,15 +111,13 @@ struct RootFileProvider: FileProvider {
         return String(relative)
     }
 
-    private func identify(_ path: String, cachedOnly: Bool) -> FileIdentifier? {
+    private func identify(_ path: String) -> FileIdentifier? {
         let name = Self.relativeName(path)
-        if cachedOnly && observe(name) { return nil }
         // An unchanged small file already read: one fstatat.
         if let entry = reader.cached(name), let content = entry.content {
-            return FileIdentifier(relative: name, resolved: cachedOnly ? nil : reader.joined(name), cached: content,
-                                  cachedHeaders: entry.headers, cachedHead: entry.head, stat: entry.version)
+            return FileIdentifier(relative: name, resolved: reader.joined(name), cached: content, headKnown: entry.head != nil,
+                                  stat: entry.version)
         }
-        if cachedOnly { return nil }
         let file: BootRootFile
         do {
             file = try reader.open(name)
@@ -153,9 +143,23 @@ struct RootFileProvider: FileProvider {
         return FileAttributes(isFolder: false, size: Int(stat.size), modificationDate: stat.modificationDate)
     }
 
+    /// The whole file: `FileMiddleware` answers 200. From now on `FastPath` answers plain GETs and
+    /// HEADs of this version, with the head `ResponseHead.file` makes (the one `FileMiddleware` sends).
     func loadFile(id: FileIdentifier, context: some RequestContext) async throws -> ResponseBody {
-        guard let stat = id.stat, stat.size > 0 else { return ResponseBody() }
-        return try await loadFile(id: id, range: 0...Int(stat.size - 1), context: context)
+        guard let stat = id.stat else { return ResponseBody() }
+        let body = stat.size > 0 ? try await loadFile(id: id, range: 0...Int(stat.size - 1), context: context) : ResponseBody()
+        if !id.headKnown { recordHead(id.relative, version: stat) }
+        return body
+    }
+
+    /// Keeps the head of a 200 for this version of `relative` (`FastPath` answers it from now on).
+    func recordHead(_ relative: String, version: FileStat) {
+        let head = ResponseHead.file(path: "/" + relative, version: version)
+        if version.size <= cache.fileLimit && !observe(relative) {
+            cache.record(head: head, for: relative, matching: version)
+        } else {
+            cache.recordLarge(head: head, for: relative, version: version)
+        }
     }
 
     func loadFile(id: FileIdentifier, range: ClosedRange<Int>, context: some RequestContext) async throws -> ResponseBody {
@@ -258,23 +262,11 @@ extension BootFileVersion {
         Date(timeIntervalSince1970: Double(modifiedSeconds) + Double(modifiedNanoseconds) / 1e9)
     }
 
-    /// Always true: the reader hands out regular files only (kept for `StaticFileGuard`, which checks).
-    var isRegular: Bool { true }
 }
 
 extension BootRootReader {
     /// The root-joined path of `relative`, for messages.
     func joined(_ relative: String) -> String { root == "/" ? "/" + relative : root + "/" + relative }
-}
-
-/// Response heads of large files, by path relative to the root: entries without content in the
-/// reader's cache (see `BootRootCache.recordLarge`).
-struct LargeFileHeads: Sendable {
-    let cache: BootRootCache
-
-    func record(_ file: RootFileProvider.LargeFile) {
-        cache.recordLarge(head: file.head, for: file.relative, version: file.stat)
-    }
 }
 
 /// Read-buffer memory shared by all streamed downloads: each takes `budget / active` per chunk, between
@@ -301,25 +293,3 @@ final class StreamBudget: Sendable {
 /// Small files (boot loaders, configs, scripts: what every node fetches) kept in memory: the reader's
 /// cache, checked against inode, size and mtime on every hit so a publish or an edit is seen at once.
 typealias SmallFileCache = BootRootCache
-
-extension BootRootCache {
-    /// Keeps the response headers of a plain GET with the entry for this file version (a changed file
-    /// has a new entry, without them, until the router answers it again).
-    func record(headers: HTTPFields, for relative: String, matching version: BootFileVersion) {
-        record(headers: headers, head: Self.encodeHead(headers, size: Int(version.size)), for: relative, matching: version)
-    }
-
-    /// "HTTP/1.1 200 OK" and the header lines, as NIO's HTTP/1 encoder writes them, minus the two
-    /// fields set per response.
-    static func encodeHead(_ headers: HTTPFields, size: Int) -> ByteBuffer {
-        var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\n")
-        for field in headers where field.name != .date && field.name != .server {
-            buffer.writeString(field.name.rawName)
-            buffer.writeString(": ")
-            buffer.writeString(field.value)
-            buffer.writeString("\r\n")
-        }
-        if headers[.contentLength] == nil { buffer.writeString("content-length: \(size)\r\n") }
-        return buffer
-    }
-}

@@ -1,6 +1,5 @@
 import CLinux
 import Glibc
-import HTTPTypes
 import NIOCore
 import Synchronization
 
@@ -77,9 +76,8 @@ final class BootRootCache: Sendable {
         var version: BootFileVersion
         /// The whole file, when it is at most `fileLimit` bytes; nil for a large file known by its head.
         var content: ByteBuffer?
-        /// HTTP: the headers `FileMiddleware` answered a plain GET of this version with (small files),
-        /// and the same as an HTTP/1.1 head (see `StaticFastPath`, `EarlyStaticFastPath`).
-        var headers: HTTPFields?
+        /// HTTP: the head of a 200 answer to a plain GET of this version, once the router served it
+        /// (`ResponseHead.file`): from then on `FastPath` answers the file.
         var head: ByteBuffer?
         var lastUse: UInt64
     }
@@ -141,12 +139,11 @@ final class BootRootCache: Sendable {
         }
     }
 
-    /// Keeps HTTP's answer to a plain GET of this version of a cached small file.
-    func record(headers: HTTPFields, head: ByteBuffer, for relative: String, matching version: BootFileVersion) {
+    /// Keeps HTTP's head for a plain GET of this version of a cached small file.
+    func record(head: ByteBuffer, for relative: String, matching version: BootFileVersion) {
         state.withLock { state in
             guard let index = state.entries.index(forKey: relative), state.entries.values[index].version == version,
                   state.entries.values[index].content != nil else { return }
-            state.entries.values[index].headers = headers
             state.entries.values[index].head = head
         }
     }

@@ -33,14 +33,7 @@ struct HTTPDecisionTests {
         #expect(RangeDecision.decide(header: "bytes=-1", size: 0) == .unsatisfiable)
     }
 
-    func limits() -> HTTPTimeouts {
-        var limits = HTTPTimeouts()
-        limits.idle = .seconds(60)
-        limits.header = .seconds(10)
-        limits.body = .seconds(10)
-        limits.send = .seconds(30)
-        return limits
-    }
+    func limits() -> HTTPTimeouts { HTTPTimeouts(idle: 60, header: 10, body: 10, send: 30) }
 
     @Test("an idle connection closes after the idle limit, not while a request is served")
     func idle() {
@@ -95,9 +88,14 @@ struct HTTPDecisionTests {
         #expect(state.expired(now: t0 + .seconds(61)) == .idle)
     }
 
-    /// Scans `text` as `EarlyStaticFastPath` does.
+    /// Scans `text` as `FastPath` does, with one POST route, `/api/v1/events`, taking bodies up to
+    /// `eventBodyLimit` bytes (0: no POST route).
     private func scan(_ text: String, eventBodyLimit: Int = 0) -> RequestHead {
-        Array(text.utf8).withUnsafeBytes { RequestHead.scan($0, eventBodyLimit: eventBodyLimit) }
+        Array(text.utf8).withUnsafeBytes { bytes in
+            RequestHead.scan(bytes) { target in
+                eventBodyLimit > 0 && target.elementsEqual("/api/v1/events".utf8) ? eventBodyLimit : nil
+            }
+        }
     }
 
     @Test("request heads: which the early fast path answers, hands to the decoder whole, or leaves to it")
@@ -131,10 +129,10 @@ struct HTTPDecisionTests {
     @Test("stage reports: delimited by one plain Content-Length within the limit, or left to the decoder")
     func reportHeads() {
         let head = "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n"
-        #expect(scan(head + #"{"mac": "x"}"#, eventBodyLimit: 4096) == .event(length: head.utf8.count, bodyLength: 12, close: false))
-        #expect(scan(head, eventBodyLimit: 4096) == .event(length: head.utf8.count, bodyLength: 12, close: false))  // body not here yet
+        #expect(scan(head + #"{"mac": "x"}"#, eventBodyLimit: 4096) == .post(length: head.utf8.count, target: 5..<19, bodyLength: 12, close: false))
+        #expect(scan(head, eventBodyLimit: 4096) == .post(length: head.utf8.count, target: 5..<19, bodyLength: 12, close: false))  // body not here yet
         let closing = "POST /api/v1/events HTTP/1.1\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n"
-        #expect(scan(closing, eventBodyLimit: 4096) == .event(length: closing.utf8.count, bodyLength: 4096, close: true))
+        #expect(scan(closing, eventBodyLimit: 4096) == .post(length: closing.utf8.count, target: 5..<19, bodyLength: 4096, close: true))
         // Without a body the router says what is missing.
         let bodiless = "POST /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n"
         #expect(scan(bodiless, eventBodyLimit: 4096) == .forward(length: bodiless.utf8.count))

@@ -295,3 +295,14 @@ struct RawHTTPError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
+
+extension HTTPTimeouts {
+    /// All four limits, in seconds.
+    init(idle: Int64, header: Int64, body: Int64, send: Int64) {
+        self.init()
+        self.idle = .seconds(idle)
+        self.header = .seconds(header)
+        self.body = .seconds(body)
+        self.send = .seconds(send)
+    }
+}

@@ -103,7 +103,7 @@ struct HTTPServiceTests {
     }
 
     /// Boot configs and scripts are answered on the event loop once the router has answered them
-    /// once (`StaticFastPath`); the answers must be the router's, byte for byte but the date.
+    /// once (`FastPath`); the answers must be the router's, byte for byte but the date.
     @Test("small files: the event-loop fast path answers exactly as the router, keeps request order, sees edits")
     func staticFastPath() async throws {
         let fixture = try HTTPTestRoot()
@@ -531,7 +531,7 @@ struct HTTPServiceTests {
     func earlySendfile() async throws {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
-        let bytes = try fixture.writeBinary("\(fixture.imageDir)/initramfs.img", size: 3 * EarlyDownload.regionSize + 12345)
+        let bytes = try fixture.writeBinary("\(fixture.imageDir)/initramfs.img", size: 3 * FileDownload.regionSize + 12345)
         // More than the loopback socket buffers hold (see abandonedDownload), so an abandon is seen.
         let large = 64 * 1024 * 1024
         _ = try fixture.writeBinary("\(fixture.imageDir)/image.tar.gz", size: large)

@@ -1,31 +1,61 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import HTTPTypes
 import NIOCore
 
-/// `StaticFastPath`'s answer taken one step earlier: before NIO's HTTP/1 decoder, on the raw bytes.
-/// Profiles of 4 KiB GETs showed the codec (llhttp callbacks, the HTTPTypes conversion both ways, the
-/// response encoder) costing more than our own work; here a plain request for a cached file is
-/// answered with three buffers that already exist (the file version's encoded head, this second's
-/// `Server`/`Date` lines, the content): no allocation, one `writev`.
+/// What the fast path answers itself, registered by the service (`HTTPService.makeFastRoutes`): GET and
+/// HEAD of the boot root's files, and POST routes answered from their whole body.
+struct FastRoutes: Sendable {
+    /// A POST to exactly `path`, answered on the event loop; `answer` returns nil to leave the request
+    /// to the router (which reads it again and answers, an error as a rule).
+    struct Post: Sendable {
+        var path: String
+        /// Larger bodies go to the router (which answers 413).
+        var maximumBodySize: Int
+        var answer: @Sendable (_ body: ByteBuffer, _ remote: SocketAddress?) -> Reply?
+    }
+
+    /// A fast route's answer; `Content-Length` is added.
+    struct Reply {
+        var status: HTTPResponse.Status
+        var fields: HTTPFields
+        var body: ByteBuffer
+    }
+
+    /// Files answered once the router has served their version (see `RootFileProvider.fastFile`).
+    var files: RootFileProvider
+    var posts: [Post] = []
+    /// Called per file answered, with the bytes of the body sent from memory (0 for sendfile: the
+    /// provider's delivery counts those).
+    var fileAnswered: @Sendable (_ bodyBytes: Int) -> Void = { _ in }
+
+    /// The largest body of a POST to `target`, if it is a route here.
+    func postLimit(_ target: Slice<UnsafeRawBufferPointer>) -> Int? {
+        posts.first { target.elementsEqual($0.path.utf8) }?.maximumBodySize
+    }
+}
+
+/// The first handler of every HTTP connection (see `BootHTTPChannel`): it answers the requests a boot
+/// storm is made of from the raw bytes, before NIO's HTTP/1 codec, and hands everything else to the
+/// codec unchanged. Profiles of 4 KiB GETs showed the codec (llhttp callbacks, the HTTPTypes
+/// conversion both ways, the response encoder) and the router's hop to the concurrency pool costing
+/// more than our own work; here a GET of a cached file is answered with three buffers that already
+/// exist (the version's head, this second's `Server`/`Date` lines, the content) in one `writev`, and a
+/// large file with sendfile.
 ///
-/// Stage reports (`POST /api/v1/events` with a `Content-Length` body, five per booting node) are read
-/// and recorded here too, through the router's own `EventIntake`, instead of each hopping to the
-/// concurrency pool and back through Hummingbird. A report the intake refuses goes to the router, which
-/// answers the error. (In a storm most of a report's cost is its TCP connection, which stays.)
-///
-/// It only delimits what it can delimit exactly: CRLF-terminated heads of requests without a body, and
-/// report bodies by their `Content-Length`.
-/// Each complete head is either answered here (GET/HEAD over HTTP/1.1, no condition, no Range, a
-/// cached small file outside `images/` or a large file the router already answered, see
-/// `EarlyDownload`, and nothing routed on this connection still unanswered, so responses keep request
-/// order) or handed to the decoder whole, where `StaticFastPath` and the router take it
-/// as before. A request with a body, an `Upgrade`, a bare-LF line, or anything it does not parse turns
-/// it into a pass-through for the rest of the connection, so the decoder sees every byte it would have
-/// seen without this handler.
-final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler {
+/// It answers (`FastRoutes`): GET/HEAD over HTTP/1.1 without a condition, Range or body, of a file the
+/// router already served in this version; POSTs to a registered route with a `Content-Length` body.
+/// It forwards a complete head (and such a POST's body) to the codec when it is not one of those, or
+/// when a request it forwarded is still unanswered on this connection (responses keep request order:
+/// `ConnectionTimeoutHandler` sends `RoutedResponseEnded` down the pipeline as each routed response
+/// ends). A request with another kind of body, an `Upgrade`, a bare-LF line, or anything it does not
+/// parse turns it into a pass-through for the rest of the connection, so the codec sees every byte it
+/// would have seen without this handler.
+final class FastPath: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    typealias OutboundIn = IOData
     typealias OutboundOut = IOData
 
     /// Tells `ConnectionTimeoutHandler` that a request was read and answered here (it never saw the
@@ -36,33 +66,27 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
 
     struct StreamEnded: Sendable {}
 
+    /// Sent towards the socket after the end of each response the router wrote.
+    struct RoutedResponseEnded: Sendable {}
+
     /// Heads longer than this are left to the decoder and its limits.
     static let headLimit = 16 * 1024
 
-    private let provider: RootFileProvider
-    private let routing: StaticFastPath.Routing
-    private let serverName: String?
-    private let counted: @Sendable (_ bodyBytes: Int) -> Void
-    private let events: EventIntake?
-    /// Largest report body read here (0: reports are the router's).
-    private let eventBodyLimit: Int
-    private let eventCounted: @Sendable (_ bodyBytes: Int) -> Void
-    /// Bytes of a head (or a report) not complete yet.
+    private let routes: FastRoutes
+    /// Largest body read here (0: no POST routes).
+    private let bodyLimit: Int
+    /// Bytes of a head (or a POST) not complete yet.
     private var pending: ByteBuffer?
     private var passThrough = false
     private var closing = false
-    private var trailer = Trailer()
+    /// Requests forwarded to the codec whose response has not ended.
+    private var routed = 0
+    private var trailer: ResponseHead.Trailer
 
-    init(provider: RootFileProvider, routing: StaticFastPath.Routing, serverName: String?,
-         counted: @escaping @Sendable (Int) -> Void, events: EventIntake? = nil,
-         eventCounted: @escaping @Sendable (Int) -> Void = { _ in }) {
-        self.provider = provider
-        self.routing = routing
-        self.serverName = serverName
-        self.counted = counted
-        self.events = events
-        eventBodyLimit = events?.maximumBodySize ?? 0
-        self.eventCounted = eventCounted
+    init(routes: FastRoutes, serverName: String?) {
+        self.routes = routes
+        bodyLimit = routes.posts.map(\.maximumBodySize).max() ?? 0
+        trailer = ResponseHead.Trailer(server: serverName)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -77,7 +101,7 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         var answered = false
         defer { if answered { context.flush() } }
         while buffer.readableBytes > 0 {
-            let scan = buffer.withUnsafeReadableBytes { [eventBodyLimit] in RequestHead.scan($0, eventBodyLimit: eventBodyLimit) }
+            let scan = buffer.withUnsafeReadableBytes { [routes] in RequestHead.scan($0, postLimit: routes.postLimit) }
             switch scan {
             case .incomplete:
                 if buffer.readableBytes > Self.headLimit {
@@ -92,90 +116,101 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
                 context.fireChannelRead(wrapInboundOut(buffer))
                 return
             case .forward(let length):
-                context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length)!))
+                forward(buffer.readSlice(length: length)!, context: context)
             case .eligible(let length, let path, let isHead, let close):
-                let target = buffer.getString(at: buffer.readerIndex + path.lowerBound, length: path.count)!
-                guard routing.routed == 0, let answer = answer(target, isHead: isHead, context: context) else {
-                    context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length)!))
+                guard routed == 0, let answer = file(at: path, in: buffer, isHead: isHead, context: context) else {
+                    forward(buffer.readSlice(length: length)!, context: context)
                     continue
                 }
                 buffer.moveReaderIndex(forwardBy: length)
-                if send(answer, close: close, context: context) {
-                    answered = true
-                } else {
-                    return
-                }
-            case .event(let length, let bodyLength, let close):
+                guard send(answer, close: close, context: context) else { return }
+                answered = true
+            case .post(let length, let target, let bodyLength, let close):
                 guard buffer.readableBytes >= length + bodyLength else {
-                    pending = buffer  // at most headLimit + the intake's body limit
+                    pending = buffer  // at most headLimit + bodyLimit
                     return
                 }
                 let body = buffer.getSlice(at: buffer.readerIndex + length, length: bodyLength)!
-                guard routing.routed == 0, let answer = record(body, context: context) else {
-                    context.fireChannelRead(wrapInboundOut(buffer.readSlice(length: length + bodyLength)!))
+                guard routed == 0, let answer = post(target, in: buffer, body: body, context: context) else {
+                    forward(buffer.readSlice(length: length + bodyLength)!, context: context)
                     continue
                 }
                 buffer.moveReaderIndex(forwardBy: length + bodyLength)
-                if send(answer, close: close, context: context) {
-                    answered = true
-                } else {
-                    return
-                }
+                guard send(answer, close: close, context: context) else { return }
+                answered = true
             }
         }
     }
 
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard event is RoutedResponseEnded else { return context.triggerUserOutboundEvent(event, promise: promise) }
+        routed = max(0, routed - 1)
+        promise?.succeed()
+    }
+
+    /// A whole request for the codec and the router.
+    private func forward(_ request: ByteBuffer, context: ChannelHandlerContext) {
+        routed += 1
+        context.fireChannelRead(wrapInboundOut(request))
+    }
+
     private enum Answer {
         case content(head: ByteBuffer, body: ByteBuffer?)
-        case file(head: ByteBuffer, download: EarlyDownload?)
-        case event(head: ByteBuffer, body: ByteBuffer)
+        case file(head: ByteBuffer, download: FileDownload?)
+        case reply(head: ByteBuffer, body: ByteBuffer)
     }
 
-    /// A stage report recorded, and the router's 202 answer to it; nil (nothing recorded) when the
-    /// intake refuses it, so the router reads it again and answers the error.
-    private func record(_ body: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
-        guard let events, let event = try? events.accept(body, from: context.remoteAddress?.ipv4Address) else { return nil }
-        let json = EventIntake.responseBody(event)
+    /// A POST route's answer, nil (nothing done) when it leaves the request to the router.
+    /// - Parameter target: where the request target is among `buffer`'s readable bytes.
+    private func post(_ target: Range<Int>, in buffer: ByteBuffer, body: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
+        guard let route = buffer.withUnsafeReadableBytes({ bytes in routes.posts.first { bytes[target].elementsEqual($0.path.utf8) } }),
+              let reply = route.answer(body, context.remoteAddress) else { return nil }
+        var fields = reply.fields
+        fields[.contentLength] = String(reply.body.readableBytes)
         var head = context.channel.allocator.buffer(capacity: 128)
-        head.writeString("HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: \(json.readableBytes)\r\n")
-        return .event(head: head, body: json)
+        ResponseHead.encode(reply.status, fields, into: &head)
+        return .reply(head: head, body: reply.body)
     }
 
-    /// A cached small file, or a recorded large one opened for sendfile (nil for HEAD).
-    private func answer(_ target: String, isHead: Bool, context: ChannelHandlerContext) -> Answer? {
-        if let id = provider.cachedFileIdentifier(target), let content = id.cached, let head = id.cachedHead {
+    /// A cached small file, or a large one opened for sendfile (nil for HEAD); `path`: where the
+    /// target's path is among `buffer`'s readable bytes.
+    private func file(at path: Range<Int>, in buffer: ByteBuffer, isHead: Bool, context: ChannelHandlerContext) -> Answer? {
+        // The name below the root: the path without its leading '/'s, made into a String once.
+        var start = buffer.readerIndex + path.lowerBound
+        let end = buffer.readerIndex + path.upperBound
+        while start < end, buffer.getInteger(at: start, as: UInt8.self) == UInt8(ascii: "/") { start += 1 }
+        let name = buffer.getString(at: start, length: end - start)!
+        switch routes.files.fastFile(named: name, open: !isHead) {
+        case nil:
+            return nil
+        case .content(let head, let content):
             return .content(head: head, body: isHead ? nil : content)
+        case .head(let head):
+            return .file(head: head, download: nil)
+        case .open(let file):
+            return .file(head: file.head, download: FileDownload(file, remote: context.remoteAddress, provider: routes.files))
         }
-        if isHead {
-            guard let file = provider.recordedLargeFile(target) else { return nil }
-            return .file(head: file.head, download: nil)
-        }
-        guard let file = provider.openRecordedLargeFile(target) else { return nil }
-        let download = EarlyDownload(relative: file.relative, version: file.version, descriptor: file.descriptor,
-                                     remote: context.remoteAddress, provider: provider)
-        return .file(head: file.head, download: download)
     }
 
     /// Writes the answer; false once the connection is closing (`Connection: close`).
     private func send(_ answer: Answer, close: Bool, context: ChannelHandlerContext) -> Bool {
-        let lines = trailer.now(server: serverName, allocator: context.channel.allocator)
+        let lines = trailer.now(allocator: context.channel.allocator)
         let written: EventLoopPromise<Void>? = close ? context.eventLoop.makePromise() : nil
         switch answer {
         case .content(let head, let body):
             context.fireUserInboundEventTriggered(Answered(streaming: false))
-            counted(body?.readableBytes ?? 0)
+            routes.fileAnswered(body?.readableBytes ?? 0)
             context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
             context.write(wrapOutboundOut(.byteBuffer(lines)), promise: body == nil ? written : nil)
             if let body { context.write(wrapOutboundOut(.byteBuffer(body)), promise: written) }
-        case .event(let head, let body):
+        case .reply(let head, let body):
             context.fireUserInboundEventTriggered(Answered(streaming: false))
-            eventCounted(body.readableBytes)
             context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
             context.write(wrapOutboundOut(.byteBuffer(lines)), promise: nil)
             context.write(wrapOutboundOut(.byteBuffer(body)), promise: written)
         case .file(let head, let download):
             context.fireUserInboundEventTriggered(Answered(streaming: download != nil))
-            counted(0)  // the body's bytes are counted by the provider's delivery, as the router's are
+            routes.fileAnswered(0)  // the body's bytes are counted by the provider's delivery, as the router's are
             context.write(wrapOutboundOut(.byteBuffer(head)), promise: nil)
             context.write(wrapOutboundOut(.byteBuffer(lines)), promise: download == nil ? written : nil)
             if let download {
@@ -194,24 +229,6 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
         written.futureResult.whenComplete { _ in loopBound.value.close(promise: nil) }
         return false
     }
-
-    /// The `Server` and `Date` lines and the blank line that ends the head, encoded once per second.
-    private struct Trailer {
-        private var date = HTTPDate()
-        private var encodedSecond = -1
-        private var bytes = ByteBuffer()
-
-        mutating func now(server: String?, allocator: ByteBufferAllocator) -> ByteBuffer {
-            let text = date.now()
-            if date.second != encodedSecond {
-                encodedSecond = date.second
-                bytes = allocator.buffer(capacity: 64)
-                if let server { bytes.writeString("server: \(server)\r\n") }
-                bytes.writeString("date: \(text)\r\n\r\n")
-            }
-            return bytes
-        }
-    }
 }
 
 /// One large file sent with sendfile, as up to `maximumRegions` regions of at least `regionSize`
@@ -220,7 +237,7 @@ final class EarlyStaticFastPath: ChannelInboundHandler, RemovableChannelHandler 
 /// written after the last of them, and a multi-GB image costs no more bookkeeping than 64 regions.
 /// The file is closed, and the delivery reported (timeline, log, byte counters), once every region's
 /// write ended.
-final class EarlyDownload {
+final class FileDownload {
     static let regionSize = 1 << 20
     static let maximumRegions = 64
 
@@ -233,11 +250,11 @@ final class EarlyDownload {
     private var outstanding = 0
     private var failure: (any Error)?
 
-    /// Takes over `descriptor`: the recorded version, opened by the provider's reader.
-    init(relative: String, version: BootFileVersion, descriptor: CInt, remote: SocketAddress?, provider: RootFileProvider) {
-        handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
-        self.relative = relative
-        size = version.size
+    /// Takes over the file's descriptor.
+    init(_ file: RootFileProvider.OpenFile, remote: SocketAddress?, provider: RootFileProvider) {
+        handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: file.descriptor)
+        relative = file.relative
+        size = file.version.size
         self.remote = remote
         delivered = provider.delivered
     }
@@ -279,7 +296,7 @@ final class EarlyDownload {
     }
 }
 
-/// Where one request head ends in a byte stream, and whether `EarlyStaticFastPath` may answer it.
+/// Where one request head ends in a byte stream, and whether `FastPath` may answer it.
 enum RequestHead: Equatable {
     /// No blank line yet.
     case incomplete
@@ -289,11 +306,14 @@ enum RequestHead: Equatable {
     case forward(length: Int)
     /// A complete plain GET or HEAD: `path` is the target's byte range before any query.
     case eligible(length: Int, path: Range<Int>, isHead: Bool, close: Bool)
-    /// A complete head of `POST /api/v1/events` over HTTP/1.1 whose body is `bodyLength` bytes
-    /// (one `Content-Length`, 1...`eventBodyLimit`) and follows the head.
-    case event(length: Int, bodyLength: Int, close: Bool)
+    /// A complete head of a POST over HTTP/1.1 to a target `postLimit` knows (`target`: its bytes),
+    /// whose body is `bodyLength` bytes (one `Content-Length`, 1...that route's limit) and follows the head.
+    case post(length: Int, target: Range<Int>, bodyLength: Int, close: Bool)
 
-    static func scan(_ bytes: UnsafeRawBufferPointer, eventBodyLimit: Int = 0) -> RequestHead {
+    /// - Parameter postLimit: the largest body of a POST to this exact target answered before the
+    ///   decoder (a fast route, see `FastRoutes`); nil for any other target.
+    static func scan(_ bytes: UnsafeRawBufferPointer,
+                     postLimit: (Slice<UnsafeRawBufferPointer>) -> Int? = { _ in nil }) -> RequestHead {
         let cr = UInt8(ascii: "\r"), lf = UInt8(ascii: "\n")
         guard let firstLF = bytes.firstIndex(of: lf) else { return .incomplete }
         guard firstLF > 0, bytes[firstLF - 1] == cr else { return .unsupported }
@@ -304,8 +324,8 @@ enum RequestHead: Equatable {
         guard let space2 = bytes[afterMethod].firstIndex(of: UInt8(ascii: " ")), space2 > space1 + 1 else { return .unsupported }
         let method = bytes[0..<space1], target = (space1 + 1)..<space2, version = bytes[(space2 + 1)..<line.upperBound]
         var eligible = version.elementsEqual("HTTP/1.1".utf8) && bytes[target.lowerBound] == UInt8(ascii: "/")
-        let isEvent = eventBodyLimit > 0 && eligible && method.elementsEqual("POST".utf8)
-            && bytes[target].elementsEqual("/api/v1/events".utf8)
+        let bodyLimit = eligible && method.elementsEqual("POST".utf8) ? postLimit(bytes[target]) ?? 0 : 0
+        let isPost = bodyLimit > 0
         var bodyLength: Int?
         let isHead = method.elementsEqual("HEAD".utf8)
         eligible = eligible && (isHead || method.elementsEqual("GET".utf8))
@@ -325,9 +345,9 @@ enum RequestHead: Equatable {
             let end = lineFeed - 1
             if end == start {
                 let length = lineFeed + 1
-                if isEvent {
+                if isPost {
                     guard let bodyLength else { return .forward(length: length) }  // no body: the router says what is missing
-                    return .event(length: length, bodyLength: bodyLength, close: close)
+                    return .post(length: length, target: target, bodyLength: bodyLength, close: close)
                 }
                 return eligible ? .eligible(length: length, path: target.lowerBound..<pathEnd, isHead: isHead, close: close)
                                 : .forward(length: length)
@@ -341,13 +361,13 @@ enum RequestHead: Equatable {
             let value = bytes[valueStart..<valueEnd]
             switch Field(name) {
             case .contentLength:
-                if isEvent {
+                if isPost {
                     // One plain decimal length within the limit; anything else (a second one, a sign,
                     // a huge one) is the decoder's to refuse.
                     guard bodyLength == nil, !value.isEmpty, value.count <= 9,
                           value.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return .unsupported }
                     let length = value.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
-                    guard length > 0, length <= eventBodyLimit else { return .unsupported }
+                    guard length > 0, length <= bodyLimit else { return .unsupported }
                     bodyLength = length
                 } else {
                     guard value.elementsEqual("0".utf8) else { return .unsupported }
@@ -361,7 +381,7 @@ enum RequestHead: Equatable {
                 if equalsIgnoringCase(value, "close") {
                     close = true
                 } else if !equalsIgnoringCase(value, "keep-alive") {
-                    if isEvent { return .unsupported }  // its body could not be handed on with the head
+                    if isPost { return .unsupported }  // its body could not be handed on with the head
                     eligible = false
                 }
             case .other:

@@ -1,0 +1,58 @@
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+
+/// One HTTP connection's channel pipeline, in the order the client's bytes meet it:
+///
+/// 1. `FastPath`: answers plain GETs and HEADs of files the router already served, and the service's
+///    fast POST routes (stage reports), from the raw bytes; hands every other request to 2 whole.
+/// 2. NIO's HTTP/1 codec (`HTTPRequestDecoder`, `HTTPResponseEncoder`) and `HTTP1ToHTTPServerCodec`
+///    (NIOHTTP1 parts to HTTPTypes).
+/// 3. `ConnectionTimeoutHandler`: idle, header, body and send time-outs for every request, whichever
+///    path answered it; tells 1 when a routed response ended.
+/// 4. Hummingbird's `HTTPConnectionStateHandler` (graceful shutdown), then the router
+///    (`HTTPService.makeRouter`) through a `NIOAsyncChannel`.
+///
+/// What Hummingbird's `HTTP1Channel` does, but with 1 and 3 in place and named; no handler adds another.
+struct BootHTTPChannel: ServerChildChannel, HTTPChannelHandler {
+    typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
+
+    let responder: HTTPChannelHandler.Responder
+    let fastRoutes: FastRoutes
+    let serverName: String?
+    let timeouts: HTTPTimeouts
+    let timedOut: @Sendable (ConnectionTimeoutReason, SocketAddress?) -> Void
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let pipeline = channel.pipeline.syncOperations
+            try pipeline.addHandler(FastPath(routes: fastRoutes, serverName: serverName))
+            try pipeline.configureHTTPServerPipeline(
+                withPipeliningAssistance: false,  // Hummingbird answers a connection's requests in order
+                withErrorHandling: false,  // Hummingbird answers errors
+                withOutboundHeaderValidation: false,  // HTTPTypes validated the fields
+                withEncoderConfiguration: .init(),
+                withDecoderLimitConfiguration: Self.decoderLimits)
+            try pipeline.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+            try pipeline.addHandler(ConnectionTimeoutHandler(limits: timeouts, closed: timedOut))
+            try pipeline.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+            return try NIOAsyncChannel(wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+        }
+    }
+
+    /// Hummingbird's defaults.
+    static let decoderLimits: NIOHTTPDecoderLimitConfiguration = {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = 80 * 1024
+        limits.maxHeaderListSize = 80 * 1024
+        limits.maxHeaderFieldCount = 1000
+        return limits
+    }()
+
+    func handle(value asyncChannel: Value, logger: Logger) async {
+        await handleHTTP(asyncChannel: asyncChannel, logger: logger)
+    }
+}
