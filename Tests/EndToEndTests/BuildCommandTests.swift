@@ -154,7 +154,7 @@ extension EndToEnd {
             return builds
         }()
 
-        @Test("image formats tar.zst, squashfs, erofs: the image, imagebuild.format and .need, and what stage 1 needs to load it",
+        @Test("image formats tar.zst, squashfs, erofs: the image, imagebuild.format and .need, what stage 1 needs to load it, the same bytes twice",
               .enabled(if: formatTools, "needs zstd, squashfs-tools and erofs-utils (scripts/setup installs them)"), arguments: formats)
         func imageFormat(_ format: String) async throws { try await Harness.blocking { try Self().imageFormatOnThread(format) } }
         func imageFormatOnThread(_ format: String) throws {
@@ -182,6 +182,16 @@ extension EndToEnd {
                 #expect(need == manifest.files["image." + format]?.size)
                 for module in ["loop", format, "overlay"] { #expect(manifest.modules.contains(module), "\(module) not in stage 1") }
             }
+            // Reproducible: the same recipe built again elsewhere gives the same image, byte for byte
+            // (mksquashfs and mkfs.erofs must not take the clock, chance or the number of cores).
+            let name = (artifacts as NSString).lastPathComponent
+            let again = Harness.temporaryDirectory(name + "-again")
+            let recipe = ((artifacts as NSString).deletingLastPathComponent) + "/recipe.yaml"
+            let rebuilt = try Harness.imagebuild([recipe, "--out", again, "--force"], environment: ["SOURCE_DATE_EPOCH": Harness.epoch])
+            #expect(rebuilt.status == 0, "\(rebuilt.stderr)")
+            let first = try Data(contentsOf: URL(fileURLWithPath: image))
+            let second = try Data(contentsOf: URL(fileURLWithPath: again + "/" + name + "/image." + format))
+            #expect(first == second, "two builds of the \(format) image differ")
         }
 
         @Test("images in formats tar.zst, squashfs and erofs boot to NODE-UP",

@@ -31,7 +31,7 @@ import Testing
         #expect(recipe.kernel.source == .path("/etc/hostname"))
         #expect(recipe.initramfs.compression == .gzip)
         #expect(recipe.initramfs.busybox == .host)
-        #expect(recipe.image.format == .tarGz)
+        #expect(recipe.image.format == .squashfs)
         #expect(recipe.cmdline == "console=ttyS0,115200")
     }
 

@@ -245,8 +245,9 @@ public final class BuildPipeline {
         case .squashfs:
             step("image", "mksquashfs → \(name)")
             for excluded in recipe.image.exclude { try tree.remove(excluded) }
-            try Tool.run(["mksquashfs", tree.root, path, "-noappend", "-comp", "xz", "-no-progress",
-                          "-processors", String(ProcessInfo.processInfo.activeProcessorCount)] + (tree.privileged ? [] : ["-all-root"]),
+            try Tool.run(["mksquashfs", tree.root, path, "-noappend", "-comp", "zstd", "-Xcompression-level", "9", "-b", "1M",
+                          "-no-progress", "-processors", String(ProcessInfo.processInfo.activeProcessorCount)]
+                         + (tree.privileged ? [] : ["-all-root"]),
                          environment: environment)
             return nil
         case .erofs:
