@@ -81,7 +81,7 @@ struct BootServicesTests {
 
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await services.run(signals: false) }
-            let port = try #require(try await services.http?.listeningAddress().port)
+            let port = try #require(services.httpAddress?.port)
 
             // Both protocols serve the root.
             let file = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
