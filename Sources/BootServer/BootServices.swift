@@ -83,10 +83,12 @@ public final class BootServices: Sendable {
     public let dhcp: DHCPServer?
     public let tftp: TFTPServer?
     public let http: HTTPService?
-    /// The TFTP listener's address once started (its port, when the settings asked for port 0).
+    /// The bound addresses of each running service (with port 0 in the settings, the kernel's choice).
+    public let dhcpAddresses: [SocketAddress]
     public let tftpAddress: SocketAddress?
-    /// The HTTP port asked for (the bound one is `http?.listeningAddress()`).
-    public let httpPort: Int?
+    public let httpAddress: SocketAddress?
+    /// The services switched on (TFTP, DHCP, HTTP), bound, and their addresses.
+    private let services: [(service: any BootService, addresses: [SocketAddress])]
     private let reloader: ConfigReloader
     private let logger: Logger
     /// SIGHUPs and `requestReload()` calls, consumed one at a time by the reload service.
@@ -95,8 +97,8 @@ public final class BootServices: Sendable {
     /// The running group, for `shutdown()`.
     private let group = Mutex<ServiceGroup?>(nil)
 
-    /// Builds every service the settings switch on, and binds DHCP and TFTP (HTTP binds when it runs).
-    /// Throws `StartupError`s phrased for the administrator: a missing root, a port in use, ...
+    /// Builds every service the settings switch on and binds them all (`bind(_:)`); none serves before
+    /// `run()`. Throws `StartupError`s phrased for the administrator: a missing root, a port in use, ...
     ///
     /// - Parameters:
     ///   - settings: from `Settings.load(flags:configPath:)`.
@@ -136,19 +138,18 @@ public final class BootServices: Sendable {
         }
         self.timeline = timeline
 
+        // Each service with the port and flag its bind failure names; bound in this order.
+        var listeners: [Listener] = []
         if settings.tftp {
             var configuration = TFTPServerConfiguration(root: settings.root, host: settings.listen, port: settings.tftpPort)
             configuration.maximumTransfers = 10_000
             let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp")) { report in
                 _ = timeline.record(report)
             }
-            do { tftpAddress = try await server.start() } catch {
-                throw StartupError.bind(error, service: "TFTP", host: settings.listen, port: settings.tftpPort, flag: "--tftp-port")
-            }
+            listeners.append(Listener(service: server, port: settings.tftpPort, flag: "--tftp-port"))
             tftp = server
         } else {
             tftp = nil
-            tftpAddress = nil
         }
 
         if settings.dhcp, let inventory {
@@ -156,10 +157,7 @@ public final class BootServices: Sendable {
                                     logger: Logger(label: "imagebuild.dhcp")) { event in
                 timeline.record(event)
             }
-            do { _ = try await server.start() } catch {
-                if error is DHCPServerError { throw StartupError("DHCP: \(error)") }
-                throw StartupError.bind(error, service: "DHCP", host: settings.listen, port: settings.dhcpPort, flag: "--dhcp-port")
-            }
+            listeners.append(Listener(service: server, port: settings.dhcpPort, flag: "--dhcp-port"))
             dhcp = server
         } else {
             dhcp = nil
@@ -170,30 +168,57 @@ public final class BootServices: Sendable {
             var configuration = HTTPServiceConfiguration(root: settings.root, host: settings.listen, port: port, metrics: metrics)
             if let limit = settings.httpMaximumConnections { configuration.maximumConnections = limit }
             let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
-            http = HTTPService(configuration: configuration, timeline: timeline,
-                               inventory: { inventory.current.inventory }, leases: dhcp?.leaseIndex,
-                               reportTokens: tokens, inventoryRejection: { inventory.lastError },
-                               logger: Logger(label: "imagebuild.http"))
-            httpPort = port
+            let service = HTTPService(configuration: configuration, timeline: timeline,
+                                      inventory: { inventory.current.inventory }, leases: dhcp?.leaseIndex,
+                                      reportTokens: tokens, inventoryRejection: { inventory.lastError },
+                                      logger: Logger(label: "imagebuild.http"))
+            listeners.append(Listener(service: service, port: port, flag: "--http-port"))
+            http = service
         } else {
             http = nil
-            httpPort = nil
         }
+
+        let services = try await Self.bind(listeners, host: settings.listen)
+        func addresses(_ service: (any BootService)?) -> [SocketAddress] { services.first { $0.service === service }?.addresses ?? [] }
+        dhcpAddresses = addresses(dhcp)
+        tftpAddress = addresses(tftp).first
+        httpAddress = addresses(http).first
+        self.services = services
 
         reloader = ConfigReloader(path: configPath, flags: flags, current: settings.source, baseline: settings.dhcpBaseline,
                                   levels: logLevel, dhcp: dhcp, logger: logger)
         (reloads, reloadRequests) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
+    /// A service to bind, with what its bind failure tells the administrator to change.
+    private struct Listener {
+        let service: any BootService
+        let port: Int
+        let flag: String
+    }
+
+    /// Binds every service in order. When one fails, it and those bound before it are stopped, so
+    /// nothing stays bound, and its error names the service, the port and the flag.
+    private static func bind(_ listeners: [Listener], host: String) async throws(StartupError)
+        -> [(service: any BootService, addresses: [SocketAddress])] {
+        var bound: [(service: any BootService, addresses: [SocketAddress])] = []
+        for (index, listener) in listeners.enumerated() {
+            do {
+                bound.append((listener.service, try await listener.service.bind()))
+            } catch {
+                for bound in listeners[...index].reversed() { await bound.service.stop() }
+                throw StartupError.bind(error, service: listener.service.name, host: host, port: listener.port, flag: listener.flag)
+            }
+        }
+        return bound
+    }
+
     /// Serves until SIGTERM or SIGINT (with `signals`) or until the task is cancelled; SIGHUP reloads
-    /// (`reload()`) meanwhile. A bind failure of the HTTP listener is reported as a `StartupError`.
-    /// Tests run without `signals`: the process's signals are not theirs.
+    /// (`reload()`) meanwhile. Tests run without `signals`: the process's signals are not theirs.
     public func run(signals: Bool = true) async throws {
         var services: [any Service] = [timeline]
         if let inventory { services.append(inventory) }
-        if let tftp { services.append(ServerService(name: "tftp") { try await tftp.run() }) }
-        if let dhcp { services.append(ServerService(name: "dhcp") { try await dhcp.run() }) }
-        if let http { services.append(http) }
+        services += self.services.map(\.service)
         let reloads = self.reloads
         services.append(ServerService(name: "reload") { [self] in
             for await _ in reloads { await reload() }
@@ -204,10 +229,11 @@ public final class BootServices: Sendable {
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
                                                       gracefulShutdownSignals: signals ? [.sigterm, .sigint] : [], logger: logger))
         self.group.withLock { $0 = group }
-        logger.info("serving \(settings.root)")
-        do { try await group.run() } catch let error as IOError where httpPort != nil {
-            throw StartupError.bind(error, service: "HTTP", host: settings.listen, port: httpPort!, flag: "--http-port")
+        let listening = self.services.map { service in
+            "\(service.service.name) " + service.addresses.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" }.joined(separator: ", ")
         }
+        logger.info("serving \(settings.root): \(listening.joined(separator: "; "))")
+        try await group.run()
     }
 
     /// Shuts the running server down as SIGTERM does: listeners close, transfers end, state is flushed.

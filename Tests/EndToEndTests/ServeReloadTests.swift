@@ -54,6 +54,7 @@ extension EndToEnd {
             let serve = try BackgroundProcess(Harness.binary, arguments, log: dir + "/serve.log")
             defer { serve.stop() }
             try #require(serve.wait(for: "serving", timeout: 60), "serve did not start: \(serve.log)")
+            #expect(serve.log.contains("TFTP 127.0.0.1:\(port)"), "the start line names the bound port: \(serve.log)")
             #expect(try Harness.shell("curl -fsS --max-time 5 tftp://127.0.0.1:\(port)/hello.txt").stdout == "hello\n")
             #expect(serve.wait(for: "TFTP completed", timeout: 10))
             serve.stop()
@@ -66,6 +67,26 @@ extension EndToEnd {
             #expect(completed?["file"] as? String == "hello.txt" && completed?["time"] is String, "\(completed ?? [:])")
             let named = try Harness.imagebuild(arguments + ["--nodes", dir + "/nodes.yaml"])
             #expect(named.status != 0 && named.stderr.contains("nodes.yaml"), "\(named.status): \(named.stderr)")
+        }
+
+        @Test("an HTTP port in use: serve exits 1 with the located error, before it serves")
+        func busyHTTPPort() async throws { try await Harness.blocking { try Self().busyHTTPPortOnThread() } }
+        func busyHTTPPortOnThread() throws {
+            let dir = Harness.temporaryDirectory("serve-busy")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try FileManager.default.createDirectory(atPath: dir + "/root", withIntermediateDirectories: true)
+            try "hello\n".write(toFile: dir + "/root/hello.txt", atomically: true, encoding: .utf8)
+            try Self.nodes(1).write(toFile: dir + "/nodes.yaml", atomically: true, encoding: .utf8)
+            let other = try PortHolder(.tcp, host: "127.0.0.1")  // as another HTTP server would
+            let tftp = Int.random(in: 20_000...50_000)
+            let result = try Harness.imagebuild(["serve", "--root", dir + "/root", "--nodes", dir + "/nodes.yaml", "--no-dhcp",
+                                                 "--listen", "127.0.0.1", "--tftp-port", "\(tftp)", "--http-port", "\(other.port)",
+                                                 "--state-dir", dir + "/state"], timeout: 60)
+            #expect(result.status == 1, "\(result.status): \(result.stderr)")
+            #expect(result.stderr.contains("HTTP: cannot listen on 127.0.0.1:\(other.port): the port is in use"), "\(result.stderr)")
+            #expect(result.stderr.contains("choose another port with --http-port"), "\(result.stderr)")
+            #expect(!result.stderr.contains("serving"), "it served before it failed: \(result.stderr)")
+            withExtendedLifetime(other) {}
         }
 
         @Test("SIGHUP reloads both files, keeps the last good inventory, SIGTERM exits 0")

@@ -13,7 +13,8 @@ import ServiceLifecycle
 /// makes "one address never goes to two clients" a local property. The work per packet is bounded:
 /// one decode, one policy call, one encode. Disk writes happen on the lease journal's thread; an ACK
 /// that binds a lease is sent when the fsync covering it completes (group commit).
-public actor DHCPServer: Service {
+public actor DHCPServer: BootService {
+    public nonisolated let name = "DHCP"
     public nonisolated let configuration: DHCPServerConfiguration
     private let inventory: InventoryStore
     private let logger: Logger
@@ -39,9 +40,10 @@ public actor DHCPServer: Service {
         self.observer = observer
     }
 
-    /// Loads the leases, binds the sockets and starts answering. Returns the bound DHCP port.
+    /// Loads the leases and binds the sockets; returns their addresses (the DHCP port's first; with
+    /// port 0, the port the kernel chose). Packets wait until `run()`. On a failure nothing stays open.
     @discardableResult
-    public func start() async throws -> Int {
+    public func bind() async throws -> [SocketAddress] {
         guard engine == nil else { throw DHCPServerError.alreadyRunning }
         let configuration = self.configuration
         let logger = self.logger
@@ -84,7 +86,7 @@ public actor DHCPServer: Service {
         // Sockets: per interface, or one wildcard socket that learns the interface from IP_PKTINFO.
         var ports = [configuration.port]
         if configuration.mode == .proxy { ports.append(configuration.pxePort) }
-        var boundPort = configuration.port
+        var addresses: [SocketAddress] = []
         do {
             for port in ports {
                 let targets: [DHCPInterface?] = interfaces.isEmpty ? [nil] : interfaces
@@ -92,13 +94,13 @@ public actor DHCPServer: Service {
                     let fd = try DHCPSocket.open(port: port, interface: interface?.name,
                                                  receiveBufferSize: configuration.receiveBufferSize, packetInfo: interface == nil)
                     let actualPort = DHCPSocket.boundPort(fd)
-                    if port == configuration.port { boundPort = actualPort }
                     let serverPort: DHCPServerPort = port == configuration.port ? .dhcp : .pxe
                     let channel = try await DatagramBootstrap(group: loop)
                         .channelOption(.receivePacketInfo, value: interface == nil)
                         .channelOption(.datagramVectorReadMessageCount, value: 32)
                         .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 32 * 2048))
                         .channelOption(.maxMessagesPerRead, value: 4)
+                        .channelOption(.autoRead, value: false)  // `run()` turns reading on
                         .channelInitializer { channel in
                             channel.eventLoop.makeCompletedFuture {
                                 let handler = DHCPChannelHandler(engine: engine.value, port: serverPort, interface: interface)
@@ -108,6 +110,7 @@ public actor DHCPServer: Service {
                         .withBoundSocket(fd)
                         .get()
                     channels.append(channel)
+                    if let address = channel.localAddress { addresses.append(address) }
                     logger.info("DHCP server listening", metadata: [
                         "port": "\(actualPort)", "interface": "\(interface?.name ?? "*")", "mode": "\(configuration.mode.rawValue)",
                     ])
@@ -122,7 +125,7 @@ public actor DHCPServer: Service {
         subscription = inventory.onChange { snapshot in
             loop.execute { engine.value.install(snapshot) }
         }
-        return boundPort
+        return addresses
     }
 
     /// Applies the settings that need no new socket (unknown clients, Rapid Commit, hold times, rate
@@ -155,13 +158,19 @@ public actor DHCPServer: Service {
         logger.info("DHCP server stopped")
     }
 
-    /// Serves until cancelled or a graceful shutdown.
+    /// Serves the bound sockets until the task is cancelled, the group shuts down gracefully, or `stop()`.
     public func run() async throws {
-        if engine == nil { try await start() }
+        guard engine != nil else { throw BootServiceNotBound(service: name) }
+        let channels = self.channels
+        for channel in channels { try await channel.setOption(.autoRead, value: true).get() }
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+            await withTaskCancellationHandler {
+                for channel in channels { try? await channel.closeFuture.get() }
+            } onCancel: {
+                for channel in channels { channel.close(promise: nil) }
+            }
         }
-        await stop()
+        await stop()  // the lease journal's last fsync
     }
 
     /// Totals since start.

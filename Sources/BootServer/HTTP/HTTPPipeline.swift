@@ -1,9 +1,11 @@
+import Hummingbird
 import HummingbirdCore
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import Synchronization
 
 /// One HTTP connection's channel pipeline, in the order the client's bytes meet it:
 ///
@@ -14,9 +16,10 @@ import NIOHTTPTypesHTTP1
 /// 3. `ConnectionTimeoutHandler`: idle, header, body and send time-outs for every request, whichever
 ///    path answered it; tells 1 when a routed response ended.
 /// 4. Hummingbird's `HTTPConnectionStateHandler` (graceful shutdown), then the router
-///    (`HTTPService.makeRouter`) through a `NIOAsyncChannel`.
+///    (`HTTPService.makeRouter`, wrapped by `routed(by:)`) through a `NIOAsyncChannel`.
 ///
 /// What Hummingbird's `HTTP1Channel` does, but with 1 and 3 in place and named; no handler adds another.
+/// `HTTPService` binds the listening socket and accepts connections into it.
 struct BootHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     typealias Value = NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>
 
@@ -55,4 +58,44 @@ struct BootHTTPChannel: ServerChildChannel, HTTPChannelHandler {
     func handle(value asyncChannel: Value, logger: Logger) async {
         await handleHTTP(asyncChannel: asyncChannel, logger: logger)
     }
+}
+
+extension BootHTTPChannel {
+    /// What Hummingbird's `Application` puts around the router for each routed request, here because
+    /// `HTTPService` binds its own socket instead of running an `Application`: the request context, a
+    /// request id in the logger, a 500 for an error no middleware answered, and the `Date` and
+    /// `Server` fields.
+    static func routed(by router: some HTTPResponder<BootRequestContext>, serverName: String?,
+                       logger: Logger) -> HTTPChannelHandler.Responder {
+        let dates = Mutex(HTTPDate())
+        return { (request, writer: consuming ResponseWriter, channel) in
+            var requestLogger = logger
+            requestLogger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
+            let response = try await withLogger(requestLogger) { logger in
+                let context = BootRequestContext(source: .init(channel: channel, logger: logger))
+                var response: Response
+                do {
+                    response = try await router.respond(to: request, context: context)
+                } catch let error as HTTPParserError {
+                    throw error  // the connection answers 400 and closes
+                } catch {
+                    logger.debug("Unrecognised Error", metadata: ["error.type": "\(error)"])
+                    response = Response(status: .internalServerError, body: .init())
+                }
+                response.headers[.date] = dates.withLock { $0.now() }
+                if let serverName { response.headers[.server] = serverName }
+                return response
+            }
+            do {
+                try await writer.write(response: response.head, body: response.body)
+            } catch is HTTPParserError {
+                // Not rethrown as itself: the connection would answer it with a second response.
+                throw RoutedResponseError.parseErrorWhileWritingResponse
+            }
+        }
+    }
+}
+
+enum RoutedResponseError: Error {
+    case parseErrorWhileWritingResponse
 }

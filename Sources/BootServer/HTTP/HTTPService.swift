@@ -5,6 +5,7 @@ import HummingbirdCore
 import ImageBuildKit
 import Logging
 import NIOCore
+import NIOExtras
 import NIOPosix
 import Prometheus
 import ServiceLifecycle
@@ -47,12 +48,12 @@ public struct HTTPServiceConfiguration: Sendable {
 
 public enum HTTPServiceError: Error, CustomStringConvertible {
     case rootNotFound(String)
-    case notListening
+    case alreadyBound
 
     public var description: String {
         switch self {
         case .rootNotFound(let path): "HTTP root '\(path)' does not exist or cannot be resolved"
-        case .notListening: "the HTTP service stopped before it was listening"
+        case .alreadyBound: "the HTTP service is already bound"
         }
     }
 }
@@ -72,8 +73,11 @@ public struct BootRequestContext: RequestContext, RemoteAddressRequestContext, E
 
 /// HTTP for the boot server, on Hummingbird: static files from the boot root (Range, ETag, conditional
 /// requests, HEAD), per-node iPXE scripts built from the live inventory, node stage reports, the boot
-/// timeline as JSON, Prometheus metrics and a status page. A `Service` for the `serve` ServiceGroup.
-public final class HTTPService: Service, Sendable {
+/// timeline as JSON, Prometheus metrics and a status page. A `BootService`: `bind()` opens the listening
+/// socket on NIO's own bootstrap (Hummingbird's `Application` binds only when it runs), `run()` accepts
+/// connections into `BootHTTPChannel`, as Hummingbird's `Server` does.
+public final class HTTPService: BootService, Sendable {
+    public let name = "HTTP"
     public let configuration: HTTPServiceConfiguration
     public let timeline: BootTimeline
     private let inventory: @Sendable () -> Inventory?
@@ -84,12 +88,22 @@ public final class HTTPService: Service, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let threadPool: NIOThreadPool
     private let metrics: HTTPMetrics
-    private let listening = Mutex<ListeningState>(.starting([]))
+    private let state = Mutex<ListenerState>(.idle)
 
-    private enum ListeningState {
-        case starting([CheckedContinuation<SocketAddress, any Error>])
-        case listening(SocketAddress)
+    private enum ListenerState {
+        case idle
+        case binding
+        case bound(Listener)
+        case running(Listener)
         case stopped
+    }
+
+    /// The bound socket, the connection set-up its accepted connections get, and the helper that
+    /// closes the socket and lets open connections finish their requests on shutdown.
+    private struct Listener: Sendable {
+        let channel: NIOAsyncChannel<BootHTTPChannel.Value, Never>
+        let connections: BootHTTPChannel
+        let quiesce: ServerQuiescingHelper
     }
 
     /// - Parameters:
@@ -120,42 +134,28 @@ public final class HTTPService: Service, Sendable {
         timeline.onBootCompleted { seconds in bootDuration.record(.milliseconds(Int64(seconds * 1000))) }
     }
 
-    /// Waits until the listener is bound and returns its address (useful with port 0).
-    public func listeningAddress() async throws -> SocketAddress {
-        try await withCheckedThrowingContinuation { continuation in
-            listening.withLock { state in
-                switch state {
-                case .starting(var waiters):
-                    waiters.append(continuation)
-                    state = .starting(waiters)
-                case .listening(let address):
-                    continuation.resume(returning: address)
-                case .stopped:
-                    continuation.resume(throwing: HTTPServiceError.notListening)
-                }
-            }
+    /// Builds the router and the fast routes and binds the listening socket (Hummingbird's settings:
+    /// SO_REUSEADDR, the backlog, half-closure, at most `maximumConnections` at once). Connections the
+    /// kernel accepts wait until `run()`.
+    @discardableResult
+    public func bind() async throws -> [SocketAddress] {
+        try state.withLock { state in
+            guard case .idle = state else { throw HTTPServiceError.alreadyBound }
+            state = .binding
+        }
+        do {
+            let (listener, root) = try await makeListener()
+            state.withLock { $0 = .bound(listener) }
+            let address = listener.channel.channel.localAddress!
+            logger.info("HTTP service listening", metadata: ["address": "\(address)", "root": "\(root)"])
+            return [address]
+        } catch {
+            state.withLock { $0 = .idle }
+            throw error
         }
     }
 
-    private func setListening(_ next: ListeningState) {
-        let waiters = listening.withLock { state -> [CheckedContinuation<SocketAddress, any Error>] in
-            guard case .starting(let waiters) = state else {
-                if case .stopped = next { state = .stopped }
-                return []
-            }
-            state = next
-            return waiters
-        }
-        for waiter in waiters {
-            switch next {
-            case .listening(let address): waiter.resume(returning: address)
-            default: waiter.resume(throwing: HTTPServiceError.notListening)
-            }
-        }
-    }
-
-    public func run() async throws {
-        defer { setListening(.stopped) }
+    private func makeListener() async throws -> (Listener, root: String) {
         guard let pointer = realpath(configuration.root, nil) else { throw HTTPServiceError.rootNotFound(configuration.root) }
         let root = String(cString: pointer)
         free(pointer)
@@ -163,28 +163,75 @@ public final class HTTPService: Service, Sendable {
         let router = makeRouter(provider: provider)
         let metrics = self.metrics
         let logger = self.logger
-        let serverName = configuration.serverName
-        let timeouts = configuration.timeouts
-        let fastRoutes = makeFastRoutes(provider: provider)
-        let server = HTTPServerBuilder { responder in
-            BootHTTPChannel(responder: responder, fastRoutes: fastRoutes, serverName: serverName, timeouts: timeouts) { reason, remote in
-                metrics.timedOut(reason)
-                // A node whose download stalls shows up here, not as an error of its own.
-                logger.notice("HTTP connection closed by time-out", metadata: [
-                    "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
-            }
+        let connections = BootHTTPChannel(
+            responder: BootHTTPChannel.routed(by: router.buildResponder(), serverName: configuration.serverName, logger: logger),
+            fastRoutes: makeFastRoutes(provider: provider), serverName: configuration.serverName, timeouts: configuration.timeouts
+        ) { reason, remote in
+            metrics.timedOut(reason)
+            // A node whose download stalls shows up here, not as an error of its own.
+            logger.notice("HTTP connection closed by time-out", metadata: [
+                "reason": "\(reason.rawValue)", "client": "\(remote?.ipAddress ?? "?")"])
         }
-        let app = Application(
-            router: router, server: server,
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port),
-                                 serverName: configuration.serverName, backlog: configuration.backlog,
-                                 availableConnectionsDelegate: MaximumAvailableConnections(configuration.maximumConnections, logger: logger)),
-            onServerRunning: { [weak self] channel in
-                if let address = channel.localAddress { self?.setListening(.listening(address)) }
-            },
-            eventLoopGroupProvider: .shared(eventLoopGroup), logger: logger)
-        logger.info("HTTP service starting", metadata: ["root": "\(root)", "port": "\(configuration.port)"])
-        try await app.run()
+        let quiesce = ServerQuiescingHelper(group: eventLoopGroup)
+        let limit = configuration.maximumConnections
+        let channel = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: Int32(configuration.backlog))
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let available = MaximumAvailableConnections(limit, logger: logger)
+                    try channel.pipeline.syncOperations.addHandler(AvailableConnectionsChannelHandler(delegate: available))
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .bind(host: configuration.host, port: configuration.port, serverBackPressureStrategy: nil) { channel in
+                connections.setup(channel: channel, logger: logger)
+            }
+        return (Listener(channel: channel, connections: connections, quiesce: quiesce), root)
+    }
+
+    /// Accepts connections on the bound socket until the task is cancelled, the group shuts down
+    /// gracefully or `stop()`; on shutdown the socket closes and open connections finish their
+    /// requests first (`HTTPConnectionStateHandler`).
+    public func run() async throws {
+        let listener = try state.withLock { state -> Listener in
+            guard case .bound(let listener) = state else { throw BootServiceNotBound(service: name) }
+            state = .running(listener)
+            return listener
+        }
+        let logger = self.logger
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { connections in
+                do {
+                    try await listener.channel.executeThenClose { inbound in
+                        for try await connection in inbound {
+                            connections.addTask { await listener.connections.handle(value: connection, logger: logger) }
+                        }
+                    }
+                } catch {
+                    logger.error("HTTP listener: \(error)")
+                }
+            }
+        } onGracefulShutdown: {
+            listener.quiesce.initiateShutdown(promise: nil)
+        }
+        state.withLock { $0 = .stopped }
+        logger.info("HTTP service stopped")
+    }
+
+    /// Closes a socket bound but not running; ends a running service as a graceful shutdown does.
+    public func stop() async {
+        let next = state.withLock { state -> ListenerState in
+            let current = state
+            if case .bound = current { state = .stopped }
+            return current
+        }
+        switch next {
+        case .bound(let listener): try? await listener.channel.executeThenClose { _ in }
+        case .running(let listener): listener.quiesce.initiateShutdown(promise: nil)
+        case .idle, .binding, .stopped: break
+        }
     }
 
     // MARK: Routes

@@ -3,6 +3,7 @@ import DatagramIO
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// Read-only TFTP server (RFC 1350, 2347, 2348, 2349, 7440) on SwiftNIO.
 ///
@@ -10,7 +11,8 @@ import NIOPosix
 /// ephemeral port (RFC 1350's transfer ID), all run by one `DatagramReactor` thread: no thread or
 /// process per transfer, and no per-packet allocation. The protocol itself is `TFTPReadSession`
 /// (BootProtocols); the listener and `TFTPTransfer` only carry out its actions.
-public actor TFTPServer {
+public actor TFTPServer: BootService {
+    public nonisolated let name = "TFTP"
     public nonisolated let configuration: TFTPServerConfiguration
     private let logger: Logger
     private let group: any EventLoopGroup
@@ -28,9 +30,9 @@ public actor TFTPServer {
         self.observer = observer
     }
 
-    /// Binds the listening socket and starts serving; returns the bound address (useful with port 0).
+    /// Binds the listening socket; returns its address (useful with port 0). Requests wait until `run()`.
     @discardableResult
-    public func start() async throws -> SocketAddress {
+    public func bind() async throws -> [SocketAddress] {
         guard listener == nil else { throw TFTPServerError.alreadyRunning }
         guard let root = TFTPFileStore.canonicalRoot(configuration.root) else {
             throw TFTPServerError.rootNotFound(configuration.root)
@@ -55,6 +57,7 @@ public actor TFTPServer {
                 // than any request (RFC 1350 requests fit 512 bytes), or long RRQs arrive truncated.
                 .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 32 * 2048))
                 .channelOption(.maxMessagesPerRead, value: 8)
+                .channelOption(.autoRead, value: false)  // `run()` turns reading on
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let store = TFTPFileStore(root: root, cacheFileLimit: configuration.cacheFileSizeLimit,
@@ -80,7 +83,7 @@ public actor TFTPServer {
         listener = (channel, handler, reactor)
         let address = channel.localAddress!
         logger.info("TFTP server listening", metadata: ["address": "\(address)", "root": "\(root)"])
-        return address
+        return [address]
     }
 
     /// Closes the listening socket and every running transfer.
@@ -94,15 +97,23 @@ public actor TFTPServer {
         logger.info("TFTP server stopped")
     }
 
-    /// Serves until the task is cancelled (or `stop()` is called), for use inside a service group.
+    /// Serves the bound socket until the task is cancelled, the group shuts down gracefully, or `stop()`.
     public func run() async throws {
-        if listener == nil { try await start() }
-        guard let channel = listener?.channel else { return }
-        try await withTaskCancellationHandler {
-            try await channel.closeFuture.get()
-        } onCancel: {
-            Task { await self.stop() }
+        guard let listener else { throw BootServiceNotBound(service: name) }
+        let (channel, handler) = (listener.channel, listener.handler)
+        try await channel.setOption(.autoRead, value: true).get()
+        await cancelWhenGracefulShutdown {
+            await withTaskCancellationHandler {
+                try? await channel.closeFuture.get()
+            } onCancel: {
+                // Transfers first, then the listener, as `stop()` does; `stop()` below waits for the rest.
+                channel.eventLoop.execute {
+                    handler.value.closeTransfers()
+                    channel.close(promise: nil)
+                }
+            }
         }
+        await stop()
     }
 
     /// The bound address while running.

@@ -33,11 +33,11 @@ struct DHCPCrashTests {
         configuration.interfaces = env[DHCPChildEnvironment.interface].map { [$0] } ?? []
         configuration.rateLimitBurst = 0  // load generators reuse MACs on purpose
         let server = DHCPServer(configuration: configuration, inventory: inventory, logger: logger)
-        try await server.start()
-        if let ready = env[DHCPChildEnvironment.ready] { _ = FileManager.default.createFile(atPath: ready, contents: Data("\(getpid())".utf8)) }
-        let seconds = Int(env[DHCPChildEnvironment.seconds] ?? "") ?? 120
-        try? await Task.sleep(for: .seconds(seconds))
-        await server.stop()
+        try await serving(server) { _ in
+            if let ready = env[DHCPChildEnvironment.ready] { _ = FileManager.default.createFile(atPath: ready, contents: Data("\(getpid())".utf8)) }
+            let seconds = Int(env[DHCPChildEnvironment.seconds] ?? "") ?? 120
+            try? await Task.sleep(for: .seconds(seconds))
+        }
     }
 
     /// The running test binary and the arguments that select one test in it.

@@ -47,18 +47,10 @@ struct DHCPInteropTests {
             configuration.rateLimitBurst = 1000
             let events = DHCPBox<DHCPEvent>()
             let server = DHCPServer(configuration: configuration, inventory: inventory, logger: logger, observer: { events.append($0) })
-            try await server.start()
             let setup = Setup(network: network, clientNamespace: client, hostLink: host, octet: octet, nodesPath: nodesPath,
                               inventory: inventory, server: server, events: events, inventoryTask: inventoryTask)
-            do {
-                try await body(setup)
-            } catch {
-                await server.stop()
-                inventoryTask.cancel()
-                throw error
-            }
-            await server.stop()
-            inventoryTask.cancel()
+            defer { inventoryTask.cancel() }
+            try await serving(server) { _ in try await body(setup) }
         }
     }
 
@@ -201,10 +193,10 @@ struct DHCPInteropTests {
         let events = DHCPBox<DHCPEvent>()
         let server = DHCPServer(configuration: DHCPServerConfiguration(stateDirectory: dir + "/state", mode: .proxy, interfaces: [host]),
                                 inventory: inventory, logger: logger, observer: { events.append($0) })
-        try await server.start()
-        try await Task.sleep(for: .milliseconds(500))  // dnsmasq binding
-        let result = try await network.exec(clientNS, ["python3", DHCPLab.clientScript(in: network), "pxe", "cl0", Self.node1], timeout: 40)
-        await server.stop()
+        let result = try await serving(server) { _ in
+            try await Task.sleep(for: .milliseconds(500))  // dnsmasq binding
+            return try await network.exec(clientNS, ["python3", DHCPLab.clientScript(in: network), "pxe", "cl0", Self.node1], timeout: 40)
+        }
         dnsmasq.kill()
 
         let json = try #require(result.stdout.split(separator: "\n").last.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] },

@@ -120,6 +120,7 @@ func withHTTPService<T: Sendable>(
     configure(&configuration)
     let service = HTTPService(configuration: configuration, timeline: timeline, inventory: { inventory.current }, leases: leases,
                               reportTokens: reportTokens, inventoryRejection: inventoryRejection, logger: quietLogger)
+    let port = try await service.bind()[0].port!
     let group = ServiceGroup(configuration: .init(services: [service, timeline], gracefulShutdownSignals: [], logger: quietLogger))
     return try await withThrowingTaskGroup(of: T?.self) { tasks in
         tasks.addTask {
@@ -128,8 +129,7 @@ func withHTTPService<T: Sendable>(
         }
         let result: T
         do {
-            let address = try await service.listeningAddress()
-            result = try await body(address.port!, service)
+            result = try await body(port, service)
         } catch {
             await group.triggerGracefulShutdown()
             throw error

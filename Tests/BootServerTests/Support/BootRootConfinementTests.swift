@@ -148,16 +148,11 @@ struct BootRootConfinementTests {
         var logger = Logger(label: "boot-root-test")
         logger.logLevel = .critical
         let tftp = TFTPServer(configuration: TFTPServerConfiguration(root: fixture.root, host: "127.0.0.1", port: 0), logger: logger)
-        let address = try await tftp.start()
-        do {
+        try await serving(tftp) { addresses in
             try await withHTTPService(root: fixture, inventory: InventoryBox(nil)) { port, _ in
-                try await body(address, port)
+                try await body(addresses[0], port)
             }
-        } catch {
-            await tftp.stop()
-            throw error
         }
-        await tftp.stop()
     }
 
     static func bytes(_ fixture: HTTPTestRoot, _ relative: String?) -> [UInt8]? {

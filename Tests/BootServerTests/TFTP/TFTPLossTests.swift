@@ -124,53 +124,53 @@ struct TFTPLossTests {
         let server = TFTPServer(configuration: configuration, logger: Logger(label: "tftp-loss-test"),
                                 eventLoopGroup: group, observer: { reports.append($0) })
         do {
-            let port = try await server.start().port!
-            let clock = ContinuousClock()
-            let started = clock.now
-            // All at once: the clients' own retry timers (curl re-sends a lost RRQ only after seconds)
-            // then overlap instead of adding up, and the server handles loss on many transfers at a time.
-            let outcomes = try await withThrowingTaskGroup(of: (Int, String?).self) { tasks in
-                for index in 0..<20 {
-                    tasks.addTask {
-                        let output = root.path + "/out-\(index)"
-                        let command = index % 2 == 0
-                            ? ["/usr/bin/curl", "-s", "-o", output, "--tftp-blksize", "1468", "tftp://127.0.0.1:\(port)/image"]
-                            : ["/usr/bin/atftp", "--option", "blksize 1468", "-g", "-r", "image", "-l", output, "127.0.0.1", String(port)]
-                        let result = try await namespace.run(command, timeoutSeconds: 240)  // a bound, not a speed goal (benchmarks/tftp-loss.sh)
-                        let received = FileManager.default.contents(atPath: output)
-                        if result.status != 0 { return (index, "\(command[0]) exit \(result.status): \(result.output)") }
-                        if received != expected { return (index, "\(command[0]): \(received?.count ?? -1) bytes, content differs") }
-                        return (index, nil)
+            try await serving(server) { addresses in
+                let port = addresses[0].port!
+                let clock = ContinuousClock()
+                let started = clock.now
+                // All at once: the clients' own retry timers (curl re-sends a lost RRQ only after seconds)
+                // then overlap instead of adding up, and the server handles loss on many transfers at a time.
+                let outcomes = try await withThrowingTaskGroup(of: (Int, String?).self) { tasks in
+                    for index in 0..<20 {
+                        tasks.addTask {
+                            let output = root.path + "/out-\(index)"
+                            let command = index % 2 == 0
+                                ? ["/usr/bin/curl", "-s", "-o", output, "--tftp-blksize", "1468", "tftp://127.0.0.1:\(port)/image"]
+                                : ["/usr/bin/atftp", "--option", "blksize 1468", "-g", "-r", "image", "-l", output, "127.0.0.1", String(port)]
+                            let result = try await namespace.run(command, timeoutSeconds: 240)  // a bound, not a speed goal (benchmarks/tftp-loss.sh)
+                            let received = FileManager.default.contents(atPath: output)
+                            if result.status != 0 { return (index, "\(command[0]) exit \(result.status): \(result.output)") }
+                            if received != expected { return (index, "\(command[0]): \(received?.count ?? -1) bytes, content differs") }
+                            return (index, nil)
+                        }
                     }
+                    var failures: [(Int, String?)] = []
+                    for try await outcome in tasks where outcome.1 != nil { failures.append(outcome) }
+                    return failures
                 }
-                var failures: [(Int, String?)] = []
-                for try await outcome in tasks where outcome.1 != nil { failures.append(outcome) }
-                return failures
+                let elapsed = clock.now - started
+                let dropped = try await namespace.dropped()
+                #expect(outcomes.isEmpty, "failed downloads: \(outcomes)")
+                #expect(dropped > 0, "the loss rule dropped nothing: the test proved nothing")
+                print("TFTP, 20 downloads of 1 MiB through 5 % loss: \(elapsed), \(dropped) datagrams dropped")
+                // The server's view: completed, or delivered where the client's final ACK was the datagram
+                // lost (the clients do not linger to repeat it, RFC 1350's "dally").
+                _ = await eventually(timeout: .seconds(30)) { reports.all.count >= 20 }
+                for report in reports.all {
+                    #expect(report.result == .completed || report.result == .delivered,
+                            "a transfer failed server-side: \(report.result)")
+                }
+                let delivered = reports.all.filter { $0.result == .delivered }.count
+                print("TFTP loss: \(delivered) of 20 transfers lost their final ACK (reported delivered)")
+                #expect(reports.all.count == 20, "\(reports.all.count) server reports")
+                let retransmissions = reports.all.reduce(0) { $0 + $1.retransmissions }
+                print("TFTP loss: 20 x 1 MiB through 5 % loss in \(elapsed), \(dropped) datagrams dropped, \(retransmissions) retransmissions")
             }
-            let elapsed = clock.now - started
-            let dropped = try await namespace.dropped()
-            #expect(outcomes.isEmpty, "failed downloads: \(outcomes)")
-            #expect(dropped > 0, "the loss rule dropped nothing: the test proved nothing")
-            print("TFTP, 20 downloads of 1 MiB through 5 % loss: \(elapsed), \(dropped) datagrams dropped")
-            // The server's view: completed, or delivered where the client's final ACK was the datagram
-            // lost (the clients do not linger to repeat it, RFC 1350's "dally").
-            _ = await eventually(timeout: .seconds(30)) { reports.all.count >= 20 }
-            for report in reports.all {
-                #expect(report.result == .completed || report.result == .delivered,
-                        "a transfer failed server-side: \(report.result)")
-            }
-            let delivered = reports.all.filter { $0.result == .delivered }.count
-            print("TFTP loss: \(delivered) of 20 transfers lost their final ACK (reported delivered)")
-            #expect(reports.all.count == 20, "\(reports.all.count) server reports")
-            let retransmissions = reports.all.reduce(0) { $0 + $1.retransmissions }
-            print("TFTP loss: 20 x 1 MiB through 5 % loss in \(elapsed), \(dropped) datagrams dropped, \(retransmissions) retransmissions")
         } catch {
-            await server.stop()
             try? await group.shutdownGracefully()
             await namespace.remove()
             throw error
         }
-        await server.stop()
         try? await group.shutdownGracefully()
         await namespace.remove()
     }

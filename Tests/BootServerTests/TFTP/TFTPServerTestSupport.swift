@@ -72,7 +72,7 @@ final class ReportBox: @unchecked Sendable {
     }
 }
 
-/// Starts a server on 127.0.0.1 with an ephemeral port, runs `body`, stops the server.
+/// Serves on 127.0.0.1 with an ephemeral port while `body` runs.
 func withTFTPServer<T>(
     root: TemporaryRoot, configure: (inout TFTPServerConfiguration) -> Void = { _ in },
     _ body: (TFTPServer, SocketAddress, ReportBox) async throws -> T
@@ -83,15 +83,7 @@ func withTFTPServer<T>(
     logger.logLevel = ProcessInfo.processInfo.environment["TFTP_TEST_LOG"] != nil ? .debug : .critical
     let reports = ReportBox()
     let server = TFTPServer(configuration: configuration, logger: logger, observer: { reports.append($0) })
-    let address = try await server.start()
-    do {
-        let result = try await body(server, address, reports)
-        await server.stop()
-        return result
-    } catch {
-        await server.stop()
-        throw error
-    }
+    return try await serving(server) { addresses in try await body(server, addresses[0], reports) }
 }
 
 /// Polls `condition` until it holds or `timeout` passes; server-side bookkeeping finishes a moment
