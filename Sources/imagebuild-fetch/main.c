@@ -29,7 +29,6 @@
 #include <netdb.h>
 #include <nettle/sha2.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -43,7 +42,7 @@
 #include <unistd.h>
 
 enum { EXIT_USAGE = 2, EXIT_DOWNLOAD = 3, EXIT_DIGEST = 4, EXIT_OUTPUT = 5, EXIT_CHANGED = 6 };
-enum { BUFFER_SIZE = 1 << 18, SLOTS = 8, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30 };
+enum { BUFFER_SIZE = 1 << 18, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30 };
 
 static const char *program = "imagebuild-fetch";
 
@@ -191,92 +190,16 @@ static ssize_t receive(int fd, unsigned char *buffer, size_t size, const char **
     }
 }
 
-/* ---- the hasher ---------------------------------------------------------- */
-
-/* SHA-256 is sequential, but it need not hold up the socket. On a 10 Gbit/s link, receiving
- * 400 MB, copying it into a tmpfs file and hashing it take about a third of a second each; one
- * thread does them one after the other, so here a second thread hashes each buffer once it is
- * written while the first receives the next. The buffers are a ring of SLOTS: the receiver takes
- * slot `submitted`, fills it, writes it out and submits it; the hasher frees it when hashed. */
-struct hasher {
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t changed;
-    struct sha256_ctx sha;
-    unsigned char *buffers[SLOTS];
-    const unsigned char *data[SLOTS]; /* what to hash of each submitted slot: a part of its buffer */
-    size_t lengths[SLOTS];
-    uint64_t submitted, hashed;       /* slots counted since the start; slot i is buffers[i % SLOTS] */
-    int finishing;
-};
-
-static void *hash_slots(void *context) {
-    struct hasher *h = context;
-    pthread_mutex_lock(&h->lock);
-    for (;;) {
-        while (h->hashed == h->submitted && !h->finishing) pthread_cond_wait(&h->changed, &h->lock);
-        if (h->hashed == h->submitted) break;
-        unsigned slot = (unsigned)(h->hashed % SLOTS);
-        pthread_mutex_unlock(&h->lock);
-        sha256_update(&h->sha, h->lengths[slot], h->data[slot]);
-        pthread_mutex_lock(&h->lock);
-        h->hashed++;
-        pthread_cond_broadcast(&h->changed);
-    }
-    pthread_mutex_unlock(&h->lock);
-    return NULL;
-}
-
-static void hasher_start(struct hasher *h) {
-    sha256_init(&h->sha);
-    for (int i = 0; i < SLOTS; i++)
-        if (!(h->buffers[i] = malloc(BUFFER_SIZE))) die(EXIT_DOWNLOAD, "out of memory");
-    pthread_mutex_init(&h->lock, NULL);
-    pthread_cond_init(&h->changed, NULL);
-    if (pthread_create(&h->thread, NULL, hash_slots, h) != 0) die(EXIT_DOWNLOAD, "cannot start the hashing thread");
-}
-
-/* The buffer to receive into next: waits while every slot is still being hashed. */
-static unsigned char *hasher_slot(struct hasher *h) {
-    pthread_mutex_lock(&h->lock);
-    while (h->submitted - h->hashed == SLOTS) pthread_cond_wait(&h->changed, &h->lock);
-    unsigned char *buffer = h->buffers[h->submitted % SLOTS];
-    pthread_mutex_unlock(&h->lock);
-    return buffer;
-}
-
-/* Hands bytes of the current slot's buffer (from hasher_slot) to the hasher, in body order. */
-static void hasher_submit(struct hasher *h, const unsigned char *data, size_t length) {
-    pthread_mutex_lock(&h->lock);
-    unsigned slot = (unsigned)(h->submitted % SLOTS);
-    h->data[slot] = data;
-    h->lengths[slot] = length;
-    h->submitted++;
-    pthread_cond_broadcast(&h->changed);
-    pthread_mutex_unlock(&h->lock);
-}
-
-/* Waits for the last slot to be hashed and writes the digest. */
-static void hasher_finish(struct hasher *h, uint8_t digest[SHA256_DIGEST_SIZE]) {
-    pthread_mutex_lock(&h->lock);
-    h->finishing = 1;
-    pthread_cond_broadcast(&h->changed);
-    pthread_mutex_unlock(&h->lock);
-    pthread_join(h->thread, NULL);
-    sha256_digest(&h->sha, SHA256_DIGEST_SIZE, digest);
-    for (int i = 0; i < SLOTS; i++) free(h->buffers[i]);
-}
-
 /* ---- the transfer -------------------------------------------------------- */
 
 struct transfer {
     struct url url;
     int out;                 /* where the body goes */
-    uint64_t offset;         /* body bytes written to out (and handed to the hasher) */
+    uint64_t offset;         /* body bytes written to out (and hashed) */
     int64_t total;           /* the body's size, -1 while unknown */
     char validator[256];     /* the first answer's strong ETag or Last-Modified: the file's version */
     int validator_is_etag;
-    struct hasher hasher;
+    struct sha256_ctx sha;
     unsigned resumes;
 };
 
@@ -314,7 +237,7 @@ static int write_all(int fd, const unsigned char *bytes, size_t length) {
 }
 
 /* One attempt: connect, ask for the rest of the body, pass it on. */
-static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size) {
+static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *reason, size_t reason_size) {
     int fd = connect_to(&t->url, reason, reason_size);
     if (fd < 0) return RETRY;
 
@@ -442,11 +365,9 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         t->validator_is_etag = version_is_etag;
     }
 
-    /* The body. Every byte passes through a slot of the hasher's ring, the few that came with
-     * the head too. */
-    unsigned char *data = hasher_slot(&t->hasher);
+    /* The body. */
+    unsigned char *data = (unsigned char *)head + head_length;
     size_t count = early;
-    memcpy(data, head + head_length, early);
     for (;;) {
         if (count > 0) {
             if (skip > 0) {
@@ -457,17 +378,16 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
             }
             if (t->total >= 0 && t->offset + count > (uint64_t)t->total) count = (size_t)((uint64_t)t->total - t->offset);
             if (count > 0) {
+                sha256_update(&t->sha, count, data);
                 if (write_all(t->out, data, count) != 0) {
                     snprintf(reason, reason_size, "writing the output: %s", errno == EPIPE ? "the reader stopped (the unpacker failed?)" : strerror(errno));
                     close(fd);
                     return OUTPUT_FAILED;
                 }
-                hasher_submit(&t->hasher, data, count);
                 t->offset += count;
             }
         }
         if (t->total >= 0 && t->offset == (uint64_t)t->total) break;
-        unsigned char *buffer = hasher_slot(&t->hasher);
         ssize_t n = receive(fd, buffer, BUFFER_SIZE, &why);
         if (n == 0) {
             if (t->total < 0) break; /* read to close: the digest says whether it is whole */
@@ -536,6 +456,7 @@ int main(int argc, char **argv) {
     static struct transfer t;
     parse_url(argv[optind], &t.url);
     t.total = -1;
+    sha256_init(&t.sha);
     t.out = STDOUT_FILENO;
     if (output) {
         t.out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -543,7 +464,8 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is EPIPE from write: exit 5 with a message */
 
-    hasher_start(&t.hasher);
+    unsigned char *buffer = malloc(BUFFER_SIZE);
+    if (!buffer) die(EXIT_DOWNLOAD, "out of memory");
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long failures = 0;
@@ -551,7 +473,7 @@ int main(int argc, char **argv) {
     char reason[512];
     for (;;) {
         uint64_t before = t.offset;
-        enum outcome outcome = attempt(&t, reason, sizeof reason);
+        enum outcome outcome = attempt(&t, buffer, reason, sizeof reason);
         if (outcome == DONE) break;
         if (outcome == FATAL) die(EXIT_DOWNLOAD, "%s: %s", argv[optind], reason);
         if (outcome == CHANGED) die(EXIT_CHANGED, "%s: %s", argv[optind], reason);
@@ -570,7 +492,7 @@ int main(int argc, char **argv) {
 
     uint8_t digest[SHA256_DIGEST_SIZE];
     char hex[2 * SHA256_DIGEST_SIZE + 1];
-    hasher_finish(&t.hasher, digest);
+    sha256_digest(&t.sha, sizeof digest, digest);
     for (int i = 0; i < SHA256_DIGEST_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
     double elapsed = seconds_since(&start);
     if (expected && strcasecmp(expected, hex) != 0)
@@ -578,5 +500,6 @@ int main(int argc, char **argv) {
             (unsigned long long)t.offset, expected, hex);
     message("%llu bytes in %.1f s (%.0f MB/s), %u resumed, sha256 %s%s", (unsigned long long)t.offset, elapsed,
             elapsed > 0 ? (double)t.offset / elapsed / 1e6 : 0.0, t.resumes, hex, expected ? " OK" : " (not checked)");
+    free(buffer);
     return 0;
 }
