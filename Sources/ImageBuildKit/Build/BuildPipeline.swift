@@ -77,14 +77,14 @@ public final class BuildPipeline {
         let destination = outputRoot + "/" + recipe.name
         try removeStaleWorkFolders(in: outputRoot)
 
-        let inputs = try InputDigest(recipe: recipe)
+        var inputs = try InputDigest(recipe: recipe)
         let epoch = options.sourceDateEpoch ?? inputs.newestMtime
-        let inputDigest = inputs.digest(epoch: epoch)
-        if !options.force, let digest = inputDigest, let existing = try? Manifest.read(from: destination),
+        if !options.force, let digest = inputs.digest(epoch: epoch), let existing = try? Manifest.read(from: destination),
            existing.inputDigest == digest, Self.filesIntact(existing, in: destination) {
             step("cache", "\(recipe.name) is up to date (inputs unchanged)")
             return BuildResult(directory: destination, manifest: existing, upToDate: true, seconds: Date().timeIntervalSince(start))
         }
+        for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") }
 
         let work = outputRoot + "/.\(recipe.name).build-\(getpid())"
         try SafeFileSystem.removeTree(work)
@@ -95,8 +95,11 @@ public final class BuildPipeline {
         // 1. Root filesystem.
         step("rootfs", "assembling from \(recipe.base.summary)")
         let tree = try RootfsTree(root: work + "/rootfs")
-        try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
-                            progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
+        let assembly = try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
+                                           progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
+        let wasCacheable = inputs.uncacheable.isEmpty
+        inputs.confirm(assembly)
+        if wasCacheable { for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") } }
 
         // 2. Kernel.
         let kernel = try locateKernel(tree: tree, work: work)
@@ -128,7 +131,7 @@ public final class BuildPipeline {
         }
         let manifest = Manifest(
             name: recipe.name, toolVersion: ImageBuildVersion.current, recipeDigest: inputs.recipeDigest,
-            inputDigest: inputDigest, sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
+            inputDigest: inputs.digest(epoch: epoch), sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
             imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
             modules: modules, files: files, loadedSize: loadedSize)
         try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
