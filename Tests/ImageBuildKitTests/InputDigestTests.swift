@@ -178,3 +178,24 @@ extension InputDigestTests {
                 == ["http://mirror.example/debian/dists/bookworm/InRelease", "http://mirror.example/debian/dists/bookworm/Release"])
     }
 }
+
+/// Inputs the recipe names by file but whose contents only the loader reads.
+@Suite struct InputDigestFileInputTests {
+    let dir = TemporaryDirectory("digest-keys")
+
+    @Test("a changed authorized_keys file changes the digest")
+    func authorizedKeysFile() throws {
+        _ = dir.write("admin.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne admin@site\n")
+        let file = dir.write("recipe.yaml", """
+            name: keys
+            base: {scratch: true}
+            kernel: {path: /etc/hostname}
+            authorized_keys: {root: [admin.pub]}
+            """)
+        let first = try InputDigest(recipe: try RecipeLoader.load(path: file)).digest(epoch: 0)
+        #expect(first != nil)
+        _ = dir.write("admin.pub", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITwo admin@site\n")
+        let second = try InputDigest(recipe: try RecipeLoader.load(path: file)).digest(epoch: 0)
+        #expect(second != nil && second != first, "a new key must not reuse an image holding the old one")
+    }
+}

@@ -45,6 +45,10 @@ struct InputDigest {
         }
         hasher.update(data: recipeData)
         try add(recipe.file, contentHash: false)
+        // Keys named by file are read when the recipe is loaded: the recipe's bytes hold only the names.
+        for spec in recipe.authorizedKeys {
+            hasher.update(data: Data("authorized_keys \(spec.user)\n\(spec.keys.joined(separator: "\n"))\n".utf8))
+        }
         var files: [String] = []
         switch recipe.base {
         case .scratch: break
