@@ -85,6 +85,10 @@ public final class BuildPipeline {
             return BuildResult(directory: destination, manifest: existing, upToDate: true, seconds: Date().timeIntervalSince(start))
         }
         for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") }
+        if inputs.uncacheable.isEmpty, !options.force, let existing = try? Manifest.read(from: destination) {
+            step("cache", existing.inputDigest == inputs.digest(epoch: epoch) ? "\(destination) is incomplete: rebuilding"
+                                                                             : "inputs changed since \(destination) was built")
+        }
 
         let work = outputRoot + "/.\(recipe.name).build-\(getpid())"
         try SafeFileSystem.removeTree(work)
