@@ -106,7 +106,7 @@ extension EndToEnd {
             }
             let started = Date()
             let vm = try site.lab.startVM(name: "compute1", mac: Self.mac, memory: memory)
-            // Measured here under TCG (2 vCPUs, 2026-12-06): 65-85 s from QEMU's start in six boots (tar.zst;
+            // Measured here under TCG (2 vCPUs, 2026-12-06): 65-85 s from QEMU's start in eight boots (tar.zst;
             // tar.gz took 82-93 s). The bound leaves room for a machine busy with builds.
             let upAt = PXEBootTests.waitForNodes([(mac: Self.mac, vm: vm)], started: started, timeout: 600)[Self.mac]
             print("debian-compute (\(QEMU.accelerator), \(memory) MiB): QEMU start to NODE-UP \(PXEBootTests.seconds(upAt))")
