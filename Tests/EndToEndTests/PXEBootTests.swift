@@ -40,8 +40,9 @@ extension EndToEnd {
             private(set) var serve: BackgroundProcess
             private var starts = 0
 
-            init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil) throws {
-                let artifacts = try Harness.minimal.get()
+            /// `artifacts`: what is published (default: the suite's build of `recipes/minimal.yaml`).
+            init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil, artifacts: String? = nil) throws {
+                let artifacts = try artifacts ?? Harness.minimal.get()
                 lab = try BootLab()
                 root = lab.directory + "/tftpboot"
                 nodesFile = lab.directory + "/nodes.yaml"

@@ -77,13 +77,17 @@ public final class BuildPipeline {
         let destination = outputRoot + "/" + recipe.name
         try removeStaleWorkFolders(in: outputRoot)
 
-        let inputs = try InputDigest(recipe: recipe)
+        var inputs = try InputDigest(recipe: recipe)
         let epoch = options.sourceDateEpoch ?? inputs.newestMtime
-        let inputDigest = inputs.digest(epoch: epoch)
-        if !options.force, let digest = inputDigest, let existing = try? Manifest.read(from: destination),
+        if !options.force, let digest = inputs.digest(epoch: epoch), let existing = try? Manifest.read(from: destination),
            existing.inputDigest == digest, Self.filesIntact(existing, in: destination) {
             step("cache", "\(recipe.name) is up to date (inputs unchanged)")
             return BuildResult(directory: destination, manifest: existing, upToDate: true, seconds: Date().timeIntervalSince(start))
+        }
+        for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") }
+        if inputs.uncacheable.isEmpty, !options.force, let existing = try? Manifest.read(from: destination) {
+            step("cache", existing.inputDigest == inputs.digest(epoch: epoch) ? "\(destination) is incomplete: rebuilding"
+                                                                             : "inputs changed since \(destination) was built")
         }
 
         let work = outputRoot + "/.\(recipe.name).build-\(getpid())"
@@ -95,8 +99,11 @@ public final class BuildPipeline {
         // 1. Root filesystem.
         step("rootfs", "assembling from \(recipe.base.summary)")
         let tree = try RootfsTree(root: work + "/rootfs")
-        try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
-                            progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
+        let assembly = try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
+                                           progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
+        let wasCacheable = inputs.uncacheable.isEmpty
+        inputs.confirm(assembly)
+        if wasCacheable { for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") } }
 
         // 2. Kernel.
         let kernel = try locateKernel(tree: tree, work: work)
@@ -128,7 +135,7 @@ public final class BuildPipeline {
         }
         let manifest = Manifest(
             name: recipe.name, toolVersion: ImageBuildVersion.current, recipeDigest: inputs.recipeDigest,
-            inputDigest: inputDigest, sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
+            inputDigest: inputs.digest(epoch: epoch), sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
             imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
             modules: modules, files: files, loadedSize: loadedSize)
         try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
@@ -379,86 +386,6 @@ public final class BuildPipeline {
         }
         try output.finish()
         return moduleNames
-    }
-}
-
-/// The digest of everything a build reads, so an unchanged recipe is not rebuilt.
-/// Bases fetched from the network (apt, mmdebstrap) have no digest: always rebuilt.
-struct InputDigest {
-    let recipeDigest: String
-    private var hasher = SHA256()
-    private(set) var newestMtime: Int64 = 0
-    private var cacheable = true
-
-    init(recipe: Recipe) throws {
-        let recipeData = try Data(contentsOf: URL(fileURLWithPath: recipe.file))
-        recipeDigest = SHA256.hash(data: recipeData).hex
-        hasher.update(data: Data("imagebuild \(ImageBuildVersion.current)\n".utf8))
-        // The stage-1 programs built into this binary go into the initramfs: a binary with other
-        // scripts must not reuse artifacts built with the old ones, whatever its version string says.
-        for script in [StageOneScripts.initScript, StageOneScripts.loadImageScript, StageOneScripts.udhcpcScript] {
-            hasher.update(data: Data(script.utf8))
-        }
-        hasher.update(data: recipeData)
-        try add(recipe.file, contentHash: false)
-        var files: [String] = []
-        switch recipe.base {
-        case .scratch: break
-        case .directory(let dir): try addTree(dir)
-        case .tarball(let path), .ociArchive(let path): files.append(path)
-        case .debs(let debs, let packages): files += debs; if !packages.isEmpty { cacheable = false }
-        case .bootstrap: cacheable = false
-        }
-        for file in recipe.files + recipe.initramfs.files { if case .source(let path) = file.content { files.append(path) } }
-        files += [recipe.initramfs.initTemplate, recipe.initramfs.loadImageTemplate].compactMap { $0 }
-        switch recipe.kernel.source {
-        case .rootfs: break
-        case .path(let pattern): files += HostGlob.matches(pattern)
-        case .deb(let deb): files.append(deb)
-        }
-        if let modules = recipe.kernel.modulesDirectory {
-            for dep in HostGlob.matches(modules + "/*/modules.dep") { files.append(dep) }
-        }
-        if recipe.busybox == .host || recipe.initramfs.busybox == .host, let busybox = try? HostBusybox.path() { files.append(busybox) }
-        if !recipe.initramfs.binaries.isEmpty { cacheable = false }
-        // stage 1's image loader and the host files it brings into the initramfs
-        hasher.update(data: Data(StageOneLoader.binary))
-        files += try BuildPipeline.stageOneHostPrograms(for: recipe.image.format).compactMap {
-            if case .file(let path) = $0 { return path } else { return nil }
-        }
-        for file in files.sorted() { try add(file, contentHash: true) }
-    }
-
-    mutating func add(_ path: String, contentHash: Bool) throws {
-        var info = stat()
-        guard stat(path, &info) == 0 else { throw RootfsError.system(operation: "stat", path: path, errno: errno) }
-        newestMtime = max(newestMtime, Int64(info.st_mtim.tv_sec))
-        guard contentHash else { return }
-        hasher.update(data: Data("\(path)\n".utf8))
-        if (info.st_mode & S_IFMT) == S_IFREG {
-            hasher.update(data: Data(try sha256File(path).digest.utf8))
-        }
-    }
-
-    /// A directory base is digested by names, sizes and mtimes, not contents: cheap, and any edit changes it.
-    mutating func addTree(_ dir: String) throws {
-        guard let walker = FileManager.default.enumerator(atPath: dir) else { return }
-        var lines: [String] = []
-        while let name = walker.nextObject() as? String {
-            var info = stat()
-            if lstat(dir + "/" + name, &info) == 0 {
-                lines.append("\(name) \(info.st_mode) \(info.st_size) \(info.st_mtim.tv_sec) \(info.st_uid):\(info.st_gid)")
-                newestMtime = max(newestMtime, Int64(info.st_mtim.tv_sec))
-            }
-        }
-        hasher.update(data: Data(lines.sorted().joined(separator: "\n").utf8))
-    }
-
-    func digest(epoch: Int64) -> String? {
-        guard cacheable else { return nil }
-        var copy = hasher
-        copy.update(data: Data("epoch \(epoch)\n".utf8))
-        return copy.finalize().hex
     }
 }
 

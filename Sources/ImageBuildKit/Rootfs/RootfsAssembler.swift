@@ -19,8 +19,17 @@ public struct RootfsAssembler {
         self.progress = progress
     }
 
-    public func assemble() throws {
-        try applyBase()
+    /// What assembling learnt that the build cache needs.
+    public struct Result: Sendable {
+        /// For a bootstrap base: the sha256 of each release file (`dists/<suite>/InRelease` or
+        /// `Release`) the tool installed from, as it kept them; empty when they could not be read.
+        public var bootstrapReleases: Set<String>?
+    }
+
+    @discardableResult
+    public func assemble() throws -> Result {
+        var result = Result()
+        try applyBase(&result)
         if recipe.busybox == .host { try installBusybox(from: try HostBusybox.path()) }
         // Content first, owners after: a recipe may write the /etc/passwd that names its owners.
         var owners: [(inner: String, owner: Owner, mode: UInt32, location: ConfigLocation)] = []
@@ -45,11 +54,12 @@ public struct RootfsAssembler {
         for keys in recipe.authorizedKeys { try installKeys(keys, accounts: accounts) }
         if !recipe.run.isEmpty { try runCommands() }
         for removal in recipe.remove { try tree.remove(removal.path) }
+        return result
     }
 
     // MARK: base
 
-    func applyBase() throws {
+    func applyBase(_ result: inout Result) throws {
         switch recipe.base {
         case .scratch:
             for dir in ["/bin", "/dev", "/etc", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr/bin", "/usr/sbin", "/var"] {
@@ -71,21 +81,54 @@ public struct RootfsAssembler {
                 progress("unpacking \((deb as NSString).lastPathComponent)")
                 try DebPackage(path: deb).extract(into: tree)
             }
-        case .bootstrap(let tool, let suite, let mirror, let variant, let components):
+        case .bootstrap(let tool, let suite, _, let variant, let components):
             progress("\(tool.rawValue) \(suite) (this downloads a Debian system)")
+            // The sources are decided once (AptSource.sources) and given explicitly, so the build cache
+            // digests exactly the suites the tool installs from.
+            let sources = recipe.base.bootstrapSources ?? []
             var arguments = [tool.rawValue]
             if let variant { arguments.append("--variant=\(variant)") }
             if !components.isEmpty { arguments.append("--components=\(components.joined(separator: ","))") }
             if !recipe.packages.isEmpty { arguments.append("--include=\(recipe.packages.joined(separator: ","))") }
+            // The release files the tool worked from, for the cache to check against what it digested
+            // (InputDigest.confirm). mmdebstrap removes its package lists before it exits: a hook copies
+            // them out first. debootstrap leaves them in the tree.
+            let lists = scratch + "/apt-lists"
+            var listsCopied = false
             if tool == .mmdebstrap {
                 arguments += ["--mode=\(geteuid() == 0 ? "root" : "unshare")", "--skip=output/dev"]
+                // A special hook's arguments are split at blanks.
+                if !lists.contains(where: \.isWhitespace) {
+                    try FileManager.default.createDirectory(atPath: lists, withIntermediateDirectories: true)
+                    arguments.append("--customize-hook=sync-out /var/lib/apt/lists \(lists)")
+                    listsCopied = true
+                }
+                // One argument of lines: mmdebstrap writes it into sources.list as it is (one argument
+                // per line would get a blank line between them).
+                arguments += [suite, tree.root, sources.map(\.line).joined(separator: "\n")]
+            } else {
+                arguments += [suite, tree.root] + sources.prefix(1).map(\.uri)
             }
-            arguments += [suite, tree.root]
-            if let mirror { arguments.append(mirror) }
             var environment = ProcessInfo.processInfo.environment
             environment["SOURCE_DATE_EPOCH"] = environment["SOURCE_DATE_EPOCH"] ?? "0"
             try Tool.run(arguments, environment: environment, passOutput: true)
+            if tool == .mmdebstrap {
+                result.bootstrapReleases = listsCopied ? Self.releaseFileDigests(in: lists) : []
+            } else {
+                let inner = try? tree.resolve("/var/lib/apt/lists", followLast: true)
+                result.bootstrapReleases = inner.map { Self.releaseFileDigests(in: tree.hostPath($0)) } ?? []
+            }
         }
+    }
+
+    /// The sha256 of every release file (`*InRelease`, `*Release`) in an apt lists folder.
+    static func releaseFileDigests(in folder: String) -> Set<String> {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return Set(names.filter { $0.hasSuffix("Release") }.compactMap { name in
+            var info = stat()
+            guard lstat(folder + "/" + name, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+            return try? sha256File(folder + "/" + name).digest
+        })
     }
 
     func installBusybox(from host: String) throws {
