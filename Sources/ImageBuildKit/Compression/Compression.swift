@@ -64,10 +64,11 @@ public enum Compression: String, Sendable, CaseIterable, Codable {
 
     /// A sink that compresses into `file` and finishes it on `finish()`.
     /// - Parameters:
+    ///   - purpose: picks the external tools' settings (`externalCommand(for:)`).
     ///   - gzipLevel: only for `gzip`.
     ///   - gzipMaxChain: only for `gzip`: see `ParallelGzipWriter.init`.
-    ///   - threads: only for `gzip`; the external tools use a fixed two, so
-    ///     their output does not depend on the machine.
+    ///   - threads: only for `gzip`; the external tools choose their own (a fixed
+    ///     two, or every core for image zstd, whose output does not depend on it).
     public func makeSink(
         into file: FileSink, purpose: Purpose = .initramfs, gzipLevel: Int32 = 6, gzipMaxChain: Int32? = nil,
         threads: Int = ProcessInfo.processInfo.activeProcessorCount
