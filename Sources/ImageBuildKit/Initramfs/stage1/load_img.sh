@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # imagebuild stage 1 (/load_img.sh), sourced by /init: load the stage-2 image
 # into a tmpfs in one pass (download with Range resume, sha256, unpack at once)
 # and switch_root. Uses say/step/report/fail and the variables of /init.
