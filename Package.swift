@@ -26,6 +26,8 @@ let package = Package(
         // the NIO <-> HTTPTypes handlers) and the HTTP listener (NIOExtras' quiescing helper).
         .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.20.0"),
+        // Node files in nodes.yaml are Mustache templates (logic-less: data in, text out).
+        .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -45,6 +47,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Mustache", package: "swift-mustache"),
             ],
             // Stage 1's shell scripts, compiled into the binary (PackageResources.<file>, [UInt8]).
             resources: [.embedInCode("Initramfs/stage1")],

@@ -169,7 +169,8 @@ public final class BootServices: Sendable {
             if let limit = settings.httpMaximumConnections { configuration.maximumConnections = limit }
             let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
             let service = HTTPService(configuration: configuration, timeline: timeline,
-                                      inventory: { inventory.current.inventory }, leases: dhcp?.leaseIndex,
+                                      inventory: { inventory.current.inventory }, inventoryGeneration: { inventory.current.generation },
+                                      leases: dhcp?.leaseIndex,
                                       reportTokens: tokens, inventoryRejection: { inventory.lastError },
                                       logger: Logger(label: "imagebuild.http"))
             listeners.append(Listener(service: service, port: port, flag: "--http-port"))

@@ -73,7 +73,8 @@ struct NodesCommand: ParsableCommand {
                                      inventory: inventory == nil ? nil : nodes, pxelinux: [], pxelinuxUses: [], ipxe: [])
             if let inventory {
                 // The boot plan's answers: what DHCP hands a BIOS machine, and what the bootscript endpoint boots.
-                let plan = BootPlan(inventory: inventory, images: (try? PublishIndex.read(root: root))?.images ?? [:])
+                let published = try? PublishIndex.read(root: root)
+                let plan = published.map { BootPlan(inventory: inventory, index: $0) } ?? BootPlan(inventory: inventory)
                 let bios = plan.biosBoot(for: node)
                 answer.biosLoader = bios.loader?.rawValue ?? "not set"
                 answer.firmwareGets = bios.firmwareFile

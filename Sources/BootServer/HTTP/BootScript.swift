@@ -35,7 +35,7 @@ struct BootScriptDecision: Equatable {
         }
         guard let inventory else { return wait("no inventory is loaded on the server") }
         guard let index else { return wait("nothing is published in the boot root (no publish.json)") }
-        let plan = BootPlan(inventory: inventory, images: index.images)
+        let plan = BootPlan(inventory: inventory, index: index)
         let choice = policy == .wait && inventory.node(mac: mac) == nil ? nil : plan.choice(mac: mac, ip: clientIP)
         guard let choice else {
             return BootScriptDecision(script: plan.renderer.ipxeUnregistered(retryURL: retryURL, delay: delay),

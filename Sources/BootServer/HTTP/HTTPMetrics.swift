@@ -9,7 +9,7 @@ import Prometheus
 final class HTTPMetrics: Sendable {
     /// Route groups: a bounded label set, never the raw path.
     enum Route: String, CaseIterable, Sendable {
-        case files, bootscript, events, nodes, inventory, metrics, status, other
+        case files, bootscript, secrets, events, nodes, inventory, metrics, status, other
     }
 
     let registry: PrometheusCollectorRegistry
@@ -63,6 +63,12 @@ final class HTTPMetrics: Sendable {
         inventoryRejected = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_rejected", "1 while the last change to nodes.yaml was rejected (the previous inventory is in force)"))
         inventoryUnpublished = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_unpublished_changes", "Nodes and ranges of nodes.yaml that differ from the published generation (run imagebuild publish)"))
         publishedGeneration = registry.makeGauge(descriptor: Self.name("imagebuild_published_generation", "The generation the boot root serves (0: nothing published)"))
+    }
+
+    /// Secrets requests by outcome: `delivered` or a `SecretAdmission.Reason` (made once per outcome).
+    func secretRequests(_ outcome: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("imagebuild_secret_requests_total", "Requests for node secrets, by outcome (delivered or the refusal's reason)"),
+                             labels: [("outcome", outcome)])
     }
 
     private static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -132,6 +138,7 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     /// file of the boot root when one was found (2xx, 3xx, 416), else `other` (404, 403, 400).
     static func route(_ path: String, status: Int) -> HTTPMetrics.Route {
         if path.hasPrefix(BootPlan.bootScriptPath) { return .bootscript }
+        if path.hasPrefix(BootPlan.secretsPrefix) { return .secrets }
         if path.hasPrefix("/api/v1/events") { return .events }
         if path.hasPrefix("/api/v1/nodes") { return .nodes }
         if path == "/api/v1/inventory" { return .inventory }

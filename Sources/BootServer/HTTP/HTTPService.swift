@@ -36,6 +36,10 @@ public struct HTTPServiceConfiguration: Sendable {
     /// Overrides the inventory's `http://server:port` in retry URLs (tests on loopback).
     public var publicBaseURL: String?
     public var serverName: String? = "imagebuild"
+    /// How long after a node's DHCP acknowledgement (or first boot file) it may fetch its secrets.
+    public var secretWindow: TimeInterval = 300
+    /// How many times one boot may fetch its secrets.
+    public var secretsPerBoot = 1
 
     public init(root: String, host: String = "0.0.0.0", port: Int = 80,
                 metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -80,11 +84,14 @@ public final class HTTPService: BootService, Sendable {
     public let name = "HTTP"
     public let configuration: HTTPServiceConfiguration
     public let timeline: BootTimeline
-    private let inventory: @Sendable () -> Inventory?
+    let inventory: @Sendable () -> Inventory?
+    /// Changes whenever the inventory in force does (`InventoryStore`'s generation).
+    let inventoryGeneration: @Sendable () -> Int
+    private let hostKeyFiles: SecretDelivery.HostKeyFiles?
     private let leases: BoundLeaseIndex?
     private let reportTokens: ReportTokens?
     private let inventoryRejection: @Sendable () -> String?
-    private let logger: Logger
+    let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     private let threadPool: NIOThreadPool
     private let metrics: HTTPMetrics
@@ -114,8 +121,11 @@ public final class HTTPService: BootService, Sendable {
     ///   - reportTokens: per-boot tokens for stage reports (put on the kernel command line by the
     ///     bootscript endpoint); nil: off.
     ///   - inventoryRejection: the located error of the last rejected change to nodes.yaml, if any.
+    ///   - inventoryGeneration: a number that changes with the inventory in force.
+    ///   - hostKeyFiles: a node's persistent SSH host keys as files, for its secrets; nil: none kept.
     public init(configuration: HTTPServiceConfiguration, timeline: BootTimeline,
-                inventory: @escaping @Sendable () -> Inventory?, leases: BoundLeaseIndex? = nil,
+                inventory: @escaping @Sendable () -> Inventory?, inventoryGeneration: @escaping @Sendable () -> Int = { 0 },
+                leases: BoundLeaseIndex? = nil, hostKeyFiles: SecretDelivery.HostKeyFiles? = nil,
                 reportTokens: ReportTokens? = nil, inventoryRejection: @escaping @Sendable () -> String? = { nil },
                 logger: Logger = Logger(label: "imagebuild.http"),
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -123,6 +133,8 @@ public final class HTTPService: BootService, Sendable {
         self.configuration = configuration
         self.timeline = timeline
         self.inventory = inventory
+        self.inventoryGeneration = inventoryGeneration
+        self.hostKeyFiles = hostKeyFiles
         self.leases = leases
         self.reportTokens = reportTokens
         self.inventoryRejection = inventoryRejection
@@ -311,6 +323,13 @@ public final class HTTPService: BootService, Sendable {
         }
         router.get(RouterPath(BootPlan.bootScriptPath)) { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
+        }
+        let delivery = SecretDelivery(
+            admission: SecretAdmission(addressesOf: reportAdmission().addressesOf, window: configuration.secretWindow,
+                                       perBoot: configuration.secretsPerBoot),
+            hostKeyFiles: hostKeyFiles, metrics: metrics)
+        router.get(RouterPath(BootPlan.secretsPrefix + ":mac")) { [self] request, context in
+            try self.secrets(request, context: context, delivery: delivery)
         }
         let intake = eventIntake
         router.post(RouterPath(Self.eventsPath)) { [self] request, context in

@@ -13,6 +13,9 @@ public struct NodeBootState: Sendable, Hashable {
     public private(set) var boot = 0
     /// First event of the current boot (normally the firmware's DHCPDISCOVER).
     public private(set) var bootStarted: Date?
+    /// Where the node's secrets window starts (`SecretAdmission`): the first event of the current boot,
+    /// moved to each DHCP acknowledgement in it (stage 1's own DHCP comes right before it asks).
+    public private(set) var secretWindowOpened: Date?
     /// When the current boot reached `up`.
     public private(set) var bootCompleted: Date?
     /// The furthest stage the current boot reached (a DHCP renewal in stage 1 does not undo the kernel).
@@ -45,6 +48,7 @@ public struct NodeBootState: Sendable, Hashable {
         if event.boot != boot {
             boot = event.boot
             bootStarted = event.time
+            secretWindowOpened = event.time
             bootCompleted = nil
             furthest = .unseen
             failure = nil
@@ -59,6 +63,7 @@ public struct NodeBootState: Sendable, Hashable {
             // A running node renewing its lease is still up.
             if stage == .up && step != .discover { next = .up }
             if step != .ignored && step != .release, let offered, !offered.isAny { address = offered }
+            if step == .ack { secretWindowOpened = event.time }
             lastDHCPStep = step
         case .bootScript(let name, _):
             image = name

@@ -29,6 +29,8 @@ public struct Inventory: Sendable, Equatable {
         /// How a BIOS machine boots when its firmware leaves a choice (defaults, groups and nodes only:
         /// DHCP picks it before the machine has an address, so a range cannot).
         public var loader: Loader?
+        /// Variables, files, interfaces and host keys (merged by `NodeIdentity`).
+        public var identity = IdentitySettings()
         public var location: ConfigLocation?
         public init(image: String? = nil, cmdline: String? = nil, append: String? = nil, loader: Loader? = nil) {
             self.image = image
@@ -54,6 +56,8 @@ public struct Inventory: Sendable, Equatable {
         public var ip: IPv4Address?
         public var group: String?
         public var settings: Settings
+        /// SMBIOS values the node must present to fetch its secrets (`smbios:`), when set.
+        public var smbios: SMBIOSIdentity = SMBIOSIdentity()
         public var location: ConfigLocation
     }
 
@@ -192,6 +196,10 @@ public enum InventoryLoader {
         let root = try YAMLValue.parse(text, file: file)
         let top = try root.map(allowed: ["network", "defaults", "groups", "ranges", "nodes"])
         let network = try parseNetwork(try top.required("network"))
+        let directory = URL(fileURLWithPath: file).deletingLastPathComponent().path
+        func parseSettings(_ value: YAMLValue, extra: [String]) throws -> (Inventory.Settings, YAMLMap) {
+            try Self.parseSettings(value, extra: extra, baseDirectory: directory)
+        }
         let defaults = try top["defaults"].map { try parseSettings($0, extra: []) }?.0 ?? Inventory.Settings()
 
         // Each group, range and node is checked on its own, so one run reports every broken entry
@@ -243,7 +251,7 @@ public enum InventoryLoader {
         var nodes: [Inventory.Node] = []
         var byMAC: [MACAddress: Inventory.Node] = [:], byName: [String: Inventory.Node] = [:], byIP: [IPv4Address: Inventory.Node] = [:]
         for value in try top["nodes"]?.list() ?? [] { try collecting {
-            let (settings, map) = try parseSettings(value, extra: ["mac", "hostname", "ip", "group"])
+            let (settings, map) = try parseSettings(value, extra: ["mac", "hostname", "ip", "group", "smbios"])
             let macValue = try map.required("mac")
             guard let mac = MACAddress(try macValue.string()) else {
                 throw macValue.error("malformed MAC '\(try macValue.string())'", hint: "six hex bytes, e.g. 52:54:00:77:00:01")
@@ -267,8 +275,9 @@ public enum InventoryLoader {
                 }
                 ip = parsed
             }
-            let node = Inventory.Node(mac: mac, hostname: hostname, ip: ip, group: try checkGroup(map["group"]),
+            var node = Inventory.Node(mac: mac, hostname: hostname, ip: ip, group: try checkGroup(map["group"]),
                                       settings: settings, location: value.location)
+            if let smbios = map["smbios"] { node.smbios = try parseSMBIOS(smbios) }
             if let other = byMAC[mac] {
                 throw macValue.error("duplicate MAC \(mac): \(hostname) and \(other.hostname) (\(other.location))")
             }
@@ -321,10 +330,11 @@ public enum InventoryLoader {
             httpPort: try map.int("http_port", in: 1...65535) ?? 80, biosLoader: loader)
     }
 
-    static func parseSettings(_ value: YAMLValue, extra: [String]) throws -> (Inventory.Settings, YAMLMap) {
-        let map = try value.map(allowed: ["image", "cmdline", "append", "loader"] + extra)
+    static func parseSettings(_ value: YAMLValue, extra: [String], baseDirectory: String) throws -> (Inventory.Settings, YAMLMap) {
+        let map = try value.map(allowed: ["image", "cmdline", "append", "loader"] + IdentitySettings.keys + extra)
         var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
         settings.location = value.location
+        settings.identity = try parseIdentity(map, baseDirectory: baseDirectory)
         if let loaderValue = map["loader"] {
             let name = try loaderValue.string()
             guard let loader = Inventory.Loader(rawValue: name) else {

@@ -21,15 +21,38 @@ public struct BootPlan: Sendable {
     public let inventory: Inventory
     /// The images the boot root holds, by name (a generation's `publish.json`).
     public let images: [String: PublishedImage]
+    /// Each registered node's overlay archives (boot-root paths), as published (`OverlayPlan`).
+    public let overlays: [MACAddress: [String]]
     public let renderer: BootRenderer
 
     /// The HTTP path of the per-request iPXE script (`?mac=…&retry=N`), served by `imagebuild serve`.
     public static let bootScriptPath = "/boot/v1/bootscript"
 
-    public init(inventory: Inventory, images: [String: PublishedImage] = [:]) {
+    public init(inventory: Inventory, images: [String: PublishedImage] = [:], overlays: [MACAddress: [String]] = [:]) {
         self.inventory = inventory
         self.images = images
+        self.overlays = overlays
         renderer = BootRenderer(network: inventory.network)
+    }
+
+    /// The plan of a published generation: its images and the overlays it rendered.
+    public init(inventory: Inventory, index: PublishIndex) {
+        var overlays: [MACAddress: [String]] = [:]
+        for entry in index.nodes {
+            if let mac = MACAddress(entry.mac), let paths = entry.overlays, !paths.isEmpty { overlays[mac] = paths }
+        }
+        self.init(inventory: inventory, images: index.images, overlays: overlays)
+    }
+
+    /// The HTTP path prefix where a node fetches its secret files (served by `imagebuild serve` only,
+    /// to the node itself: see the server's `SecretAdmission`).
+    public static let secretsPrefix = "/boot/v1/secrets/"
+
+    public static func secretsPath(_ mac: MACAddress) -> String { secretsPrefix + mac.hyphenated }
+
+    /// Whether `node` gets secrets (persistent host keys or a secret file).
+    public func hasSecrets(_ node: Inventory.Node) -> Bool {
+        (try? inventory.identity(of: node))?.hasSecrets ?? false
     }
 
     // MARK: - The rule
@@ -99,7 +122,12 @@ public struct BootPlan: Sendable {
         guard let image = images[name] else {
             return .wait(reason: "image '\(name)' for \(choice.title) is not published (run imagebuild publish)")
         }
-        return .boot(BootTarget(title: choice.title, image: image, resolution: choice.resolution), why: choice.why)
+        var target = BootTarget(title: choice.title, image: image, resolution: choice.resolution)
+        if case .node(let node) = choice.source {
+            target.overlays = overlays[node.mac] ?? []
+            target.secretsPath = hasSecrets(node) ? Self.secretsPath(node.mac) : nil
+        }
+        return .boot(target, why: choice.why)
     }
 
     // MARK: - BIOS loaders
@@ -180,7 +208,8 @@ public struct BootPlan: Sendable {
             let script = Self.ipxeScriptPath(node.mac)
             files.append((script, renderer.ipxeScript(target)))
             nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
-                               image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script))
+                               image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script,
+                               overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath))
         }
         let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
         return (files, index)

@@ -28,6 +28,10 @@ public struct BootTarget: Sendable, Equatable {
     public var cmdline: String
     /// The inventory's `cmdline` replaces the recipe's (see `Inventory.Resolution`).
     public var replacesImageCommandLine: Bool
+    /// A registered node's overlay archives (boot-root paths, `OverlayPlan`), laid over its root in order.
+    public var overlays: [String] = []
+    /// The HTTP path of a registered node's secrets (`BootPlan.secretsPath`); nil: it has none.
+    public var secretsPath: String?
 
     public init(title: String, image: PublishedImage, cmdline: String, replacesImageCommandLine: Bool = false) {
         self.title = title
@@ -66,6 +70,10 @@ public struct BootRenderer: Sendable {
         }
         parts.append("imagebuild.image=\(base)/\(target.image.path)/\(target.image.imageFile)")
         parts.append("imagebuild.server=\(base)")
+        if !target.overlays.isEmpty {
+            parts.append("imagebuild.overlay=" + target.overlays.map { "\(base)/\($0)" }.joined(separator: ","))
+        }
+        if let secrets = target.secretsPath { parts.append("imagebuild.secrets=\(base)\(secrets)") }
         return parts.joined(separator: " ")
     }
 

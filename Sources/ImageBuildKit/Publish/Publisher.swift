@@ -25,6 +25,10 @@ public struct PublishIndex: Codable, Sendable, Equatable {
         public var digest: String
         public var pxelinux: [String]
         public var ipxe: String
+        /// Overlay archives laid over the node's root, in order (`OverlayPlan`); nil: none.
+        public var overlays: [String]?
+        /// The HTTP path of the node's secrets, served by `imagebuild serve` only; nil: none.
+        public var secrets: String?
     }
     public struct RangeEntry: Codable, Sendable, Equatable {
         public var cidr: String
@@ -133,6 +137,9 @@ public struct Publisher {
             return images
         }
         _ = try merged()  // an inventory naming an unknown image fails here, before anything is created
+        // Node files: every template renders and every secret is in place, before anything is created.
+        try NodeFileChecks.check(inventory, root: root)
+        let overlays = try OverlayPlan.render(inventory, mtime: Self.overlayEpoch)
 
         try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
         let lock = try PublishLock(path: publishDir + "/lock")
@@ -167,7 +174,7 @@ public struct Publisher {
         let generation = publishDir + "/gen-\(number)"
         let staging = publishDir + "/.gen-\(number).tmp-\(getpid())"
         try? SafeFileSystem.removeTree(staging)
-        let index = try writeGeneration(into: staging, number: number, images: images)
+        let index = try writeGeneration(into: staging, number: number, images: images, overlays: overlays)
         checkpoint("generation-written")
         if rename(staging, generation) != 0 { throw RootfsError.system(operation: "rename to", path: generation, errno: errno) }
         SafeFileSystem.fsyncDirectory(publishDir)
@@ -248,9 +255,12 @@ public struct Publisher {
         SafeFileSystem.fsyncDirectory(publishDir)
     }
 
-    func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage]) throws -> PublishIndex {
+    /// The mtime of overlay entries: `SOURCE_DATE_EPOCH`, else 0, so a publish is reproducible.
+    public static var overlayEpoch: Int64 { ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0 }
+
+    func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage], overlays: OverlayPlan) throws -> PublishIndex {
         let fm = FileManager.default
-        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot"] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
         var written: [String] = []
         func write(_ relative: String, _ text: String) throws {
             try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/" + relative))
@@ -261,21 +271,25 @@ public struct Publisher {
             try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
             written.append(loader.target)
         }
-        let (files, index) = BootPlan(inventory: inventory, images: images).files(generation: number)
+        let (files, index) = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes).files(generation: number)
         for file in files { try write(file.path, file.text) }
+        for archive in overlays.archives.values.sorted(by: { $0.path < $1.path }) {
+            try Data(archive.bytes).write(to: URL(fileURLWithPath: dir + "/" + archive.path))
+            written.append(archive.path)
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try write("publish.json", String(decoding: try encoder.encode(index), as: UTF8.self) + "\n")
         checkpoint("generation-files")
         for file in written { try SafeFileSystem.fsyncFile(dir + "/" + file) }
-        for sub in ["pxelinux.cfg", "ipxe/nodes", "ipxe", "boot", ""] { SafeFileSystem.fsyncDirectory(dir + "/" + sub) }
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "ipxe", "boot", OverlayPlan.folder, ""] { SafeFileSystem.fsyncDirectory(dir + "/" + sub) }
         return index
     }
 
     /// Top-level names a node fetches, as symlinks into the current generation.
     static let topLevel: [(name: String, target: String)] = {
         var links = [("pxelinux.cfg", ".publish/current/pxelinux.cfg"), ("ipxe", ".publish/current/ipxe"),
-                     ("publish.json", ".publish/current/publish.json")]
+                     ("publish.json", ".publish/current/publish.json"), (OverlayPlan.folder, ".publish/current/\(OverlayPlan.folder)")]
         for loader in bootloaders where loader.target.hasPrefix("boot/") {
             let name = String(loader.target.dropFirst(5))
             links.append((name, ".publish/current/boot/\(name)"))
