@@ -33,7 +33,8 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
     case "$1" in
         0) ;;
         4) step verify "checking sha256"; fail "$last" ;;
-        *) fail "${last:-imagebuild-fetch exited with $1}" ;;
+        *) case "$last" in "HTTP "*) last="$IMAGE_URL: $last" ;; esac  # the server's answer: say to what
+           fail "${last:-imagebuild-fetch exited with $1}" ;;
     esac
     say "downloaded $last"
     report image-downloaded "${last%%,*}"
