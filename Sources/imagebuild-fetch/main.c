@@ -4,13 +4,33 @@
  * and continues a broken download from the byte it reached (HTTP Range), so
  * that the unpacker reading its output never starts over.
  *
- *   imagebuild-fetch [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] URL
+ *   imagebuild-fetch [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL
  *
  * Exit status: 0 the whole body arrived (and matched -s); 2 usage; 3 the
- * download failed (RETRIES attempts in a row made no progress, or the server
- * answered something this program cannot continue from); 4 the SHA-256 did
- * not match; 5 the output could not be written (the unpacker stopped reading);
- * 6 the file changed on the server between two attempts.
+ * download failed (RETRIES attempts in a row made no progress, the server
+ * refused with a 4xx, or answered something this program cannot continue
+ * from); 4 the SHA-256 did not match; 5 the output could not be written (the
+ * unpacker stopped reading); 6 the file changed on the server between two
+ * attempts.
+ *
+ * When it ends on an HTTP status other than 200/206, the last line on standard
+ * error is "imagebuild-fetch: HTTP <code> <reason-phrase>: <first line of the
+ * body>" (at most 200 bytes of it, printable ASCII only; nothing after the
+ * phrase when the body is empty; for a redirect, why it is not followed):
+ * stage 1 passes the server's own reason on to the boot's failure. A 4xx is
+ * final (asking again gets the same answer), except 408 and 429, which ask
+ * for exactly that; 5xx and network errors are retried.
+ *
+ * -P connects from a privileged source port (512..1023, the first free one
+ * from 1023 down, as rresvport(3) does; every attempt binds anew). The boot
+ * server hands a node's secrets only to a request from such a port: on the
+ * node only root can bind one, so a user process there cannot fetch the
+ * node's host keys even from the node's own address. It needs root
+ * (CAP_NET_BIND_SERVICE).
+ *
+ * -H adds a request header (at most 8, MAX_HEADERS; stage 1 sends the node's
+ * SMBIOS values with the secrets request). CR or LF in one is a usage error:
+ * it would let a value write headers of its own.
  *
  * Why a program of its own and not busybox wget: wget -c resumes only into a
  * file, so a one-pass load (download, verify and unpack at once, no compressed
@@ -43,6 +63,7 @@
 
 enum { EXIT_USAGE = 2, EXIT_DOWNLOAD = 3, EXIT_DIGEST = 4, EXIT_OUTPUT = 5, EXIT_CHANGED = 6 };
 enum { BUFFER_SIZE = 1 << 18, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30 };
+enum { MAX_HEADERS = 8, HEADER_LIMIT = 1024, REQUEST_LIMIT = 16 << 10, BODY_LINE_LIMIT = 200 };
 
 static const char *program = "imagebuild-fetch";
 
@@ -133,28 +154,69 @@ static int wait_for(int fd, short events, const char **reason) {
     }
 }
 
+static int privileged = 0; /* -P */
+
+/* Binds fd to the first free port from *port down to 512 (rresvport's range), leaving *port at it.
+ * 0 when bound; -1 when every port is taken (worth another attempt); -2 when binding is refused. */
+static int bind_privileged(int fd, int family, int *port, char *reason, size_t size) {
+    for (; *port >= 512; (*port)--) {
+        struct sockaddr_storage address = { .ss_family = (sa_family_t)family };
+        socklen_t length;
+        if (family == AF_INET6) {
+            ((struct sockaddr_in6 *)&address)->sin6_port = htons((uint16_t)*port);
+            length = sizeof(struct sockaddr_in6);
+        } else {
+            ((struct sockaddr_in *)&address)->sin_port = htons((uint16_t)*port);
+            length = sizeof(struct sockaddr_in);
+        }
+        if (bind(fd, (struct sockaddr *)&address, length) == 0) return 0;
+        if (errno == EADDRINUSE || errno == EADDRNOTAVAIL) continue;
+        snprintf(reason, size, "-P: binding source port %d: %s%s", *port, strerror(errno),
+                 errno == EACCES || errno == EPERM ? " (a privileged port needs root)" : "");
+        return -2;
+    }
+    snprintf(reason, size, "-P: no free source port in 512-1023");
+    return -1;
+}
+
+/* A connected socket; -1 with a reason (worth another attempt), -2 when no attempt can succeed. */
 static int connect_to(const struct url *url, char *reason, size_t size) {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *list = NULL;
     int status = getaddrinfo(url->host, url->port, &hints, &list);
     if (status != 0) { snprintf(reason, size, "%s: %s", url->host, gai_strerror(status)); return -1; }
     int fd = -1;
     snprintf(reason, size, "%s: no address", url->host);
-    for (struct addrinfo *a = list; a; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
-        if (fd < 0) { snprintf(reason, size, "socket: %s", strerror(errno)); continue; }
-        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) break;
-        if (errno == EINPROGRESS) {
-            const char *why = NULL;
-            int error = 0;
-            socklen_t length = sizeof error;
-            if (wait_for(fd, POLLOUT, &why) == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0)
-                break;
-            snprintf(reason, size, "connecting to %s port %s: %s", url->host, url->port, why ? why : strerror(error));
-        } else {
-            snprintf(reason, size, "connecting to %s port %s: %s", url->host, url->port, strerror(errno));
+    for (struct addrinfo *a = list; a && fd < 0; a = a->ai_next) {
+        int port = 1023; /* -P: the next source port to try */
+        for (;;) {
+            fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+            if (fd < 0) { snprintf(reason, size, "socket: %s", strerror(errno)); break; }
+            if (privileged) {
+                int bound = bind_privileged(fd, a->ai_family, &port, reason, size);
+                if (bound < 0) {
+                    close(fd);
+                    freeaddrinfo(list);
+                    return bound;
+                }
+            }
+            if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) break;
+            if (errno == EINPROGRESS) {
+                const char *why = NULL;
+                int error = 0;
+                socklen_t length = sizeof error;
+                if (wait_for(fd, POLLOUT, &why) == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0)
+                    break;
+                snprintf(reason, size, "connecting to %s port %s: %s", url->host, url->port, why ? why : strerror(error));
+            } else {
+                /* A bound port whose connection to this server is still in TIME_WAIT: the next port. */
+                int retry = privileged && errno == EADDRNOTAVAIL && port > 512;
+                snprintf(reason, size, "connecting to %s port %s: %s", url->host, url->port, strerror(errno));
+                if (retry) { close(fd); port--; continue; }
+            }
+            close(fd);
+            fd = -1;
+            break;
         }
-        close(fd);
-        fd = -1;
     }
     freeaddrinfo(list);
     return fd;
@@ -201,10 +263,14 @@ struct transfer {
     int validator_is_etag;
     struct sha256_ctx sha;
     unsigned resumes;
+    const char *headers[MAX_HEADERS]; /* -H, sent with every request */
+    int header_count;
+    int http_status;         /* the last attempt ended on this HTTP status (its reason is "HTTP ..."); else 0 */
 };
 
-/* What an attempt ended with: done, worth another attempt, or one of the final failures. */
-enum outcome { DONE, RETRY, FATAL, CHANGED, OUTPUT_FAILED };
+/* What an attempt ended with: done, worth another attempt, or one of the final failures
+ * (REFUSED: an HTTP status that asking again will not change). */
+enum outcome { DONE, RETRY, FATAL, REFUSED, CHANGED, OUTPUT_FAILED };
 
 /* The value of header `name` in head (a NUL-terminated block of "Name: value\r\n" lines), copied. */
 static int header(const char *head, const char *name, char *value, size_t size) {
@@ -236,24 +302,93 @@ static int write_all(int fd, const unsigned char *bytes, size_t length) {
     return 0;
 }
 
+/* A string built in a fixed buffer; overflow is remembered, never written past. */
+struct text {
+    char *data;
+    size_t size, length;
+    int overflow;
+};
+
+static void append(struct text *t, const char *format, ...) {
+    if (t->overflow) return;
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(t->data + t->length, t->size - t->length, format, args);
+    va_end(args);
+    if (n < 0 || (size_t)n >= t->size - t->length) { t->overflow = 1; return; }
+    t->length += (size_t)n;
+}
+
+/* bytes[0..length) with everything but printable ASCII dropped and the ends trimmed, into out:
+ * what a server says goes onto a console and into a JSON report. */
+static void printable(char *out, size_t size, const char *bytes, size_t length) {
+    size_t n = 0;
+    for (size_t i = 0; i < length && n + 1 < size; i++)
+        if ((unsigned char)bytes[i] >= 0x20 && (unsigned char)bytes[i] < 0x7f && (n > 0 || bytes[i] != ' ')) out[n++] = bytes[i];
+    while (n > 0 && out[n - 1] == ' ') n--;
+    out[n] = 0;
+}
+
+/* The first line of an error answer's body, which says why (e.g. a refusal's reason), at most
+ * BODY_LINE_LIMIT bytes: the body bytes that came with the head (head[start..have)), then more
+ * only while the line is unfinished and the body goes on. A chunked body is read past its first
+ * chunk-size line. */
+static void first_body_line(int fd, const char *head, size_t have, size_t start, int chunked, char *out, size_t size) {
+    char raw[BODY_LINE_LIMIT + 64];
+    size_t n = have - start < sizeof raw ? have - start : sizeof raw;
+    memcpy(raw, head + start, n);
+    long long limit = -1; /* the body's length, when told */
+    char value[64];
+    if (!chunked && header(head, "Content-Length", value, sizeof value)) {
+        char *stop = NULL;
+        limit = strtoll(value, &stop, 10);
+        if (*value == 0 || *stop != 0 || limit < 0) limit = -1;
+    }
+    if (limit >= 0 && (long long)n > limit) n = (size_t)limit;
+    size_t line = 0; /* where the line starts in raw */
+    int known = 1;   /* whether it is known (a chunked body's first chunk-size line has come) */
+    for (;;) {
+        if (chunked) {
+            const char *eol = memmem(raw, n, "\r\n", 2);
+            known = eol != NULL;
+            if (eol) line = (size_t)(eol - raw) + 2;
+        }
+        if (known && (memchr(raw + line, '\n', n - line) || n - line >= BODY_LINE_LIMIT)) break;
+        if (n == sizeof raw || (limit >= 0 && (long long)n >= limit)) break;
+        size_t room = sizeof raw - n;
+        if (limit >= 0 && (long long)room > limit - (long long)n) room = (size_t)(limit - (long long)n);
+        const char *why = NULL;
+        ssize_t got = receive(fd, (unsigned char *)raw + n, room, &why);
+        if (got <= 0) break;
+        n += (size_t)got;
+    }
+    if (!known) line = n;
+    size_t length = 0;
+    while (line + length < n && raw[line + length] != '\n' && length < BODY_LINE_LIMIT) length++;
+    printable(out, size, raw + line, length);
+}
+
 /* One attempt: connect, ask for the rest of the body, pass it on. */
 static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *reason, size_t reason_size) {
+    t->http_status = 0;
     int fd = connect_to(&t->url, reason, reason_size);
+    if (fd == -2) return FATAL;
     if (fd < 0) return RETRY;
 
-    char request[1024 + 512];
-    int length = snprintf(request, sizeof request,
-                          "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
-                          t->url.path, t->url.authority);
+    static char request[REQUEST_LIMIT];
+    struct text r = { request, sizeof request, 0, 0 };
+    append(&r, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
+           t->url.path, t->url.authority);
+    for (int i = 0; i < t->header_count; i++) append(&r, "%s\r\n", t->headers[i]);
     if (t->offset > 0) {
-        length += snprintf(request + length, sizeof request - (size_t)length, "Range: bytes=%llu-\r\n", (unsigned long long)t->offset);
-        if (t->validator[0])
-            length += snprintf(request + length, sizeof request - (size_t)length, "If-Range: %s\r\n", t->validator);
+        append(&r, "Range: bytes=%llu-\r\n", (unsigned long long)t->offset);
+        if (t->validator[0]) append(&r, "If-Range: %s\r\n", t->validator);
     }
-    length += snprintf(request + length, sizeof request - (size_t)length, "\r\n");
-    if (length >= (int)sizeof request) { close(fd); die(EXIT_USAGE, "the URL is too long"); }
+    append(&r, "\r\n");
+    if (r.overflow) { close(fd); die(EXIT_USAGE, "the request (URL and headers) is over %d bytes", REQUEST_LIMIT); }
+    size_t length = r.length;
     const char *why = NULL;
-    if (send_all(fd, request, (size_t)length, &why) != 0) {
+    if (send_all(fd, request, length, &why) != 0) {
         snprintf(reason, reason_size, "sending the request: %s", why);
         close(fd);
         return RETRY;
@@ -286,23 +421,31 @@ static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *rea
         return RETRY;
     }
     char value[256];
-    if (header(head, "Transfer-Encoding", value, sizeof value) && strcasecmp(value, "identity") != 0) {
+    int chunked = header(head, "Transfer-Encoding", value, sizeof value) && strcasecmp(value, "identity") != 0;
+    if (status != 200 && status != 206) {
+        /* "HTTP <code> <reason-phrase>", then the server's word: the body's first line, or why a redirect is not followed. */
+        char phrase[64] = "";
+        const char *text = head + strcspn(head, " ");
+        text += strspn(text, " ");
+        text += strspn(text, "0123456789");
+        printable(phrase, sizeof phrase, text, strcspn(text, "\r\n"));
+        char said[BODY_LINE_LIMIT + 1] = "";
+        int redirect = status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+        if (redirect)
+            snprintf(said, sizeof said, "redirects are not followed; give the final URL (%s)",
+                     header(head, "Location", value, sizeof value) ? value : "no Location");
+        else
+            first_body_line(fd, head, head_length + early, head_length, chunked, said, sizeof said);
+        snprintf(reason, reason_size, "HTTP %d%s%s%s%s", status, phrase[0] ? " " : "", phrase, said[0] ? ": " : "", said);
+        close(fd);
+        t->http_status = status;
+        if (redirect || (status >= 400 && status <= 499 && status != 408 && status != 429)) return REFUSED;
+        return RETRY;
+    }
+    if (chunked) {
         snprintf(reason, reason_size, "the server sent Transfer-Encoding: %s; serve the image as a plain file", value);
         close(fd);
         return FATAL;
-    }
-    if (status == 301 || status == 302 || status == 303 || status == 307 || status == 308) {
-        snprintf(reason, reason_size, "HTTP %d: redirects are not followed; give the final URL (%s)",
-                 status, header(head, "Location", value, sizeof value) ? value : "no Location");
-        close(fd);
-        return FATAL;
-    }
-    if (status != 200 && status != 206) {
-        const char *text = strchr(head, ' ');
-        const char *eol = strstr(head, "\r\n");
-        snprintf(reason, reason_size, "HTTP%.*s", text && eol && eol > text ? (int)(eol - text) : 0, text ? text : "");
-        close(fd);
-        return RETRY;
     }
 
     /* This answer's version of the file. */
@@ -415,15 +558,18 @@ static double seconds_since(const struct timespec *start) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: %s [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] URL\n"
+            "usage: %s [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL\n"
             "Streams URL (plain http) to standard output or FILE in one pass, hashing it with SHA-256;\n"
             "a broken connection continues from the byte it reached (HTTP Range).\n"
             "  -o FILE     write to FILE instead of standard output\n"
             "  -s SHA256   the expected digest (64 hex digits): exit 4 when the body does not match\n"
             "  -r RETRIES  attempts in a row without progress before giving up (default 8; back-off 1, 2, 4 ... 30 s)\n"
             "  -t SECONDS  time-out for connecting and for each read (default 30)\n"
+            "  -P          connect from a privileged source port (512-1023; needs root)\n"
+            "  -H HEADER   add a request header 'Name: value' (at most %d)\n"
+            "A 4xx answer is final (but 408 and 429); the last line then says 'HTTP <code> <phrase>: <the body's first line>'.\n"
             "Exit: 0 done, 2 usage, 3 download failed, 4 digest mismatch, 5 output failed, 6 file changed on the server.\n",
-            program);
+            program, MAX_HEADERS);
     exit(EXIT_USAGE);
 }
 
@@ -431,10 +577,22 @@ int main(int argc, char **argv) {
     const char *output = NULL, *expected = NULL;
     long retries = 8;
     int option;
-    while ((option = getopt(argc, argv, "o:s:r:t:h")) != -1) {
+    static struct transfer t;
+    while ((option = getopt(argc, argv, "o:s:r:t:PH:h")) != -1) {
         char *stop = NULL;
         switch (option) {
         case 'o': output = optarg; break;
+        case 'P': privileged = 1; break;
+        case 'H': {
+            if (strpbrk(optarg, "\r\n")) die(EXIT_USAGE, "-H: a header may not contain CR or LF");
+            size_t name = strcspn(optarg, ":");
+            if (name == 0 || optarg[name] != ':' || strcspn(optarg, " \t") < name)
+                die(EXIT_USAGE, "-H: a header is 'Name: value', not '%s'", optarg);
+            if (strlen(optarg) > HEADER_LIMIT) die(EXIT_USAGE, "-H: a header of at most %d bytes", HEADER_LIMIT);
+            if (t.header_count == MAX_HEADERS) die(EXIT_USAGE, "-H: at most %d headers", MAX_HEADERS);
+            t.headers[t.header_count++] = optarg;
+            break;
+        }
         case 's': expected = optarg; break;
         case 'r':
             retries = strtol(optarg, &stop, 10);
@@ -453,7 +611,6 @@ int main(int argc, char **argv) {
     if (expected && (strlen(expected) != 64 || strspn(expected, "0123456789abcdefABCDEF") != 64))
         die(EXIT_USAGE, "-s: a SHA-256 is 64 hex digits, not '%s'", expected);
 
-    static struct transfer t;
     parse_url(argv[optind], &t.url);
     t.total = -1;
     sha256_init(&t.sha);
@@ -476,10 +633,18 @@ int main(int argc, char **argv) {
         enum outcome outcome = attempt(&t, buffer, reason, sizeof reason);
         if (outcome == DONE) break;
         if (outcome == FATAL) die(EXIT_DOWNLOAD, "%s: %s", argv[optind], reason);
+        if (outcome == REFUSED) {
+            message("%s: answered %d, which is final: not retried", argv[optind], t.http_status);
+            die(EXIT_DOWNLOAD, "%s", reason); /* "HTTP <code> <phrase>: ...", the last line */
+        }
         if (outcome == CHANGED) die(EXIT_CHANGED, "%s: %s", argv[optind], reason);
         if (outcome == OUTPUT_FAILED) die(EXIT_OUTPUT, "%s", reason);
         if (t.offset > before) { failures = 0; delay = 1; }
         failures++;
+        if (failures >= retries && t.http_status) {
+            message("%s: %ld attempts in a row failed", argv[optind], failures);
+            die(EXIT_DOWNLOAD, "%s", reason); /* "HTTP <code> <phrase>: ...", the last line */
+        }
         if (failures >= retries)
             die(EXIT_DOWNLOAD, "%s: %ld attempts in a row failed, the last: %s", argv[optind], failures, reason);
         message("%s; continuing from byte %llu in %u s (%ld of %ld attempts in a row without progress)",
@@ -496,7 +661,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < SHA256_DIGEST_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
     double elapsed = seconds_since(&start);
     if (expected && strcasecmp(expected, hex) != 0)
-        die(EXIT_DIGEST, "sha256 mismatch after %llu bytes: expected %s, got %s (corrupt or wrong image)",
+        die(EXIT_DIGEST, "sha256 mismatch after %llu bytes: expected %s, got %s (corrupt or wrong file)",
             (unsigned long long)t.offset, expected, hex);
     message("%llu bytes in %.1f s (%.0f MB/s), %u resumed, sha256 %s%s", (unsigned long long)t.offset, elapsed,
             elapsed > 0 ? (double)t.offset / elapsed / 1e6 : 0.0, t.resumes, hex, expected ? " OK" : " (not checked)");

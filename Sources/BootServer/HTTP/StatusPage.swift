@@ -116,7 +116,7 @@ enum StatusPage {
     const REFRESH_MS = 3000;
     const ROW_H = 32, OVERSCAN = 8;
     const COLORS = { unseen:"#98a2b3", dhcp:"#9e77ed", bootloader:"#7a5af8", config:"#6172f3", kernel:"#2e90fa", initrd:"#0ba5ec",
-                     stage1:"#06aed4", image:"#15b79e", "switch-root":"#66c61c", up:"#16794c", failed:"#b42318" };
+                     stage1:"#06aed4", image:"#15b79e", overlay:"#3ccb7f", "switch-root":"#66c61c", up:"#16794c", failed:"#b42318" };
     const $ = id => document.getElementById(id);
 
     const nodes = new Map();   // MAC -> node (one object per MAC, updated in place)

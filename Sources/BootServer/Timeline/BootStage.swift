@@ -17,6 +17,8 @@ public enum BootStage: String, Sendable, Codable, CaseIterable, Comparable {
     case stage1
     /// Stage-2 image downloading, downloaded or verified.
     case image
+    /// The node's own files (overlay, secrets) laid over the root; `switch_root` comes next.
+    case overlay
     case switchRoot = "switch-root"
     case up
     case failed
@@ -58,6 +60,7 @@ extension StageReport {
         switch self {
         case .stage1Start: .stage1
         case .imageDownloaded, .imageVerified: .image
+        case .overlay: .overlay
         case .switchRoot: .switchRoot
         case .up: .up
         case .failed: .failed
@@ -87,6 +90,9 @@ public enum StuckHints {
         case .initrd: 300
         case .stage1: 180
         case .image: 900
+        // Next come boot.env and the switch-root report, seconds; but a lost switch-root report
+        // leaves a node here while stage 2 starts, as long as it stays in switch-root.
+        case .overlay: 300
         case .switchRoot: 300
         }
     }
@@ -121,7 +127,9 @@ public enum StuckHints {
         case .stage1:
             return "stage 1 runs but the image did not arrive: wrong image URL, HTTP errors, or a slow link (see the HTTP downloads)"
         case .image:
-            return "image downloaded but no switch_root: sha256 mismatch or unpacking failed (tmpfs too small?); see the node console"
+            return "image downloaded but no switch_root: sha256 mismatch, unpacking failed (tmpfs too small?), or the node's files (overlay, secrets) did not come; see the node console"
+        case .overlay:
+            return "node files laid over the root but neither switch_root nor 'up' reported: stage 1 stopped before switch_root, or the network went down; see the node console"
         case .switchRoot:
             return "switch_root done but the node never reported 'up': stage 2 init did not start its report, or the network went down"
         case .failed:

@@ -10,6 +10,9 @@ public enum StageReport: String, Sendable, Codable, CaseIterable {
     case imageDownloaded = "image-downloaded"
     /// Its sha256 matched (`/load_img.sh`).
     case imageVerified = "image-verified"
+    /// The node's own files (overlay, secrets) are laid over the root (`/load_img.sh`); sent only
+    /// by nodes whose command line names some (`isConditional`).
+    case overlay
     /// About to `switch_root` (`/load_img.sh`).
     case switchRoot = "switch-root"
     /// Stage 2 is up: sent by the image itself, not by stage 1.
@@ -19,4 +22,8 @@ public enum StageReport: String, Sendable, Codable, CaseIterable {
 
     /// Sent by stage 2 rather than by the stage-1 scripts.
     public var isStageTwo: Bool { self == .up }
+
+    /// Sent only when the command line asks for it (`imagebuild.overlay=`, `imagebuild.secrets=`),
+    /// so a healthy boot may skip it; the boot-storm simulator, which fetches no node files, does.
+    public var isConditional: Bool { self == .overlay }
 }

@@ -24,8 +24,8 @@ struct StageOneLoaderTests {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             try StageOneLoader.install(at: path)
         }
-        func run(_ url: String, sha256: String? = nil, retries: Int = 8) async throws -> ProcessResult {
-            var arguments = ["-r", String(retries), "-t", "5", "-o", output]
+        func run(_ url: String, sha256: String? = nil, retries: Int = 8, options: [String] = []) async throws -> ProcessResult {
+            var arguments = ["-r", String(retries), "-t", "5", "-o", output] + options
             if let sha256 { arguments += ["-s", sha256] }
             return try await ProcessRunner.run(path, arguments + [url], timeout: 120)
         }
@@ -152,6 +152,117 @@ struct StageOneLoaderTests {
         #expect(https.status == 2 && https.stderr.contains("https is not supported"))
         let digest = try await loader.run("http://127.0.0.1/x", sha256: "abc")
         #expect(digest.status == 2 && digest.stderr.contains("64 hex digits"))
+    }
+}
+
+extension StageOneLoaderTests {
+    /// The last line on standard error: what stage 1 turns into the boot's failure.
+    static func lastLine(_ result: ProcessResult) -> String {
+        result.stderr.split(separator: "\n").last.map(String.init) ?? ""
+    }
+
+    /// Binding below 1024 needs root: the node's stage 1 is root, and so is the suite's CI.
+    @Test("-P connects from a port in 512-1023 on every attempt; without it the port is an ephemeral one",
+          .enabled(if: getuid() == 0, "binding a privileged port needs root"))
+    func privilegedSourcePort() async throws {
+        let loader = try Loader()
+        defer { loader.cleanup() }
+        let answers = Mutex(0)
+        let server = try ScriptedHTTPServer { _ in
+            // The first answer is a 503, so the retry's connection is seen too.
+            answers.withLock { count in count += 1; return count == 1 ? .text(503, "Service Unavailable", "busy") : .ok(Data("secret".utf8)) }
+        }
+        defer { server.stop() }
+        let result = try await loader.run(server.base + "/secrets", options: ["-P"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(loader.written == Data("secret".utf8))
+        let ports = server.requests.map(\.peerPort)
+        #expect(ports.count == 2 && ports.allSatisfy { (512...1023).contains($0) }, "source ports \(ports)")
+
+        let plain = try await loader.run(server.base + "/secrets")
+        #expect(plain.status == 0, "\(plain.stderr)")
+        #expect(server.requests.count == 3 && server.requests[2].peerPort >= 1024, "source port \(server.requests.last?.peerPort ?? -1)")
+    }
+
+    @Test("-H headers arrive on every attempt; CR or LF in one, a malformed one or a ninth are usage errors and send nothing")
+    func extraHeaders() async throws {
+        let loader = try Loader()
+        defer { loader.cleanup() }
+        let answers = Mutex(0)
+        let server = try ScriptedHTTPServer { _ in
+            answers.withLock { count in count += 1; return count == 1 ? .text(502, "Bad Gateway", "") : .ok(Data("x".utf8)) }
+        }
+        defer { server.stop() }
+        let uuid = "X-Imagebuild-Product-UUID: 4c4c4544-0042-3510-8052-b4c04f4b4d32"
+        let serial = "X-Imagebuild-Product-Serial: CZ 2134 XY"
+        let result = try await loader.run(server.base + "/secrets", options: ["-H", uuid, "-H", serial])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(server.requests.count == 2)
+        for request in server.requests {
+            #expect(request.header("X-Imagebuild-Product-UUID") == "4c4c4544-0042-3510-8052-b4c04f4b4d32")
+            #expect(request.header("X-Imagebuild-Product-Serial") == "CZ 2134 XY")
+        }
+
+        for (header, says) in [("X-A: b\r\nX-Injected: 1", "CR or LF"), ("X-A: b\nX-Injected: 1", "CR or LF"),
+                               ("X-A: b\r", "CR or LF"), ("no colon", "'Name: value'"), (": empty name", "'Name: value'")] {
+            let refused = try await loader.run(server.base + "/secrets", options: ["-H", header])
+            #expect(refused.status == 2 && refused.stderr.contains(says), "\(header.debugDescription): \(refused.stderr)")
+        }
+        let nine = (1...9).flatMap { ["-H", "X-\($0): v"] }
+        let tooMany = try await loader.run(server.base + "/secrets", options: nine)
+        #expect(tooMany.status == 2 && tooMany.stderr.contains("at most 8"), "\(tooMany.stderr)")
+        #expect(server.requests.count == 2, "a refused command line sent a request")
+    }
+
+    @Test("a 403 is final: one request, exit 3, and the last line is 'HTTP 403 Forbidden: <the body's first line>'")
+    func refusalIsFinal() async throws {
+        let loader = try Loader()
+        defer { loader.cleanup() }
+        let long = String(repeating: "a", count: 300)
+        let server = try ScriptedHTTPServer { request in
+            switch request.path {
+            case "/secrets": .text(403, "Forbidden", "not from the node's address 10.77.0.11\nsecond line\n")
+            case "/noisy": .text(404, "Not Found", "\u{1b}[31mno\tsuch\u{7f} file \u{00e9}t\u{00e9}\r\nmore")
+            case "/long": .text(410, "Gone", long)
+            default: .text(404, "Not Found", "")
+            }
+        }
+        defer { server.stop() }
+        let refused = try await loader.run(server.base + "/secrets", retries: 5)
+        #expect(refused.status == 3, "\(refused.stderr)")
+        #expect(Self.lastLine(refused) == "imagebuild-fetch: HTTP 403 Forbidden: not from the node's address 10.77.0.11", "\(refused.stderr)")
+        #expect(server.requests(to: "/secrets").count == 1, "a 403 was asked again")
+
+        // Control characters and non-ASCII bytes dropped; at most 200 bytes of the line; no body, no colon.
+        let noisy = try await loader.run(server.base + "/noisy", retries: 5)
+        #expect(noisy.status == 3 && Self.lastLine(noisy) == "imagebuild-fetch: HTTP 404 Not Found: [31mnosuch file t", "\(noisy.stderr)")
+        let cut = try await loader.run(server.base + "/long", retries: 5)
+        #expect(cut.status == 3 && Self.lastLine(cut) == "imagebuild-fetch: HTTP 410 Gone: " + String(long.prefix(200)), "\(cut.stderr)")
+        let empty = try await loader.run(server.base + "/none", retries: 5)
+        #expect(empty.status == 3 && Self.lastLine(empty) == "imagebuild-fetch: HTTP 404 Not Found", "\(empty.stderr)")
+        #expect(server.requests.count == 4, "\(server.requests.map(\.path))")
+    }
+
+    @Test("a 503 is retried with back-off: it recovers, and when it never does the last line is the last answer")
+    func serverErrorsAreRetried() async throws {
+        let loader = try Loader()
+        defer { loader.cleanup() }
+        let answers = Mutex(0)
+        let server = try ScriptedHTTPServer { request in
+            if request.path == "/always" { return .text(503, "Service Unavailable", "rendering, try again") }
+            return answers.withLock { count in count += 1; return count <= 2 ? .text(503, "Service Unavailable", "busy") : .ok(Data("files".utf8)) }
+        }
+        defer { server.stop() }
+        let recovered = try await loader.run(server.base + "/secrets", retries: 4)
+        #expect(recovered.status == 0 && loader.written == Data("files".utf8), "\(recovered.stderr)")
+        #expect(server.requests(to: "/secrets").count == 3)
+        #expect(recovered.stderr.contains("HTTP 503 Service Unavailable: busy; continuing from byte 0 in 1 s"), "\(recovered.stderr)")
+
+        let failed = try await loader.run(server.base + "/always", retries: 2)
+        #expect(failed.status == 3, "\(failed.stderr)")
+        #expect(server.requests(to: "/always").count == 2)
+        #expect(failed.stderr.contains("/always: 2 attempts in a row failed"), "\(failed.stderr)")
+        #expect(Self.lastLine(failed) == "imagebuild-fetch: HTTP 503 Service Unavailable: rendering, try again", "\(failed.stderr)")
     }
 }
 

@@ -33,7 +33,8 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
     case "$1" in
         0) ;;
         4) step verify "checking sha256"; fail "$last" ;;
-        *) fail "${last:-imagebuild-fetch exited with $1}" ;;
+        *) case "$last" in "HTTP "*) last="$IMAGE_URL: $last" ;; esac  # the server's answer: say to what
+           fail "${last:-imagebuild-fetch exited with $1}" ;;
     esac
     say "downloaded $last"
     report image-downloaded "${last%%,*}"
@@ -74,6 +75,86 @@ case "$FORMAT" in
         fail "unknown image format '$FORMAT' (imagebuild.format=tar.gz, tar.zst, squashfs or erofs)" ;;
 esac
 [ -x "$ROOT$NEWINIT" ] || [ -L "$ROOT$NEWINIT" ] || fail "the image has no $NEWINIT"
+
+# The node's own files, laid over the root before any of it runs: the overlay (static, from the
+# boot root, checked against imagebuild.overlay.sha256), then the secrets, which the boot server
+# renders per request and hands out only to the node's address, from a privileged source port
+# (-P: on the node only root can bind one), inside the node's boot window, and with matching
+# SMBIOS values when the inventory has them. Each is a tar.gz of paths relative to the root with
+# mode and numeric owner; owners given by name (they live in the image's /etc/passwd, which the
+# server cannot read) come in etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with
+# the image's own chown. A refusal (HTTP 403) fails the boot with the server's reason.
+node_fetch() {  # $1 the file, then imagebuild-fetch's arguments; fails the boot with the fetch's last line
+    out=$1
+    shift
+    imagebuild-fetch -r "$RETRIES" -o "$out" "$@" 2>/tmp/fetch.err && return 0
+    code=$?
+    rm -f "$out"
+    last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
+    case "$last" in
+        # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
+        "HTTP "[0-9][0-9][0-9]*": "*) last=${last#HTTP }; fail "${last%% *} ${last#*: }" ;;
+        "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
+    esac
+    fail "${last:-imagebuild-fetch exited with $code}"
+}
+smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
+    [ -r "/sys/class/dmi/id/$1" ] || return 0
+    tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
+}
+secrets_fetch() {  # the node's SMBIOS values go along as headers, for the server to compare
+    set --
+    for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
+                chassis_asset_tag=X-Imagebuild-Asset-Tag; do
+        value=$(smbios "${pair%%=*}")
+        [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
+        [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
+    done
+    node_fetch /tmp/secrets.tar.gz -P "$@" "$SECRETS_URL"
+}
+node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
+    owners="$ROOT/etc/imagebuild/owners"
+    rm -f "$owners"  # stage 1's folder in the image: only the tar's own owners file counts
+    # --numeric-owner: the tar's uid/gid as they are, never mapped through stage 1's own names
+    tar --numeric-owner -xzvf "$1" -C "$ROOT" >/tmp/node-files.list 2>/tmp/node-files.err ||
+        { rm -f "$1"; fail "$2: unpacking failed: $(tail -n 1 /tmp/node-files.err)"; }
+    rm -f "$1"
+    n=$(grep -Evc '/$|^(\./)?etc/imagebuild/owners$' /tmp/node-files.list)
+    files=$((files + n))
+    named=0
+    if [ -f "$owners" ]; then
+        while IFS= read -r line || [ -n "$line" ]; do
+            case "$line" in
+                '') continue ;;
+                [!\ ]*" "?*) owner=${line%% *} path=${line#* } ;;
+                *) fail "$2: etc/imagebuild/owners: not 'OWNER[:GROUP] PATH': $line" ;;
+            esac
+            chroot "$ROOT" chown -h "$owner" "/${path#/}" 2>/tmp/chown.err ||
+                fail "$2: chown $owner /${path#/} in the image: $(tail -n 1 /tmp/chown.err)"
+            named=$((named + 1))
+        done < "$owners"
+        rm -f "$owners"
+    fi
+    say "[overlay] $2: $n files laid over the root; owners by name: $named"
+}
+if [ -n "$OVERLAY_URL$SECRETS_URL" ]; then
+    step overlay "fetching the node's own files"
+    files=0
+    if [ -n "$OVERLAY_URL" ]; then
+        say "[overlay] $OVERLAY_URL"
+        check=
+        if [ -n "$OVERLAY_SHA256" ]; then check="-s $OVERLAY_SHA256"; else say "warning: no imagebuild.overlay.sha256 given, overlay not verified"; fi
+        # shellcheck disable=SC2086  # $check is empty or the two words "-s DIGEST"
+        node_fetch /tmp/overlay.tar.gz $check "$OVERLAY_URL"
+        node_files /tmp/overlay.tar.gz overlay
+    fi
+    if [ -n "$SECRETS_URL" ]; then
+        say "[overlay] $SECRETS_URL (secrets, from a privileged port)"
+        secrets_fetch
+        node_files /tmp/secrets.tar.gz secrets
+    fi
+    report overlay "$files files"
+fi
 
 # Hand what stage 1 learned to stage 2 (stage 2 starts with a clean /run).
 mkdir -p "$ROOT/etc/imagebuild"

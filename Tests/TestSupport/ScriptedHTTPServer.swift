@@ -1,0 +1,141 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An HTTP/1.1 server on 127.0.0.1 whose answers a test decides, for testing clients (stage 1's
+/// loader and scripts): every request is recorded with the port it came from, which only the
+/// kernel can tell, and answered by `respond`; each answer closes its connection. One thread per
+/// connection; `stop()` closes the listener (and is called when the server is released).
+public final class ScriptedHTTPServer: @unchecked Sendable {
+    public struct Request: Sendable {
+        public var method: String
+        /// As the request line has it, query included.
+        public var path: String
+        /// Names in lower case; a repeated header keeps its last value.
+        public var headers: [String: String]
+        public var body: Data
+        /// The client's source port.
+        public var peerPort: Int
+
+        public func header(_ name: String) -> String? { headers[name.lowercased()] }
+        public var bodyText: String { String(decoding: body, as: UTF8.self) }
+    }
+
+    public struct Response: Sendable {
+        public var status: Int
+        public var reason: String
+        public var body: Data
+
+        public init(status: Int, reason: String, body: Data = Data()) {
+            self.status = status
+            self.reason = reason
+            self.body = body
+        }
+
+        public static func ok(_ body: Data) -> Response { Response(status: 200, reason: "OK", body: body) }
+        public static func text(_ status: Int, _ reason: String, _ body: String) -> Response {
+            Response(status: status, reason: reason, body: Data(body.utf8))
+        }
+    }
+
+    public let port: Int
+    private let listener: Int32
+    private let respond: @Sendable (Request) -> Response
+    private let recorded = Mutex<[Request]>([])
+
+    public init(respond: @escaping @Sendable (Request) -> Response) throws {
+        self.respond = respond
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard listening else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw ProcessError("test HTTP server: \(reason)")
+        }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    deinit { stop() }
+
+    /// `http://127.0.0.1:PORT`
+    public var base: String { "http://127.0.0.1:\(port)" }
+    public var requests: [Request] { recorded.withLock { $0 } }
+    public func requests(to path: String) -> [Request] { requests.filter { $0.path == path } }
+
+    private let stopped = Mutex(false)
+    public func stop() {
+        let first = stopped.withLock { done in defer { done = true }; return !done }
+        guard first else { return }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    private func acceptLoop() {
+        while true {
+            var peer = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let client = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(listener, $0, &length) }
+            }
+            if client < 0 { if errno == EINTR { continue } else { return } }
+            let peerPort = Int(UInt16(bigEndian: peer.sin_port))
+            Thread { [self] in serve(client, peerPort: peerPort) }.start()
+        }
+    }
+
+    private func serve(_ client: Int32, peerPort: Int) {
+        defer { close(client) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var head = [UInt8]()
+        var byte: UInt8 = 0
+        while !head.suffix(4).elementsEqual([13, 10, 13, 10]) {
+            guard read(client, &byte, 1) == 1, head.count < 64 << 10 else { return }
+            head.append(byte)
+        }
+        let lines = String(decoding: head, as: UTF8.self).components(separatedBy: "\r\n")
+        let requestLine = lines[0].split(separator: " ")
+        guard requestLine.count >= 2 else { return }
+        var headers: [String: String] = [:]
+        for line in lines.dropFirst() where !line.isEmpty {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        var body = [UInt8]()
+        if let length = headers["content-length"].flatMap({ Int($0) }), length > 0, length < 1 << 20 {
+            body = [UInt8](repeating: 0, count: length)
+            var have = 0
+            while have < length {
+                let n = body.withUnsafeMutableBytes { read(client, $0.baseAddress! + have, length - have) }
+                guard n > 0 else { return }
+                have += n
+            }
+        }
+        let request = Request(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers,
+                              body: Data(body), peerPort: peerPort)
+        recorded.withLock { $0.append(request) }
+        let response = respond(request)
+        var answer = Data("HTTP/1.1 \(response.status) \(response.reason)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n\r\n".utf8)
+        answer.append(response.body)
+        answer.withUnsafeBytes { bytes in
+            var sent = 0
+            while sent < bytes.count {
+                let n = send(client, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 { return }
+                sent += n
+            }
+        }
+    }
+}
