@@ -214,14 +214,23 @@ struct StageOneOverlayTests {
             File(path: "etc/munge/munge.key", text: "munge key\n", mode: "0400"),
             File(path: "etc/imagebuild/owners", text: "munge:munge etc/munge/munge.key\n", mode: "0644"),
         ])
-        node.serve("/overlay/node011.tar.gz", .ok(overlay))
+        // Overlays are content-addressed: the name is the sha256 stage 1 checks. Two archives, laid in order.
+        let shared = try node.tar("shared.tar.gz", [File(path: "etc/hosts", text: "10.77.0.11 node011\n", mode: "0644")])
+        node.serve("/overlays/\(Node.hex(shared)).tar.gz", .ok(shared))
+        node.serve("/overlays/\(Node.hex(overlay)).tar.gz", .ok(overlay))
         node.serve("/boot/v1/secrets", .ok(secrets))
         try node.smbios(["product_uuid": "4C4C4544-0042-3510-8052-B4C04F4B4D32\n", "product_serial": "  CZ\u{7}2134XY \n",
                          "chassis_asset_tag": " \n"])
-        let result = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlay/node011.tar.gz "
-            + "imagebuild.overlay.sha256=\(Node.hex(overlay)) imagebuild.secrets=\(node.server.base)/boot/v1/secrets"))
+        let result = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlays/\(Node.hex(shared)).tar.gz,"
+            + "\(node.server.base)/overlays/\(Node.hex(overlay)).tar.gz imagebuild.secrets=\(node.server.base)/boot/v1/secrets"))
         #expect(result.status == 0, "\(result.output)")
-        #expect(result.stdout.contains("imagebuild: [overlay] fetching the node's own files"), "\(result.output)")
+        // The secrets are asked for before the image (the window opens at stage 1's DHCP), laid after it.
+        let output = result.stdout
+        let asked = try #require(output.range(of: "imagebuild: [overlay] fetching the node's secrets"), "\(result.output)")
+        let download = try #require(output.range(of: "imagebuild: [download]"), "\(result.output)")
+        #expect(asked.lowerBound < download.lowerBound, "\(result.output)")
+        #expect(output.contains("imagebuild: [overlay] laying the node's own files over the root"), "\(result.output)")
+        #expect(node.text("etc/hosts") == "10.77.0.11 node011\n")
         #expect(result.stdout.contains("imagebuild: [overlay] secrets: 2 files laid over the root; owners by name: 1"), "\(result.output)")
 
         #expect(node.text("etc/hostname") == "node011\n")
@@ -242,7 +251,7 @@ struct StageOneOverlayTests {
         #expect(request.header("X-Imagebuild-Product-Serial") == "CZ2134XY")
         #expect(request.header("X-Imagebuild-Asset-Tag") == nil)
         // The run stops at the switch-root step, before its report.
-        #expect(node.reports.last == "overlay 4 files", "\(node.reports)")
+        #expect(node.reports.last == "overlay 5 files", "\(node.reports)")
     }
 
     @Test("a 403 for the secrets fails the boot with the server's reason, asked once; nothing is left in /tmp",
@@ -267,15 +276,18 @@ struct StageOneOverlayTests {
             File(path: "etc/hostname", text: "node011\n", mode: "0644"),
             File(path: "etc/imagebuild/owners", text: "nosuch:munge etc/hostname\n", mode: "0644"),
         ])
-        node.serve("/overlay.tar.gz", .ok(overlay))
         let wrong = String(repeating: "0", count: 64)
-        let mismatch = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlay.tar.gz imagebuild.overlay.sha256=\(wrong)"))
+        node.serve("/overlays/\(wrong).tar.gz", .ok(overlay))
+        node.serve("/overlays/\(Node.hex(overlay)).tar.gz", .ok(overlay))
+        let mismatch = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlays/\(wrong).tar.gz"))
         #expect(mismatch.status == 1, "\(mismatch.output)")
         #expect(mismatch.stdout.contains("imagebuild: FAILED at step 'overlay': sha256 mismatch after \(overlay.count) bytes: expected \(wrong), got \(Node.hex(overlay))"),
                 "\(mismatch.output)")
-        #expect(!FileManager.default.fileExists(atPath: node.chroot + "/tmp/overlay.tar.gz"))
+        #expect(!FileManager.default.fileExists(atPath: node.chroot + "/tmp/overlay-1.tar.gz"))
+        let unnamed = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlay.tar.gz"))
+        #expect(unnamed.stdout.contains("FAILED at step 'overlay': overlay: \(node.server.base)/overlay.tar.gz is not named by its sha256"), "\(unnamed.output)")
 
-        let unknown = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlay.tar.gz imagebuild.overlay.sha256=\(Node.hex(overlay))"))
+        let unknown = try node.boot(node.cmdline("imagebuild.overlay=\(node.server.base)/overlays/\(Node.hex(overlay)).tar.gz"))
         #expect(unknown.status == 1, "\(unknown.output)")
         #expect(unknown.stdout.contains("imagebuild: FAILED at step 'overlay': overlay: chown nosuch:munge /etc/hostname in the image: chown: unknown user/group nosuch:munge"),
                 "\(unknown.output)")

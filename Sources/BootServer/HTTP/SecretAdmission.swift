@@ -66,17 +66,17 @@ struct SecretAdmission: Sendable {
             return Refusal(reason: .window, message: "outside the boot window: its last DHCP acknowledgement was \(Int(age)) s ago, the window is \(Int(window)) s")
         }
         guard delivered < perBoot else {
-            return Refusal(reason: .fetched, message: "already fetched in this boot (boot \(state.boot)); a new boot opens a new window")
+            return Refusal(reason: .fetched, message: "already fetched this boot (boot \(state.boot)); a new boot opens a new window")
         }
         let wanted = node.smbios
         if let uuid = wanted.productUUID, smbios.uuid?.lowercased() != uuid {
-            return Refusal(reason: .smbios, message: "SMBIOS product UUID does not match the inventory's")
+            return Refusal(reason: .smbios, message: "SMBIOS mismatch: the product UUID is not the inventory's")
         }
         if let serial = wanted.productSerial, smbios.serial != serial {
-            return Refusal(reason: .smbios, message: "SMBIOS product serial does not match the inventory's")
+            return Refusal(reason: .smbios, message: "SMBIOS mismatch: the product serial is not the inventory's")
         }
         if let tag = wanted.assetTag, smbios.assetTag != tag {
-            return Refusal(reason: .smbios, message: "SMBIOS asset tag does not match the inventory's")
+            return Refusal(reason: .smbios, message: "SMBIOS mismatch: the asset tag is not the inventory's")
         }
         return nil
     }

@@ -94,7 +94,7 @@ extension HTTPService {
         }
         // Counted only now, and atomically: two asks of one boot racing get one archive.
         guard delivery.ledger.take(mac, boot: boot, limit: delivery.admission.perBoot) else {
-            return refuse(.init(reason: .fetched, message: "already fetched in this boot (boot \(boot)); a new boot opens a new window"), mac: mac)
+            return refuse(.init(reason: .fetched, message: "already fetched this boot (boot \(boot)); a new boot opens a new window"), mac: mac)
         }
         delivery.delivered.increment()
         logger.info("secrets delivered", metadata: ["mac": "\(mac)", "client": "\(remote!)", "port": "\(port!)",

@@ -18,7 +18,7 @@ RETRIES=8
 # shellcheck source=/dev/null  # written by the build, not part of this tree
 [ -r /etc/imagebuild/stage1.conf ] && . /etc/imagebuild/stage1.conf
 IMAGE_URL='' IMAGE_SHA256='' SERVER='' FORMAT=tar.gz NEED='' NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF='' TOKEN=''
-OVERLAY_URL='' OVERLAY_SHA256='' SECRETS_URL=''
+OVERLAY_URLS='' SECRETS_URL=''
 # shellcheck disable=SC2013  # the command line is words, split on purpose
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -32,8 +32,7 @@ for arg in $(cat /proc/cmdline); do
         imagebuild.need=*) NEED="${arg#*=}" ;;
         imagebuild.retries=*) RETRIES="${arg#*=}" ;;
         imagebuild.token=*) TOKEN="${arg#*=}" ;;
-        imagebuild.overlay=*) OVERLAY_URL="${arg#*=}" ;;
-        imagebuild.overlay.sha256=*) OVERLAY_SHA256="${arg#*=}" ;;
+        imagebuild.overlay=*) OVERLAY_URLS="${arg#*=}" ;;
         imagebuild.secrets=*) SECRETS_URL="${arg#*=}" ;;
         BOOTIF=*) BOOTIF="${arg#*=}" ;;
     esac

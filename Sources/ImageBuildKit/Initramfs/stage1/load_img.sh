@@ -21,6 +21,75 @@ if [ -n "$NEED" ]; then
     fi
 fi
 
+# The node's own files, laid over the root before any of it runs: the overlay archives (static,
+# from the boot root, content-addressed: each name is its sha256, which imagebuild-fetch checks),
+# then the secrets, which the boot server renders per request and hands out only to the node's
+# address, from a privileged source port (-P: on the node only root can bind one), inside the
+# node's boot window, and with matching SMBIOS values when the inventory has them. The secrets
+# are fetched first thing, right after stage 1's own DHCP (the window opens at its acknowledgement,
+# however long the image then takes), kept in stage 1's RAM and laid over the root with the rest.
+# Each archive is a tar.gz of paths relative to the root with mode and numeric owner; owners given
+# by name (they live in the image's /etc/passwd, which the server cannot read) come in
+# etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with the image's own chown. A
+# refusal (HTTP 403) fails the boot with the server's reason.
+node_fetch() {  # $1 the file, then imagebuild-fetch's arguments; fails the boot with the fetch's last line
+    out=$1
+    shift
+    imagebuild-fetch -r "$RETRIES" -o "$out" "$@" 2>/tmp/fetch.err && return 0
+    code=$?
+    rm -f "$out"
+    last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
+    case "$last" in
+        # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
+        "HTTP "[0-9][0-9][0-9]*": "*) last=${last#HTTP }; fail "${last%% *} ${last#*: }" ;;
+        "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
+    esac
+    fail "${last:-imagebuild-fetch exited with $code}"
+}
+smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
+    [ -r "/sys/class/dmi/id/$1" ] || return 0
+    tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
+}
+secrets_fetch() {  # the node's SMBIOS values go along as headers, for the server to compare
+    set --
+    for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
+                chassis_asset_tag=X-Imagebuild-Asset-Tag; do
+        value=$(smbios "${pair%%=*}")
+        [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
+        [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
+    done
+    node_fetch /tmp/secrets.tar.gz -P "$@" "$SECRETS_URL"
+}
+node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
+    owners="$ROOT/etc/imagebuild/owners"
+    rm -f "$owners"  # stage 1's folder in the image: only the tar's own owners file counts
+    # --numeric-owner: the tar's uid/gid as they are, never mapped through stage 1's own names
+    tar --numeric-owner -xzvf "$1" -C "$ROOT" >/tmp/node-files.list 2>/tmp/node-files.err ||
+        { rm -f "$1"; fail "$2: unpacking failed: $(tail -n 1 /tmp/node-files.err)"; }
+    rm -f "$1"
+    n=$(grep -Evc '/$|^(\./)?etc/imagebuild/owners$' /tmp/node-files.list)
+    files=$((files + n))
+    named=0
+    if [ -f "$owners" ]; then
+        while IFS= read -r line || [ -n "$line" ]; do
+            case "$line" in
+                '') continue ;;
+                [!\ ]*" "?*) owner=${line%% *} path=${line#* } ;;
+                *) fail "$2: etc/imagebuild/owners: not 'OWNER[:GROUP] PATH': $line" ;;
+            esac
+            chroot "$ROOT" chown -h "$owner" "/${path#/}" 2>/tmp/chown.err ||
+                fail "$2: chown $owner /${path#/} in the image: $(tail -n 1 /tmp/chown.err)"
+            named=$((named + 1))
+        done < "$owners"
+        rm -f "$owners"
+    fi
+    say "[overlay] $2: $n files laid over the root; owners by name: $named"
+}
+if [ -n "$SECRETS_URL" ]; then
+    step overlay "fetching the node's secrets from $SECRETS_URL (from a privileged port)"
+    secrets_fetch
+fi
+
 # imagebuild-fetch streams the image in one pass, hashing every byte, and continues a broken
 # download from the byte it reached (HTTP Range), so the unpacker never starts over. Exit 4:
 # the digest did not match; the tree it fed is then never switched into.
@@ -76,83 +145,23 @@ case "$FORMAT" in
 esac
 [ -x "$ROOT$NEWINIT" ] || [ -L "$ROOT$NEWINIT" ] || fail "the image has no $NEWINIT"
 
-# The node's own files, laid over the root before any of it runs: the overlay (static, from the
-# boot root, checked against imagebuild.overlay.sha256), then the secrets, which the boot server
-# renders per request and hands out only to the node's address, from a privileged source port
-# (-P: on the node only root can bind one), inside the node's boot window, and with matching
-# SMBIOS values when the inventory has them. Each is a tar.gz of paths relative to the root with
-# mode and numeric owner; owners given by name (they live in the image's /etc/passwd, which the
-# server cannot read) come in etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with
-# the image's own chown. A refusal (HTTP 403) fails the boot with the server's reason.
-node_fetch() {  # $1 the file, then imagebuild-fetch's arguments; fails the boot with the fetch's last line
-    out=$1
-    shift
-    imagebuild-fetch -r "$RETRIES" -o "$out" "$@" 2>/tmp/fetch.err && return 0
-    code=$?
-    rm -f "$out"
-    last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
-    case "$last" in
-        # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
-        "HTTP "[0-9][0-9][0-9]*": "*) last=${last#HTTP }; fail "${last%% *} ${last#*: }" ;;
-        "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
-    esac
-    fail "${last:-imagebuild-fetch exited with $code}"
-}
-smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
-    [ -r "/sys/class/dmi/id/$1" ] || return 0
-    tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
-}
-secrets_fetch() {  # the node's SMBIOS values go along as headers, for the server to compare
-    set --
-    for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
-                chassis_asset_tag=X-Imagebuild-Asset-Tag; do
-        value=$(smbios "${pair%%=*}")
-        [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
-        [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
-    done
-    node_fetch /tmp/secrets.tar.gz -P "$@" "$SECRETS_URL"
-}
-node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
-    owners="$ROOT/etc/imagebuild/owners"
-    rm -f "$owners"  # stage 1's folder in the image: only the tar's own owners file counts
-    # --numeric-owner: the tar's uid/gid as they are, never mapped through stage 1's own names
-    tar --numeric-owner -xzvf "$1" -C "$ROOT" >/tmp/node-files.list 2>/tmp/node-files.err ||
-        { rm -f "$1"; fail "$2: unpacking failed: $(tail -n 1 /tmp/node-files.err)"; }
-    rm -f "$1"
-    n=$(grep -Evc '/$|^(\./)?etc/imagebuild/owners$' /tmp/node-files.list)
-    files=$((files + n))
-    named=0
-    if [ -f "$owners" ]; then
-        while IFS= read -r line || [ -n "$line" ]; do
-            case "$line" in
-                '') continue ;;
-                [!\ ]*" "?*) owner=${line%% *} path=${line#* } ;;
-                *) fail "$2: etc/imagebuild/owners: not 'OWNER[:GROUP] PATH': $line" ;;
-            esac
-            chroot "$ROOT" chown -h "$owner" "/${path#/}" 2>/tmp/chown.err ||
-                fail "$2: chown $owner /${path#/} in the image: $(tail -n 1 /tmp/chown.err)"
-            named=$((named + 1))
-        done < "$owners"
-        rm -f "$owners"
-    fi
-    say "[overlay] $2: $n files laid over the root; owners by name: $named"
-}
-if [ -n "$OVERLAY_URL$SECRETS_URL" ]; then
-    step overlay "fetching the node's own files"
+if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
+    step overlay "laying the node's own files over the root"
     files=0
-    if [ -n "$OVERLAY_URL" ]; then
-        say "[overlay] $OVERLAY_URL"
-        check=
-        if [ -n "$OVERLAY_SHA256" ]; then check="-s $OVERLAY_SHA256"; else say "warning: no imagebuild.overlay.sha256 given, overlay not verified"; fi
-        # shellcheck disable=SC2086  # $check is empty or the two words "-s DIGEST"
-        node_fetch /tmp/overlay.tar.gz $check "$OVERLAY_URL"
-        node_files /tmp/overlay.tar.gz overlay
-    fi
-    if [ -n "$SECRETS_URL" ]; then
-        say "[overlay] $SECRETS_URL (secrets, from a privileged port)"
-        secrets_fetch
-        node_files /tmp/secrets.tar.gz secrets
-    fi
+    index=0
+    for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
+        index=$((index + 1))
+        name=${url##*/} digest=${name%.tar.gz}
+        say "[overlay] $url"
+        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
+        case "$digest" in
+            *[!0-9a-f]*|'') fail "overlay: $url is not named by its sha256" ;;
+        esac
+        [ ${#digest} -eq 64 ] || fail "overlay: $url is not named by its sha256"
+        node_fetch "/tmp/overlay-$index.tar.gz" -s "$digest" "$url"
+        node_files "/tmp/overlay-$index.tar.gz" overlay
+    done
+    [ -z "$SECRETS_URL" ] || node_files /tmp/secrets.tar.gz secrets
     report overlay "$files files"
 fi
 
