@@ -167,6 +167,8 @@ public final class BootServices: Sendable {
             let port = settings.httpPort ?? inventory.current.inventory.network.httpPort
             var configuration = HTTPServiceConfiguration(root: settings.root, host: settings.listen, port: port, metrics: metrics)
             if let limit = settings.httpMaximumConnections { configuration.maximumConnections = limit }
+            if let window = settings.source.http.secretWindow { configuration.secretWindow = window }
+            if let count = settings.source.http.secretsPerBoot { configuration.secretsPerBoot = count }
             let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
             let service = HTTPService(configuration: configuration, timeline: timeline,
                                       inventory: { inventory.current.inventory }, inventoryGeneration: { inventory.current.generation },

@@ -62,6 +62,10 @@ public struct ServerConfigFile: Sendable, Equatable {
         /// Stage reports may carry a per-boot token instead of coming from the node's own address
         /// (sites where reports pass NAT or a relay). Off by default: see `ReportTokens`.
         public var reportTokens: Bool?
+        /// Seconds after a node's DHCP acknowledgement during which it may fetch its secrets.
+        public var secretWindow: Double?
+        /// Secrets fetches allowed per boot.
+        public var secretsPerBoot: Int?
         public init() {}
     }
 
@@ -159,11 +163,13 @@ public struct ServerConfigFile: Sendable, Equatable {
             config.tftp.enabled = try tftp.bool("enabled")
             config.tftp.port = try tftp.int("port", in: 1...65535)
         }
-        if let http = try top["http"]?.map(allowed: ["enabled", "port", "max_connections", "report_tokens"]) {
+        if let http = try top["http"]?.map(allowed: ["enabled", "port", "max_connections", "report_tokens", "secret_window", "secrets_per_boot"]) {
             config.http.enabled = try http.bool("enabled")
             config.http.port = try http.int("port", in: 1...65535)
             config.http.maximumConnections = try http.int("max_connections", in: 1...1_000_000)
             config.http.reportTokens = try http.bool("report_tokens")
+            config.http.secretWindow = try http["secret_window"].map { try seconds($0, in: 10...86_400) }
+            config.http.secretsPerBoot = try http.int("secrets_per_boot", in: 1...10)
         }
         if config.dhcp.enabled == false && config.tftp.enabled == false && config.http.enabled == false, let dhcp = top["dhcp"] {
             throw dhcp.error("dhcp, tftp and http are all disabled: nothing to serve")
@@ -207,6 +213,8 @@ public struct ServerConfigFile: Sendable, Equatable {
         r.http.port = http.port ?? base.http.port
         r.http.maximumConnections = http.maximumConnections ?? base.http.maximumConnections
         r.http.reportTokens = http.reportTokens ?? base.http.reportTokens
+        r.http.secretWindow = http.secretWindow ?? base.http.secretWindow
+        r.http.secretsPerBoot = http.secretsPerBoot ?? base.http.secretsPerBoot
         return r
     }
 
@@ -224,7 +232,8 @@ public struct ServerConfigFile: Sendable, Equatable {
             "dhcp.rate_limit.burst": s(dhcp.rateLimitBurst), "dhcp.rate_limit.per_second": s(dhcp.rateLimitPerSecond),
             "tftp.enabled": s(tftp.enabled), "tftp.port": s(tftp.port),
             "http.enabled": s(http.enabled), "http.port": s(http.port), "http.max_connections": s(http.maximumConnections),
-            "http.report_tokens": s(http.reportTokens),
+            "http.report_tokens": s(http.reportTokens), "http.secret_window": s(http.secretWindow),
+            "http.secrets_per_boot": s(http.secretsPerBoot),
         ]
     }
 
