@@ -21,6 +21,12 @@ struct NodesCommand: ParsableCommand {
                 'boots:' is the boot plan's answer (the rule publish, DHCP and the bootscript
                 endpoint share: registered node, else the most specific range holding the IP,
                 else the default image) with the images published in --root.
+
+                For a registered node it then lists what makes the node itself: the files it
+                gets (which are secret, their mode and owner, and which level of nodes.yaml
+                each comes from: built in, defaults, group, range or node), its variables with
+                their values and levels, its extra interfaces and its SSH host keys. A secret's
+                content is never printed.
                 """)
 
         @Argument(help: "The node's MAC address: aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff.")
@@ -57,6 +63,50 @@ struct NodesCommand: ParsableCommand {
             var pxelinuxUses: [String]
             var ipxe: [Candidate]
             var ipxeUses: String?
+            /// The node's identity (registered nodes only): what it gets, and from which level.
+            var identity: Identity?
+        }
+
+        struct Identity: Encodable {
+            struct File: Encodable { var path: String; var secret: Bool; var mode: String; var owner: String; var from: String; var at: String }
+            struct Variable: Encodable { var name: String; var value: String; var from: String }
+            var files: [File]
+            var vars: [Variable]
+            var interfaces: [String]
+            var sshHostKeys: String
+            var secretsURL: String?
+            var error: String?
+        }
+
+        /// Files, variables, interfaces and host keys of `node`, each with the level it comes from.
+        static func identity(of node: Inventory.Node, in inventory: Inventory) -> Identity {
+            let identity: NodeIdentity
+            do { identity = try inventory.identity(of: node) } catch {
+                return Identity(files: [], vars: [], interfaces: [], sshHostKeys: "", error: "\(error)")
+            }
+            func text(_ value: TemplateValue) -> String {
+                switch value {
+                case .text(let text): text
+                case .bool(let bool): "\(bool)"
+                case .list(let list): "[" + list.map(text).joined(separator: ", ") + "]"
+                case .map(let map): "{" + map.sorted { $0.key < $1.key }.map { "\($0.key): \(text($0.value))" }.joined(separator: ", ") + "}"
+                }
+            }
+            return Identity(
+                files: identity.files.map {
+                    .init(path: $0.file.path, secret: $0.file.secret, mode: String(format: "%04o", $0.file.mode),
+                          owner: $0.file.owner.description, from: $0.level.description,
+                          at: $0.level == .builtIn ? "" : $0.file.location.description)
+                },
+                vars: identity.vars.keys.sorted().map { .init(name: $0, value: text(identity.vars[$0]!), from: identity.varLevels[$0]!.description) },
+                interfaces: identity.interfaces.map { interface in
+                    "\(interface.name ?? interface.mac!.description) \(interface.address)/\(interface.prefix)"
+                        + (interface.gateway.map { " via \($0)" } ?? "") + (interface.mtu.map { " mtu \($0)" } ?? "")
+                },
+                sshHostKeys: identity.hostKeys == .persistent
+                    ? "persistent: made once, kept in the server's state directory, delivered as secrets" + (identity.hostCA.map { ", certified by \($0)" } ?? "")
+                    : "none: the image's own",
+                secretsURL: identity.hasSecrets ? inventory.network.httpBase + BootPlan.secretsPath(node.mac) : nil)
         }
 
         func run() throws {
@@ -103,6 +153,7 @@ struct NodesCommand: ParsableCommand {
             if let text = try? String(contentsOfFile: used, encoding: .utf8), let line = text.split(separator: "\n").first(where: { $0.hasPrefix("# ") }) {
                 answer.ipxeUses = String(line)
             }
+            if let inventory, let node { answer.identity = Self.identity(of: node, in: inventory) }
             if json { printJSON(answer) } else { print(render(answer), terminator: "") }
         }
 
@@ -131,6 +182,19 @@ struct NodesCommand: ParsableCommand {
                 out += "  \(candidate.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(mark)\n"
             }
             if let line = answer.ipxeUses { out += "    \(line)\n" }
+            if let identity = answer.identity {
+                out += "\nits own files (laid over the root by stage 1; secrets only from the live server, to the node itself):\n"
+                if let error = identity.error { out += "  \(error)\n" }
+                for file in identity.files {
+                    let kind = file.secret ? "secret" : "file  "
+                    out += "  \(kind) \(file.path.padding(toLength: 34, withPad: " ", startingAt: 0)) \(file.mode) \(file.owner.padding(toLength: 12, withPad: " ", startingAt: 0)) from \(file.from)\(file.at.isEmpty ? "" : " (\(file.at))")\n"
+                }
+                if !identity.vars.isEmpty { out += "vars:\n" }
+                for variable in identity.vars { out += "  \(variable.name) = \(variable.value)  (\(variable.from))\n" }
+                for interface in identity.interfaces { out += "interface: \(interface)\n" }
+                if !identity.sshHostKeys.isEmpty { out += "ssh host keys: \(identity.sshHostKeys)\n" }
+                if let url = identity.secretsURL { out += "secrets: \(url)\n" }
+            }
             return out
         }
     }
@@ -142,6 +206,8 @@ extension NodesCommand {
             abstract: "Check a nodes.yaml without writing anything, and show what differs from the boot root.",
             discussion: """
                 Reports every broken group, range and node at once (FILE:LINE:COLUMN: message),
+                then every node file that would fail publish (a missing source, a secret others
+                can read or inside the root, a template error or unknown variable for any node),
                 then, when --root holds a published generation, every image the inventory names
                 that is not published, and which nodes and ranges were added, removed or changed
                 since that publish (nodes added to nodes.yaml boot from the bootscript endpoint at
@@ -183,6 +249,17 @@ extension NodesCommand {
                 fail(error)
             }
             let index = try? PublishIndex.read(root: root)
+            if let inventory {
+                // Node files: sources, secrets' modes, templates (every node rendered, as publish does).
+                do {
+                    try NodeFileChecks.check(inventory, root: root)
+                    _ = try OverlayPlan.render(inventory, mtime: 0)
+                } catch let error as ConfigErrors {
+                    problems += error.errors
+                } catch let error as ConfigError {
+                    problems.append(error)
+                }
+            }
             if let inventory, let index {
                 do {
                     try inventory.checkImages(Set(index.images.keys))
