@@ -6,6 +6,11 @@
 #
 #   benchmarks/boot-storm.sh                         1,000 then 10,000 nodes, both servers
 #   NODES="200" SERVERS="ours" benchmarks/boot-storm.sh
+#   REGISTERED=1 NODES=10000 SERVERS="ours ours-nofiles" benchmarks/boot-storm.sh
+#                                                    every node listed in nodes.yaml with its own files
+#                                                    (a per-node template, a cluster-wide one, a secret):
+#                                                    ours fetches secrets and overlays as stage 1 does,
+#                                                    ours-nofiles skips them; the ratio of the two
 #
 # Network: two namespaces of its own joined by a veth pair (server 10.200.0.1/16 on srv0, simulator
 # 10.200.0.2/16 on cl0); nothing touches a host interface. The dynamic pool 10.200.64.1-10.200.127.254
@@ -21,7 +26,8 @@
 #   SERVER_CPU (0), CLIENT_CPU (1), OUT (also append the report to this file),
 #   IMAGEBUILD / STORM (binaries; default .build/release/...), SKIP_BUILD=1 (do not build),
 #   SCRATCH (swift build --scratch-path, default .build), STORM_ARGS (more imagebuild-storm options for
-#   both servers, e.g. "--no-events" to compare like for like)
+#   both servers, e.g. "--no-events" to compare like for like), REGISTERED (1: list the nodes, see
+#   above), HOST_KEYS (with REGISTERED: none, the default, or persistent: generated before the storm)
 # The reference gets no stage events (nginx cannot take POST /api/v1/events): its table says so.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +43,8 @@ IMAGE_KIB=${IMAGE_KIB:-1024}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SCRATCH=${SCRATCH:-.build}
+REGISTERED=${REGISTERED:-0}
+HOST_KEYS=${HOST_KEYS:-none}
 IMAGEBUILD=${IMAGEBUILD:-$SCRATCH/release/imagebuild}
 STORM=${STORM:-$SCRATCH/release/imagebuild-storm}
 OUT=${OUT:-}
@@ -85,8 +93,10 @@ ip -n "$CNS" addr add 10.200.0.2/16 dev cl0
 ip -n "$SNS" link set srv0 up
 ip -n "$CNS" link set cl0 up
 ip -n "$CNS" route add local 10.200.64.0/18 dev lo
+ip -n "$CNS" route add local 10.200.128.0/18 dev lo   # fixed addresses of listed nodes (REGISTERED=1)
 ip -n "$CNS" route add default dev cl0          # where 255.255.255.255 leaves
 ip -n "$SNS" route add 10.200.64.0/18 via 10.200.0.2 dev srv0
+ip -n "$SNS" route add 10.200.128.0/18 via 10.200.0.2 dev srv0
 for ns in "$SNS" "$CNS"; do
     ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
@@ -95,36 +105,17 @@ for ns in "$SNS" "$CNS"; do
 done
 
 # --- Boot root: synthetic artifacts published with `imagebuild publish` -------------------------
+# shellcheck source=benchmarks/lib-storm.sh
+. benchmarks/lib-storm.sh
 ART=$WORK/artifacts/storm
 ROOT=$WORK/root
-mkdir -p "$ART" "$ROOT"
-head -c $((KERNEL_KIB * 1024)) /dev/urandom > "$ART/vmlinuz"
-head -c $((INITRD_KIB * 1024)) /dev/urandom > "$ART/initramfs.img"
-head -c $((IMAGE_KIB * 1024)) /dev/urandom > "$ART/image.tar.gz"
-image_sha=$(sha256sum "$ART/image.tar.gz" | cut -d' ' -f1)
-echo "console=ttyS0 imagebuild.sha256=$image_sha" > "$ART/cmdline"
-files_json=
-for f in vmlinuz initramfs.img image.tar.gz cmdline; do
-    files_json+="${files_json:+,} \"$f\": {\"sha256\": \"$(sha256sum "$ART/$f" | cut -d' ' -f1)\", \"size\": $(stat -c %s "$ART/$f")}"
-done
-cat > "$ART/manifest.json" <<JSON
-{ "name": "storm", "toolVersion": "0.1.0", "recipeDigest": "storm", "sourceDateEpoch": 0,
-  "kernelVersion": "storm", "cmdline": "console=ttyS0 imagebuild.sha256=$image_sha", "imageFormat": "tar.gz",
-  "initramfsCompression": "none", "modules": [], "files": {$files_json} }
-JSON
-cat > "$WORK/nodes.yaml" <<YAML
-network:
-  server: 10.200.0.1
-  subnet: 10.200.0.0/16
-  router: 10.200.0.1
-  pool: 10.200.64.1-10.200.127.254
-  lease_time: 3600
-  http_port: 80
-  bios_loader: lpxelinux.0
-defaults:
-  image: storm
-YAML
+mkdir -p "$ROOT"
+synthetic_artifacts "$ART" "$KERNEL_KIB" "$INITRD_KIB" "$IMAGE_KIB"
+max=0; for n in $NODES; do [ "$n" -gt "$max" ] && max=$n; done
+storm_nodes "$WORK/nodes.yaml" "$max" "$REGISTERED" "$HOST_KEYS" "$WORK/secrets"
+publish_start=$(date +%s.%N)
 "$IMAGEBUILD" publish "$ART" --root "$ROOT" --nodes "$WORK/nodes.yaml" >&2 || { say "imagebuild publish failed"; exit 1; }
+PUBLISH_SECONDS=$(awk -v a="$publish_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 chmod -R a+rX "$ROOT"
 cat "$ROOT"/pxelinux.cfg/default > /dev/null && find "$ROOT/" -type f -exec cat {} + > /dev/null   # warm the page cache
 
@@ -223,6 +214,7 @@ wait_ready() {
 declare -A RATE_RESULT
 emit "# boot-storm $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) CPUs; kernel ${KERNEL_KIB} KiB, initrd ${INITRD_KIB} KiB, image ${IMAGE_KIB} KiB;" \
      "concurrency $CONCURRENCY, arrival $RATE/s; server on CPU $SERVER_CPU, simulator on CPU $CLIENT_CPU"
+[ "$REGISTERED" = 1 ] && emit "# registered nodes with their own files (host keys: $HOST_KEYS); publish took $PUBLISH_SECONDS s"
 for n in $NODES; do
     for server in $SERVERS; do
         state=$WORK/state-$server-$n
@@ -230,7 +222,8 @@ for n in $NODES; do
         extra=(${STORM_ARGS:-})
         case $server in
         ours) start_ours "$state"; label="imagebuild-serve" ;;
-        reference) start_reference "$state"; label="dnsmasq+nginx"; extra+=(--no-events) ;;
+        ours-nofiles) start_ours "$state"; label="imagebuild-serve, node files not fetched"; extra+=(--no-node-files) ;;
+        reference) start_reference "$state"; label="dnsmasq+nginx"; extra+=(--no-events --no-node-files) ;;
         *) say "unknown server '$server'"; continue ;;
         esac
         wait_ready || { stop_servers; continue; }
@@ -255,6 +248,10 @@ for n in $NODES; do
         fi
         RATE_RESULT[$server,$n]=$(echo "$report" | sed -n 's/^RESULT .*nodes_per_min=\([0-9.]*\).*/\1/p')
     done
+    if [ -n "${RATE_RESULT[ours,$n]:-}" ] && [ -n "${RATE_RESULT[ours-nofiles,$n]:-}" ]; then
+        emit "$(awk -v a="${RATE_RESULT[ours,$n]}" -v b="${RATE_RESULT[ours-nofiles,$n]}" -v n="$n" \
+            'BEGIN { printf "N=%d: nodes per minute with node files %.1f / without %.1f = %.2fx\n", n, a, b, (b > 0 ? a / b : 0) }')"
+    fi
     if [ -n "${RATE_RESULT[ours,$n]:-}" ] && [ -n "${RATE_RESULT[reference,$n]:-}" ]; then
         emit "$(awk -v a="${RATE_RESULT[ours,$n]}" -v b="${RATE_RESULT[reference,$n]}" -v n="$n" \
             'BEGIN { printf "N=%d: nodes per minute imagebuild %.1f / reference %.1f = %.2fx\n", n, a, b, (b > 0 ? a / b : 0) }')"

@@ -7,7 +7,7 @@ import NIOPosix
 
 /// The stages a simulated node goes through, in order, as the report names them.
 enum Stage: Int, CaseIterable, Sendable {
-    case dhcp, bootloader, config, kernel, initrd, image, events
+    case dhcp, bootloader, config, kernel, initrd, image, overlay, events
 
     var name: String {
         switch self {
@@ -17,6 +17,7 @@ enum Stage: Int, CaseIterable, Sendable {
         case .kernel: "kernel"
         case .initrd: "initrd"
         case .image: "image"
+        case .overlay: "node files"
         case .events: "stage events"
         }
     }
@@ -46,6 +47,8 @@ struct StormSettings: Sendable {
     var romBlockSize: Int
     var pxelinuxBlockSize: Int
     var postEvents: Bool
+    /// Fetch the node's secrets and overlay archives when its command line names them, as stage 1 does.
+    var fetchNodeFiles: Bool
     var bindLeasedAddress: Bool
     var architecture: DHCPClientArchitecture
     var deadline: ContinuousClock.Instant
@@ -140,12 +143,31 @@ struct SimulatedNode: Sendable {
         guard let imageURL = entry.argument("imagebuild.image") else {
             throw Failure(stage: .image, reason: "no imagebuild.image= on the kernel command line")
         }
+        // Stage 1 asks for its secrets right after its DHCP, from a privileged port (imagebuild-fetch -P).
+        var nodeFilesTime = 0.0
+        let secrets = settings.fetchNodeFiles ? entry.argument("imagebuild.secrets") : nil
+        if let secrets {
+            start = clock.now
+            let port = 600 + index % 400
+            let privileged = try SocketAddress(ipAddress: source?.ipAddress ?? "0.0.0.0", port: port)
+            try await download(secrets, stage: .overlay, source: privileged)
+            nodeFilesTime += seconds(clock.now - start)
+        }
         try checkDeadline(.image)
         start = clock.now
         let imageBytes = try await download(imageURL, stage: .image, source: source)
         result.durations[Stage.image.rawValue] = seconds(clock.now - start)
         try await report(.imageDownloaded, detail: "\(imageBytes) bytes", server: server, source: source, time: &eventTime)
         try await report(.imageVerified, detail: entry.argument("imagebuild.sha256") ?? "", server: server, source: source, time: &eventTime)
+        // Then the overlay archives, laid over the root with the secrets before switch_root.
+        let overlays = settings.fetchNodeFiles ? (entry.argument("imagebuild.overlay")?.split(separator: ",").map(String.init) ?? []) : []
+        if secrets != nil || !overlays.isEmpty {
+            start = clock.now
+            for url in overlays { try await download(url, stage: .overlay, source: source) }
+            nodeFilesTime += seconds(clock.now - start)
+            result.durations[Stage.overlay.rawValue] = nodeFilesTime
+            try await report(.overlay, detail: "\(overlays.count) archives", server: server, source: source, time: &eventTime)
+        }
         try await report(.switchRoot, detail: "/sbin/init", server: server, source: source, time: &eventTime)
         try await report(.up, detail: "storm node \(index)", server: server, source: source, time: &eventTime)
         if settings.postEvents, server != nil { result.durations[Stage.events.rawValue] = eventTime }

@@ -97,6 +97,9 @@ struct StormCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Bind TFTP and HTTP sockets to the node's leased address.")
     var bindLeased = true
 
+    @Flag(inversion: .prefixedNo, help: "Fetch each node's secrets (from a port below 1024) and overlay archives when its command line names them, as stage 1 does.")
+    var nodeFiles = true
+
     func validate() throws {
         guard nodes > 0, concurrency > 0 else { throw ValidationError("--nodes and --concurrency must be positive") }
         guard rate >= 0, timeLimit > 0 else { throw ValidationError("--rate must be >= 0 and --time-limit > 0") }
@@ -128,7 +131,7 @@ struct StormCommand: AsyncParsableCommand {
             group: group, reactor: reactor, dhcp: dhcp, dhcpTimeouts: parsedDHCPTimeouts,
             tftpTimeout: .nanoseconds(Int64(tftpTimeout * 1e9)), tftpRetries: tftpRetries,
             httpTimeout: .nanoseconds(Int64(httpTimeout * 1e9)), romBlockSize: romBlksize,
-            pxelinuxBlockSize: pxelinuxBlksize, postEvents: events, bindLeasedAddress: bindLeased,
+            pxelinuxBlockSize: pxelinuxBlksize, postEvents: events, fetchNodeFiles: nodeFiles, bindLeasedAddress: bindLeased,
             architecture: DHCPClientArchitecture(arch), deadline: begin + .milliseconds(Int64(timeLimit * 1000)))
         let base = MACAddress(firstMac)!
         let total = nodes

@@ -117,6 +117,15 @@ final class LabVM {
 
     func wait(for pattern: String, timeout: Double) -> Bool { runs.last!.wait(for: pattern, timeout: timeout) }
 
+    /// The serial console of the current run only.
+    var currentLog: String { runs.last!.log }
+
+    /// Power-cycles the machine: the current run is stopped and a new one boots (a node's next boot).
+    func powerCycle() throws {
+        runs.last!.stop()
+        runs.append(try lab.launchQEMU(name: "\(name)-boot\(runs.count + 1)", mac: mac, firmware: firmware, memory: memory))
+    }
+
     /// Starts the machine again if its last run ended in lpxelinux's reset, at most `limit` times in all.
     /// True when it did.
     func restartAfterBootloaderGaveUp(limit: Int = 2) throws -> Bool {
