@@ -15,6 +15,8 @@
 static inline int ib_rename_exchange(const char *from, const char *to) {
     return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 2 /* RENAME_EXCHANGE */);
 }
+/* syncfs likewise (publish flushes a whole generation with one call). */
+static inline int ib_syncfs(int fd) { return (int)syscall(SYS_syncfs, fd); }
 static inline dev_t ib_makedev(unsigned int major, unsigned int minor) { return makedev(major, minor); }
 
 /* libarchive's status codes and file-type bits are macros; Swift cannot see

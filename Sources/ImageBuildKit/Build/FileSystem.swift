@@ -27,6 +27,15 @@ public enum SafeFileSystem {
         if fd >= 0 { fsync(fd); close(fd) }
     }
 
+    /// Flushes the whole file system holding `path` (syncfs(2)), and waits for it: one call where a
+    /// generation of 10,000 nodes would need 40,000 fsyncs, each a journal commit of its own.
+    public static func syncFileSystem(containing path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw RootfsError.system(operation: "open", path: path, errno: errno) }
+        defer { close(fd) }
+        if ib_syncfs(fd) != 0 { throw RootfsError.system(operation: "syncfs", path: path, errno: errno) }
+    }
+
     public static func fsyncFile(_ path: String) throws {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw RootfsError.system(operation: "open", path: path, errno: errno) }

@@ -261,28 +261,24 @@ public struct Publisher {
     func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage], overlays: OverlayPlan) throws -> PublishIndex {
         let fm = FileManager.default
         for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
-        var written: [String] = []
         func write(_ relative: String, _ text: String) throws {
             try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/" + relative))
-            written.append(relative)
         }
         for loader in Self.bootloaders {
             guard fm.fileExists(atPath: loader.source) else { throw PublishError.missingBootloader(file: loader.source, package: loader.package) }
             try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
-            written.append(loader.target)
         }
         let (files, index) = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes).files(generation: number)
         for file in files { try write(file.path, file.text) }
         for archive in overlays.archives.values.sorted(by: { $0.path < $1.path }) {
             try Data(archive.bytes).write(to: URL(fileURLWithPath: dir + "/" + archive.path))
-            written.append(archive.path)
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try write("publish.json", String(decoding: try encoder.encode(index), as: UTF8.self) + "\n")
         checkpoint("generation-files")
-        for file in written { try SafeFileSystem.fsyncFile(dir + "/" + file) }
-        for sub in ["pxelinux.cfg", "ipxe/nodes", "ipxe", "boot", OverlayPlan.folder, ""] { SafeFileSystem.fsyncDirectory(dir + "/" + sub) }
+        // Every file and folder of the generation on disk before the switch can point at it.
+        try SafeFileSystem.syncFileSystem(containing: dir)
         return index
     }
 
