@@ -45,7 +45,7 @@ public final class BootServices: Sendable {
             nodesNamed = merged.nodes != nil
             listen = merged.listen ?? "0.0.0.0"
             interface = merged.interface
-            stateDirectory = merged.stateDirectory ?? "/var/lib/imagebuild"
+            stateDirectory = merged.resolvedStateDirectory
             pollInterval = merged.inventoryPollInterval ?? 0.5
             logFormat = merged.logFormat ?? "text"
             logLevel = merged.logLevel ?? .info
@@ -64,7 +64,7 @@ public final class BootServices: Sendable {
 
         /// The command line's settings over `server.yaml`'s (when given), defaults applied.
         public static func load(flags: ServerConfigFile, configPath: String?) throws -> Settings {
-            try Settings(configPath.map { flags.overriding(try ServerConfigFile.load(path: $0)) } ?? flags)
+            try Settings(ServerConfigFile.merged(flags: flags, configPath: configPath))
         }
 
         /// DHCP's settings before the file's policy knobs: a knob removed from the file on reload falls back to these.
