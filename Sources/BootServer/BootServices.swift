@@ -67,6 +67,9 @@ public final class BootServices: Sendable {
             try Settings(ServerConfigFile.merged(flags: flags, configPath: configPath))
         }
 
+        /// Node SSH host keys (`HostKeyStore`): where `imagebuild nodes known-hosts` finds them too.
+        public var hostKeyDirectory: String { HostKeyStore.directory(inStateDirectory: stateDirectory) }
+
         /// DHCP's settings before the file's policy knobs: a knob removed from the file on reload falls back to these.
         var dhcpBaseline: DHCPServerConfiguration {
             var c = DHCPServerConfiguration(stateDirectory: stateDirectory + "/dhcp", mode: proxyDHCP ? .proxy : .authoritative,

@@ -61,7 +61,8 @@ struct ServerConfigFileTests {
         #expect(fromFlag.resolvedStateDirectory == "/srv/state")
         let settings = try BootServices.Settings.load(flags: flags, configPath: folder + "/server.yaml")
         #expect(settings.stateDirectory == "/srv/state")
-        #expect(try BootServices.Settings.load(flags: ServerConfigFile(), configPath: nil).stateDirectory == "/var/lib/imagebuild")
+        #expect(settings.hostKeyDirectory == "/srv/state/host-keys")
+        #expect(try BootServices.Settings.load(flags: ServerConfigFile(), configPath: nil).hostKeyDirectory == "/var/lib/imagebuild/host-keys")
     }
 
     @Test("contrib/server.yaml, the commented example of every key, loads")
