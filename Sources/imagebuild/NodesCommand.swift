@@ -238,23 +238,26 @@ extension NodesCommand {
             commandName: "known-hosts",
             abstract: "Print an ssh_known_hosts for every node, generating the host keys nodes lack.",
             discussion: """
-                Nodes boot from RAM, so the boot server keeps their SSH host keys and hands them to
-                each node at every boot: a node keeps its keys across reboots and NIC changes, and
-                users' known_hosts stay valid. This prints one line per key of every node in the
-                inventory, to install as /etc/ssh/ssh_known_hosts where users ssh from:
+                Nodes boot from RAM, so the boot server keeps their SSH host keys and hands
+                them to each node at every boot: a node keeps its keys across reboots and NIC
+                changes, and users' known_hosts stay valid. This prints one line per key of
+                every node in the inventory, to install as /etc/ssh/ssh_known_hosts where
+                users ssh from:
                   node001,node001.cluster.local,10.77.0.11 ssh-ed25519 AAAA...
-                (the second name when network.domain is set, the address when the node has a fixed
-                ip). Nodes whose ssh_host_keys is none are left out.
+                (the second name when network.domain is set, the address when the node has a
+                fixed ip). Nodes whose ssh_host_keys is none are left out.
 
-                The keys live in STATE_DIR/host-keys/<hostname>/, with STATE_DIR found as 'imagebuild
-                serve' finds it: --state-dir, else state_dir in --config, else /var/lib/imagebuild.
-                Nodes without keys get them first, once (stderr says how many): run this after adding
-                nodes, so they do not wait for RSA keys at their first boot. Run it as the user the
-                server runs as, or as root: keys made by root are given to the owner of host-keys/.
+                The keys live in STATE_DIR/host-keys/<hostname>/, with STATE_DIR found as
+                'imagebuild serve' finds it: --state-dir, else state_dir in --config, else
+                /var/lib/imagebuild. Nodes without keys get them first, once (stderr says how
+                many): run this after adding nodes, so they do not wait for RSA keys at their
+                first boot. Run it as the user the server runs as, or as root: keys made by
+                root are given to the owner of host-keys/.
 
-                With --ca CA.pub it prints '@cert-authority NAMES CA' for each node instead (or one
-                line for --ca-hosts): ssh then trusts any host certificate that CA signed for those
-                names, and a node whose keys are replaced needs no new line. No keys are generated.
+                With --ca CA.pub it prints '@cert-authority NAMES CA' for each node instead
+                (or one line for --ca-hosts): ssh then trusts any host certificate that CA
+                signed for those names, and a node whose keys are replaced needs no new line.
+                No keys are generated.
                 """)
 
         @Option(help: "The node inventory (default: 'nodes' in --config, else nodes.yaml).")
