@@ -45,7 +45,7 @@ public final class BootServices: Sendable {
             nodesNamed = merged.nodes != nil
             listen = merged.listen ?? "0.0.0.0"
             interface = merged.interface
-            stateDirectory = merged.stateDirectory ?? "/var/lib/imagebuild"
+            stateDirectory = merged.resolvedStateDirectory
             pollInterval = merged.inventoryPollInterval ?? 0.5
             logFormat = merged.logFormat ?? "text"
             logLevel = merged.logLevel ?? .info
@@ -64,8 +64,11 @@ public final class BootServices: Sendable {
 
         /// The command line's settings over `server.yaml`'s (when given), defaults applied.
         public static func load(flags: ServerConfigFile, configPath: String?) throws -> Settings {
-            try Settings(configPath.map { flags.overriding(try ServerConfigFile.load(path: $0)) } ?? flags)
+            try Settings(ServerConfigFile.merged(flags: flags, configPath: configPath))
         }
+
+        /// Node SSH host keys (`HostKeyStore`): where `imagebuild nodes known-hosts` finds them too.
+        public var hostKeyDirectory: String { HostKeyStore.directory(inStateDirectory: stateDirectory) }
 
         /// DHCP's settings before the file's policy knobs: a knob removed from the file on reload falls back to these.
         var dhcpBaseline: DHCPServerConfiguration {
@@ -89,6 +92,8 @@ public final class BootServices: Sendable {
     public let httpAddress: SocketAddress?
     /// The services switched on (TFTP, DHCP, HTTP), bound, and their addresses.
     private let services: [(service: any BootService, addresses: [SocketAddress])]
+    /// Each node's SSH host keys, made once and kept in the state directory.
+    private let hostKeys: HostKeyStore
     private let reloader: ConfigReloader
     private let logger: Logger
     /// SIGHUPs and `requestReload()` calls, consumed one at a time by the reload service.
@@ -129,6 +134,7 @@ public final class BootServices: Sendable {
             throw StartupError("\(error)")
         }
         self.inventory = inventory
+        hostKeys = HostKeyStore(directory: settings.hostKeyDirectory)
         let timeline: BootTimeline
         do {
             timeline = try BootTimeline(configuration: .init(stateDirectory: settings.stateDirectory + "/timeline"),
@@ -170,9 +176,20 @@ public final class BootServices: Sendable {
             if let window = settings.source.http.secretWindow { configuration.secretWindow = window }
             if let count = settings.source.http.secretsPerBoot { configuration.secretsPerBoot = count }
             let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
+            let keys = hostKeys
+            // A node's host keys as files of its secrets, with certificates when nodes.yaml names a CA.
+            let hostKeyFiles: SecretDelivery.HostKeyFiles = { identity in
+                let set = try keys.keys(for: identity.node.hostname)
+                var files = set.files
+                if let ca = identity.hostCA {
+                    let principals = KnownHosts.names(of: identity.node, domain: inventory.current.inventory.network.domain)
+                    files += try keys.certify(set, principals: principals, ca: ca)
+                }
+                return files.map(NodeTemplates.Rendered.init)
+            }
             let service = HTTPService(configuration: configuration, timeline: timeline,
                                       inventory: { inventory.current.inventory }, inventoryGeneration: { inventory.current.generation },
-                                      leases: dhcp?.leaseIndex,
+                                      leases: dhcp?.leaseIndex, hostKeyFiles: hostKeyFiles,
                                       reportTokens: tokens, inventoryRejection: { inventory.lastError },
                                       logger: Logger(label: "imagebuild.http"))
             listeners.append(Listener(service: service, port: port, flag: "--http-port"))
@@ -222,6 +239,29 @@ public final class BootServices: Sendable {
         var services: [any Service] = [timeline]
         if let inventory { services.append(inventory) }
         services += self.services.map(\.service)
+        if let inventory, http != nil {
+            // Host keys the nodes lack are made in the background, at start and after each change of
+            // nodes.yaml, one at a time (an RSA key is most of a CPU-second): a node booting before its
+            // turn gets its keys made when it asks.
+            var keys = hostKeys
+            keys.niceness = 19
+            let logger = self.logger
+            services.append(ServerService(name: "host-keys") { [keys] in
+                func ensure(_ inventory: Inventory) async {
+                    let without = KnownHosts.hostnamesWithoutKeys(in: inventory)
+                    let hostnames = inventory.nodes.map(\.hostname).filter { !without.contains($0) }
+                    do {
+                        let made = try await keys.ensureKeys(for: hostnames, concurrency: 1)
+                        if made > 0 { logger.info("made SSH host keys for \(made) node(s)", metadata: ["directory": "\(keys.directory)"]) }
+                    } catch {
+                        logger.error("SSH host keys: \(error)")
+                    }
+                }
+                let updates = inventory.updates()
+                await ensure(inventory.current.inventory)
+                for await snapshot in updates { await ensure(snapshot.inventory) }
+            })
+        }
         let reloads = self.reloads
         services.append(ServerService(name: "reload") { [self] in
             for await _ in reloads { await reload() }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BootServer
 import Foundation
 import ImageBuildKit
 
@@ -6,7 +7,7 @@ struct NodesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodes",
         abstract: "Questions about nodes and what they boot.",
-        subcommands: [Check.self, Explain.self])
+        subcommands: [Check.self, Explain.self, KnownHostsCommand.self])
 
     struct Explain: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -305,6 +306,125 @@ extension NodesCommand {
             for line in drift.removed { out += "  removed  \(line)\n" }
             for line in drift.changed { out += "  changed  \(line)\n" }
             return out
+        }
+    }
+}
+
+extension NodesCommand {
+    struct KnownHostsCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "known-hosts",
+            abstract: "Print an ssh_known_hosts for every node, generating the host keys nodes lack.",
+            discussion: """
+                Nodes boot from RAM, so the boot server keeps their SSH host keys and hands
+                them to each node at every boot: a node keeps its keys across reboots and NIC
+                changes, and users' known_hosts stay valid. This prints one line per key of
+                every node in the inventory, to install as /etc/ssh/ssh_known_hosts where
+                users ssh from:
+                  node001,node001.cluster.local,10.77.0.11 ssh-ed25519 AAAA...
+                (the second name when network.domain is set, the address when the node has a
+                fixed ip). Nodes whose ssh_host_keys is none are left out.
+
+                The keys live in STATE_DIR/host-keys/<hostname>/, with STATE_DIR found as
+                'imagebuild serve' finds it: --state-dir, else state_dir in --config, else
+                /var/lib/imagebuild. Nodes without keys get them first, once (stderr says how
+                many): run this after adding nodes, so they do not wait for RSA keys at their
+                first boot. Run it as the user the server runs as, or as root: keys made by
+                root are given to the owner of host-keys/.
+
+                With --ca CA.pub it prints '@cert-authority NAMES CA' for each node instead
+                (or one line for --ca-hosts): ssh then trusts any host certificate that CA
+                signed for those names, and a node whose keys are replaced needs no new line.
+                No keys are generated.
+                """)
+
+        @Option(help: "The node inventory (default: 'nodes' in --config, else nodes.yaml).")
+        var nodes: String?
+
+        @Option(help: "imagebuild serve's settings file (server.yaml): its state_dir and nodes are used.")
+        var config: String?
+
+        @Option(help: "The server's state directory, where host keys are kept (default: state_dir in --config, else /var/lib/imagebuild).")
+        var stateDir: String?
+
+        @Option(help: "A host CA's public key file: print @cert-authority lines instead of the nodes' keys.")
+        var ca: String?
+
+        @Option(help: "With --ca: one @cert-authority line for these comma-separated host patterns (e.g. '*.cluster.local') instead of one per node.")
+        var caHosts: String?
+
+        @Option(help: "ssh-keygen runs at a time while generating keys (default: the number of CPUs).")
+        var jobs: Int?
+
+        func validate() throws {
+            if let caHosts {
+                if ca == nil { throw ValidationError("--ca-hosts needs --ca") }
+                if caHosts.isEmpty || caHosts.contains(where: \.isWhitespace) { throw ValidationError("--ca-hosts takes patterns separated by commas, without spaces") }
+            }
+            if let jobs, jobs < 1 { throw ValidationError("--jobs must be at least 1") }
+        }
+
+        func run() throws {
+            var flags = ServerConfigFile()
+            flags.nodes = nodes
+            flags.stateDirectory = stateDir
+            let settings: ServerConfigFile, inventory: Inventory
+            do {
+                settings = try ServerConfigFile.merged(flags: flags, configPath: config)
+                inventory = try InventoryLoader.load(path: settings.nodes ?? "nodes.yaml")
+            } catch {
+                fail(error)
+            }
+            let skipped = KnownHosts.hostnamesWithoutKeys(in: inventory)
+            let nodes = KnownHosts.nodes(of: inventory, skipping: skipped)
+            let domain = inventory.network.domain
+            var out = "# ssh_known_hosts for the nodes of \(inventory.file) (imagebuild nodes known-hosts)\n"
+            if skipped.count > 0 {
+                FileHandle.standardError.write(Data("left out \(inventory.nodes.count - nodes.count) nodes with ssh_host_keys: none\n".utf8))
+            }
+            if let ca {
+                let caLine = Self.readCAPublicKey(ca)
+                if let caHosts {
+                    out += KnownHosts.certificateAuthorityLine(patterns: caHosts.split(separator: ",").map(String.init), caPublicKey: caLine) + "\n"
+                } else {
+                    for node in nodes {
+                        out += KnownHosts.certificateAuthorityLine(patterns: KnownHosts.names(of: node, domain: domain), caPublicKey: caLine) + "\n"
+                    }
+                }
+                print(out, terminator: "")
+                return
+            }
+            let store = HostKeyStore(directory: HostKeyStore.directory(inStateDirectory: settings.resolvedStateDirectory))
+            do {
+                let start = Date()
+                let generated = try store.ensureKeys(for: nodes.map(\.hostname),
+                                                     concurrency: jobs ?? ProcessInfo.processInfo.activeProcessorCount)
+                if generated > 0 {
+                    let seconds = String(format: "%.1f", Date().timeIntervalSince(start))
+                    FileHandle.standardError.write(Data("generated host keys for \(generated) node\(generated == 1 ? "" : "s") in \(store.directory) (\(seconds) s)\n".utf8))
+                }
+                for node in nodes {
+                    for line in KnownHosts.lines(names: KnownHosts.names(of: node, domain: domain), keys: try store.keys(for: node.hostname)) {
+                        out += line + "\n"
+                    }
+                }
+            } catch {
+                fail(error)
+            }
+            print(out, terminator: "")
+        }
+
+        /// The CA's public key line; its private key or a certificate given by mistake is refused.
+        static func readCAPublicKey(_ path: String) -> String {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                fail(ValidationError("cannot read the CA public key \(path)"))
+            }
+            if text.contains("PRIVATE KEY") { fail(ValidationError("\(path) is a private key: --ca wants the CA's public key (the .pub file)")) }
+            let line = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.first { !$0.isEmpty && !$0.hasPrefix("#") } ?? ""
+            guard HostKey.fingerprint(ofPublicKey: line) != nil, !line.split(separator: " ")[0].hasSuffix("-cert-v01@openssh.com") else {
+                fail(ValidationError("\(path) is not an SSH public key"))
+            }
+            return line
         }
     }
 }

@@ -60,7 +60,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "proxyDHCP: answer only the PXE part (ports 67 and 4011) next to an existing DHCP server.")
     var proxyDhcp = false
 
-    @Option(help: "Where leases and the boot timeline are kept (default: /var/lib/imagebuild).")
+    @Option(help: "Where leases, the boot timeline and node host keys are kept (default: /var/lib/imagebuild).")
     var stateDir: String?
 
     @Option(help: "Seconds between checks of the inventory file for changes; 0: reload on SIGHUP only (default: 0.5).")

@@ -93,7 +93,7 @@ public final class HTTPService: BootService, Sendable {
     private let inventoryRejection: @Sendable () -> String?
     let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
-    private let threadPool: NIOThreadPool
+    let threadPool: NIOThreadPool
     private let metrics: HTTPMetrics
     private let state = Mutex<ListenerState>(.idle)
 
@@ -329,7 +329,7 @@ public final class HTTPService: BootService, Sendable {
                                        perBoot: configuration.secretsPerBoot),
             hostKeyFiles: hostKeyFiles, metrics: metrics)
         router.get(RouterPath(BootPlan.secretsPrefix + ":mac")) { [self] request, context in
-            try self.secrets(request, context: context, delivery: delivery)
+            try await self.secrets(request, context: context, delivery: delivery)
         }
         let intake = eventIntake
         router.post(RouterPath(Self.eventsPath)) { [self] request, context in

@@ -48,7 +48,7 @@ public final class SecretDelivery: Sendable {
 
 extension HTTPService {
     /// `GET /boot/v1/secrets/<mac>`: the node's secrets, to the node itself only (`SecretAdmission`).
-    func secrets(_ request: Request, context: BootRequestContext, delivery: SecretDelivery) throws -> Response {
+    func secrets(_ request: Request, context: BootRequestContext, delivery: SecretDelivery) async throws -> Response {
         let text = context.parameters.get("mac") ?? ""
         let remote = context.remoteAddress?.ipv4Address
         let port = context.remoteAddress?.port
@@ -87,7 +87,10 @@ extension HTTPService {
             return refuse(refusal, mac: mac)
         }
         let bytes: [UInt8]
-        do { bytes = try delivery.archive(for: identity!, inventory: inventory!, generation: inventoryGeneration()) } catch {
+        let generation = inventoryGeneration()
+        // On the thread pool: a node's first host keys take ssh-keygen a second, which must not hold
+        // one of the few threads requests run on.
+        do { bytes = try await threadPool.runIfActive { try delivery.archive(for: identity!, inventory: inventory!, generation: generation) } } catch {
             // The reason names files and nodes, never a secret's content.
             logger.error("secrets for \(mac) could not be made: \(error)")
             throw HTTPError(.internalServerError, message: "the node's secrets could not be made; see the server log")

@@ -71,6 +71,21 @@ public struct ServerConfigFile: Sendable, Equatable {
 
     public init() {}
 
+    /// Where the server keeps leases, the boot timeline and node host keys when neither `--state-dir`
+    /// nor `state_dir` says.
+    public static let defaultStateDirectory = "/var/lib/imagebuild"
+
+    /// `state_dir` with the default applied: the one rule `serve` and `nodes known-hosts` share, so
+    /// both find the same host keys.
+    public var resolvedStateDirectory: String { stateDirectory ?? Self.defaultStateDirectory }
+
+    /// The command line's settings over `server.yaml`'s when a file is given: the merge `serve` and
+    /// the commands that read the server's state share.
+    public static func merged(flags: ServerConfigFile, configPath: String?) throws -> ServerConfigFile {
+        guard let configPath else { return flags }
+        return flags.overriding(try load(path: configPath))
+    }
+
     /// Keys that a running server applies on SIGHUP; every other key needs a restart (it rebinds a
     /// socket, moves state, or changes what the process is).
     public static let reloadableKeys: Set<String> = [

@@ -59,6 +59,20 @@ public final class NodeTemplates {
         public var bytes: [UInt8]
         /// The same bytes for every node (rendered once, or not a template and not per node).
         public var shared: Bool
+
+        public init(file: NodeFile, bytes: [UInt8], shared: Bool) {
+            self.file = file
+            self.bytes = bytes
+            self.shared = shared
+        }
+
+        /// A host-key file (key, public key, certificate, sshd drop-in) as a file of the node's secrets.
+        public init(_ hostKey: HostKeyFile) {
+            let file = NodeFile(path: "/" + hostKey.path, content: .inline("", firstLine: 0), mode: hostKey.mode,
+                                owner: FileOwner(hostKey.owner) ?? .root, secret: true, template: false,
+                                location: ConfigLocation(file: "host keys", line: 0, column: 0))
+            self.init(file: file, bytes: hostKey.bytes, shared: false)
+        }
     }
 
     /// Renders `file` for `identity`'s node. `read` reads a `source:` (the server passes one that

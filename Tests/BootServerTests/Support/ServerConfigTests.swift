@@ -46,6 +46,25 @@ struct ServerConfigFileTests {
         #expect(ten.applyDHCP(to: DHCPServerConfiguration(stateDirectory: "/x")).pxelinuxRebootTime == 10)
     }
 
+    @Test("the state directory: --state-dir over state_dir over the default, the same for serve and nodes known-hosts")
+    func stateDirectory() throws {
+        let folder = NSTemporaryDirectory() + "ib-state-rule-\(getpid())"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "state_dir: state\n".write(toFile: folder + "/server.yaml", atomically: true, encoding: .utf8)
+        var flags = ServerConfigFile()
+        #expect(try ServerConfigFile.merged(flags: flags, configPath: nil).resolvedStateDirectory == "/var/lib/imagebuild")
+        let fromFile = try ServerConfigFile.merged(flags: flags, configPath: folder + "/server.yaml")
+        #expect(fromFile.resolvedStateDirectory == URL(fileURLWithPath: folder + "/state").standardizedFileURL.path)
+        flags.stateDirectory = "/srv/state"
+        let fromFlag = try ServerConfigFile.merged(flags: flags, configPath: folder + "/server.yaml")
+        #expect(fromFlag.resolvedStateDirectory == "/srv/state")
+        let settings = try BootServices.Settings.load(flags: flags, configPath: folder + "/server.yaml")
+        #expect(settings.stateDirectory == "/srv/state")
+        #expect(settings.hostKeyDirectory == "/srv/state/host-keys")
+        #expect(try BootServices.Settings.load(flags: ServerConfigFile(), configPath: nil).hostKeyDirectory == "/var/lib/imagebuild/host-keys")
+    }
+
     @Test("contrib/server.yaml, the commented example of every key, loads")
     func contribExample() throws {
         let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
