@@ -83,6 +83,14 @@ public struct NodeIdentity: Sendable, Equatable {
     public var hostCA: String?
     /// The image the node boots (nil: none resolves).
     public var image: String?
+    /// `cloud_init:`, each sub-key from the nearest level that sets it.
+    public var cloudInit = CloudInit()
+
+    public struct CloudInit: Sendable, Equatable {
+        public var enabled = false
+        public var userData: NodeFile?
+        public var vendorData: NodeFile?
+    }
 
     public var secretFiles: [File] { files.filter(\.file.secret) }
     public var publicFiles: [File] { files.filter { !$0.file.secret } }
@@ -128,6 +136,7 @@ extension Inventory {
         var interfaces: [String: InterfaceSettings] = [:], interfaceOrder: [String] = []
         var hostKeys = HostKeysMode.persistent
         var hostCA: String?
+        var cloudInit = NodeIdentity.CloudInit()
         for (level, settings) in identityLevels(of: node) {
             for (key, value) in settings.vars {
                 vars[key] = value
@@ -151,6 +160,10 @@ extension Inventory {
             }
             if let mode = settings.sshHostKeys { hostKeys = mode }
             if let ca = settings.sshHostCA { hostCA = ca }
+            let cloud = settings.cloudInit
+            if let enabled = cloud.enabled { cloudInit.enabled = enabled }
+            if let userData = cloud.userData { cloudInit.userData = userData }
+            if let vendorData = cloud.vendorData { cloudInit.vendorData = vendorData }
         }
         var resolvedInterfaces: [NodeIdentity.Interface] = []
         for key in interfaceOrder {
@@ -164,6 +177,6 @@ extension Inventory {
         }
         return NodeIdentity(node: node, vars: vars, varLevels: varLevels,
                             files: files.values.sorted { $0.file.path < $1.file.path }, interfaces: resolvedInterfaces,
-                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image)
+                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image, cloudInit: cloudInit)
     }
 }

@@ -124,8 +124,10 @@ public struct BootPlan: Sendable {
         }
         var target = BootTarget(title: choice.title, image: image, resolution: choice.resolution)
         if case .node(let node) = choice.source {
+            let identity = try? inventory.identity(of: node)
             target.overlays = overlays[node.mac] ?? []
-            target.secretsPath = hasSecrets(node) ? Self.secretsPath(node.mac) : nil
+            target.secretsPath = identity?.hasSecrets == true ? Self.secretsPath(node.mac) : nil
+            target.cloudInitPath = identity?.cloudInit.enabled == true ? CloudInit.seedPath(node.mac) : nil
         }
         return .boot(target, why: choice.why)
     }
