@@ -237,6 +237,19 @@ import Yams
         #expect(!offPlan.renderer.kernelCommandLine(n1).contains("ds="), "off unless enabled")
     }
 
+    @Test func publishJSONRecordsTheSeedAndADriftNamesAChange() throws {
+        let images = ["minimal": sampleImage("minimal")]
+        let index = BootPlan(inventory: inventory, images: images).files(generation: 1).index
+        #expect(index.nodes.map(\.cloudInit) == ["/cloud-init/52-54-00-77-00-01/", nil, "/cloud-init/52-54-00-77-00-03/"])
+        #expect(InventoryDrift(inventory: inventory, published: index).changed.isEmpty)
+        // Turning it on or off changes the published command lines: nodes check says a publish is due.
+        let toggled = try InventoryLoader.parse(Self.inventoryText.replacingOccurrences(of: "cloud_init: {enabled: false}", with: "cloud_init: {enabled: true}")
+            .replacingOccurrences(of: "hostname: n3, cloud_init: {", with: "hostname: n3, cloud_init: {enabled: false, "), file: "nodes.yaml")
+        #expect(InventoryDrift(inventory: toggled, published: index).changed == [
+            "n2 (52:54:00:77:00:02): cloud-init off -> on", "n3 (52:54:00:77:00:03): cloud-init on -> off",
+        ])
+    }
+
     static let cloudInit = ProcessRunner.which("cloud-init")
 
     /// Debian's cloud-init reads the served network-config and renders it with its own renderers.

@@ -90,6 +90,18 @@ public struct NodeIdentity: Sendable, Equatable {
         public var enabled = false
         public var userData: NodeFile?
         public var vendorData: NodeFile?
+
+        /// Each key from the nearest of `levels` (nearest last) that sets it.
+        init(merging levels: [(IdentityLevel, IdentitySettings)]) {
+            for (_, settings) in levels {
+                let level = settings.cloudInit
+                if let enabled = level.enabled { self.enabled = enabled }
+                if let userData = level.userData { self.userData = userData }
+                if let vendorData = level.vendorData { self.vendorData = vendorData }
+            }
+        }
+
+        init() {}
     }
 
     public var secretFiles: [File] { files.filter(\.file.secret) }
@@ -99,6 +111,9 @@ public struct NodeIdentity: Sendable, Equatable {
 }
 
 extension Inventory {
+    /// Whether `node`'s command line names a cloud-init seed, without merging the rest of its identity.
+    public func cloudInitEnabled(_ node: Node) -> Bool { NodeIdentity.CloudInit(merging: identityLevels(of: node)).enabled }
+
     /// The levels that apply to `node`, nearest last.
     func identityLevels(of node: Node) -> [(IdentityLevel, IdentitySettings)] {
         var levels: [(IdentityLevel, IdentitySettings)] = [(.defaults, defaults.identity)]
@@ -136,8 +151,8 @@ extension Inventory {
         var interfaces: [String: InterfaceSettings] = [:], interfaceOrder: [String] = []
         var hostKeys = HostKeysMode.persistent
         var hostCA: String?
-        var cloudInit = NodeIdentity.CloudInit()
-        for (level, settings) in identityLevels(of: node) {
+        let levels = identityLevels(of: node)
+        for (level, settings) in levels {
             for (key, value) in settings.vars {
                 vars[key] = value
                 varLevels[key] = level
@@ -160,10 +175,6 @@ extension Inventory {
             }
             if let mode = settings.sshHostKeys { hostKeys = mode }
             if let ca = settings.sshHostCA { hostCA = ca }
-            let cloud = settings.cloudInit
-            if let enabled = cloud.enabled { cloudInit.enabled = enabled }
-            if let userData = cloud.userData { cloudInit.userData = userData }
-            if let vendorData = cloud.vendorData { cloudInit.vendorData = vendorData }
         }
         var resolvedInterfaces: [NodeIdentity.Interface] = []
         for key in interfaceOrder {
@@ -177,6 +188,7 @@ extension Inventory {
         }
         return NodeIdentity(node: node, vars: vars, varLevels: varLevels,
                             files: files.values.sorted { $0.file.path < $1.file.path }, interfaces: resolvedInterfaces,
-                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image, cloudInit: cloudInit)
+                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image,
+                            cloudInit: NodeIdentity.CloudInit(merging: levels))
     }
 }

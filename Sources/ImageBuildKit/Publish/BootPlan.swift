@@ -211,7 +211,8 @@ public struct BootPlan: Sendable {
             files.append((script, renderer.ipxeScript(target)))
             nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
                                image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script,
-                               overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath))
+                               overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath,
+                               cloudInit: target.cloudInitPath))
         }
         let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
         return (files, index)
