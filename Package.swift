@@ -117,7 +117,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         // Snapshots are read through #filePath too (re-recording writes into the source tree).
         .testTarget(name: "NetworkAddressesTests", dependencies: ["NetworkAddresses"]),
-        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit", "TestSupport"], exclude: ["Snapshots"]),
+        .testTarget(name: "ImageBuildKitTests", dependencies: ["ImageBuildKit", "TestSupport", "Yams"], exclude: ["Snapshots"]),
         // Fixtures are read through #filePath (so re-recording writes into the source tree).
         .testTarget(name: "BootProtocolsTests", dependencies: ["BootProtocols", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(

@@ -249,6 +249,16 @@ extension NodesCommand {
             } catch {
                 fail(error)
             }
+            // The files and cloud-init data the inventory names, as publish checks them.
+            if let inventory {
+                do {
+                    try NodeFileChecks.check(inventory, root: root)
+                } catch let error as ConfigErrors {
+                    problems += error.errors
+                } catch let error as ConfigError {
+                    problems.append(error)
+                }
+            }
             let index = try? PublishIndex.read(root: root)
             if let inventory {
                 // Node files: sources, secrets' modes, templates (every node rendered, as publish does).

@@ -44,6 +44,18 @@ extension EndToEnd {
             let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
             #expect(object?["ok"] as? Bool == false)
             #expect((object?["errors"] as? [[String: Any]])?.count == 4)
+            // Templates are rendered as publish renders them: a cloud-init user-data typo, located.
+            let cloud = dir + "/cloud.yaml"
+            try """
+                network: {server: 10.77.0.1, subnet: 10.77.0.0/24}
+                defaults:
+                  image: minimal
+                  cloud_init: {enabled: true, user_data: "#cloud-config\\nhostname: {{hostnme}}\\n"}
+                nodes:
+                  - {mac: "52:54:00:77:00:01", hostname: node001}
+                """.write(toFile: cloud, atomically: true, encoding: .utf8)
+            let typo = try Harness.imagebuild(["nodes", "check", cloud])
+            #expect(typo.status == 1 && typo.stdout.contains(cloud + ":4:42: user-data for node node001: unknown variable 'hostnme'"), "\(typo.stdout)")
             let validate = try Harness.imagebuild(["validate", broken])
             #expect(validate.status == 1)
             #expect(validate.stderr.contains("imagebuild nodes check \(broken)"))

@@ -9,7 +9,7 @@ import Prometheus
 final class HTTPMetrics: Sendable {
     /// Route groups: a bounded label set, never the raw path.
     enum Route: String, CaseIterable, Sendable {
-        case files, bootscript, secrets, events, nodes, inventory, metrics, status, other
+        case files, bootscript, secrets, cloudInit = "cloud-init", events, nodes, inventory, metrics, status, other
     }
 
     let registry: PrometheusCollectorRegistry
@@ -139,6 +139,7 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
     static func route(_ path: String, status: Int) -> HTTPMetrics.Route {
         if path.hasPrefix(BootPlan.bootScriptPath) { return .bootscript }
         if path.hasPrefix(BootPlan.secretsPrefix) { return .secrets }
+        if path.hasPrefix(CloudInit.prefix) { return .cloudInit }
         if path.hasPrefix("/api/v1/events") { return .events }
         if path.hasPrefix("/api/v1/nodes") { return .nodes }
         if path == "/api/v1/inventory" { return .inventory }

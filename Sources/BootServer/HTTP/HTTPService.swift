@@ -331,6 +331,10 @@ public final class HTTPService: BootService, Sendable {
         router.get(RouterPath(BootPlan.secretsPrefix + ":mac")) { [self] request, context in
             try await self.secrets(request, context: context, delivery: delivery)
         }
+        let cloudInit = CloudInitDelivery(address: NodeAddressRule(addressesOf: reportAdmission().addressesOf))
+        router.get(RouterPath(CloudInit.prefix + ":mac/:document")) { [self] request, context in
+            try self.cloudInit(request, context: context, delivery: cloudInit)
+        }
         let intake = eventIntake
         router.post(RouterPath(Self.eventsPath)) { [self] request, context in
             try await self.postEvent(request, context: context, intake: intake)

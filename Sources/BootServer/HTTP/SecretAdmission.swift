@@ -10,7 +10,8 @@ import Synchronization
 /// that machine started booting. A request is served only when all of these hold, checked in this
 /// order (the first that fails is the refusal's reason):
 /// 1. the MAC is a node of the inventory that has secrets;
-/// 2. the request comes from the address the inventory (`ip:`) or a live lease gives that MAC;
+/// 2. the request comes from the address the inventory (`ip:`) or a live lease gives that MAC
+///    (`NodeAddressRule`, which cloud-init data follows too);
 /// 3. from a privileged source port (< 1024): only root on that machine can open one, so a user
 ///    logged in on a running node cannot ask for it;
 /// 4. inside the node's boot window: from the last DHCP ACK (or first boot file) of its current boot
@@ -50,10 +51,8 @@ struct SecretAdmission: Sendable {
                 state: NodeBootState?, delivered: Int, smbios: SMBIOSHeaders, now: Date) -> Refusal? {
         guard let node else { return Refusal(reason: .notANode, message: "\(mac) is not a node in nodes.yaml") }
         guard hasSecrets else { return Refusal(reason: .noSecrets, message: "\(node.hostname) has no secret files and no persistent host keys") }
-        let expected = addressesOf(mac)
-        guard let remote, expected.contains(remote) else {
-            let known = expected.isEmpty ? "it has no fixed address and no live lease" : "its address is \(expected.map(\.description).joined(separator: " or "))"
-            return Refusal(reason: .address, message: "not from the node's address: \(remote.map(\.description) ?? "?") asked for \(node.hostname) (\(known))")
+        if let message = NodeAddressRule(addressesOf: addressesOf).refusal(node, remote: remote) {
+            return Refusal(reason: .address, message: message)
         }
         guard let port, port > 0, port < 1024 else {
             return Refusal(reason: .port, message: "unprivileged source port \(port.map(String.init) ?? "?"): only root on the node may ask (a port below 1024)")
@@ -79,6 +78,20 @@ struct SecretAdmission: Sendable {
             return Refusal(reason: .smbios, message: "SMBIOS mismatch: the asset tag is not the inventory's")
         }
         return nil
+    }
+}
+
+/// A node's own data (its secrets, its cloud-init data) goes only to an address the server ties to the
+/// node's MAC: its fixed address in the inventory, or the one it holds a live lease on from this server.
+struct NodeAddressRule: Sendable {
+    var addressesOf: @Sendable (MACAddress) -> [IPv4Address]
+
+    /// nil when `remote` is one of `node`'s addresses, else the refusal's text.
+    func refusal(_ node: Inventory.Node, remote: IPv4Address?) -> String? {
+        let expected = addressesOf(node.mac)
+        if let remote, expected.contains(remote) { return nil }
+        let known = expected.isEmpty ? "it has no fixed address and no live lease" : "its address is \(expected.map(\.description).joined(separator: " or "))"
+        return "not from the node's address: \(remote.map(\.description) ?? "?") asked for \(node.hostname) (\(known))"
     }
 }
 

@@ -18,9 +18,7 @@ public final class SecretDelivery: Sendable {
     let admission: SecretAdmission
     let ledger = SecretLedger()
     let hostKeyFiles: HostKeyFiles?
-    /// Templates of the inventory in force, rebuilt when its generation changes (building them walks
-    /// every node, which a request in a boot storm must not repeat).
-    private let templates = Mutex<(generation: Int, templates: NodeTemplates)?>(nil)
+    let templates = TemplateCache()
     let refusals: [SecretAdmission.Reason: Counter]
     let delivered: Counter
 
@@ -35,14 +33,27 @@ public final class SecretDelivery: Sendable {
 
     /// The archive for `identity`'s node.
     func archive(for identity: NodeIdentity, inventory: Inventory, generation: Int) throws -> [UInt8] {
-        var files = try templates.withLock { cache -> [NodeTemplates.Rendered] in
-            if cache?.generation != generation || cache?.templates.inventory.nodes.count != inventory.nodes.count {
-                cache = (generation, NodeTemplates(inventory: inventory))
-            }
-            return try identity.secretFiles.map { try cache!.templates.render($0.file, for: identity) }
+        var files = try templates.with(inventory, generation: generation) { templates in
+            try identity.secretFiles.map { try templates.render($0.file, for: identity) }
         }
         if identity.hostKeys == .persistent, let hostKeyFiles { files += try hostKeyFiles(identity) }
         return try OverlayArchive.make(files, mtime: Publisher.overlayEpoch)
+    }
+}
+
+/// `NodeTemplates` of the inventory in force, rebuilt when its generation changes: building them walks
+/// every node, which a request in a boot storm must not repeat. Renders hold the lock (the templates
+/// cache what they render).
+final class TemplateCache: Sendable {
+    private let cache = Mutex<(generation: Int, templates: NodeTemplates)?>(nil)
+
+    func with<T: Sendable>(_ inventory: Inventory, generation: Int, _ body: (NodeTemplates) throws -> T) throws -> T {
+        try cache.withLock { cache -> T in
+            if cache?.generation != generation || cache?.templates.inventory.nodes.count != inventory.nodes.count {
+                cache = (generation, NodeTemplates(inventory: inventory))
+            }
+            return try body(cache!.templates)
+        }
     }
 }
 

@@ -4,7 +4,8 @@ import Yams
 /// What makes a node itself at boot, as `nodes.yaml` says it at one level (defaults, a group, a
 /// range or a node): template variables, files, extra interfaces and SSH host keys. Levels merge
 /// defaults < group < range < node (`NodeIdentity`), key by key for `vars`, path by path for
-/// `files`, interface by interface for `interfaces`; the nearest `ssh_host_keys`/`ssh_host_ca` wins.
+/// `files`, interface by interface for `interfaces`, sub-key by sub-key for `cloud_init`; the nearest
+/// `ssh_host_keys`/`ssh_host_ca` wins.
 public struct IdentitySettings: Sendable, Equatable {
     public var vars: [String: TemplateValue] = [:]
     public var files: [NodeFile] = []
@@ -13,12 +14,13 @@ public struct IdentitySettings: Sendable, Equatable {
     /// The site CA's private key that signs host certificates (a path, relative to nodes.yaml's folder).
     public var sshHostCA: String?
     public var sshHostCALocation: ConfigLocation?
+    public var cloudInit = CloudInitSettings()
 
     public init() {}
 
     public var isEmpty: Bool { self == IdentitySettings() }
 
-    public static let keys = ["vars", "files", "interfaces", "ssh_host_keys", "ssh_host_ca"]
+    public static let keys = ["vars", "files", "interfaces", "ssh_host_keys", "ssh_host_ca", "cloud_init"]
 }
 
 /// `ssh_host_keys:`: `persistent` (the default) keeps each node's host keys in the server's state
@@ -158,6 +160,9 @@ extension InventoryLoader {
             identity.sshHostCA = resolve(try caValue.string(), against: baseDirectory)
             identity.sshHostCALocation = caValue.location
         }
+        if let cloudInit = map["cloud_init"] {
+            identity.cloudInit = try parseCloudInit(cloudInit, baseDirectory: baseDirectory)
+        }
         return identity
     }
 
@@ -206,9 +211,7 @@ extension InventoryLoader {
             if secret {
                 throw inline.error("a secret cannot be inline", hint: "nodes.yaml is readable by anyone who can read the config; put the secret in a file only root can read and name it with 'source:'")
             }
-            var firstLine = inline.location.line
-            if case .scalar(let scalar) = inline.node, scalar.style == .literal || scalar.style == .folded { firstLine += 1 }
-            content = .inline(try inline.string(), firstLine: firstLine)
+            content = try inlineContent(inline)
         case (nil, let source?):
             let text = try source.string()
             guard !text.isEmpty else { throw source.error("empty source path") }
@@ -239,6 +242,13 @@ extension InventoryLoader {
         }
         return NodeFile(path: path, content: content, mode: mode, owner: owner, secret: secret,
                         template: try map.bool("template") ?? true, location: value.location)
+    }
+
+    /// `content:` text, with the nodes.yaml line its first line is on (a `|` block starts on the next).
+    static func inlineContent(_ value: YAMLValue) throws -> NodeFile.Content {
+        var firstLine = value.location.line
+        if case .scalar(let scalar) = value.node, scalar.style == .literal || scalar.style == .folded { firstLine += 1 }
+        return .inline(try value.string(), firstLine: firstLine)
     }
 
     static func parseInterface(_ value: YAMLValue) throws -> InterfaceSettings {

@@ -83,6 +83,26 @@ public struct NodeIdentity: Sendable, Equatable {
     public var hostCA: String?
     /// The image the node boots (nil: none resolves).
     public var image: String?
+    /// `cloud_init:`, each sub-key from the nearest level that sets it.
+    public var cloudInit = CloudInit()
+
+    public struct CloudInit: Sendable, Equatable {
+        public var enabled = false
+        public var userData: NodeFile?
+        public var vendorData: NodeFile?
+
+        /// Each key from the nearest of `levels` (nearest last) that sets it.
+        init(merging levels: [(IdentityLevel, IdentitySettings)]) {
+            for (_, settings) in levels {
+                let level = settings.cloudInit
+                if let enabled = level.enabled { self.enabled = enabled }
+                if let userData = level.userData { self.userData = userData }
+                if let vendorData = level.vendorData { self.vendorData = vendorData }
+            }
+        }
+
+        init() {}
+    }
 
     public var secretFiles: [File] { files.filter(\.file.secret) }
     public var publicFiles: [File] { files.filter { !$0.file.secret } }
@@ -91,6 +111,9 @@ public struct NodeIdentity: Sendable, Equatable {
 }
 
 extension Inventory {
+    /// Whether `node`'s command line names a cloud-init seed, without merging the rest of its identity.
+    public func cloudInitEnabled(_ node: Node) -> Bool { NodeIdentity.CloudInit(merging: identityLevels(of: node)).enabled }
+
     /// The levels that apply to `node`, nearest last.
     func identityLevels(of node: Node) -> [(IdentityLevel, IdentitySettings)] {
         var levels: [(IdentityLevel, IdentitySettings)] = [(.defaults, defaults.identity)]
@@ -128,7 +151,8 @@ extension Inventory {
         var interfaces: [String: InterfaceSettings] = [:], interfaceOrder: [String] = []
         var hostKeys = HostKeysMode.persistent
         var hostCA: String?
-        for (level, settings) in identityLevels(of: node) {
+        let levels = identityLevels(of: node)
+        for (level, settings) in levels {
             for (key, value) in settings.vars {
                 vars[key] = value
                 varLevels[key] = level
@@ -164,6 +188,7 @@ extension Inventory {
         }
         return NodeIdentity(node: node, vars: vars, varLevels: varLevels,
                             files: files.values.sorted { $0.file.path < $1.file.path }, interfaces: resolvedInterfaces,
-                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image)
+                            hostKeys: hostKeys, hostCA: hostCA, image: resolved(node).image,
+                            cloudInit: NodeIdentity.CloudInit(merging: levels))
     }
 }

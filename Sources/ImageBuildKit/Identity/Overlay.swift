@@ -137,8 +137,9 @@ public struct OverlayPlan: Sendable {
 
 /// Checks every file the inventory names once (not once per node): sources exist, templates parse,
 /// and secrets live where only root can read them and outside the boot root (which is served to
-/// anyone on the boot network). Publish and `nodes check` run it; a secret's bytes are read by the
-/// server when its node asks, so a rotated key needs no publish.
+/// anyone on the boot network); then renders each cloud-init node's data (`CloudInit.check`). Publish
+/// and `nodes check` run it; a secret's bytes are read by the server when its node asks, so a rotated
+/// key needs no publish.
 public enum NodeFileChecks {
     public static func check(_ inventory: Inventory, root: String?) throws {
         var files: [String: NodeFile] = [:]
@@ -172,6 +173,7 @@ public enum NodeFileChecks {
         for node in inventory.nodes {
             do { _ = try inventory.identity(of: node) } catch let error as ConfigError { errors.append(error) }
         }
+        errors += CloudInit.check(inventory, templates: templates)
         try ConfigErrors.throwIfAny(errors)
     }
 }

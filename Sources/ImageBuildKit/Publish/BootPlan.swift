@@ -124,8 +124,10 @@ public struct BootPlan: Sendable {
         }
         var target = BootTarget(title: choice.title, image: image, resolution: choice.resolution)
         if case .node(let node) = choice.source {
+            let identity = try? inventory.identity(of: node)
             target.overlays = overlays[node.mac] ?? []
-            target.secretsPath = hasSecrets(node) ? Self.secretsPath(node.mac) : nil
+            target.secretsPath = identity?.hasSecrets == true ? Self.secretsPath(node.mac) : nil
+            target.cloudInitPath = identity?.cloudInit.enabled == true ? CloudInit.seedPath(node.mac) : nil
         }
         return .boot(target, why: choice.why)
     }
@@ -209,7 +211,8 @@ public struct BootPlan: Sendable {
             files.append((script, renderer.ipxeScript(target)))
             nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
                                image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script,
-                               overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath))
+                               overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath,
+                               cloudInit: target.cloudInitPath))
         }
         let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
         return (files, index)

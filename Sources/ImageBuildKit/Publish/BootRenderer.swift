@@ -32,6 +32,8 @@ public struct BootTarget: Sendable, Equatable {
     public var overlays: [String] = []
     /// The HTTP path of a registered node's secrets (`BootPlan.secretsPath`); nil: it has none.
     public var secretsPath: String?
+    /// The HTTP path of a registered node's cloud-init seed (`CloudInit.seedPath`); nil: `cloud_init` is off.
+    public var cloudInitPath: String?
 
     public init(title: String, image: PublishedImage, cmdline: String, replacesImageCommandLine: Bool = false) {
         self.title = title
@@ -74,6 +76,7 @@ public struct BootRenderer: Sendable {
             parts.append("imagebuild.overlay=" + target.overlays.map { "\(base)/\($0)" }.joined(separator: ","))
         }
         if let secrets = target.secretsPath { parts.append("imagebuild.secrets=\(base)\(secrets)") }
+        if let seed = target.cloudInitPath { parts.append(CloudInit.kernelParameter(seedURL: base + seed)) }
         return parts.joined(separator: " ")
     }
 

@@ -41,6 +41,9 @@ public struct InventoryDrift: Sendable, Equatable, Codable {
             }
             let image = inventory.resolved(node).image
             if entry.image != image { differences.append("image \(entry.image) -> \(image ?? "none")") }
+            // Its command line names the seed only when on: turning it on or off needs a publish.
+            let cloudInit = inventory.cloudInitEnabled(node)
+            if (entry.cloudInit != nil) != cloudInit { differences.append("cloud-init \(cloudInit ? "off -> on" : "on -> off")") }
             if !differences.isEmpty { changed.append("\(name): \(differences.joined(separator: ", "))") }
         }
         for entry in index.nodes where !listed.contains(entry.mac) {

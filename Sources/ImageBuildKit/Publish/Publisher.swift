@@ -29,6 +29,8 @@ public struct PublishIndex: Codable, Sendable, Equatable {
         public var overlays: [String]?
         /// The HTTP path of the node's secrets, served by `imagebuild serve` only; nil: none.
         public var secrets: String?
+        /// The node's cloud-init seed path (`ds=` on its command line); nil: cloud-init is off.
+        public var cloudInit: String? = nil
     }
     public struct RangeEntry: Codable, Sendable, Equatable {
         public var cidr: String
