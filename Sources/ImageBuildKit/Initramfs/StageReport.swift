@@ -11,7 +11,7 @@ public enum StageReport: String, Sendable, Codable, CaseIterable {
     /// Its sha256 matched (`/load_img.sh`).
     case imageVerified = "image-verified"
     /// The node's own files (overlay, secrets) are laid over the root (`/load_img.sh`); sent only
-    /// by nodes whose command line names some (`isConditional`).
+    /// by nodes whose command line names some, so a healthy boot may skip it.
     case overlay
     /// About to `switch_root` (`/load_img.sh`).
     case switchRoot = "switch-root"
@@ -22,8 +22,4 @@ public enum StageReport: String, Sendable, Codable, CaseIterable {
 
     /// Sent by stage 2 rather than by the stage-1 scripts.
     public var isStageTwo: Bool { self == .up }
-
-    /// Sent only when the command line asks for it (`imagebuild.overlay=`, `imagebuild.secrets=`),
-    /// so a healthy boot may skip it; the boot-storm simulator, which fetches no node files, does.
-    public var isConditional: Bool { self == .overlay }
 }
