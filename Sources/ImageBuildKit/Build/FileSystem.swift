@@ -27,6 +27,25 @@ public enum SafeFileSystem {
         if fd >= 0 { fsync(fd); close(fd) }
     }
 
+    /// Writes `bytes` to a new file (mode 0644) with plain open/write/close: Foundation's `Data.write`
+    /// fsyncs every file, 40,000 journal commits for a 10,000-node generation that one
+    /// `syncFileSystem` flushes at once.
+    public static func writeFile(_ path: String, _ bytes: some Collection<UInt8>) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd < 0 { throw RootfsError.system(operation: "create", path: path, errno: errno) }
+        defer { close(fd) }
+        let failed = Array(bytes).withUnsafeBytes { buffer -> Int32? in
+            var offset = 0
+            while offset < buffer.count {
+                let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if n < 0 { if errno == EINTR { continue }; return errno }
+                offset += n
+            }
+            return nil
+        }
+        if let failed { throw RootfsError.system(operation: "write", path: path, errno: failed) }
+    }
+
     /// Flushes the whole file system holding `path` (syncfs(2)), and waits for it: one call where a
     /// generation of 10,000 nodes would need 40,000 fsyncs, each a journal commit of its own.
     public static func syncFileSystem(containing path: String) throws {

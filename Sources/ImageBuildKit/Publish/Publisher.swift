@@ -264,7 +264,7 @@ public struct Publisher {
         let fm = FileManager.default
         for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
         func write(_ relative: String, _ text: String) throws {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: dir + "/" + relative))
+            try SafeFileSystem.writeFile(dir + "/" + relative, text.utf8)
         }
         for loader in Self.bootloaders {
             guard fm.fileExists(atPath: loader.source) else { throw PublishError.missingBootloader(file: loader.source, package: loader.package) }
@@ -273,7 +273,7 @@ public struct Publisher {
         let (files, index) = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes).files(generation: number)
         for file in files { try write(file.path, file.text) }
         for archive in overlays.archives.values.sorted(by: { $0.path < $1.path }) {
-            try Data(archive.bytes).write(to: URL(fileURLWithPath: dir + "/" + archive.path))
+            try SafeFileSystem.writeFile(dir + "/" + archive.path, archive.bytes)
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
