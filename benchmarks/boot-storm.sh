@@ -49,7 +49,9 @@ IMAGEBUILD=${IMAGEBUILD:-$SCRATCH/release/imagebuild}
 STORM=${STORM:-$SCRATCH/release/imagebuild-storm}
 OUT=${OUT:-}
 
-for tool in ip taskset dnsmasq nginx curl sha256sum; do
+tools="ip taskset curl sha256sum"
+case " $SERVERS " in *" reference "*) tools="$tools dnsmasq nginx" ;; esac   # the reference stack only
+for tool in $tools; do
     command -v "$tool" >/dev/null || { echo "boot-storm.sh: $tool is missing (apt-get install iproute2 util-linux dnsmasq-base nginx-light curl coreutils)" >&2; exit 1; }
 done
 [ -e /usr/lib/PXELINUX/lpxelinux.0 ] || { echo "boot-storm.sh: apt-get install pxelinux syslinux-common ipxe (publish copies the boot loaders)" >&2; exit 1; }

@@ -143,13 +143,6 @@ import Yams
         #expect(try Yams.load(yaml: "#cloud-config\n{}\n") as? [String: Any] != nil)
     }
 
-    /// The error text of `body`, which must throw.
-    func errorText(_ body: () throws -> Void) -> String {
-        do { try body() } catch { return "\(error)" }
-        Issue.record("no error")
-        return ""
-    }
-
     @Test func templateErrorsNameTheNodeAndTheLine() throws {
         let typo = Self.inventoryText.replacingOccurrences(of: "{{vars.site}}", with: "{{vars.sit}}")
         let inventory = try InventoryLoader.parse(typo, file: "nodes.yaml")

@@ -84,13 +84,6 @@ import TestSupport
         #expect(String(decoding: rendered.bytes, as: UTF8.self) == "n3 at a&b <c> rack none\n")
     }
 
-    /// The error text of `body`, which must throw a ConfigError or ConfigErrors.
-    func errorText(_ body: () throws -> Void) -> String {
-        do { try body() } catch { return "\(error)" }
-        Issue.record("no error")
-        return ""
-    }
-
     @Test func unknownVariableNamesNodeFileAndLine() throws {
         let text = Self.inventoryText.replacingOccurrences(of: "{{vars.rack}}", with: "{{vars.rak}} {{hostnme}}")
         let inventory = try InventoryLoader.parse(text, file: "nodes.yaml")

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 import TestSupport
 @testable import ImageBuildKit
 
@@ -28,4 +29,11 @@ func sh(_ command: String, in directory: String? = nil) throws -> String {
         throw ToolError(command: [command], status: result.status, stderr: result.output)
     }
     return result.stdout
+}
+
+/// The text of the error `body` throws (a ConfigError, ConfigErrors, ...); records an issue when it throws none.
+func errorText(_ body: () throws -> Void, sourceLocation: Testing.SourceLocation = #_sourceLocation) -> String {
+    do { try body() } catch { return "\(error)" }
+    Issue.record("no error", sourceLocation: sourceLocation)
+    return ""
 }

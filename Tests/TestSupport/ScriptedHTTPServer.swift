@@ -47,23 +47,7 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
 
     public init(respond: @escaping @Sendable (Request) -> Response) throws {
         self.respond = respond
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let listening = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && listen(fd, 64) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard listening else {
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            throw ProcessError("test HTTP server: \(reason)")
-        }
-        listener = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
+        (listener, port) = try listenOnLoopback(backlog: 64, what: "test HTTP server")
         Thread { [self] in acceptLoop() }.start()
     }
 
@@ -138,4 +122,27 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
             }
         }
     }
+}
+
+/// A TCP socket listening on 127.0.0.1 at a port the kernel picks: the file descriptor and the port.
+/// Test servers and proxies open theirs here.
+public func listenOnLoopback(backlog: Int32, what: String) throws -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let listening = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && listen(fd, backlog) == 0 && getsockname(fd, $0, &length) == 0
+        }
+    }
+    guard listening else {
+        let reason = String(cString: strerror(errno))
+        close(fd)
+        throw ProcessError("\(what): \(reason)")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }

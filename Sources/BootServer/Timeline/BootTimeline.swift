@@ -70,7 +70,14 @@ public final class BootTimeline: Service, Sendable {
     private let wakeUp: AsyncStream<Void>.Continuation
     private let wakeUps: AsyncStream<Void>
     /// Told each boot's duration when a node reaches `up` (the boot-duration histogram).
-    private let completionObserver = Mutex<(@Sendable (TimeInterval) -> Void)?>(nil)
+    /// Boxed: a closure kept in a `Mutex` and read back with `withLock { $0 }` gains a reabstraction
+    /// thunk at each read (perf showed chains of them costing a third of a millisecond per boot by
+    /// 10,000 nodes); a class reference passes through unchanged.
+    private final class CompletionObserver: Sendable {
+        let body: @Sendable (TimeInterval) -> Void
+        init(_ body: @escaping @Sendable (TimeInterval) -> Void) { self.body = body }
+    }
+    private let completionObserver = Mutex<CompletionObserver?>(nil)
 
     /// Loads and compacts the journal in `configuration.stateDirectory` (created if missing).
     /// - Parameter now: the clock events are stamped with (tests pass a fixed one).
@@ -126,14 +133,14 @@ public final class BootTimeline: Service, Sendable {
             return (event, state.pending.count == 1024, completed)
         }
         if wake { wakeUp.yield() }
-        if let completed, let observer = completionObserver.withLock({ $0 }) { observer(completed) }
+        if let completed, let observer = completionObserver.withLock({ $0 }) { observer.body(completed) }
         return event
     }
 
     /// Calls `observer` with the duration of every boot that reaches `up` from now on (first DHCP or
     /// file of the boot to the `up` report), replacing any earlier observer.
     public func onBootCompleted(_ observer: @escaping @Sendable (TimeInterval) -> Void) {
-        completionObserver.withLock { $0 = observer }
+        completionObserver.withLock { $0 = CompletionObserver(observer) }
     }
 
     /// Records an observation of a client known only by its IP (TFTP, HTTP), attributing it through the
