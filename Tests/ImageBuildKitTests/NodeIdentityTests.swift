@@ -46,6 +46,12 @@ import TestSupport
         #expect(n1.varLevels["site"] == .group("gpu") && n1.varLevels["rack"] == .node)
         // The interface merges field by field: the group's MTU, the node's address.
         #expect(n1.interfaces == [.init(name: "ib0", mac: nil, address: IPv4Address("10.78.0.11")!, prefix: 16, gateway: nil, mtu: 2044)])
+        // ... rendered for stage 2 as a systemd-networkd unit.
+        let unit = try #require(n1.files.first { $0.file.path == "/etc/systemd/network/20-imagebuild-ib0.network" })
+        #expect(unit.level == .builtIn)
+        if case .inline(let text, _) = unit.file.content {
+            #expect(text == "# imagebuild: from nodes.yaml (interfaces:)\n[Match]\nName=ib0\n\n[Link]\nMTUBytes=2044\n\n[Network]\nAddress=10.78.0.11/16\n")
+        }
         let n2 = try inventory.identity(of: node(2))  // in range 10.77.0.16/28
         #expect(n2.vars["rack"] == .text("r2") && n2.varLevels["rack"] == .range(IPv4Network("10.77.0.16/28")!))
         let n3 = try inventory.identity(of: node(3))  // no address: no range

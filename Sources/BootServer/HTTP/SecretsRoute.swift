@@ -61,12 +61,16 @@ extension HTTPService {
     /// `GET /boot/v1/secrets/<mac>`: the node's secrets, to the node itself only (`SecretAdmission`).
     func secrets(_ request: Request, context: BootRequestContext, delivery: SecretDelivery) async throws -> Response {
         let text = context.parameters.get("mac") ?? ""
+        // What the client sent, as it may appear in a log line or an answer: printable ASCII, short.
+        var printable = String.UnicodeScalarView()
+        printable.append(contentsOf: text.unicodeScalars.lazy.filter { $0.value >= 0x20 && $0.value < 0x7f }.prefix(40))
+        let shown = String(printable)
         let remote = context.remoteAddress?.ipv4Address
         let port = context.remoteAddress?.port
         func refuse(_ refusal: SecretAdmission.Refusal, mac: MACAddress?) -> Response {
             delivery.refusals[refusal.reason]?.increment()
             logger.warning("secrets refused", metadata: [
-                "mac": "\(mac.map(\.description) ?? text.prefix(40).description)", "client": "\(remote.map(\.description) ?? "?")",
+                "mac": "\(mac.map(\.description) ?? shown)", "client": "\(remote.map(\.description) ?? "?")",
                 "port": "\(port.map(String.init) ?? "?")", "reason": "\(refusal.reason.rawValue)", "detail": "\(refusal.message)"])
             if let mac {
                 timeline.record(.transfer(.http, path: String(request.uri.path.dropFirst()), bytes: 0, size: nil,
@@ -77,7 +81,7 @@ extension HTTPService {
         }
         // Only the hyphenated spelling the boot plan writes: no other form, no path tricks.
         guard text.utf8.count == 17, let mac = MACAddress(text), mac.hyphenated == text.lowercased() else {
-            return refuse(.init(reason: .notANode, message: "'\(text.prefix(40))' is not a node's MAC (aa-bb-cc-dd-ee-ff)"), mac: nil)
+            return refuse(.init(reason: .notANode, message: "'\(shown)' is not a node's MAC (aa-bb-cc-dd-ee-ff)"), mac: nil)
         }
         let inventory = self.inventory()
         let node = inventory?.node(mac: mac)

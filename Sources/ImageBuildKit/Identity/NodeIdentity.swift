@@ -65,6 +65,20 @@ public struct NodeIdentity: Sendable, Equatable {
         public var prefix: Int
         public var gateway: IPv4Address?
         public var mtu: Int?
+
+        /// `/etc/systemd/network/20-imagebuild-<name or mac>.network`: the interface by name (or MAC),
+        /// its address, gateway and MTU.
+        public var networkdFile: NodeFile {
+            let key = name ?? mac!.hyphenated
+            var text = "# imagebuild: from nodes.yaml (interfaces:)\n[Match]\n"
+            text += name.map { "Name=\($0)\n" } ?? "MACAddress=\(mac!)\n"
+            if let mtu { text += "\n[Link]\nMTUBytes=\(mtu)\n" }
+            text += "\n[Network]\nAddress=\(address)/\(prefix)\n"
+            if let gateway { text += "Gateway=\(gateway)\n" }
+            return NodeFile(path: "/etc/systemd/network/20-imagebuild-\(key).network", content: .inline(text, firstLine: 0),
+                            mode: 0o644, owner: .root, secret: false, template: false,
+                            location: ConfigLocation(file: "built-in interface \(key)", line: 1, column: 1))
+        }
     }
 
     public struct File: Sendable, Equatable {
@@ -185,6 +199,12 @@ extension Inventory {
             }
             resolvedInterfaces.append(.init(name: interface.name, mac: interface.mac, address: address, prefix: prefix,
                                             gateway: interface.gateway, mtu: interface.mtu))
+        }
+        // Each extra interface as a systemd-networkd unit (what systemd images configure from), unless a
+        // level gives a file of that path itself; cloud-init images get them in network-config too.
+        for interface in resolvedInterfaces {
+            let file = interface.networkdFile
+            if files[file.path] == nil { files[file.path] = .init(file: file, level: .builtIn) }
         }
         return NodeIdentity(node: node, vars: vars, varLevels: varLevels,
                             files: files.values.sorted { $0.file.path < $1.file.path }, interfaces: resolvedInterfaces,

@@ -84,7 +84,9 @@ public final class NodeTemplates {
         switch file.content {
         case .inline(let text, _):
             key = "\(file.location)|\(file.path)"
-            if !file.template { return Rendered(file: file, bytes: Array(text.utf8), shared: true) }
+            // Not shared: literal text is mostly one node's own (its interface units), and a file in
+            // the shared archive that differs per node would split that archive per node.
+            if !file.template { return Rendered(file: file, bytes: Array(text.utf8), shared: false) }
             raw = []  // the template text is in `file`
         case .source(let path):
             key = path
