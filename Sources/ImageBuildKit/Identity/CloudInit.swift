@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Yams
 
 /// `cloud_init:` at one level of nodes.yaml; each sub-key is taken from the nearest level that sets it
 /// (`NodeIdentity.cloudInit`).
@@ -120,10 +121,9 @@ public enum CloudInit {
         let vendorData = try render(identity.cloudInit.vendorData)
         let networkConfig = networkConfig(for: identity, network: network)
         let name = network.domain.map { "\(identity.node.hostname).\($0)" } ?? identity.node.hostname
-        var rest = "local-hostname: \(quoted(name))\nhostname: \(quoted(name))\n"
-        if let eni = networkInterfaces(for: identity) {
-            rest += "network-interfaces: |\n" + eni.split(separator: "\n").map { "  \($0)\n" }.joined()
-        }
+        var fields: [(String, Node)] = [("local-hostname", string(name)), ("hostname", string(name))]
+        if let eni = networkInterfaces(for: identity) { fields.append(("network-interfaces", Node(eni, Tag(.str), .literal))) }
+        let rest = emit(mapping(fields))
         var hash = SHA256()
         for part in [Array(rest.utf8), userData, vendorData, Array(networkConfig.utf8)] {
             hash.update(data: Array(String(part.count).utf8) + [0])
@@ -131,8 +131,8 @@ public enum CloudInit {
         }
         let digest = hash.finalize().prefix(6).map { String(format: "%02x", $0) }.joined()
         let instanceID = "imagebuild-\(identity.node.hostname)-\(digest)"
-        return CloudInitDocuments(metaData: "instance-id: \(quoted(instanceID))\n" + rest, userData: userData, vendorData: vendorData,
-                                  networkConfig: networkConfig, instanceID: instanceID)
+        return CloudInitDocuments(metaData: emit(mapping([("instance-id", string(instanceID))] + fields)), userData: userData,
+                                  vendorData: vendorData, networkConfig: networkConfig, instanceID: instanceID)
     }
 
     /// Network config version 2: the boot interface by its MAC with DHCP (and the inventory's DNS), then
@@ -140,26 +140,39 @@ public enum CloudInit {
     public static func networkConfig(for identity: NodeIdentity, network: Inventory.Network) -> String {
         let extraKeys = identity.interfaces.map(key)
         let bootKey = extraKeys.contains("boot") ? "boot-\(identity.node.mac.hyphenated)" : "boot"
-        var text = "version: 2\nethernets:\n"
-        text += "  \(bootKey):\n    match:\n      macaddress: \(quoted(identity.node.mac.description))\n    dhcp4: true\n"
+        var boot: [(String, Node)] = [("match", mapping([("macaddress", string(identity.node.mac.description))])),
+                                      ("dhcp4", Node("true", Tag(.bool)))]
         if !network.dns.isEmpty || network.domain != nil {
-            text += "    nameservers:\n"
-            if !network.dns.isEmpty { text += "      addresses: [\(network.dns.map { quoted($0.description) }.joined(separator: ", "))]\n" }
-            if let domain = network.domain { text += "      search: [\(quoted(domain))]\n" }
+            var nameservers: [(String, Node)] = []
+            if !network.dns.isEmpty { nameservers.append(("addresses", list(network.dns.map { string($0.description) }))) }
+            if let domain = network.domain { nameservers.append(("search", list([string(domain)]))) }
+            boot.append(("nameservers", mapping(nameservers)))
         }
+        var ethernets: [(String, Node)] = [(bootKey, mapping(boot))]
         for (interface, key) in zip(identity.interfaces, extraKeys) {
-            text += "  \(key):\n"
+            var fields: [(String, Node)] = []
             if let mac = interface.mac {
-                text += "    match:\n      macaddress: \(quoted(mac.description))\n"
-                if let name = interface.name { text += "    set-name: \(quoted(name))\n" }
+                fields.append(("match", mapping([("macaddress", string(mac.description))])))
+                if let name = interface.name { fields.append(("set-name", string(name))) }
             }
-            text += "    addresses: [\(quoted("\(interface.address)/\(interface.prefix)"))]\n"
-            if let mtu = interface.mtu { text += "    mtu: \(mtu)\n" }
+            fields.append(("addresses", list([string("\(interface.address)/\(interface.prefix)")])))
+            if let mtu = interface.mtu { fields.append(("mtu", Node(String(mtu), Tag(.int)))) }
             if let gateway = interface.gateway {
-                text += "    routes:\n      - to: \"0.0.0.0/0\"\n        via: \(quoted(gateway.description))\n"
+                fields.append(("routes", Node.sequence(.init([mapping([("to", string("0.0.0.0/0")), ("via", string(gateway.description))])]))))
             }
+            ethernets.append((key, mapping(fields)))
         }
-        return text
+        return emit(mapping([("version", Node("2", Tag(.int))), ("ethernets", mapping(ethernets))]))
+    }
+
+    // YAML through Yams, keys in the order given. Every string double-quoted: YAML 1.1, which
+    // cloud-init reads, takes an unquoted MAC such as 52:54:00:12:34:56 for a base-60 number.
+    static func string(_ text: String) -> Node { Node(text, Tag(.str), .doubleQuoted) }
+    static func list(_ items: [Node]) -> Node { .sequence(.init(items, Tag(.seq), .flow)) }
+    static func mapping(_ pairs: [(String, Node)]) -> Node { .mapping(.init(pairs.map { (Node($0.0), $0.1) })) }
+    static func emit(_ node: Node) -> String {
+        // Serializing a tree of plain scalars cannot fail; an empty document would be refused by tests.
+        (try? Yams.serialize(node: node, width: -1)) ?? ""
     }
 
     /// The same extra interfaces as `/etc/network/interfaces` text, for meta-data's `network-interfaces`:
@@ -178,20 +191,6 @@ public enum CloudInit {
 
     static func key(_ interface: NodeIdentity.Interface) -> String {
         interface.name ?? "mac-" + (interface.mac?.hyphenated.replacingOccurrences(of: "-", with: "") ?? "")
-    }
-
-    /// A YAML double-quoted scalar (a MAC unquoted is a base-60 number to YAML 1.1, which cloud-init reads).
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 
     /// Renders every enabled node's documents once (publish and `nodes check`): unknown names, templates
