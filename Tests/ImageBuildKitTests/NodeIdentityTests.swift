@@ -167,6 +167,21 @@ import TestSupport
         #expect(!error2.contains("munge.key"), "\(error2)")
     }
 
+    @Test func aSourceChangedWhileTemplatesAreKeptIsRenderedAnew() throws {
+        // The server keeps one NodeTemplates per inventory: a rotated secret template must not be served stale.
+        let dir = TemporaryDirectory()
+        let source = dir.write("token.conf", "token={{hostname}}-1\n")
+        chmod(source, 0o600)
+        let text = Self.inventoryText.replacingOccurrences(of: "  files:\n", with: "  files:\n    - {path: /etc/token.conf, source: \(source), secret: true}\n")
+        let inventory = try InventoryLoader.parse(text, file: dir.path + "/nodes.yaml")
+        let templates = NodeTemplates(inventory: inventory)
+        let n1 = try inventory.identity(of: inventory.nodes[0])
+        let file = try #require(n1.secretFiles.first).file
+        #expect(String(decoding: try templates.render(file, for: n1).bytes, as: UTF8.self) == "token=n1-1\n")
+        _ = dir.write("token.conf", "token={{hostname}}-2\n")
+        #expect(String(decoding: try templates.render(file, for: n1).bytes, as: UTF8.self) == "token=n1-2\n")
+    }
+
     @Test func overlaysAreReproducibleSharedAndCarryOwnersAndModes() throws {
         let dir = TemporaryDirectory()
         let plan = try OverlayPlan.render(inventory, mtime: 1_700_000_000)

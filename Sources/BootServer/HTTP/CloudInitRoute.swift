@@ -26,12 +26,11 @@ extension HTTPService {
             Response(status: status, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: message + "\n")))
         }
-        // Only the hyphenated spelling the boot plan writes, as for secrets.
-        guard text.utf8.count == 17, let mac = MACAddress(text), mac.hyphenated == text.lowercased() else {
-            return answer(.notFound, "'\(text.prefix(40))' is not a node's MAC (aa-bb-cc-dd-ee-ff)")
+        guard let mac = nodePathMAC(text) else {
+            return answer(.notFound, "'\(printableClientText(text))' is not a node's MAC (aa-bb-cc-dd-ee-ff)")
         }
         guard CloudInit.documentNames.contains(name) else {
-            return answer(.notFound, "no cloud-init document '\(name.prefix(40))': \(CloudInit.documentNames.joined(separator: ", "))")
+            return answer(.notFound, "no cloud-init document '\(printableClientText(name))': \(CloudInit.documentNames.joined(separator: ", "))")
         }
         guard let inventory = self.inventory(), let node = inventory.node(mac: mac) else {
             return answer(.notFound, "\(mac) is not a node in nodes.yaml")

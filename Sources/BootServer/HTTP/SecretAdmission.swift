@@ -83,6 +83,20 @@ struct SecretAdmission: Sendable {
 
 /// A node's own data (its secrets, its cloud-init data) goes only to an address the server ties to the
 /// node's MAC: its fixed address in the inventory, or the one it holds a live lease on from this server.
+/// The MAC in a node's own path (`/boot/v1/secrets/<mac>`, `/cloud-init/<mac>/...`): only the
+/// hyphenated spelling the boot plan writes, so no other form and no path trick reaches a lookup.
+func nodePathMAC(_ text: String) -> MACAddress? {
+    guard text.utf8.count == 17, let mac = MACAddress(text), mac.hyphenated == text.lowercased() else { return nil }
+    return mac
+}
+
+/// What a client sent, as it may appear in a log line or an answer: printable ASCII, at most 40.
+func printableClientText(_ text: String) -> String {
+    var printable = String.UnicodeScalarView()
+    printable.append(contentsOf: text.unicodeScalars.lazy.filter { $0.value >= 0x20 && $0.value < 0x7f }.prefix(40))
+    return String(printable)
+}
+
 struct NodeAddressRule: Sendable {
     var addressesOf: @Sendable (MACAddress) -> [IPv4Address]
 

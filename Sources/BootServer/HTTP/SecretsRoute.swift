@@ -61,10 +61,7 @@ extension HTTPService {
     /// `GET /boot/v1/secrets/<mac>`: the node's secrets, to the node itself only (`SecretAdmission`).
     func secrets(_ request: Request, context: BootRequestContext, delivery: SecretDelivery) async throws -> Response {
         let text = context.parameters.get("mac") ?? ""
-        // What the client sent, as it may appear in a log line or an answer: printable ASCII, short.
-        var printable = String.UnicodeScalarView()
-        printable.append(contentsOf: text.unicodeScalars.lazy.filter { $0.value >= 0x20 && $0.value < 0x7f }.prefix(40))
-        let shown = String(printable)
+        let shown = printableClientText(text)
         let remote = context.remoteAddress?.ipv4Address
         let port = context.remoteAddress?.port
         func refuse(_ refusal: SecretAdmission.Refusal, mac: MACAddress?) -> Response {
@@ -79,8 +76,7 @@ extension HTTPService {
             return Response(status: .forbidden, headers: [.contentType: "text/plain; charset=utf-8", .cacheControl: "no-store"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: refusal.message + "\n")))
         }
-        // Only the hyphenated spelling the boot plan writes: no other form, no path tricks.
-        guard text.utf8.count == 17, let mac = MACAddress(text), mac.hyphenated == text.lowercased() else {
+        guard let mac = nodePathMAC(text) else {
             return refuse(.init(reason: .notANode, message: "'\(shown)' is not a node's MAC (aa-bb-cc-dd-ee-ff)"), mac: nil)
         }
         let inventory = self.inventory()

@@ -271,9 +271,9 @@ public struct HostKeyStore: Sendable {
         let staging = try makeStaging(in: directory, prefix: ".\(name).tmp-\(getpid())-", owner: owner)
         defer { try? FileManager.default.removeItem(atPath: staging) }
         try generateKeys(HostKeyType.allCases, name: name, into: staging, owner: owner)
-        syncDirectory(staging)
+        SafeFileSystem.fsyncDirectory(staging)
         if rename(staging, directory + "/" + name) == 0 {
-            syncDirectory(directory)
+            SafeFileSystem.fsyncDirectory(directory)
             return true
         }
         guard errno == EEXIST || errno == ENOTEMPTY else {
@@ -310,7 +310,7 @@ public struct HostKeyStore: Sendable {
             let line = try Tool.run(["ssh-keygen", "-y", "-f", key]).trimmingCharacters(in: .whitespacesAndNewlines)
             try writeAtomically(Array((line + "\n").utf8), to: key + ".pub", mode: 0o644, staging: staging, owner: owner)
         }
-        syncDirectory(hostDirectory)
+        SafeFileSystem.fsyncDirectory(hostDirectory)
         return !missing.isEmpty
     }
 
@@ -488,7 +488,7 @@ public struct HostKeyStore: Sendable {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             try writeAtomically(Array(try encoder.encode(wanted)) + [0x0a], to: recordPath, mode: 0o644, staging: staging, owner: owner)
-            syncDirectory(hostDirectory)
+            SafeFileSystem.fsyncDirectory(hostDirectory)
         }
         var files = try set.keys.map { key in
             HostKeyFile(path: "etc/ssh/" + key.type.fileName + "-cert.pub", mode: 0o644,
@@ -551,11 +551,6 @@ public struct HostKeyStore: Sendable {
         guard fd >= 0 else { throw HostKeyError.system(operation: "open", path: path, errno: errno) }
         defer { close(fd) }
         guard fsync(fd) == 0 else { throw HostKeyError.system(operation: "fsync", path: path, errno: errno) }
-    }
-
-    private func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { fsync(fd); close(fd) }
     }
 }
 

@@ -25,8 +25,6 @@ public final class NodeTemplates {
     private var compiled: [String: MustacheTemplate] = [:]
     /// Output of node-independent templates, by template key.
     private var shared: [String: [UInt8]] = [:]
-    /// Template keys seen to depend on the node.
-    private var perNode: Set<String> = []
 
     /// Names whose value is the same for every node.
     static let sharedNames: Set<String> = ["nodes", "network", "domain"]
@@ -89,11 +87,11 @@ public final class NodeTemplates {
             if !file.template { return Rendered(file: file, bytes: Array(text.utf8), shared: false) }
             raw = []  // the template text is in `file`
         case .source(let path):
-            key = path
             do { raw = try read(path) } catch {
                 throw ConfigError(file.location, "cannot read \(path) for \(file.path): \(Self.reason(error))")
             }
             if !file.template { return Rendered(file: file, bytes: raw, shared: !file.secret) }
+            key = Self.sourceKey(path, raw)
         }
         if let bytes = shared[key] { return Rendered(file: file, bytes: bytes, shared: true) }
         let template = try compile(file, key: key, source: raw)
@@ -108,7 +106,7 @@ public final class NodeTemplates {
         }
         let bytes = Array(text.utf8)
         let isShared = !file.secret && recorder.rootNames.isSubset(of: Self.sharedNames)
-        if isShared { shared[key] = bytes } else { perNode.insert(key) }
+        if isShared { shared[key] = bytes }
         return Rendered(file: file, bytes: bytes, shared: isShared)
     }
 
@@ -122,9 +120,13 @@ public final class NodeTemplates {
             do { bytes = try read(path) } catch {
                 throw ConfigError(file.location, "cannot read \(path) for \(file.path): \(Self.reason(error))")
             }
-            _ = try compile(file, key: path, source: bytes)
+            _ = try compile(file, key: Self.sourceKey(path, bytes), source: bytes)
         }
     }
+
+    /// A source template's cache key: its path and its content, so a file changed while the server
+    /// keeps these templates (a rotated secret, new user-data) is compiled and rendered anew.
+    static func sourceKey(_ path: String, _ bytes: [UInt8]) -> String { "\(path)|\(bytes.count)|\(bytes.hashValue)" }
 
     public static func readSource(_ path: String) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: path) else {
