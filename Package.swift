@@ -28,6 +28,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras", from: "1.20.0"),
         // Node files in nodes.yaml are Mustache templates (logic-less: data in, text out).
         .package(url: "https://github.com/hummingbird-project/swift-mustache", from: "2.0.0"),
+        // `imagebuild power`: Redfish over HTTPS (AsyncHTTPClient, NIOSSL for a pinned certificate) and
+        // ipmitool run as a child process (Subprocess: async, time-outs by cancellation).
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -84,13 +89,26 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // BMC power control for `imagebuild power` and `reboot`: IPMI through ipmitool, Redfish through
+        // AsyncHTTPClient. Kept out of BootServer: the server never powers anything.
+        .target(
+            name: "PowerControl",
+            dependencies: [
+                "ImageBuildKit",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]
+        ),
         // Stage 1's image loader (Sources/imagebuild-fetch/main.c), compiled by this plugin and
         // carried in ImageBuildKit as bytes: one-pass download + SHA-256 (Nettle) + Range resume.
         .plugin(name: "StageOneLoader", capability: .buildTool(), path: "Plugins/StageOneLoader"),
         .executableTarget(
             name: "imagebuild",
             dependencies: [
-                "ImageBuildKit", "BootServer",
+                "ImageBuildKit", "BootServer", "PowerControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -126,6 +144,7 @@ let package = Package(
                            .product(name: "HummingbirdTesting", package: "hummingbird"),
                            .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
+        .testTarget(name: "PowerControlTests", dependencies: ["PowerControl", "ImageBuildKit", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit", "TestSupport"]),
     ]
 )

@@ -18,7 +18,7 @@ struct ImageBuildCommand: AsyncParsableCommand {
             """,
         version: ImageBuildVersion.current,
         subcommands: [BuildCommand.self, ValidateCommand.self, InspectCommand.self, PackCommand.self, PublishCommand.self,
-                      NodesCommand.self, ServeCommand.self, StatusCommand.self],
+                      NodesCommand.self, ServeCommand.self, StatusCommand.self, PowerCommand.self, RebootCommand.self],
         defaultSubcommand: BuildCommand.self
     )
 

@@ -75,30 +75,32 @@ struct StatusCommand: ParsableCommand {
         } while watch
     }
 
-    /// A plain GET with a time-out (the command is synchronous; URLSession is not).
-    func fetch(_ url: URL) throws -> Data {
-        final class Result: @unchecked Sendable {
-            var data: Data?
-            var error: (any Error)?
-            var status = 0
-        }
-        let result = Result()
-        let done = DispatchSemaphore(value: 0)
-        var request = URLRequest(url: url, timeoutInterval: 10)
-        request.setValue("application/json", forHTTPHeaderField: "Accept")
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            result.data = data
-            result.error = error
-            result.status = (response as? HTTPURLResponse)?.statusCode ?? 0
-            done.signal()
-        }.resume()
-        done.wait()
-        if let error = result.error { throw StatusError.unreachable(url.absoluteString, "\(error.localizedDescription)") }
-        guard result.status == 200, let data = result.data else {
-            throw StatusError.badResponse(url.absoluteString, result.status, String(decoding: result.data ?? Data(), as: UTF8.self))
-        }
-        return data
+    func fetch(_ url: URL) throws -> Data { try fetchServerJSON(url) }
+}
+
+/// A plain GET of a running server's JSON API with a time-out (`status`, `reboot --wait`).
+func fetchServerJSON(_ url: URL) throws -> Data {
+    final class Result: @unchecked Sendable {
+        var data: Data?
+        var error: (any Error)?
+        var status = 0
     }
+    let result = Result()
+    let done = DispatchSemaphore(value: 0)
+    var request = URLRequest(url: url, timeoutInterval: 10)
+    request.setValue("application/json", forHTTPHeaderField: "Accept")
+    URLSession.shared.dataTask(with: request) { data, response, error in
+        result.data = data
+        result.error = error
+        result.status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        done.signal()
+    }.resume()
+    done.wait()
+    if let error = result.error { throw StatusError.unreachable(url.absoluteString, "\(error.localizedDescription)") }
+    guard result.status == 200, let data = result.data else {
+        throw StatusError.badResponse(url.absoluteString, result.status, String(decoding: result.data ?? Data(), as: UTF8.self))
+    }
+    return data
 }
 
 enum StatusError: Error, CustomStringConvertible {

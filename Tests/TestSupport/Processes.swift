@@ -159,7 +159,19 @@ public final class ChildProcess: @unchecked Sendable {
         let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
         var pid = pid_t()
-        let rc = posix_spawn(&pid, command[0], &actions, nil, argv, envp)
+        // The child starts with no blocked signals and SIGPIPE at its default: a test thread may block
+        // SIGCHLD (NIO, Dispatch), and an inherited mask made `sh -c 'a & b & wait'` wait forever.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t(), defaults = sigset_t()
+        sigemptyset(&noSignals)
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGPIPE)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let rc = posix_spawn(&pid, command[0], &actions, &attributes, argv, envp)
         guard rc == 0 else { throw ProcessError("cannot start \(executable): \(String(cString: strerror(rc)))") }
         self.pid = pid
     }

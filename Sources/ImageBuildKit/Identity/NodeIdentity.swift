@@ -128,15 +128,20 @@ extension Inventory {
     /// Whether `node`'s command line names a cloud-init seed, without merging the rest of its identity.
     public func cloudInitEnabled(_ node: Node) -> Bool { NodeIdentity.CloudInit(merging: identityLevels(of: node)).enabled }
 
-    /// The levels that apply to `node`, nearest last.
-    func identityLevels(of node: Node) -> [(IdentityLevel, IdentitySettings)] {
-        var levels: [(IdentityLevel, IdentitySettings)] = [(.defaults, defaults.identity)]
-        if let group = node.group, let settings = groups[group] { levels.append((.group(group), settings.identity)) }
+    /// The levels of nodes.yaml that apply to `node`, nearest last: defaults, its group, the most
+    /// specific range holding its fixed address, the node. Identity and BMC settings merge over these.
+    func settingsLevels(of node: Node) -> [(IdentityLevel, Settings)] {
+        var levels: [(IdentityLevel, Settings)] = [(.defaults, defaults)]
+        if let group = node.group, let settings = groups[group] { levels.append((.group(group), settings)) }
         if let ip = node.ip, let range = ranges.filter({ $0.network.contains(ip) }).max(by: { $0.network.prefix < $1.network.prefix }) {
-            levels.append((.range(range.network), range.settings.identity))
+            levels.append((.range(range.network), range.settings))
         }
-        levels.append((.node, node.settings.identity))
+        levels.append((.node, node.settings))
         return levels
+    }
+
+    func identityLevels(of node: Node) -> [(IdentityLevel, IdentitySettings)] {
+        settingsLevels(of: node).map { ($0.0, $0.1.identity) }
     }
 
     /// The files every node gets unless a level replaces them (same path).

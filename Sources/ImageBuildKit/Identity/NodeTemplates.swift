@@ -5,7 +5,7 @@ import Mustache
 /// data, strict where Mustache is lenient.
 ///
 /// **Data a template sees**: `hostname`, `fqdn` (with `network.domain`), `ip`, `mac`, `group`,
-/// `image`, `domain`, `interfaces` (`name`, `mac`, `address`, `prefix`, `cidr`, `netmask`,
+/// `image`, `domain`, `ip_octets` (`1`-`4`), `interfaces` (`name`, `mac`, `address`, `prefix`, `cidr`, `netmask`,
 /// `gateway`, `mtu`), `vars`, `network` (`server`, `subnet`, `prefix`, `netmask`, `router`, `dns`,
 /// `domain`) and `nodes`, every node of the inventory with the same fields as the node itself.
 ///
@@ -243,6 +243,7 @@ final class NodeItem: MustacheParent {
             "hostname": node.hostname, "mac": node.mac.description,
             "ip": node.ip?.description ?? Absent(), "group": node.group ?? Absent(), "image": image ?? Absent(),
             "fqdn": domain.map { "\(node.hostname).\($0)" } ?? Absent(),
+            "ip_octets": node.ip.map(OctetsItem.init) ?? Absent(),
         ]
     }
 
@@ -280,6 +281,22 @@ final class VarsContext: MustacheParent {
         case .list(let list): list.map(convert)
         case .map(let map): VarsContext(map, strict: nil, top: false)
         }
+    }
+}
+
+/// `ip_octets`: the fixed address's four numbers, `{{ip_octets.1}}` to `{{ip_octets.4}}`, so an
+/// address in another subnet is a template (`bmc: {address: "10.78.{{ip_octets.3}}.{{ip_octets.4}}"}`).
+final class OctetsItem: MustacheParent {
+    let octets: [String]
+
+    init(_ address: IPv4Address) {
+        let value = address.rawValue
+        octets = [24, 16, 8, 0].map { String((value >> $0) & 0xff) }
+    }
+
+    func child(named name: String) -> Any? {
+        guard let index = Int(name), (1...4).contains(index) else { return nil }
+        return octets[index - 1]
     }
 }
 

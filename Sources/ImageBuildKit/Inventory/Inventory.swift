@@ -31,6 +31,8 @@ public struct Inventory: Sendable, Equatable {
         public var loader: Loader?
         /// Variables, files, interfaces and host keys (merged by `NodeIdentity`).
         public var identity = IdentitySettings()
+        /// How to reach the node's BMC (`bmc:`), merged field by field like the identity.
+        public var bmc = BMCSettings()
         public var location: ConfigLocation?
         public init(image: String? = nil, cmdline: String? = nil, append: String? = nil, loader: Loader? = nil) {
             self.image = image
@@ -331,10 +333,11 @@ public enum InventoryLoader {
     }
 
     static func parseSettings(_ value: YAMLValue, extra: [String], baseDirectory: String) throws -> (Inventory.Settings, YAMLMap) {
-        let map = try value.map(allowed: ["image", "cmdline", "append", "loader"] + IdentitySettings.keys + extra)
+        let map = try value.map(allowed: ["image", "cmdline", "append", "loader", "bmc"] + IdentitySettings.keys + extra)
         var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
         settings.location = value.location
         settings.identity = try parseIdentity(map, baseDirectory: baseDirectory)
+        if let bmc = map["bmc"] { settings.bmc = try parseBMC(bmc, baseDirectory: baseDirectory) }
         if let loaderValue = map["loader"] {
             let name = try loaderValue.string()
             guard let loader = Inventory.Loader(rawValue: name) else {
