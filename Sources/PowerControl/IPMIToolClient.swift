@@ -11,7 +11,8 @@ import Subprocess
 /// failed, which is how a wrong password is told from a BMC that does not answer.
 public struct IPMIToolClient: BMCClient {
     public let target: BMCTarget
-    /// For each ipmitool run; ipmitool's own retries (`-N`, `-R`) fit well inside it.
+    /// For each ipmitool run. ipmitool's own retries (`-N 1 -R 2`) give up on a silent BMC after
+    /// about 6 s, so a time-out above that tells "no answer" from "answers too slowly".
     public let timeout: Duration
     public let executable: String
 
@@ -52,8 +53,9 @@ public struct IPMIToolClient: BMCClient {
     /// The arguments every command starts with. Public for the tests that check no password is in them.
     public var sessionArguments: [String] {
         var arguments = ["-I", "lanplus", "-H", target.address, "-U", target.user, "-f", target.passwordFile,
-                         "-N", "2", "-R", "2", "-v"]
+                         "-N", "1", "-R", "2", "-v"]
         if let port = target.port { arguments += ["-p", String(port)] }
+        if let suite = target.cipherSuite { arguments += ["-C", String(suite)] }
         return arguments
     }
 

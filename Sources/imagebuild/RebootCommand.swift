@@ -62,13 +62,17 @@ struct RebootCommand: AsyncParsableCommand {
         do { (inventory, nodes, entries) = try options.entries() } catch { fail(error) }
         let base = (server ?? inventory.network.httpBase).trimmingCharacters(in: CharacterSet(charactersIn: "/"))
         let nodesURL = URL(string: base + "/api/v1/nodes")!
-        // The server's clock before any power command: what it sees after this is the new boot.
-        var start = 0.0
+        // The server's clock against ours, so each node's power command is placed on the server's
+        // timeline: what the server sees of a node after its command returned is its new boot.
+        var clockOffset = 0.0
         if wait {
-            do { start = try await Self.fetchNodes(nodesURL).now } catch { fail(error) }
+            do { clockOffset = try await Self.fetchNodes(nodesURL).now - Date().timeIntervalSince1970 } catch { fail(error) }
         }
+        let poweredAt = PoweredTimes()
         let controller = options.controller()
-        let results = await controller.run(.cycle, on: entries, networkBoot: !noPXE, parallel: options.parallel)
+        let results = await controller.run(.cycle, on: entries, networkBoot: !noPXE, parallel: options.parallel) { result in
+            poweredAt.set(result.node, Date().timeIntervalSince1970)
+        }
         await controller.shutdown()
         if !json { print(PowerTable.render(results), terminator: "") }
         guard wait else {
@@ -77,8 +81,15 @@ struct RebootCommand: AsyncParsableCommand {
             return
         }
 
-        var watch = RebootWatch(nodes: nodes.map { ($0.hostname, $0.mac.description) }, start: start, nodeTimeout: nodeTimeout)
-        for result in results where !result.ok { watch.powerFailed(result.node, result.error ?? "failed") }
+        var watch = RebootWatch(nodes: nodes.map { ($0.hostname, $0.mac.description) }, nodeTimeout: nodeTimeout)
+        for result in results {
+            if result.ok {
+                watch.powered(result.node, at: (poweredAt.get(result.node) ?? Date().timeIntervalSince1970) + clockOffset)
+            } else {
+                watch.powerFailed(result.node, result.error ?? "failed")
+            }
+        }
+        let start = Date().timeIntervalSince1970 + clockOffset
         let terminal = !json && isatty(STDOUT_FILENO) == 1
         let deadline = ContinuousClock.now + .milliseconds(Int64(timeout * 1000))
         var lastError: String?
@@ -120,6 +131,14 @@ struct RebootCommand: AsyncParsableCommand {
             }
         }
         if !outcomes.allSatisfy(\.up) { throw ExitCode(1) }
+    }
+
+    /// When each node's power command returned (our clock), written from the controller's tasks.
+    final class PoweredTimes: @unchecked Sendable {
+        private let lock = NSLock()
+        private var times: [String: Double] = [:]
+        func set(_ node: String, _ time: Double) { lock.withLock { times[node] = time } }
+        func get(_ node: String) -> Double? { lock.withLock { times[node] } }
     }
 
     static func fetchNodes(_ url: URL) async throws -> NodesResponse {

@@ -4,9 +4,10 @@ import ImageBuildKit
 /// Follows a set of nodes through the boot that a power command started, from the server's
 /// `GET /api/v1/nodes` answers (`imagebuild reboot --wait`). Pure: answers in, per-node outcomes out.
 ///
-/// Only what the server saw after `start` (its own clock, from the answer read just before the power
-/// command) counts: a node that was `up` before the reboot is `waiting` until its new boot shows, and
-/// is done when it is `up` again since `start`. A node's time-out runs from `start`.
+/// Only what the server saw after the node's own power command returned (`powered(_:at:)`, on the
+/// server's clock) counts: a node that was `up`, or half-way through a boot, before the reboot is
+/// `waiting` until its new boot shows, and is done when it is `up` again since then. A node's time-out
+/// runs from that moment too.
 public struct RebootWatch: Sendable {
     public enum Outcome: Sendable, Equatable {
         /// Nothing seen from it since the power command.
@@ -31,19 +32,25 @@ public struct RebootWatch: Sendable {
         public var hostname: String
         public var mac: String
         public var outcome: Outcome = .waiting
+        /// When its power command returned (server clock); nil: not yet.
+        public var start: Double?
         /// When the current stage began (server clock), for the table.
         public var stageSince: Double?
         public var hint: String?
     }
 
     public private(set) var nodes: [Node]
-    public let start: Double
     public let nodeTimeout: Double
 
-    public init(nodes: [(hostname: String, mac: String)], start: Double, nodeTimeout: Double) {
+    public init(nodes: [(hostname: String, mac: String)], nodeTimeout: Double) {
         self.nodes = nodes.map { Node(hostname: $0.hostname, mac: $0.mac.lowercased()) }
-        self.start = start
         self.nodeTimeout = nodeTimeout
+    }
+
+    /// The node's power command returned at `time` (server clock): its new boot starts here.
+    public mutating func powered(_ hostname: String, at time: Double) {
+        guard let index = nodes.firstIndex(where: { $0.hostname == hostname }) else { return }
+        nodes[index].start = time
     }
 
     /// Marks a node whose power command failed: it is not followed.
@@ -59,6 +66,7 @@ public struct RebootWatch: Sendable {
         for status in response.nodes { byMAC[status.mac.lowercased()] = status }
         var changed: [Int] = []
         for index in nodes.indices where !nodes[index].outcome.isFinal {
+            guard let start = nodes[index].start else { continue }
             let before = nodes[index].outcome
             let status = byMAC[nodes[index].mac]
             if let status, let since = status.since, since >= start {
