@@ -63,15 +63,7 @@ public protocol BMCClient: Sendable {
 /// stricter, as ssh keys), whose first line is the password. The password never appears in an error.
 public enum PasswordFile {
     public static func check(_ path: String) throws {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw BMCError(.config, "password file \(path): \(String(cString: strerror(errno)))")
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw BMCError(.config, "password file \(path) is not a regular file") }
-        let mode = info.st_mode & 0o777
-        guard mode & 0o077 == 0 else {
-            throw BMCError(.config, "password file \(path) has mode \(String(format: "%04o", mode)): others can read it (chmod 600 \(path))")
-        }
+        if let problem = BMCSettings.passwordFileProblem(path) { throw BMCError(.config, problem) }
     }
 
     public static func read(_ path: String) throws -> String {

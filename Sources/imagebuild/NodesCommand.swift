@@ -209,7 +209,9 @@ extension NodesCommand {
                 Reports every broken group, range and node at once (FILE:LINE:COLUMN: message),
                 then every node file that would fail publish (a missing source, a secret others
                 can read or inside the root, a template error or unknown variable for any node),
-                then, when --root holds a published generation, every image the inventory names
+                then every node's BMC that would fail 'imagebuild power' before asking anything
+                (a field missing at every level, an address template that renders no address, a
+                password file others can read), then, when --root holds a published generation, every image the inventory names
                 that is not published, and which nodes and ranges were added, removed or changed
                 since that publish (nodes added to nodes.yaml boot from the bootscript endpoint at
                 once, but get pxelinux.cfg files only from the next publish). Exits 1 on errors.
@@ -249,22 +251,20 @@ extension NodesCommand {
             } catch {
                 fail(error)
             }
-            // The files and cloud-init data the inventory names, as publish checks them.
-            if let inventory {
-                do {
-                    try NodeFileChecks.check(inventory, root: root)
-                } catch let error as ConfigErrors {
-                    problems += error.errors
-                } catch let error as ConfigError {
-                    problems.append(error)
-                }
-            }
             let index = try? PublishIndex.read(root: root)
             if let inventory {
                 // Node files: sources, secrets' modes, templates (every node rendered, as publish does).
                 do {
                     try NodeFileChecks.check(inventory, root: root)
                     _ = try OverlayPlan.render(inventory, mtime: 0)
+                } catch let error as ConfigErrors {
+                    problems += error.errors
+                } catch let error as ConfigError {
+                    problems.append(error)
+                }
+                // BMCs: each resolves, and its password file is private (what `power` needs).
+                do {
+                    try inventory.checkBMCs()
                 } catch let error as ConfigErrors {
                     problems += error.errors
                 } catch let error as ConfigError {

@@ -90,6 +90,31 @@ import Testing
         #expect(inventory.defaults.bmc.tls == .pinned("/srv/site/certs/bmc-ca.pem"))
     }
 
+    @Test func checkFindsWhatPowerWouldRefuse() throws {
+        let dir = NSTemporaryDirectory() + "bmc-check-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        FileManager.default.createFile(atPath: dir + "/open.pass", contents: Data("pw\n".utf8), attributes: [.posixPermissions: 0o644])
+        FileManager.default.createFile(atPath: dir + "/good.pass", contents: Data("pw\n".utf8), attributes: [.posixPermissions: 0o600])
+        let inventory = try InventoryLoader.parse("""
+            network: {server: 10.77.0.1, subnet: 10.77.0.0/24}
+            defaults:
+              bmc: {user: admin, password_file: open.pass, address: "10.78.0.{{ip_octets.4}}"}
+            groups:
+              good: {bmc: {password_file: good.pass}}
+            nodes:
+              - {mac: "52:54:00:77:00:01", hostname: n1, ip: 10.77.0.11}
+              - {mac: "52:54:00:77:00:02", hostname: n2, ip: 10.77.0.12}
+              - {mac: "52:54:00:77:00:03", hostname: n3, ip: 10.77.0.13, group: good}
+              - {mac: "52:54:00:77:00:04", hostname: n4, group: good}
+            """, file: dir + "/nodes.yaml")
+        #expect { try inventory.checkBMCs() } throws: { error in
+            // The readable file once (not per node), n4's empty template; n3 is fine.
+            "\(error)" == "\(dir)/nodes.yaml:3:37: password file \(dir)/open.pass has mode 0644: others can read it (chmod 600 \(dir)/open.pass)\n"
+                + "\(dir)/nodes.yaml:3:57: bmc address for node n4 is '10.78.0.', not a host name or IPv4 address (the template '10.78.0.{{ip_octets.4}}' rendered it)"
+        }
+    }
+
     // MARK: - Node selection
 
     func names(_ arguments: [String]) throws -> [String] {

@@ -142,6 +142,27 @@ extension Inventory {
                          bootMode: merged.bootMode, cipherSuite: merged.cipherSuite)
     }
 
+    /// Every node whose levels set any `bmc:` field: its BMC resolves (a template renders to an address,
+    /// nothing is missing) and its password file is private. `nodes check` reports these; `power` finds
+    /// the same per node, as it acts.
+    public func checkBMCs() throws {
+        guard hasBMCSettings else { return }
+        let templates = NodeTemplates(inventory: self)
+        var errors: [ConfigError] = [], checkedFiles = Set<String>()
+        for node in nodes {
+            var merged = BMCSettings()
+            for (_, settings) in settingsLevels(of: node) { merged = merged.merged(with: settings.bmc) }
+            guard !merged.isEmpty else { continue }
+            do {
+                let target = try bmcTarget(for: node, templates: templates)
+                if checkedFiles.insert(target.passwordFile).inserted, let problem = BMCSettings.passwordFileProblem(target.passwordFile) {
+                    throw ConfigError(merged.locations["password_file"] ?? node.location, problem)
+                }
+            } catch let error as ConfigError { errors.append(error) }
+        }
+        try ConfigErrors.throwIfAny(errors)
+    }
+
     /// Whether any level of the inventory sets a BMC field.
     public var hasBMCSettings: Bool {
         !defaults.bmc.isEmpty || groups.values.contains { !$0.bmc.isEmpty } || ranges.contains { !$0.settings.bmc.isEmpty }
@@ -150,6 +171,19 @@ extension Inventory {
 }
 
 extension BMCSettings {
+    /// Why `path` may not hold a BMC password, or nil: a regular file only its owner can read or write
+    /// (0600 or stricter, as ssh keys). `nodes check` and `power` apply this one rule.
+    public static func passwordFileProblem(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "password file \(path): \(String(cString: strerror(errno)))" }
+        guard info.st_mode & S_IFMT == S_IFREG else { return "password file \(path) is not a regular file" }
+        let mode = info.st_mode & 0o777
+        guard mode & 0o077 == 0 else {
+            return "password file \(path) has mode \(String(format: "%04o", mode)): others can read it (chmod 600 \(path))"
+        }
+        return nil
+    }
+
     /// A DNS name (letters, digits, '-', '.') or a dotted IPv4 address.
     static func isHost(_ text: String) -> Bool {
         guard !text.isEmpty, text.utf8.count <= 253, !text.hasPrefix("-"), !text.hasPrefix("."), !text.hasSuffix(".") else { return false }
