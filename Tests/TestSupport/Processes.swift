@@ -104,11 +104,13 @@ public enum ProcessRunner {
     /// its own. Swift Testing runs synchronous tests on the cooperative pool, one thread per core: a
     /// four-VM boot polling there for a minute or more, next to another synchronous test, can starve
     /// every async test in the process, whose sleeps and time-outs then run late.
+    ///
+    /// The body still runs inside the calling task (on `ThreadPerJobExecutor`, as its task executor),
+    /// so the task-locals Swift Testing keeps go with it: an `#expect` that fails in there is reported
+    /// against its own test, not as «unknown» beside a test that "passed".
     public static func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread { continuation.resume(with: Result { try body() }) }
-            thread.stackSize = 8 << 20
-            thread.start()
+        try await withTaskExecutorPreference(ThreadPerJobExecutor.shared) {
+            try await ThreadPerJobExecutor.run(body)
         }
     }
 
@@ -250,4 +252,24 @@ public final class BackgroundProcess: @unchecked Sendable {
     }
 
     deinit { stop() }
+}
+
+/// A task executor that runs each job it is given on a new thread (8 MiB of stack), so a job that
+/// blocks holds that thread only, never one of the cooperative pool's few.
+public final class ThreadPerJobExecutor: TaskExecutor {
+    public static let shared = ThreadPerJobExecutor()
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        let thread = Thread { job.runSynchronously(on: executor) }
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    /// `body`, called from a nonisolated async function: with this executor preferred, that is one of
+    /// its threads.
+    nonisolated static func run<T: Sendable>(_ body: @Sendable () throws -> T) async throws -> T {
+        try body()
+    }
 }
