@@ -98,6 +98,9 @@ extension EndToEnd {
             outputs += both.stdout + both.stderr
             #expect(both.status == 1 && both.stdout.contains("powered off") && both.stdout.contains("FAILED (unreachable)"), "\(both.stdout)\(both.stderr)")
             #expect(bmc.vmPID == nil, "the VM still runs after power off")
+            let off = try imagebuild("power status vm1")
+            outputs += off.stdout + off.stderr
+            #expect(off.status == 0 && off.stdout.contains("vm1") && off.stdout.contains(" off "), "\(off.stdout)\(off.stderr)")
             #expect(!outputs.contains(password), "the BMC password appeared in imagebuild's output")
         }
     }

@@ -229,6 +229,6 @@ import TestSupport
         #expect(line.hasSuffix(" imagebuild.secrets=http://10.77.0.1/boot/v1/secrets/52-54-00-77-00-02"), "\(line)")
         // Without persistent host keys or a secret file, no secrets URL.
         let none = try InventoryLoader.parse(Self.inventoryText.replacingOccurrences(of: "  image: minimal\n", with: "  image: minimal\n  ssh_host_keys: none\n"), file: "n.yaml")
-        #expect(!BootPlan(inventory: none).hasSecrets(none.nodes[0]))
+        #expect(try !none.identity(of: none.nodes[0]).hasSecrets)
     }
 }

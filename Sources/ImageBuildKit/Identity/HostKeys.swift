@@ -546,12 +546,7 @@ public struct HostKeyStore: Sendable {
         }
     }
 
-    private func syncFile(_ path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw HostKeyError.system(operation: "open", path: path, errno: errno) }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw HostKeyError.system(operation: "fsync", path: path, errno: errno) }
-    }
+    private func syncFile(_ path: String) throws { try SafeFileSystem.fsyncFile(path) }
 }
 
 /// flock on a host's directory: repairs and certificate signing of one host, one at a time, across

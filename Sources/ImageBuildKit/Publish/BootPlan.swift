@@ -50,11 +50,6 @@ public struct BootPlan: Sendable {
 
     public static func secretsPath(_ mac: MACAddress) -> String { secretsPrefix + mac.hyphenated }
 
-    /// Whether `node` gets secrets (persistent host keys or a secret file).
-    public func hasSecrets(_ node: Inventory.Node) -> Bool {
-        (try? inventory.identity(of: node))?.hasSecrets ?? false
-    }
-
     // MARK: - The rule
 
     /// Which part of the inventory a machine boots by.
