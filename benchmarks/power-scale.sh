@@ -3,10 +3,11 @@
 # hand-made reference next to it: the same GET per node with curl through `xargs -P` (what a site's
 # loop does), at the same parallelism.
 #
-# The BMCs: sushy-tools' Redfish emulator (.venv-test/, made by scripts/setup) with NODES fake systems,
-# over HTTPS, in a network namespace of its own with only a loopback, listening on all of that
-# namespace's addresses, so each node has a BMC address of its own (127.1.x.y: one TLS connection per
-# BMC, as with real ones) and nothing touches a real interface. Both sides run inside the namespace.
+# The BMCs: benchmarks/redfish-fake.py, one asyncio HTTPS server in a network namespace of its own
+# with only a loopback, listening on all of that namespace's addresses, so each node has a BMC
+# address of its own (127.1.x.y: one TLS connection per BMC, as with real ones) and nothing touches a
+# real interface. (sushy-tools, which the functional tests use, does TLS handshakes one at a time
+# in its accept loop: a model of one slow BMC, not of 1,000.) Both sides run inside the namespace.
 # Printed: wall time, peak memory (RSS) of imagebuild, nodes answered, for RUNS (3) runs and their
 # medians, and the ratio of the medians (reference / imagebuild: above 1, imagebuild is faster).
 # Environment: NODES (1000), PARALLEL (64), RUNS (3), OUT (append the report there),
@@ -19,8 +20,6 @@ RUNS=${RUNS:-3}
 SCRATCH=${SCRATCH:-.build}
 IMAGEBUILD=${IMAGEBUILD:-$SCRATCH/release/imagebuild}
 OUT=${OUT:-}
-VENV=$(pwd)/.venv-test
-[ -x "$VENV/bin/sushy-emulator" ] || { echo "power-scale.sh: run scripts/setup first (no $VENV/bin/sushy-emulator)" >&2; exit 1; }
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     swift build -c release --scratch-path "$SCRATCH" --product imagebuild >&2 || exit 1
 fi
@@ -28,9 +27,9 @@ fi
 IMAGEBUILD=$(realpath "$IMAGEBUILD")
 WORK=$(mktemp -d /tmp/power-scale.XXXXXX)
 NS=ibpower$$
-SUSHY_PID=
+BMC_PID=
 cleanup() {
-    [ -n "$SUSHY_PID" ] && kill "$SUSHY_PID" 2>/dev/null && wait "$SUSHY_PID" 2>/dev/null
+    [ -n "$BMC_PID" ] && kill "$BMC_PID" 2>/dev/null && wait "$BMC_PID" 2>/dev/null
     ip netns del "$NS" 2>/dev/null
     rm -rf "$WORK"
 }
@@ -43,27 +42,12 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -addext subjectAltName=DNS:bmc.test -keyout "$WORK/bmc.key" -out "$WORK/bmc.pem" 2>/dev/null || exit 1
 PASSWORD=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 printf '%s\n' "$PASSWORD" > "$WORK/bmc-password" && chmod 600 "$WORK/bmc-password"
-HASH=$("$VENV/bin/python" -c 'import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().strip().encode(), bcrypt.gensalt(4)).decode())' < "$WORK/bmc-password")
-echo "admin:$HASH" > "$WORK/htpasswd"
 # curl reads the login from a netrc file, so no password is on a command line.
 printf 'machine bmc.test login admin password %s\n' "$PASSWORD" > "$WORK/netrc" && chmod 600 "$WORK/netrc"
 
-# Node i: BMC address 127.1.(i/250).(i%250+1), system uuid ...-<i>.
+# Node i: BMC address 127.1.(i/250).(i%250+1), system id ...-<i>.
 address() { echo "127.1.$(( $1 / 250 )).$(( $1 % 250 + 1 ))"; }
 uuid() { printf '5a1e0000-0000-4000-8000-%012d' "$1"; }
-{
-    echo "SUSHY_EMULATOR_FAKE_DRIVER = True"
-    echo "SUSHY_EMULATOR_FAKE_SYSTEMS = ["
-    for ((i = 0; i < NODES; i++)); do
-        echo "  {'uuid': '$(uuid "$i")', 'name': 'node$i', 'power_state': 'On', 'nics': [{'mac': '52:54:00:00:00:01', 'ip': '10.0.0.1'}]},"
-    done
-    echo "]"
-    echo "SUSHY_EMULATOR_AUTH_FILE = '$WORK/htpasswd'"
-    echo "SUSHY_EMULATOR_LISTEN_IP = '0.0.0.0'"
-    echo "SUSHY_EMULATOR_LISTEN_PORT = 8443"
-    echo "SUSHY_EMULATOR_SSL_CERT = '$WORK/bmc.pem'"
-    echo "SUSHY_EMULATOR_SSL_KEY = '$WORK/bmc.key'"
-} > "$WORK/sushy.conf"
 {
     echo "network: {server: 10.77.0.1, subnet: 10.77.0.0/16}"
     echo "defaults:"
@@ -76,23 +60,30 @@ uuid() { printf '5a1e0000-0000-4000-8000-%012d' "$1"; }
 } > "$WORK/nodes.yaml"
 for ((i = 0; i < NODES; i++)); do echo "$(address "$i") $(uuid "$i")"; done > "$WORK/targets"
 
-in_ns "$VENV/bin/sushy-emulator" --config "$WORK/sushy.conf" --fake > "$WORK/sushy.log" 2>&1 &
-SUSHY_PID=$!
+# Started directly (not through in_ns) so that $! is the server's own PID (ip netns exec execs it).
+ip netns exec "$NS" python3 benchmarks/redfish-fake.py 8443 "$WORK/bmc.pem" "$WORK/bmc.key" "$WORK/bmc-password" > "$WORK/bmc.log" 2>&1 &
+BMC_PID=$!
 for _ in $(seq 100); do
-    in_ns curl -sk -o /dev/null -w '%{http_code}' https://127.1.0.1:8443/redfish/v1/ 2>/dev/null | grep -q 200 && break
-    sleep 0.3
+    in_ns curl -sk -o /dev/null https://127.1.0.1:8443/redfish/v1/ 2>/dev/null && break
+    sleep 0.2
 done
-in_ns curl -sk -o /dev/null https://127.1.0.1:8443/redfish/v1/ || { echo "power-scale.sh: the emulator does not answer" >&2; tail "$WORK/sushy.log" >&2; exit 1; }
+in_ns curl -sk -o /dev/null https://127.1.0.1:8443/redfish/v1/ || { echo "power-scale.sh: the BMCs do not answer" >&2; cat "$WORK/bmc.log" >&2; exit 1; }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-emit "power-scale $(date -u +%FT%TZ): $NODES Redfish BMCs (sushy-tools fake driver, HTTPS), parallel $PARALLEL, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
+emit "power-scale $(date -u +%FT%TZ): $NODES Redfish BMCs (benchmarks/redfish-fake.py, HTTPS), parallel $PARALLEL, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
 : > "$WORK/ours" ; : > "$WORK/ref"
 for run in $(seq "$RUNS"); do
     # imagebuild: wall time and peak RSS from GNU time; nodes answered from its JSON.
     /usr/bin/time -f '%e %M' -o "$WORK/time" ip netns exec "$NS" "$IMAGEBUILD" power status all --nodes "$WORK/nodes.yaml" \
         --parallel "$PARALLEL" --json > "$WORK/out.json" 2> "$WORK/err"
-    read -r seconds rss < "$WORK/time"
+    # GNU time puts "Command exited with non-zero status N" first when a node failed.
+    read -r seconds rss < <(tail -n 1 "$WORK/time")
     ok=$(grep -c '"ok" : true' "$WORK/out.json")
+    if [ "$ok" != "$NODES" ]; then
+        echo "power-scale.sh: $((NODES - ok)) nodes failed; the first errors:" >&2
+        grep -m 5 '"error"' "$WORK/out.json" >&2
+        head -5 "$WORK/err" >&2
+    fi
     grep -q "$PASSWORD" "$WORK/out.json" "$WORK/err" && { echo "power-scale.sh: the password appeared in the output" >&2; exit 1; }
     emit "  run $run imagebuild: ${seconds} s, peak RSS $((rss / 1024)) MiB, $ok of $NODES answered"
     echo "$seconds" >> "$WORK/ours"

@@ -68,7 +68,7 @@ public struct IPMIToolClient: BMCClient {
             (succeeded, output, errors) = try await withTimeout(timeout, what: "ipmitool \(command.joined(separator: " "))") {
                 let result = try await Subprocess.run(.name(executable), arguments: Arguments(arguments), input: .none,
                                                       output: .string(limit: 1 << 16), error: .string(limit: 1 << 16))
-                return (result.terminationStatus.isSuccess, result.standardOutput ?? "", result.standardError ?? "")
+                return (result.terminationStatus.isSuccess, result.standardOutput, result.standardError)
             }
         } catch let error as BMCError {
             throw error
