@@ -10,13 +10,13 @@ struct PowerOptions: ParsableArguments {
         valueName: "nodes"))
     var nodeNames: [String] = []
 
-    @Option(name: .customLong("nodes"), help: "The node inventory, with each node's bmc: settings.")
+    @Option(name: .customLong("nodes"), help: ArgumentHelp("The node inventory, with each node's bmc: settings.", valueName: "file"))
     var inventoryPath: String = "nodes.yaml"
 
     @Option(help: "How many BMCs to talk to at once.")
     var parallel: Int = 32
 
-    @Option(name: .customLong("bmc-timeout"), help: "Seconds to wait for each answer from a BMC.")
+    @Option(name: .customLong("bmc-timeout"), help: ArgumentHelp("Seconds to wait for each answer from a BMC.", valueName: "seconds"))
     var bmcTimeout: Double = 20
 
     func validate() throws {
