@@ -83,6 +83,9 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         var tftp = inventory.network
         tftp.biosLoader = "pxelinux.0"
         assertSnapshot(BootRenderer(network: tftp).pxelinuxConfig(target), named: "pxelinux-node-tftp.cfg")
+        assertSnapshot(renderer.grubConfig(target, mac: node.mac), named: "grub-node.cfg")
+        assertSnapshot(renderer.grubConfig(target, mac: nil), named: "grub-default.cfg")
+        assertSnapshot(renderer.grubUnregistered(), named: "grub-unregistered.cfg")
     }
 }
 
@@ -150,8 +153,8 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
     }
 
     @Test func unknownLoader() {
-        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, loader: grub}\n")
-                == "nodes.yaml:5:53: unknown loader 'grub' (pxelinux or ipxe (or leave it out: the firmware decides))")
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, loader: shim}\n")
+                == "nodes.yaml:5:53: unknown loader 'shim' (pxelinux, ipxe or grub (or leave it out: the firmware decides))")
     }
 
     @Test func rangeCannotChooseTheLoader() {
