@@ -131,6 +131,10 @@ extension EndToEnd {
                 let result = try Harness.shell(command)
                 guard result.status == 0 else { throw HarnessError("\(command): \(result.stderr)") }
             }
+            // And without the node's own GRUB file, so this boot also walks past missing names: GRUB's
+            // grub.cfg tries grub.cfg-01-<mac>, grub.cfg-<IP>, then grub.cfg-default (the same image).
+            try FileManager.default.removeItem(atPath: site.root + "/grub/grub.cfg-01-52-54-00-77-00-17")
+            let logBefore = site.serveLogs.count
             try vm.powerCycle()
             let refusedAt = Date()
             let refused = vm.wait(for: "imagebuild: booting minimal", timeout: 300)
@@ -142,6 +146,13 @@ extension EndToEnd {
             #expect(!refusal.contains("you need to load the kernel first"), "GRUB went on to the initrd:\n\(refusal.suffix(3000))")
             #expect(!refusal.contains("NODE-UP"), "the unsigned kernel booted:\n\(refusal.suffix(3000))")
             #expect(!refusal.contains("Linux version"), "the unsigned kernel started:\n\(refusal.suffix(3000))")
+            let secondWalk = String(site.serveLogs.dropFirst(logBefore)).split(separator: "\n").compactMap { line -> String? in
+                guard line.contains("TFTP"), let r = line.range(of: #"grub/grub\.cfg[0-9A-Za-z.-]*"#, options: .regularExpression) else { return nil }
+                return String(line[r]) + (line.contains("TFTP completed") ? " found" : " -")
+            }
+            print("GRUB's walk without the node's own file:\n  " + secondWalk.joined(separator: "\n  "))
+            #expect(secondWalk == ["grub/grub.cfg found", "grub/grub.cfg-01-52-54-00-77-00-17 -", "grub/grub.cfg-10.77.0.17 -", "grub/grub.cfg-default found"],
+                    "GRUB's walk: \(secondWalk)")
             wire.process.stop()
         }
     }
