@@ -209,6 +209,10 @@ struct BootPlanTests {
         #expect(grubFiles.map(\.path) == ["grub/grub.cfg", "grub/grub.cfg-default", "grub/grub.cfg-01-52-54-00-77-00-01"])
         #expect(index.nodes.first { $0.hostname == "n1" }?.grub == ["grub/grub.cfg-01-52-54-00-77-00-01"])
         #expect(index.nodes.first { $0.hostname == "n2" }?.grub == nil)
+        // DHCP hands out the shim as soon as nodes.yaml says so; GRUB's file waits for a publish: a drift.
+        #expect(InventoryDrift(inventory: inventory, published: index).changed.isEmpty)
+        let moved = try InventoryLoader.parse(yaml.replacingOccurrences(of: "ip: 10.77.0.12}", with: "ip: 10.77.0.12, loader: grub}"), file: "nodes.yaml")
+        #expect(InventoryDrift(inventory: moved, published: index).changed == ["n2 (52:54:00:77:00:02): GRUB file missing (loader: grub)"])
         let config = try #require(grubFiles.last?.text)
         #expect(config.contains("linux /images/compute/compute0123456789/vmlinuz quiet imagebuild.sha256=00 "))
         #expect(config.contains(" BOOTIF=01-52-54-00-77-00-01; then"))

@@ -3,8 +3,8 @@ import Foundation
 /// What each machine boots: the one place that decides it.
 ///
 /// Publish writes the plan's files, the server's bootscript endpoint asks it per request, DHCP asks it
-/// which BIOS loader and which x86-64 UEFI loader a machine gets, and `nodes explain` prints its answer. Pure: an inventory and the
-/// published images in, answers out (table-tested in `BootPlanTests`).
+/// which BIOS and which x86-64 UEFI loader a machine gets, and `nodes explain` prints its answer. Pure:
+/// an inventory and the published images in, answers out (table-tested in `BootPlanTests`).
 ///
 /// **The rule**, for a machine with MAC `m` and (when known) address `a`:
 /// 1. a node registered with MAC `m` boots its own settings (node > group > defaults);
