@@ -20,3 +20,14 @@ extension IPv4Network {
     /// of 4 has one; nodes.yaml refuses other ranges.
     public var pxelinuxName: String { String(address.hex.prefix(prefix / 4)) }
 }
+
+/// The GRUB configuration files a machine booting through imagebuild's GRUB entry point tries, in
+/// order, after GRUB itself reads `grub.cfg` (names relative to GRUB's prefix folder, `grub/`): its own
+/// `grub.cfg-01-<mac>`, then `grub.cfg-<dotted IP>` (written for pool addresses in a range), then
+/// `grub.cfg-default`. Debian's GRUB 2.06 reads only `grub.cfg` over the network (no per-MAC or hex-IP
+/// walk of its own: seen in the TFTP log of a real boot, `FirmwareBootTests`), and its script has no
+/// arithmetic for hex, so the walk is written into `grub.cfg` (`BootRenderer.grubEntry`), dotted.
+/// Used to name the files publish writes and by `imagebuild nodes explain`.
+public func grubLookupOrder(mac: MACAddress, ip: IPv4Address?) -> [String] {
+    ["grub.cfg", "grub.cfg-" + mac.pxelinuxName] + (ip.map { ["grub.cfg-\($0)"] } ?? []) + ["grub.cfg-default"]
+}

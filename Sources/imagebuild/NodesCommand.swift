@@ -19,6 +19,10 @@ struct NodesCommand: ParsableCommand {
                 iPXE path too. The order comes from pxelinuxLookupOrder, the function the
                 pxelinux lookup-order tests pin down.
 
+                For a node with 'loader: grub' (Secure Boot: shim, then GRUB), it also prints
+                GRUB's walk: GRUB reads grub/grub.cfg, which tries grub/grub.cfg-01-<mac>, then
+                grub/grub.cfg-<IP>, then grub/grub.cfg-default.
+
                 'boots:' is the boot plan's answer (the rule publish, DHCP and the bootscript
                 endpoint share: registered node, else the most specific range holding the IP,
                 else the default image) with the images published in --root.
@@ -57,6 +61,8 @@ struct NodesCommand: ParsableCommand {
             var biosLoader: String?
             var firmwareGets: String?
             var ipxeROMGets: String?
+            /// What DHCP hands an x86-64 UEFI PXE machine (nil without an inventory).
+            var uefiGets: String?
             /// The boot plan's answer with the published images: what the bootscript endpoint boots, and why.
             var boots: String?
             var pxelinux: [Candidate]
@@ -64,6 +70,9 @@ struct NodesCommand: ParsableCommand {
             var pxelinuxUses: [String]
             var ipxe: [Candidate]
             var ipxeUses: String?
+            /// GRUB's walk (`loader: grub`, or any GRUB file in the root), and the lines of the file it uses.
+            var grub: [Candidate]? = nil
+            var grubUses: [String]? = nil
             /// The node's identity (registered nodes only): what it gets, and from which level.
             var identity: Identity?
         }
@@ -127,9 +136,10 @@ struct NodesCommand: ParsableCommand {
                 let published = try? PublishIndex.read(root: root)
                 let plan = published.map { BootPlan(inventory: inventory, index: $0) } ?? BootPlan(inventory: inventory)
                 let bios = plan.biosBoot(for: node)
-                answer.biosLoader = bios.loader?.rawValue ?? "not set"
+                answer.biosLoader = inventory.loader(for: node)?.rawValue ?? "not set"
                 answer.firmwareGets = bios.firmwareFile
                 answer.ipxeROMGets = bios.ipxeROMFile ?? "its boot script"
+                answer.uefiGets = plan.uefiFile(for: node).map { "\($0) (loader: grub, Secure Boot: shim, then GRUB)" } ?? "ipxe/ipxe.efi"
                 switch plan.answer(mac: mac, ip: address) {
                 case .boot(let target, let why): answer.boots = "\(target.image.name) \(target.image.digest) (\(why))"
                 case .wait(let reason): answer.boots = "nothing yet: \(reason)"
@@ -154,6 +164,19 @@ struct NodesCommand: ParsableCommand {
             if let text = try? String(contentsOfFile: used, encoding: .utf8), let line = text.split(separator: "\n").first(where: { $0.hasPrefix("# ") }) {
                 answer.ipxeUses = String(line)
             }
+            var grub: [Explanation.Candidate] = []
+            // The first name is the entry point GRUB reads; the walk it holds decides among the rest.
+            for (position, name) in grubLookupOrder(mac: mac, ip: address).map({ BootPlan.grubFolder + "/" + $0 }).enumerated() {
+                let exists = FileManager.default.fileExists(atPath: root + "/" + name)
+                grub.append(.init(name: name, exists: exists, used: position > 0 && exists && !grub.contains(where: \.used)))
+            }
+            if inventory?.loader(for: node) == .grub || grub.contains(where: \.exists) {
+                answer.grub = grub
+                if let used = grub.first(where: \.used), let text = try? String(contentsOfFile: root + "/" + used.name, encoding: .utf8) {
+                    answer.grubUses = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+                        .filter { $0.hasPrefix("linux ") || $0.hasPrefix("if linux ") || $0.hasPrefix("#") }
+                }
+            }
             if let inventory, let node { answer.identity = Self.identity(of: node, in: inventory) }
             if json { printJSON(answer) } else { print(render(answer), terminator: "") }
         }
@@ -167,7 +190,7 @@ struct NodesCommand: ParsableCommand {
             }
             if answer.ip == nil { out += "  (no IP known: give --ip to include the hex-IP names)\n" }
             if let loader = answer.biosLoader, let firmware = answer.firmwareGets, let rom = answer.ipxeROMGets {
-                out += "  BIOS boot (loader: \(loader)): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets ipxe/ipxe.efi\n"
+                out += "  BIOS boot (loader: \(loader)): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets \(answer.uefiGets ?? "ipxe/ipxe.efi")\n"
             }
             if let boots = answer.boots { out += "  boots: \(boots)\n" }
             out += "\npxelinux would try, in order:\n"
@@ -183,6 +206,15 @@ struct NodesCommand: ParsableCommand {
                 out += "  \(candidate.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(mark)\n"
             }
             if let line = answer.ipxeUses { out += "    \(line)\n" }
+            if let grub = answer.grub {
+                out += "\nGRUB (shim's, loader: grub) reads grub/grub.cfg, whose walk tries, in order:\n"
+                for candidate in grub {
+                    let mark = candidate.used ? "found  <- used" : candidate.exists ? "found" : "-"
+                    out += "  \(candidate.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(mark)\n"
+                }
+                for line in answer.grubUses ?? [] { out += "    \(line)\n" }
+                if !grub.contains(where: \.used) { out += "  nothing found: run 'imagebuild publish' for this root\n" }
+            }
             if let identity = answer.identity {
                 out += "\nits own files (laid over the root by stage 1; secrets only from the live server, to the node itself):\n"
                 if let error = identity.error { out += "  \(error)\n" }

@@ -157,6 +157,93 @@ struct BootPlanTests {
         #expect(plan.biosBoot(for: inventory.node(mac: MACAddress("52:54:00:77:00:03")!)) == .init(loader: .pxelinux, firmwareFile: pxelinux, ipxeROMFile: pxelinux))
     }
 
+    /// `loader: grub` (the Secure Boot chain): the plan decides, DHCP hands x86-64 UEFI PXE machines the
+    /// shim (firmware and iPXE ROMs alike), HTTP Boot and BIOS machines keep what they had, and publish
+    /// writes GRUB's files for exactly the machines that boot through it.
+    @Test("loader grub: shim for x86-64 UEFI PXE, GRUB's files for its machines only")
+    func grubLoader() throws {
+        let yaml = """
+            network: {server: 10.77.0.1, subnet: 10.77.0.0/24, pool: 10.77.0.110-10.77.0.113, http_port: 8080}
+            defaults: {image: compute}
+            groups:
+              secure: {loader: grub}
+            ranges:
+              - {cidr: 10.77.0.96/28, image: rescue}
+            nodes:
+              - {mac: 52:54:00:77:00:01, hostname: n1, ip: 10.77.0.11, group: secure}
+              - {mac: 52:54:00:77:00:02, hostname: n2, ip: 10.77.0.12}
+              - {mac: 52:54:00:77:00:03, hostname: n3, group: secure, loader: ipxe}
+            """
+        let inventory = try InventoryLoader.parse(yaml, file: "nodes.yaml")
+        let plan = BootPlan(inventory: inventory, images: Self.images)
+        let policy = DHCPPolicy(inventory: inventory, configuration: DHCPServerConfiguration(stateDirectory: "/nonexistent"))
+        let dhcpInventory = DHCPServerInventory(inventory)
+        struct NoLeases: DHCPLeaseView {
+            func holder(of address: IPv4Address, at now: DHCPTimestamp) -> MACAddress? { nil }
+            func address(heldBy client: MACAddress, at now: DHCPTimestamp) -> IPv4Address? { nil }
+            func isDeclined(_ address: IPv4Address, at now: DHCPTimestamp) -> Bool { false }
+        }
+        func bootFile(_ mac: String, _ arch: DHCPClientArchitecture, ipxe: Bool = false, http: Bool = false) -> String? {
+            let vendor = "\(http ? "HTTPClient" : "PXEClient"):Arch:\(String(format: "%05d", arch.rawValue)):UNDI:003016"
+            let decision = policy.decide(DHCPReceived(message: dhcpDiscover(MACAddress(mac)!, vendorClass: vendor, arch: arch, ipxe: ipxe),
+                                                      interfaceAddress: IPv4Address(10, 77, 0, 1)),
+                                         now: dhcpTime(1000), inventory: dhcpInventory, leases: NoLeases())
+            guard case .reply(let reply) = decision else { Issue.record("no reply for \(mac) \(arch): \(decision)"); return nil }
+            return reply.message.options.bootfileName
+        }
+        let n1 = "52:54:00:77:00:01"
+        #expect(plan.uefiFile(for: inventory.node(mac: MACAddress(n1)!)) == BootPlan.shim)
+        #expect(bootFile(n1, .x64UEFI) == "grub/shimx64.efi")
+        #expect(bootFile(n1, .ebc) == "grub/shimx64.efi")
+        #expect(bootFile(n1, .x64UEFI, ipxe: true) == "grub/shimx64.efi")
+        #expect(bootFile(n1, .x64UEFIHTTP, http: true) == "http://10.77.0.1:8080/ipxe/ipxe.efi")
+        #expect(bootFile(n1, .x86BIOS) == "lpxelinux.0")
+        #expect(plan.biosBoot(for: inventory.node(mac: MACAddress(n1)!)) == .init(loader: nil, firmwareFile: "lpxelinux.0", ipxeROMFile: nil))
+        // Not in the group, or overridden at the node, or not listed (defaults set no loader): iPXE.
+        for mac in ["52:54:00:77:00:02", "52:54:00:77:00:03", "02:00:00:00:00:99"] {
+            #expect(bootFile(mac, .x64UEFI) == "ipxe/ipxe.efi", "\(mac)")
+        }
+
+        let (files, index) = plan.files(generation: 1)
+        let grubFiles = files.filter { $0.path.hasPrefix("grub/") }
+        #expect(grubFiles.map(\.path) == ["grub/grub.cfg", "grub/grub.cfg-default", "grub/grub.cfg-01-52-54-00-77-00-01"])
+        #expect(index.nodes.first { $0.hostname == "n1" }?.grub == ["grub/grub.cfg-01-52-54-00-77-00-01"])
+        #expect(index.nodes.first { $0.hostname == "n2" }?.grub == nil)
+        // DHCP hands out the shim as soon as nodes.yaml says so; GRUB's file waits for a publish: a drift.
+        #expect(InventoryDrift(inventory: inventory, published: index).changed.isEmpty)
+        let moved = try InventoryLoader.parse(yaml.replacingOccurrences(of: "ip: 10.77.0.12}", with: "ip: 10.77.0.12, loader: grub}"), file: "nodes.yaml")
+        #expect(InventoryDrift(inventory: moved, published: index).changed == ["n2 (52:54:00:77:00:02): GRUB file missing (loader: grub)"])
+        let config = try #require(grubFiles.last?.text)
+        #expect(config.contains("linux /images/compute/compute0123456789/vmlinuz quiet imagebuild.sha256=00 "))
+        #expect(config.contains(" BOOTIF=01-52-54-00-77-00-01; then"))
+        #expect(config.contains("initrd /images/compute/compute0123456789/initramfs.img"))
+        // The entry point walks the names in `grubLookupOrder`, after itself.
+        let entry = grubFiles[0].text
+        #expect(grubLookupOrder(mac: MACAddress(n1)!, ip: IPv4Address("10.77.0.11")!)
+                == ["grub.cfg", "grub.cfg-01-52-54-00-77-00-01", "grub.cfg-10.77.0.11", "grub.cfg-default"])
+        #expect(entry.contains(#"configfile "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6""#))
+        #expect(entry.contains(#"configfile "$prefix/grub.cfg-$net_default_ip""#))
+        #expect(entry.contains(#"configfile "$prefix/grub.cfg-default""#))
+
+        // With `defaults: {loader: grub}`, machines not listed get the shim; a range reaches them as one
+        // file per pool address in it (GRUB cannot walk hex prefixes), the rest fall to the default.
+        let everyone = try InventoryLoader.parse(yaml.replacingOccurrences(of: "defaults: {image: compute}", with: "defaults: {image: compute, loader: grub}"),
+                                                 file: "nodes.yaml")
+        let everyFile = BootPlan(inventory: everyone, images: Self.images).files(generation: 1).files.filter { $0.path.hasPrefix("grub/") }
+        #expect(everyFile.map(\.path) == ["grub/grub.cfg", "grub/grub.cfg-default", "grub/grub.cfg-10.77.0.110", "grub/grub.cfg-10.77.0.111",
+                                          "grub/grub.cfg-01-52-54-00-77-00-01", "grub/grub.cfg-01-52-54-00-77-00-02"])
+        #expect(everyFile[2].text.contains("rescue"))
+        #expect(everyFile[1].text.contains("compute") && everyFile[1].text.contains("BOOTIF=01-${net_default_mac}"))
+        #expect(BootPlan(inventory: everyone).uefiFile(for: nil) == BootPlan.shim)
+    }
+
+    @Test("GRUB quoting: kernel parameters GRUB would parse are single-quoted")
+    func grubQuoting() {
+        #expect(BootRenderer.grubQuoted("console=ttyS0,115200") == "console=ttyS0,115200")
+        #expect(BootRenderer.grubQuoted("a=$x") == "'a=$x'")
+        #expect(BootRenderer.grubQuoted("it's") == #"'it'\''s'"#)
+    }
+
     @Test("two ranges on one network are refused: they would write one pxelinux file")
     func duplicateRanges() throws {
         let yaml = Self.yaml.replacingOccurrences(of: "- {cidr: 10.77.0.96/28, image: rescue}",

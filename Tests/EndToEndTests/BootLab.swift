@@ -79,11 +79,34 @@ final class BootLab {
             arguments += ["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
                           "-drive", "if=pflash,format=raw,file=\(vars)",
                           "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
+        case .uefiHTTP:
+            // EDK2's HTTP Boot client: its PXE client (which OVMF's boot order tries first) and IPv6 are
+            // switched off through fw_cfg (OvmfPkg/RUNTIME_CONFIG.md), so the first network boot option
+            // left is "UEFI HTTPv4", which asks DHCP for its URL.
+            let vars = directory + "/\(name)-OVMF_VARS.fd"
+            try FileManager.default.copyItem(atPath: "/usr/share/OVMF/OVMF_VARS_4M.fd", toPath: vars)
+            arguments += ["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                          "-drive", "if=pflash,format=raw,file=\(vars)",
+                          "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+                          "-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no",
+                          "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
+        case .secureBoot:
+            // Secure Boot enforced with Microsoft's keys enrolled (Debian's OVMF_VARS_4M.ms.fd): the
+            // secboot build needs SMM and a secure pflash on q35. EDK2's own PXE client.
+            let vars = directory + "/\(name)-OVMF_VARS.ms.fd"
+            try FileManager.default.copyItem(atPath: "/usr/share/OVMF/OVMF_VARS_4M.ms.fd", toPath: vars)
+            arguments += ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+                          "-global", "ICH9-LPC.disable_s3=1",
+                          "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                          "-drive", "if=pflash,format=raw,unit=1,file=\(vars)",
+                          "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
         }
         return try start(name, arguments)
     }
 
-    enum Firmware { case bios, uefi }
+    /// `uefi`: OVMF's PXE client; `uefiHTTP`: OVMF's HTTP Boot client; `secureBoot`: OVMF with Secure
+    /// Boot enforced (Microsoft keys), PXE.
+    enum Firmware { case bios, uefi, uefiHTTP, secureBoot }
 }
 
 /// A lab machine. QEMU runs with `-no-reboot`, so any reset ends it and the test sees the failure. The

@@ -83,6 +83,10 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         var tftp = inventory.network
         tftp.biosLoader = "pxelinux.0"
         assertSnapshot(BootRenderer(network: tftp).pxelinuxConfig(target), named: "pxelinux-node-tftp.cfg")
+        assertSnapshot(renderer.grubConfig(target, mac: node.mac), named: "grub-node.cfg")
+        assertSnapshot(renderer.grubConfig(target, mac: nil), named: "grub-default.cfg")
+        assertSnapshot(renderer.grubUnregistered(), named: "grub-unregistered.cfg")
+        assertSnapshot(renderer.grubEntry(), named: "grub-entry.cfg")
     }
 }
 
@@ -150,8 +154,8 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
     }
 
     @Test func unknownLoader() {
-        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, loader: grub}\n")
-                == "nodes.yaml:5:53: unknown loader 'grub' (pxelinux or ipxe (or leave it out: the firmware decides))")
+        #expect(error("  - {mac: \"52:54:00:77:00:01\", hostname: a, loader: shim}\n")
+                == "nodes.yaml:5:53: unknown loader 'shim' (pxelinux, ipxe or grub (or leave it out: the firmware decides))")
     }
 
     @Test func rangeCannotChooseTheLoader() {
@@ -227,6 +231,40 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
         #expect(files["./pxelinux.cfg/0A4D000B"] == files["./pxelinux.cfg/01-52-54-00-77-00-01"])
         #expect(index.nodes.map(\.hostname) == ["node001", "node002", "node003"])
         #expect(try PublishIndex.read(root: root) == index)
+    }
+
+    /// `loader: grub`: Debian's signed shim and GRUB are laid byte for byte (their signatures are what
+    /// Secure Boot checks), with the GRUB files, and two publishes give the same bytes. A missing package
+    /// fails the test: scripts/setup installs it.
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func publishesTheSecureBootChainReproducibly() throws {
+        for loader in Publisher.secureBootLoaders where !FileManager.default.fileExists(atPath: loader.source) {
+            Issue.record("\(loader.source) is missing: apt-get install \(loader.package) (scripts/setup installs it)")
+            return
+        }
+        let yaml = sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal")
+            .replacingOccurrences(of: "ip: 10.77.0.12}", with: "ip: 10.77.0.12, loader: grub}")
+        let inventory = try InventoryLoader.parse(yaml, file: "nodes.yaml")
+        let artifact = try artifact("minimal", content: "v1")
+        var roots: [[String: String]] = []
+        for name in ["a", "b"] {
+            let root = dir.path + "/\(name)/tftpboot"
+            try Publisher(root: root, inventory: inventory).publish(artifacts: [artifact])
+            roots.append(try fetchable(root))
+        }
+        let files = roots[0]
+        #expect(files["./grub/shimx64.efi"] == (try sha256File("/usr/lib/shim/shimx64.efi.signed").digest))
+        #expect(files["./grub/grubx64.efi"] == (try sha256File("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed").digest))
+        for name in ["./grub/grub.cfg", "./grub/grub.cfg-default", "./grub/grub.cfg-01-52-54-00-77-00-02"] {
+            #expect(files[name] != nil, "\(name) not published")
+        }
+        #expect(files["./grub/grub.cfg-01-52-54-00-77-00-01"] == nil, "node001 has no loader: grub")
+        #expect(roots[0] == roots[1], "two publishes differ")
+
+        // Without `loader: grub` anywhere, neither package is needed and nothing is laid.
+        let plain = dir.path + "/plain/tftpboot"
+        try Publisher(root: plain, inventory: try InventoryLoader.parse(sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal"), file: "nodes.yaml"))
+            .publish(artifacts: [artifact])
+        #expect(try fetchable(plain).keys.filter { $0.hasPrefix("./grub/") }.isEmpty)
     }
 
     @Test func refusesAnArtifactThatDoesNotMatchItsManifest() throws {

@@ -142,6 +142,15 @@ import Testing
                 == "pxelinux.cfg/b8945908-d6a6-41a9-611d-74a6ab80b83d")
     }
 
+    /// The walk imagebuild's GRUB entry point (`grub/grub.cfg`) runs, as Debian's GRUB 2.06 fetched it
+    /// in `FirmwareBootTests`: entry point, per-MAC, dotted IP (GRUB's script has no hex), default.
+    @Test func grubWalk() {
+        #expect(grubLookupOrder(mac: MACAddress("00:0C:29:19:29:C0")!, ip: IPv4Address("192.168.1.98"))
+                == ["grub.cfg", "grub.cfg-01-00-0c-29-19-29-c0", "grub.cfg-192.168.1.98", "grub.cfg-default"])
+        #expect(grubLookupOrder(mac: MACAddress("aa:bb:cc:dd:ee:ff")!, ip: nil)
+                == ["grub.cfg", "grub.cfg-01-aa-bb-cc-dd-ee-ff", "grub.cfg-default"])
+    }
+
     /// A range's file (what publish writes for it) is on the walk of every address inside it, and of
     /// none outside it.
     @Test(arguments: [4, 8, 12, 16, 20, 24, 28])

@@ -54,11 +54,16 @@ public struct DHCPHost: Hashable, Sendable {
     public var bootFile: String?
     /// The site's BIOS boot path for this node, whatever its firmware would get.
     public var biosLoader: DHCPBIOSLoader?
+    /// The file the site chose for this node's x86-64 UEFI PXE boot (firmware and iPXE ROMs alike: the
+    /// Secure Boot chain's shim); nil: the architecture table's.
+    public var uefiLoader: String?
 
     public init(
         mac: MACAddress, address: IPv4Address? = nil, hostname: String? = nil,
-        architecture: DHCPClientArchitecture? = nil, bootFile: String? = nil, biosLoader: DHCPBIOSLoader? = nil
+        architecture: DHCPClientArchitecture? = nil, bootFile: String? = nil, biosLoader: DHCPBIOSLoader? = nil,
+        uefiLoader: String? = nil
     ) {
+        self.uefiLoader = uefiLoader
         self.mac = mac
         self.address = address
         self.hostname = hostname

@@ -208,6 +208,8 @@ public struct DHCPPolicy: Hashable, Sendable {
     public var bootScriptPath: String
     /// The BIOS boot path of machines not in the inventory (a node's own is `DHCPHost.biosLoader`).
     public var unknownClientBIOSLoader: DHCPBIOSLoader?
+    /// The x86-64 UEFI PXE file of machines not in the inventory (a node's own is `DHCPHost.uefiLoader`).
+    public var unknownClientUEFILoader: String?
     /// Seconds pxelinux waits after "Boot failed: press a key to retry, or wait for reset..." before it
     /// resets the machine (options 208 and 211, sent with a pxelinux boot file); nil leaves pxelinux's own
     /// 300 s. A stateless node has nothing to lose by trying again soon, and nobody presses that key.
@@ -218,8 +220,10 @@ public struct DHCPPolicy: Hashable, Sendable {
         tftpServerName: String? = nil, httpPort: UInt16 = 80, ignoreUnknownClients: Bool = false,
         rapidCommit: Bool = true, offerHoldTime: UInt32 = 60, declineHoldTime: UInt32 = 3600,
         bootFiles: DHCPBootFileTable = .standard, bootScriptPath: String,
-        unknownClientBIOSLoader: DHCPBIOSLoader? = nil, pxelinuxRebootTime: UInt32? = nil
+        unknownClientBIOSLoader: DHCPBIOSLoader? = nil, unknownClientUEFILoader: String? = nil,
+        pxelinuxRebootTime: UInt32? = nil
     ) {
+        self.unknownClientUEFILoader = unknownClientUEFILoader
         self.unknownClientBIOSLoader = unknownClientBIOSLoader
         self.pxelinuxRebootTime = pxelinuxRebootTime
         self.mode = mode
@@ -560,8 +564,13 @@ public struct DHCPPolicy: Hashable, Sendable {
         // PXE clients that send no option 93 are BIOS (PXE 2.1 predates it).
         let arch = host?.architecture ?? options.clientArchitecture ?? .x86BIOS
         let siteLoader = arch == .x86BIOS ? (host != nil ? host?.biosLoader : unknownClientBIOSLoader) : nil
+        // x86-64 UEFI PXE (7, and 9 from firmware that follows RFC 4578's swapped values); HTTP Boot
+        // clients keep the table's file by URL.
+        let siteUEFILoader = arch == .x64UEFI || arch == .ebc ? (host != nil ? host?.uefiLoader : unknownClientUEFILoader) : nil
         if options.userClassIsIPXE {
             if case .pxelinux(let file) = siteLoader { return .success(BootInfo(kind: .pxe, file: file)) }
+            // A UEFI iPXE ROM chainloads the site's loader (shim) over TFTP, as firmware PXE would.
+            if let file = siteUEFILoader { return .success(BootInfo(kind: .pxe, file: file)) }
             // iPXE already runs: hand it the boot script so the chainload loop ends.
             return .success(BootInfo(kind: .ipxe, file: bootScriptURL(for: mac)))
         } else if options.vendorClassHasPrefix("HTTPClient") {
@@ -573,7 +582,7 @@ public struct DHCPPolicy: Hashable, Sendable {
         }
         let chosen: String? = switch siteLoader {
         case .pxelinux(let file), .ipxe(let file): kind == .pxe ? file : nil
-        case nil: nil
+        case nil: kind == .pxe ? siteUEFILoader : nil
         }
         guard let path = host?.bootFile ?? chosen ?? bootFiles[arch] else { return .failure(.noBootFile(arch)) }
         if kind == .http && !path.contains("://") {

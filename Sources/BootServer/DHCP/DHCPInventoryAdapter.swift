@@ -17,7 +17,7 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
         var reserved = Set<IPv4Address>()
         for node in inventory.nodes {
             hosts[node.mac] = DHCPHost(mac: node.mac, address: node.ip, hostname: node.hostname,
-                                  biosLoader: DHCPBIOSLoader(plan.biosBoot(for: node)))
+                                  biosLoader: DHCPBIOSLoader(plan.biosBoot(for: node)), uefiLoader: plan.uefiFile(for: node))
             if let address = node.ip { reserved.insert(address) }
         }
         // The server's own address is never handed out either.
@@ -62,6 +62,7 @@ extension DHCPPolicy {
             bootFiles: .forInventory(inventory),
             bootScriptPath: BootPlan.bootScriptPath,
             unknownClientBIOSLoader: DHCPBIOSLoader(BootPlan(inventory: inventory).biosBoot(for: nil)),
+            unknownClientUEFILoader: BootPlan(inventory: inventory).uefiFile(for: nil),
             pxelinuxRebootTime: configuration.pxelinuxRebootTime)
     }
 }
@@ -72,7 +73,7 @@ extension DHCPBIOSLoader {
         switch boot.loader {
         case .pxelinux: self = .pxelinux(boot.firmwareFile)
         case .ipxe: self = .ipxe(boot.firmwareFile)
-        case nil: return nil
+        case .grub, nil: return nil
         }
     }
 }

@@ -258,18 +258,23 @@ public final class HTTPService: BootService, Sendable {
             root: root, threadPool: threadPool,
             cache: SmallFileCache(fileLimit: Int64(configuration.smallFileLimit), totalLimit: configuration.smallFileCacheLimit),
             chunkSize: configuration.chunkSize,
-            observe: { $0.hasPrefix("images/") },
+            // Image files, and boot loaders: UEFI HTTP Boot fetches its loader (`ipxe/ipxe.efi`) here,
+            // not over TFTP, and that is the node's `bootloader` stage.
+            observe: { $0.hasPrefix("images/") || BootStage.forFile($0) == .bootloader },
             delivered: { delivery in
                 metrics.sent(.files, bytes: delivery.bytes)
-                guard delivery.relative.hasPrefix("images/") else { return }
+                let image = delivery.relative.hasPrefix("images/")
+                guard image || BootStage.forFile(delivery.relative) == .bootloader else { return }
                 let complete = delivery.error == nil && delivery.bytes == delivery.expected
-                (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()
-                metrics.imageBytes.increment(by: Int64(delivery.bytes))
+                if image {
+                    (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()
+                    metrics.imageBytes.increment(by: Int64(delivery.bytes))
+                }
                 let ip = delivery.remote?.ipv4Address
                 let mac = ip.flatMap(attribute)
                 let outcome: TransferOutcome = complete ? .completed
                     : .incomplete(delivery.error.map { "\($0)" } ?? "\(delivery.bytes) of \(delivery.expected) bytes")
-                // One line per kernel, initramfs or image download, like the TFTP transfer log: the
+                // One line per loader, kernel, initramfs or image download, like the TFTP transfer log: the
                 // admin's record of who fetched what, and where a boot stopped.
                 logger.info("HTTP \(outcome.label)", metadata: [
                     "file": "\(delivery.relative)", "bytes": "\(delivery.bytes)", "size": "\(delivery.expected)",

@@ -40,6 +40,8 @@ public enum BootStage: String, Sendable, Codable, CaseIterable, Comparable {
         if name.hasPrefix("initramfs") || name.hasPrefix("initrd") { return .initrd }
         if name.hasPrefix("image.") { return .image }
         if path.contains("pxelinux.cfg/") || name.hasSuffix(".ipxe") || name.hasSuffix(".cfg") || name == "bootscript" { return .config }
+        // GRUB's walk: `grub.cfg-01-<mac>`, `grub.cfg-<hex IP>`, … (`grub.cfg` itself ends in .cfg).
+        if name.hasPrefix("grub.cfg-") { return .config }
         let lower = name.lowercased()
         if loaderExtensions.contains(where: { lower.hasSuffix($0) }) { return .bootloader }
         return nil

@@ -26,7 +26,7 @@ public struct Inventory: Sendable, Equatable {
         public var cmdline: String?
         /// Appended to the command line at every level.
         public var append: String?
-        /// How a BIOS machine boots when its firmware leaves a choice (defaults, groups and nodes only:
+        /// How a machine boots when its firmware leaves a choice (defaults, groups and nodes only:
         /// DHCP picks it before the machine has an address, so a range cannot).
         public var loader: Loader?
         /// Variables, files, interfaces and host keys (merged by `NodeIdentity`).
@@ -50,6 +50,10 @@ public struct Inventory: Sendable, Equatable {
         case pxelinux
         /// iPXE whatever the firmware: BIOS PXE ROMs chainload `ipxe/undionly.kpxe`, then the boot script.
         case ipxe
+        /// The Secure Boot chain for x86-64 UEFI PXE: Debian's signed shim, then its signed GRUB, which
+        /// walks `grub/grub.cfg-…` and boots the image's (signed) kernel. BIOS machines boot as with no
+        /// `loader:` (GRUB here is the UEFI build only).
+        case grub
     }
 
     public struct Node: Sendable, Equatable {
@@ -341,7 +345,7 @@ public enum InventoryLoader {
         if let loaderValue = map["loader"] {
             let name = try loaderValue.string()
             guard let loader = Inventory.Loader(rawValue: name) else {
-                throw loaderValue.error("unknown loader '\(name)'", hint: "pxelinux or ipxe (or leave it out: the firmware decides)")
+                throw loaderValue.error("unknown loader '\(name)'", hint: "pxelinux, ipxe or grub (or leave it out: the firmware decides)")
             }
             settings.loader = loader
         }

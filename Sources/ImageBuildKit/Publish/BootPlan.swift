@@ -3,8 +3,8 @@ import Foundation
 /// What each machine boots: the one place that decides it.
 ///
 /// Publish writes the plan's files, the server's bootscript endpoint asks it per request, DHCP asks it
-/// which BIOS loader a machine gets, and `nodes explain` prints its answer. Pure: an inventory and the
-/// published images in, answers out (table-tested in `BootPlanTests`).
+/// which BIOS and which x86-64 UEFI loader a machine gets, and `nodes explain` prints its answer. Pure:
+/// an inventory and the published images in, answers out (table-tested in `BootPlanTests`).
 ///
 /// **The rule**, for a machine with MAC `m` and (when known) address `a`:
 /// 1. a node registered with MAC `m` boots its own settings (node > group > defaults);
@@ -16,7 +16,9 @@ import Foundation
 /// The static files express the same rule as far as each loader can: pxelinux walks
 /// `01-<mac>`, the hex-IP names (ranges) and `default` by itself; iPXE's `boot.ipxe` asks the
 /// bootscript endpoint first (which applies the whole rule, ranges included) and falls back to
-/// `nodes/<mac>.ipxe`, then `default.ipxe`, when the root is served by another web server.
+/// `nodes/<mac>.ipxe`, then `default.ipxe`, when the root is served by another web server; GRUB
+/// (`loader: grub`) reads `grub/grub.cfg`, whose walk tries `grub.cfg-01-<mac>`, `grub.cfg-<IP>` (pool
+/// addresses in a range) and `grub.cfg-default`.
 public struct BootPlan: Sendable {
     public let inventory: Inventory
     /// The images the boot root holds, by name (a generation's `publish.json`).
@@ -129,7 +131,7 @@ public struct BootPlan: Sendable {
 
     // MARK: - BIOS loaders
 
-    /// What a BIOS machine is handed by DHCP (UEFI machines always get iPXE).
+    /// What a BIOS machine is handed by DHCP (UEFI machines: `uefiFile(for:)`).
     public struct BIOSBoot: Sendable, Equatable {
         /// The `loader:` setting in force (node > group > defaults); nil: the firmware decides.
         public var loader: Inventory.Loader?
@@ -154,8 +156,33 @@ public struct BootPlan: Sendable {
         switch loader {
         case .ipxe: return BIOSBoot(loader: loader, firmwareFile: Self.undionly, ipxeROMFile: nil)
         case .pxelinux: return BIOSBoot(loader: loader, firmwareFile: inventory.pxelinuxLoader, ipxeROMFile: inventory.pxelinuxLoader)
-        case nil: return BIOSBoot(loader: nil, firmwareFile: defaultBIOSFile, ipxeROMFile: nil)
+        // GRUB is published as the x86-64 UEFI build only: a BIOS machine boots as if no loader were set.
+        case .grub, nil: return BIOSBoot(loader: nil, firmwareFile: defaultBIOSFile, ipxeROMFile: nil)
         }
+    }
+
+    // MARK: - UEFI loaders
+
+    /// The boot-root folder of the Secure Boot chain. Debian's `grubnetx64.efi` is built with the prefix
+    /// `/grub`, so GRUB reads its configuration from `(tftp,SERVER)/grub/`; shim loads `grubx64.efi`
+    /// from the folder it was loaded from itself.
+    public static let grubFolder = "grub"
+    /// Debian's signed shim (`shim-signed`), the first stage Secure Boot firmware verifies (Microsoft's key).
+    public static let shim = grubFolder + "/shimx64.efi"
+    /// Debian's signed network GRUB (`grub-efi-amd64-signed`), under the name shim looks for.
+    public static let grub = grubFolder + "/grubx64.efi"
+
+    /// The file an x86-64 UEFI PXE machine is handed (arch 7 or 9, firmware PXE and iPXE ROMs alike) when
+    /// the site chose one; nil: the firmware decides (the architecture's standard file, iPXE). HTTP Boot
+    /// clients (arch 16) keep iPXE by URL: the chain through shim and GRUB is published for TFTP.
+    public func uefiFile(for node: Inventory.Node?) -> String? {
+        inventory.loader(for: node) == .grub ? Self.shim : nil
+    }
+
+    /// Whether any machine boots through GRUB (publish then lays shim and GRUB into the root).
+    public var usesGRUB: Bool {
+        inventory.defaults.loader == .grub || inventory.groups.values.contains { $0.loader == .grub }
+            || inventory.nodes.contains { $0.settings.loader == .grub }
     }
 
     /// What BIOS firmware gets when no `loader:` applies: `network.bios_loader`, as laid out in the root.
@@ -172,6 +199,12 @@ public struct BootPlan: Sendable {
 
     public static func ipxeScriptPath(_ mac: MACAddress) -> String { "ipxe/nodes/\(mac.hyphenated).ipxe" }
 
+    /// The GRUB file publish writes for a node: its per-MAC name (the first `grubLookupOrder` tries
+    /// after the entry point).
+    public static func grubNames(_ node: Inventory.Node) -> [String] {
+        [grubFolder + "/grub.cfg-" + node.mac.pxelinuxName]
+    }
+
     static func title(_ node: Inventory.Node) -> String { "\(node.hostname) (\(node.mac))" }
     static func title(_ range: Inventory.Range) -> String { "range \(range.network)" }
 
@@ -187,6 +220,13 @@ public struct BootPlan: Sendable {
         files.append(("pxelinux.cfg/default", defaultTarget.map(renderer.pxelinuxConfig) ?? renderer.pxelinuxUnregistered()))
         files.append(("ipxe/default.ipxe", defaultTarget.map(renderer.ipxeScript) ?? renderer.ipxeUnregistered()))
         files.append(("ipxe/boot.ipxe", renderer.bootIPXE(bootScriptURL: inventory.network.httpBase + Self.bootScriptPath)))
+        // GRUB reads only `grub/grub.cfg`: the entry point holds the walk (`grubLookupOrder`), which ends
+        // in `grub.cfg-default` as pxelinux's ends in `default`.
+        if usesGRUB {
+            files.append((Self.grubFolder + "/grub.cfg", renderer.grubEntry()))
+            files.append((Self.grubFolder + "/grub.cfg-default", defaultTarget.map { renderer.grubConfig($0, mac: nil) } ?? renderer.grubUnregistered()))
+        }
+        let grubForUnlisted = inventory.loader(for: nil) == .grub
 
         var ranges: [PublishIndex.RangeEntry] = []
         for range in inventory.ranges {
@@ -196,6 +236,16 @@ public struct BootPlan: Sendable {
             ranges.append(.init(cidr: range.network.description, image: target.image.name, digest: target.image.digest,
                                 pxelinux: "pxelinux.cfg/\(range.pxelinuxName)"))
         }
+        // GRUB cannot walk hex prefixes: a range reaches the machines not listed that boot through GRUB
+        // as one file per pool address in it (DHCP gives those machines pool addresses only).
+        if grubForUnlisted, let pool = inventory.network.pool {
+            for address in pool {
+                guard let range = range(containing: address) else { continue }
+                let choice = Choice(source: .range(range), title: Self.title(range), why: "", resolution: inventory.resolved(range))
+                guard case .boot(let target, _) = answer(choice) else { continue }
+                files.append(("\(Self.grubFolder)/grub.cfg-\(address)", renderer.grubConfig(target, mac: nil)))
+            }
+        }
         var nodes: [PublishIndex.NodeEntry] = []
         for node in inventory.nodes {
             guard case .boot(let target, _) = answer(choice(node)) else { continue }
@@ -204,10 +254,15 @@ public struct BootPlan: Sendable {
             for name in names { files.append((name, config)) }
             let script = Self.ipxeScriptPath(node.mac)
             files.append((script, renderer.ipxeScript(target)))
+            let grubNames = inventory.loader(for: node) == .grub ? Self.grubNames(node) : []
+            if !grubNames.isEmpty {
+                let config = renderer.grubConfig(target, mac: node.mac)
+                for name in grubNames { files.append((name, config)) }
+            }
             nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
                                image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script,
                                overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath,
-                               cloudInit: target.cloudInitPath))
+                               cloudInit: target.cloudInitPath, grub: grubNames.isEmpty ? nil : grubNames))
         }
         let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
         return (files, index)

@@ -49,7 +49,7 @@ public struct BootTarget: Sendable, Equatable {
     }
 }
 
-/// Renders pxelinux.cfg files and iPXE scripts. Pure: the same inventory and
+/// Renders pxelinux.cfg files, iPXE scripts and GRUB configurations. Pure: the same inventory and
 /// images always give the same text (golden-tested), and the HTTP server's
 /// bootscript endpoint uses the very same functions.
 public struct BootRenderer: Sendable {
@@ -150,6 +150,65 @@ public struct BootRenderer: Sendable {
             goto retry
 
             """
+    }
+
+    /// A GRUB configuration (`grub/grub.cfg-…`) that boots `target`: kernel and initramfs over TFTP
+    /// from GRUB's root, the network device it was loaded from. Under Secure Boot, GRUB has shim verify
+    /// the kernel: an unsigned one fails `linux` ("bad shim signature"), and then the machine says so
+    /// and resets after `delay` seconds to boot again, as pxelinux and iPXE nodes do, instead of
+    /// sitting in GRUB's menu. `mac`: the node's MAC for `BOOTIF`, nil (a range, the default) for the
+    /// one GRUB booted from, `$net_default_mac`.
+    public func grubConfig(_ target: BootTarget, mac: MACAddress?, delay: Int = 30) -> String {
+        let bootif = mac.map { "BOOTIF=\($0.pxelinuxName)" } ?? "BOOTIF=01-${net_default_mac}"
+        let words = kernelCommandLine(target).split(separator: " ").map { Self.grubQuoted(String($0)) } + [bootif]
+        return """
+            # imagebuild: \(target.title) boots \(target.image.name) \(target.image.digest)
+            set default=0
+            set timeout=0
+            menuentry 'imagebuild: \(target.image.name) \(target.image.digest)' {
+              if linux /\(target.image.path)/vmlinuz \(words.joined(separator: " ")); then
+                if initrd /\(target.image.path)/initramfs.img; then boot; fi
+              fi
+              echo 'imagebuild: booting \(target.image.name) failed; restarting in \(delay) s'
+              sleep \(delay)
+              reboot
+            }
+
+            """
+    }
+
+    /// `grub/grub.cfg`, the one file Debian's network GRUB 2.06 reads: it walks `grubLookupOrder` itself
+    /// (this machine's `grub.cfg-01-<mac>`, then `grub.cfg-<its IP>`, then `grub.cfg-default`).
+    /// `configfile` of a file that does not exist fails and the script goes on to the next, as
+    /// pxelinux's walk does; one that exists boots at once (its `timeout=0`).
+    public func grubEntry() -> String {
+        #"""
+        # imagebuild: GRUB's entry point. Debian's GRUB reads only this file, so the walk is here:
+        # this machine's own file, then one for its address, then the default.
+        regexp --set=1:m1 --set=2:m2 --set=3:m3 --set=4:m4 --set=5:m5 --set=6:m6 '^(..):(..):(..):(..):(..):(..)$' "$net_default_mac"
+        configfile "$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6"
+        configfile "$prefix/grub.cfg-$net_default_ip"
+        configfile "$prefix/grub.cfg-default"
+
+        """#
+    }
+
+    /// GRUB's `grub.cfg-default` when there is no default image: machines not listed are not booted.
+    public func grubUnregistered(delay: Int = 30) -> String {
+        """
+        # imagebuild: no default image; unregistered machines are not booted
+        echo 'imagebuild: this machine is not registered in nodes.yaml; trying again in \(delay) s'
+        sleep \(delay)
+        reboot
+
+        """
+    }
+
+    /// One kernel parameter as a GRUB script word: single-quoted (GRUB's quoting is the shell's) when it
+    /// holds a character GRUB's parser would take for syntax (`$`, quotes, `;`, braces, …).
+    public static func grubQuoted(_ word: String) -> String {
+        let plain = word.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "=,.:/_-+@%".unicodeScalars.contains($0) }
+        return plain ? word : "'" + word.replacingOccurrences(of: "'", with: #"'\''"#) + "'"
     }
 
     /// For an unknown machine when there is no default image.

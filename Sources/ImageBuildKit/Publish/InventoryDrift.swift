@@ -44,6 +44,9 @@ public struct InventoryDrift: Sendable, Equatable, Codable {
             // Its command line names the seed only when on: turning it on or off needs a publish.
             let cloudInit = inventory.cloudInitEnabled(node)
             if (entry.cloudInit != nil) != cloudInit { differences.append("cloud-init \(cloudInit ? "off -> on" : "on -> off")") }
+            // DHCP hands out the shim as soon as nodes.yaml says `loader: grub`; GRUB's file needs a publish.
+            let grub = inventory.loader(for: node) == .grub
+            if (entry.grub != nil) != grub { differences.append("GRUB file \(grub ? "missing (loader: grub)" : "left over (loader is no longer grub)")") }
             if !differences.isEmpty { changed.append("\(name): \(differences.joined(separator: ", "))") }
         }
         for entry in index.nodes where !listed.contains(entry.mac) {

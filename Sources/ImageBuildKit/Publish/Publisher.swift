@@ -31,6 +31,8 @@ public struct PublishIndex: Codable, Sendable, Equatable {
         public var secrets: String?
         /// The node's cloud-init seed path (`ds=` on its command line); nil: cloud-init is off.
         public var cloudInit: String? = nil
+        /// The node's GRUB configuration files (`loader: grub`); nil: it does not boot through GRUB.
+        public var grub: [String]? = nil
     }
     public struct RangeEntry: Codable, Sendable, Equatable {
         public var cidr: String
@@ -84,6 +86,13 @@ public struct Publisher {
         }
         return list
     }()
+
+    /// The Secure Boot chain (`loader: grub`), laid only when some machine boots through it, so a site
+    /// without it needs neither package: Debian's signed shim and signed network GRUB, as published.
+    public static let secureBootLoaders: [(source: String, target: String, package: String)] = [
+        ("/usr/lib/shim/shimx64.efi.signed", BootPlan.shim, "shim-signed"),
+        ("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", BootPlan.grub, "grub-efi-amd64-signed"),
+    ]
 
     /// A point a test may kill publish at (`FaultInjection`, `IMAGEBUILD_FAULT=publish:<point>`).
     func checkpoint(_ point: String) { FaultInjection.crash(at: "publish:" + point) }
@@ -262,15 +271,16 @@ public struct Publisher {
 
     func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage], overlays: OverlayPlan) throws -> PublishIndex {
         let fm = FileManager.default
-        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", BootPlan.grubFolder, OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
         func write(_ relative: String, _ text: String) throws {
             try SafeFileSystem.writeFile(dir + "/" + relative, text.utf8)
         }
-        for loader in Self.bootloaders {
+        let plan = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes)
+        for loader in Self.bootloaders + (plan.usesGRUB ? Self.secureBootLoaders : []) {
             guard fm.fileExists(atPath: loader.source) else { throw PublishError.missingBootloader(file: loader.source, package: loader.package) }
             try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
         }
-        let (files, index) = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes).files(generation: number)
+        let (files, index) = plan.files(generation: number)
         for file in files { try write(file.path, file.text) }
         for archive in overlays.archives.values.sorted(by: { $0.path < $1.path }) {
             try SafeFileSystem.writeFile(dir + "/" + archive.path, archive.bytes)
@@ -287,6 +297,7 @@ public struct Publisher {
     /// Top-level names a node fetches, as symlinks into the current generation.
     static let topLevel: [(name: String, target: String)] = {
         var links = [("pxelinux.cfg", ".publish/current/pxelinux.cfg"), ("ipxe", ".publish/current/ipxe"),
+                     (BootPlan.grubFolder, ".publish/current/\(BootPlan.grubFolder)"),
                      ("publish.json", ".publish/current/publish.json"), (OverlayPlan.folder, ".publish/current/\(OverlayPlan.folder)")]
         for loader in bootloaders where loader.target.hasPrefix("boot/") {
             let name = String(loader.target.dropFirst(5))

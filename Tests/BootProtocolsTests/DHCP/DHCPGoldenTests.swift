@@ -74,6 +74,43 @@ enum DHCPFixtures {
         #expect(r.message.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
     }
 
+    /// Captured in `FirmwareBootTests` against imagebuild serve at 10.77.0.1 (not this suite's 192.0.2.1).
+    @Test func edk2HTTPBootRequestNamesItsServer() throws {
+        let m = try DHCPFixtures.message("edk2-x64-uefi-http-request")
+        #expect(m.messageType == .request && m.options.clientArchitecture == .x64UEFIHTTP && m.options.vendorClassHasPrefix("HTTPClient"))
+        #expect(m.options.serverIdentifier == IPv4Address(10, 77, 0, 1))
+        #expect(dhcpDecide(m) == .ignore(.requestForOtherServer(IPv4Address(10, 77, 0, 1))))
+    }
+
+    /// Our own replies as the real firmware took them: HTTP Boot gets option 60 `HTTPClient` and a URL;
+    /// `loader: grub` gets the shim over TFTP as a firmware PXE offer.
+    @Test func imagebuildRepliesTheFirmwareAccepted() throws {
+        let http = try DHCPFixtures.message("imagebuild-offer-http")
+        #expect(http.op == .bootReply && http.messageType == .offer)
+        #expect(http.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
+        #expect(http.options.bootfileName == "http://10.77.0.1:8080/ipxe/ipxe.efi")
+        let shim = try DHCPFixtures.message("imagebuild-offer-shim")
+        #expect(shim.messageType == .offer && shim.options.bootfileName == "grub/shimx64.efi")
+        #expect(shim.options.vendorClassIdentifier.map(Array.init) == Array("PXEClient".utf8))
+        #expect(shim.options.tftpServerName == "10.77.0.1" && shim.siaddr == IPv4Address(10, 77, 0, 1))
+    }
+
+    /// The Secure Boot firmware's PXE client and the UEFI iPXE that HTTP Boot started: both get the site's
+    /// UEFI loader (the shim) when one is set, else iPXE's usual answers.
+    @Test func secureBootAndUEFIIPXEDiscoversGetTheSiteLoader() throws {
+        let secure = try DHCPFixtures.message("edk2-x64-secureboot-discover")
+        let ipxe = try DHCPFixtures.message("ipxe-efi-discover")
+        #expect(secure.options.clientArchitecture == .x64UEFI && !secure.options.userClassIsIPXE)
+        #expect(ipxe.options.clientArchitecture == .x64UEFI && ipxe.options.userClassIsIPXE)
+        #expect(try dhcpReply(dhcpDecide(secure)).message.bootFileName == "ipxe/ipxe.efi")
+        #expect(try dhcpReply(dhcpDecide(ipxe)).message.bootFileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:77:00:16")
+        var policy = dhcpPolicy
+        policy.unknownClientUEFILoader = "grub/shimx64.efi"
+        for m in [secure, ipxe] {
+            #expect(try dhcpReply(dhcpDecide(m, policy: policy)).message.bootFileName == "grub/shimx64.efi")
+        }
+    }
+
     @Test func plainClientsAndProxyMode() throws {
         for name in ["udhcpc-discover", "dhclient-discover"] {
             let m = try DHCPFixtures.message(name)

@@ -214,6 +214,37 @@ func dhcpReply(_ decision: DHCPDecision, sourceLocation: SourceLocation = #_sour
         #expect(try offer(macBIOS, .ipxe, policy: policy).options.bootfileName == "http://192.0.2.1:8080/boot/v1/bootscript?mac=52:54:00:00:00:01")
     }
 
+    /// `loader: grub`: x86-64 UEFI PXE machines (7 and 9, firmware and iPXE ROMs) get the site's file (the
+    /// shim) over TFTP as a firmware PXE offer; HTTP Boot and BIOS clients keep theirs.
+    @Test func siteUEFILoaderIsHandedToUEFIPXEOnly() throws {
+        let node = MACAddress(0x52, 0x54, 0, 0, 0, 0x33)
+        var inventory = dhcpInventory
+        inventory.hosts[node] = DHCPHost(mac: node, address: IPv4Address(192, 0, 2, 33), uefiLoader: "grub/shimx64.efi")
+        func offer(_ mac: MACAddress, _ client: DHCPTestClient, policy: DHCPPolicy = dhcpPolicy) throws -> DHCPMessage {
+            try dhcpReply(dhcpDecide(dhcpRequest(.discover, mac, client: client), policy: policy, inventory: inventory)).message
+        }
+        for arch in [DHCPClientArchitecture.x64UEFI, .ebc] {
+            let reply = try offer(node, .pxe(arch))
+            #expect(reply.options.bootfileName == "grub/shimx64.efi")
+            #expect(reply.options.vendorClassIdentifier.map(Array.init) == Array("PXEClient".utf8))
+            #expect(reply.options.tftpServerName == "192.0.2.1")
+        }
+        #expect(try offer(node, .pxe(.x86UEFI)).options.bootfileName == "ipxe/ipxe.efi")
+        #expect(try offer(node, .http(.x64UEFIHTTP)).options.bootfileName == "http://192.0.2.1:8080/ipxe/ipxe.efi")
+        #expect(try offer(node, .pxe(.x86BIOS)).options.bootfileName == "pxelinux.0")
+        // A UEFI iPXE ROM (arch 7, user class iPXE) chainloads the shim too, without option 60.
+        var ipxeUEFI = dhcpRequest(.discover, node, client: .ipxe)
+        ipxeUEFI.options.set(.clientSystemArchitecture([.x64UEFI]))
+        let fromROM = try dhcpReply(dhcpDecide(ipxeUEFI, inventory: inventory)).message
+        #expect(fromROM.options.bootfileName == "grub/shimx64.efi")
+        #expect(fromROM.options.vendorClassIdentifier == nil)
+        // Machines not listed follow the policy's default.
+        var policy = dhcpPolicy
+        policy.unknownClientUEFILoader = "grub/shimx64.efi"
+        #expect(try offer(macUnknown, .pxe(.x64UEFI), policy: policy).options.bootfileName == "grub/shimx64.efi")
+        #expect(try offer(macUEFI, .pxe(.x64UEFI), policy: policy).options.bootfileName == "ipxe/ipxe.efi")
+    }
+
     /// pxelinux's "Boot failed ... or wait for reset" waits 300 s unless the reply says otherwise (208 + 211).
     @Test func pxelinuxIsToldItsRebootTimeAndNothingElseIs() throws {
         let pxelinuxNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x31), ipxeNode = MACAddress(0x52, 0x54, 0, 0, 0, 0x32)

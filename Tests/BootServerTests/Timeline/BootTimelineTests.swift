@@ -153,6 +153,9 @@ struct NodeBootStateTests {
         ("images/compute/0123/vmlinuz", .kernel), ("images/compute/0123/initramfs.img", .initrd),
         ("images/compute/0123/image.tar.gz", .image), ("images/compute/0123/image.squashfs", .image),
         ("ipxe/undionly.kpxe", .bootloader),
+        // The Secure Boot chain: shim and GRUB, then GRUB's walk.
+        ("grub/shimx64.efi", .bootloader), ("grub/grubx64.efi", .bootloader),
+        ("grub/grub.cfg-01-52-54-00-77-00-01", .config), ("grub/grub.cfg-0A4D000B", .config), ("grub/grub.cfg", .config),
         // Files that are no step of a boot move no stage (a manifest fetched by hand restarted a node's timeline).
         ("images/compute/0123/manifest.json", nil), ("images/compute/0123/cmdline", nil), ("favicon.ico", nil),
     ])
