@@ -45,8 +45,8 @@ extension NodesCommand {
                 architecture (option 93), vendor class (60), user class (77), the host name
                 it asked for (12), and for relayed requests the relay (giaddr) with option
                 82's circuit id and remote id. They are kept in STATE_DIR/discovery/
-                discovered.json, which this reads (the server need not be running; the last
-                few seconds of last-seen times may not be written yet).
+                discovered, which this reads (the server need not be running; the last
+                10 s of last-seen times and request counts may not be written yet).
 
                 Then it lists the bindings (STATE_DIR/discovery/bindings): machines bound to a
                 hostname and address by discover: in nodes.yaml or by 'nodes adopt', and

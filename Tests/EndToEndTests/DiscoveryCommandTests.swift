@@ -138,7 +138,7 @@ extension EndToEnd {
             }
         }
 
-        @Test("nodes adopt refuses what nodes.yaml or another binding holds, with where; bad discover blocks are located errors")
+        @Test("nodes adopt refuses what nodes.yaml or another binding holds, with where; publish gives an adopted machine its files; bad discover blocks are located errors")
         func refusals() async throws { try await Harness.blocking { try Self().refusalsOnThread() } }
         func refusalsOnThread() throws {
             let dir = Harness.temporaryDirectory("discovery-refusals")
@@ -167,6 +167,16 @@ extension EndToEnd {
             #expect(badName.status != 0 && badName.stderr.contains("invalid hostname 'web_2'"), "\(badName.stderr)")
             let journal = try String(contentsOfFile: dir + "/state/discovery/bindings", encoding: .utf8)
             #expect(journal.split(separator: "\n").count == 2, "only the good adoption was written: \(journal)")
+
+            // publish merges the binding: web1 gets its per-MAC files like a listed node.
+            let artifact = try EndToEnd.PublishKillTests.artifact(in: dir, "minimal", content: "a")
+            let publish = try Harness.imagebuild(["publish", artifact, "--root", dir + "/root", "--nodes", dir + "/nodes.yaml",
+                                                  "--state-dir", dir + "/state"], timeout: 120)
+            #expect(publish.status == 0 && publish.stdout.contains("2 nodes"), "\(publish.output)")
+            let perMAC = (try? String(contentsOfFile: dir + "/root/pxelinux.cfg/01-52-54-00-99-0e-05", encoding: .utf8)) ?? ""
+            #expect(perMAC.contains("web1"), "\(perMAC)")
+            #expect(FileManager.default.fileExists(atPath: dir + "/root/pxelinux.cfg/0A4D0050"), "the hex-IP file of 10.77.0.80")
+            #expect(FileManager.default.fileExists(atPath: dir + "/root/ipxe/nodes/52-54-00-99-0e-05.ipxe"))
 
             // nodes check: a malformed pattern and a range outside the subnet, located.
             try Self.nodesYAML(discover: "discover:\n  hostname: \"node{n:3}\"\n  addresses: 10.77.1.50-10.77.1.59")

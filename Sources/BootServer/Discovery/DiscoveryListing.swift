@@ -46,7 +46,7 @@ public struct DiscoveryListing: Sendable, Codable, Equatable {
     /// Reads what the server wrote in `stateDirectory` (it need not be running).
     public static func read(stateDirectory: String, inventory: Inventory?) throws -> (listing: DiscoveryListing, problems: [ConfigError]) {
         let directory = NodeBindingJournal.directory(inStateDirectory: stateDirectory)
-        let machines = try DiscoveryStore.readMachines(path: directory + "/discovered.json")
+        let machines = try DiscoveryStore.readMachines(path: DiscoveryStore.machinesPath(in: directory))
         let contents = try NodeBindingJournal.read(path: NodeBindingJournal.path(inStateDirectory: stateDirectory))
         return (DiscoveryListing(machines: machines, bindings: contents.bindings, inventory: inventory), contents.problems)
     }

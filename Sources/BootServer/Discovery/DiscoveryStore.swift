@@ -41,6 +41,9 @@ public struct DiscoveredMachine: Sendable, Equatable, Codable {
         case boundAs = "bound_as"
     }
 
+    /// Option 93's code as last recorded (not stored: `architecture` is), so a repeat costs no string.
+    var architectureCode: UInt16?
+
     /// What one request tells about the machine.
     public init(mac: MACAddress, message: DHCPMessage, interface: String?, at now: Int64) {
         self.mac = mac.description
@@ -55,16 +58,27 @@ public struct DiscoveredMachine: Sendable, Equatable, Codable {
         lastSeen = max(lastSeen, now)
         let options = message.options
         lastMessage = options.messageType?.description ?? lastMessage
-        if let arch = options.clientArchitecture { architecture = "\(arch)" }
-        if let text = options.vendorClassIdentifier.map(Self.text) { vendorClass = text }
-        if let text = options.userClass.map(Self.text) { userClass = text }
-        if let text = options.hostName.map({ Self.text(Array($0.utf8)[...]) }) { requestedHostname = text }
+        // A machine repeats itself: the texts are made again only when the bytes differ (every packet
+        // of every unknown machine comes through here).
+        if let arch = options.clientArchitecture, arch.rawValue != architectureCode {
+            architectureCode = arch.rawValue
+            architecture = "\(arch)"
+        }
+        Self.update(&vendorClass, options.vendorClassIdentifier)
+        Self.update(&userClass, options.userClass)
+        Self.update(&requestedHostname, options[.hostName])
         if !message.giaddr.isAny { relay = message.giaddr.description }
         if let agent = options.relayAgentInformation {
             if let id = agent.circuitID { circuitID = DHCPRelayAgentInformation.printable(id) }
             if let id = agent.remoteID { remoteID = DHCPRelayAgentInformation.printable(id) }
         }
         if let interface { self.interface = interface }
+    }
+
+    static func update(_ field: inout String?, _ bytes: ArraySlice<UInt8>?) {
+        guard let bytes else { return }
+        if let field, field.utf8.elementsEqual(bytes.prefix(64)) { return }
+        field = text(bytes)
     }
 
     /// Printable ASCII, at most 64 bytes; anything else as hex.
@@ -77,13 +91,15 @@ public struct DiscoveredMachine: Sendable, Equatable, Codable {
 ///
 /// **Durability.** A machine's first sighting and every binding are on disk before the server
 /// answers that machine (the DHCP engine holds the packet until `whenDurable` completes, as it holds
-/// an ACK for the lease journal): one writer thread takes everything queued, writes it once and
-/// fsyncs once (group commit), so a storm of unknown machines costs one fsync per batch, not one per
-/// packet. Later sightings only update memory; the writer saves them at most every `flushInterval`
-/// (a crash loses at most that much of `last_seen` and the request counts).
+/// an ACK for the lease journal): one writer thread takes everything queued, appends it with one
+/// write and one fdatasync (group commit), so a storm of unknown machines costs one fsync per batch,
+/// not one per packet, and each batch writes only its new machines. Later sightings only update
+/// memory; the writer saves them by rewriting the journal (aside, fsync, rename) at most every
+/// `compactInterval` (a crash loses at most that much of `last_seen` and the request counts).
 ///
-/// Files, in `STATE_DIR/discovery/`: `discovered.json` (the sightings, rewritten aside, fsynced,
-/// renamed) and `bindings` (`NodeBindingJournal`, append-only, shared with `nodes adopt`).
+/// Files, in `STATE_DIR/discovery/`: `discovered` (the sightings: one JSON object per line, a later
+/// line for a MAC replacing an earlier one, a torn last line ignored) and `bindings`
+/// (`NodeBindingJournal`, append-only, shared with `nodes adopt`).
 ///
 /// Thread safety: one lock around the in-memory state; the DHCP event loop calls `observe` and
 /// `bind`, which never touch the disk.
@@ -91,12 +107,13 @@ public final class DiscoveryStore: @unchecked Sendable {
     public typealias Completion = @Sendable (Result<Void, DiscoveryStoreError>) -> Void
 
     public let directory: String
-    public var machinesPath: String { directory + "/discovered.json" }
+    public var machinesPath: String { Self.machinesPath(in: directory) }
+    public static func machinesPath(in directory: String) -> String { directory + "/discovered" }
     public var bindingsPath: String { directory + "/bindings" }
     /// At most this many machines are remembered (a flood of random MACs costs bounded memory and
-    /// disk): the one seen longest ago makes room.
+    /// disk): when full, the eighth seen longest ago is forgotten.
     public let maximumMachines: Int
-    public let flushInterval: Duration
+    public let compactInterval: Duration
     /// Called on the writer thread after new bindings are durable, before the waiting packets are
     /// answered: `serve` re-reads the bindings into the live inventory here.
     private let onBindings: @Sendable () -> Void
@@ -105,6 +122,8 @@ public final class DiscoveryStore: @unchecked Sendable {
     private let condition = NSCondition()
     private var machines: [MACAddress: DiscoveredMachine] = [:]
     private var dirty = false
+    /// First sightings not yet appended.
+    private var new: [MACAddress] = []
     private var durableRequested = false
     private var completions: [Completion] = []
     private var pending: [NodeBinding] = []
@@ -115,37 +134,41 @@ public final class DiscoveryStore: @unchecked Sendable {
     private var stopped = false
     private var statistics = DiscoveryStatistics()
 
-    public init(directory: String, maximumMachines: Int = 65_536, flushInterval: Duration = .seconds(2), logger: Logger,
+    public init(directory: String, maximumMachines: Int = 65_536, compactInterval: Duration = .seconds(10), logger: Logger,
                 onBindings: @escaping @Sendable () -> Void = {}) throws {
         self.directory = directory
         self.maximumMachines = maximumMachines
-        self.flushInterval = flushInterval
+        self.compactInterval = compactInterval
         self.logger = logger
         self.onBindings = onBindings
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for machine in try Self.readMachines(path: directory + "/discovered.json") {
+        for machine in try Self.readMachines(path: Self.machinesPath(in: directory)) {
             if let mac = MACAddress(machine.mac) { machines[mac] = machine }
         }
+        // Start from a clean, compact file (a torn line from a crash goes with it).
+        try writeMachines(Array(machines.values))
         let thread = Thread { [self] in writerLoop() }
         thread.name = "discovery-writer"
         thread.start()
     }
 
-    /// The sightings file (`discovered.json`); a missing file reads as empty.
+    /// The sightings journal; a missing file reads as empty, a line that does not parse (a write a
+    /// crash cut short) is skipped, a later line for a MAC replaces an earlier one.
     public static func readMachines(path: String) throws -> [DiscoveredMachine] {
         guard FileManager.default.fileExists(atPath: path) else { return [] }
         guard let data = FileManager.default.contents(atPath: path) else { throw DiscoveryStoreError.io("read", path, errno) }
-        do {
-            return try JSONDecoder().decode(MachinesFile.self, from: data).machines
-        } catch {
-            throw DiscoveryStoreError.unreadable(path, "\(error)")
+        let decoder = JSONDecoder()
+        var order: [String] = []
+        var byMAC: [String: DiscoveredMachine] = [:]
+        for line in data.split(separator: UInt8(ascii: "\n")) where line.first == UInt8(ascii: "{") {
+            guard let machine = try? decoder.decode(DiscoveredMachine.self, from: Data(line)) else { continue }
+            if byMAC[machine.mac] == nil { order.append(machine.mac) }
+            byMAC[machine.mac] = machine
         }
+        return order.map { byMAC[$0]! }
     }
 
-    struct MachinesFile: Codable {
-        var version = 1
-        var machines: [DiscoveredMachine]
-    }
+    static let header = "# imagebuild discovered machines v1: one JSON object per line, the latest per MAC counts\n"
 
     // MARK: The DHCP event loop's side (memory only)
 
@@ -161,11 +184,15 @@ public final class DiscoveryStore: @unchecked Sendable {
             machines[mac] = machine
             return false
         }
-        if machines.count >= maximumMachines, let oldest = machines.min(by: { $0.value.lastSeen < $1.value.lastSeen })?.key {
-            machines[oldest] = nil
-            statistics.forgotten += 1
+        if machines.count >= maximumMachines {
+            // The eighth seen longest ago makes room at once: one sort per many new machines, not a
+            // scan per packet of a flood.
+            let oldest = machines.sorted { $0.value.lastSeen < $1.value.lastSeen }.prefix(max(1, maximumMachines / 8))
+            for (mac, _) in oldest { machines[mac] = nil }
+            statistics.forgotten += oldest.count
         }
         machines[mac] = DiscoveredMachine(mac: mac, message: message, interface: interface, at: now)
+        new.append(mac)
         statistics.firstSightings += 1
         return true
     }
@@ -204,7 +231,7 @@ public final class DiscoveryStore: @unchecked Sendable {
         made[mac] = binding
         pending.append(binding)
         machines[mac]?.boundAs = slot.hostname
-        dirty = true
+        new.append(mac)
         return .bound(binding)
     }
 
@@ -251,11 +278,11 @@ public final class DiscoveryStore: @unchecked Sendable {
     // MARK: The writer thread
 
     private func writerLoop() {
-        var lastWrite = ContinuousClock.now
+        var lastCompaction = ContinuousClock.now
         while true {
             condition.lock()
-            while !durableRequested && !stopping {
-                let due = lastWrite + flushInterval
+            while !durableRequested && new.isEmpty && !stopping {
+                let due = lastCompaction + compactInterval
                 if dirty {
                     if ContinuousClock.now >= due { break }
                     _ = condition.wait(until: Date().addingTimeInterval(Self.seconds(due - ContinuousClock.now)))
@@ -266,11 +293,16 @@ public final class DiscoveryStore: @unchecked Sendable {
             let finish = stopping
             let bindings = pending
             let waiting = completions
-            let snapshot = dirty ? Array(machines.values) : nil
+            // Appended: the new machines as they are now. Rewritten (compaction): all of them, when
+            // later sightings are due to be saved or the server stops.
+            let compact = dirty && (finish || ContinuousClock.now >= lastCompaction + compactInterval)
+            let appended = compact ? [] : new.compactMap { machines[$0] }
+            let all = compact ? Array(machines.values) : []
             pending.removeAll()
             completions.removeAll()
+            new.removeAll()
             durableRequested = false
-            dirty = false
+            if compact { dirty = false }
             condition.unlock()
 
             var result: Result<Void, DiscoveryStoreError> = .success(())
@@ -296,21 +328,20 @@ public final class DiscoveryStore: @unchecked Sendable {
                     condition.unlock()
                 }
             }
-            if let snapshot {
-                do {
-                    try writeMachines(snapshot)
-                } catch {
-                    result = .failure(error)
-                    logger.error("discovered machines not written", metadata: ["error": "\(error)"])
-                    condition.lock()
-                    statistics.failedWrites += 1
-                    condition.unlock()
+            do {
+                if compact {
+                    try writeMachines(all)
+                    lastCompaction = ContinuousClock.now
+                } else if !appended.isEmpty {
+                    try appendMachines(appended)
                 }
+            } catch {
+                result = .failure(error)
+                logger.error("discovered machines not written", metadata: ["error": "\(error)"])
                 condition.lock()
-                statistics.writes += 1
+                statistics.failedWrites += 1
                 condition.unlock()
             }
-            lastWrite = ContinuousClock.now
             for completion in waiting { completion(result) }
             if finish { break }
         }
@@ -325,37 +356,70 @@ public final class DiscoveryStore: @unchecked Sendable {
         return max(0.001, Double(s) + Double(atto) / 1e18)
     }
 
-    /// Write aside, fsync, rename over, fsync the directory: the file is the old or the new list, whole.
-    private func writeMachines(_ machines: [DiscoveredMachine]) throws(DiscoveryStoreError) {
+    private static func lines(_ machines: [DiscoveredMachine]) throws(DiscoveryStoreError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let sorted = machines.sorted { $0.mac < $1.mac }
-        let data: Data
-        do { data = try encoder.encode(MachinesFile(machines: sorted)) } catch { throw .unreadable(machinesPath, "\(error)") }
+        var bytes: [UInt8] = []
+        do {
+            for machine in machines {
+                bytes += try encoder.encode(machine)
+                bytes.append(UInt8(ascii: "\n"))
+            }
+        } catch {
+            throw .unreadable("discovered", "\(error)")
+        }
+        return bytes
+    }
+
+    /// Appends the new machines with one write and one fdatasync.
+    private func appendMachines(_ machines: [DiscoveredMachine]) throws(DiscoveryStoreError) {
+        let bytes = try Self.lines(machines)
+        let fd = open(machinesPath, O_WRONLY | O_APPEND | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("open", machinesPath, errno) }
+        defer { Glibc.close(fd) }
+        guard Self.writeAll(fd, bytes), fdatasync(fd) == 0 else { throw .io("write", machinesPath, errno) }
+        condition.lock()
+        statistics.appends += 1
+        condition.unlock()
+    }
+
+    /// Compaction: every machine once, written aside, fsynced, renamed over the journal, the directory
+    /// fsynced: the file is the old or the new list, whole.
+    private func writeMachines(_ machines: [DiscoveredMachine]) throws(DiscoveryStoreError) {
+        let bytes = Array(Self.header.utf8) + (try Self.lines(machines.sorted { $0.mac < $1.mac }))
         let temporary = machinesPath + ".new"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw .io("open", temporary, errno) }
-        let ok = data.withUnsafeBytes { raw -> Bool in
+        let ok = Self.writeAll(fd, bytes) && fsync(fd) == 0
+        let code = errno
+        Glibc.close(fd)
+        guard ok else { unlink(temporary); throw .io("write", temporary, code) }
+        guard rename(temporary, machinesPath) == 0 else { throw .io("rename", temporary, errno) }
+        SafeFileSystem.fsyncDirectory(directory)
+        condition.lock()
+        statistics.compactions += 1
+        condition.unlock()
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw -> Bool in
             var offset = 0
             while offset < raw.count {
                 let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
                 if n < 0 { if errno == EINTR { continue }; return false }
                 offset += n
             }
-            return fsync(fd) == 0
+            return true
         }
-        let code = errno
-        Glibc.close(fd)
-        guard ok else { unlink(temporary); throw .io("write", temporary, code) }
-        guard rename(temporary, machinesPath) == 0 else { throw .io("rename", temporary, errno) }
-        SafeFileSystem.fsyncDirectory(directory)
     }
 }
 
 public struct DiscoveryStatistics: Sendable, Equatable {
     public var firstSightings = 0
-    /// Files written (each one fsync of `discovered.json`, plus one of `bindings` when it grew).
-    public var writes = 0
+    /// Appends of new machines (one fdatasync each, however many machines).
+    public var appends = 0
+    /// Rewrites of the whole journal (saving later sightings).
+    public var compactions = 0
     public var failedWrites = 0
     public var noFreeSlot = 0
     public var forgotten = 0

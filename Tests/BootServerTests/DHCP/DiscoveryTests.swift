@@ -147,7 +147,7 @@ struct DiscoveryTests {
             }
             let journalAfter = try NodeBindingJournal.read(path: NodeBindingJournal.path(inStateDirectory: lab.state))
             #expect(journalAfter.bindings.count == 2, "no machine was bound twice: \(journalAfter)")
-            let listing = DiscoveryListing(machines: try DiscoveryStore.readMachines(path: lab.state + "/discovery/discovered.json"),
+            let listing = DiscoveryListing(machines: try DiscoveryStore.readMachines(path: lab.state + "/discovery/discovered"),
                                            bindings: journalAfter.bindings,
                                            inventory: try InventoryLoader.load(path: lab.nodesPath))
             let first = try #require(listing.bindings.first)
@@ -187,7 +187,7 @@ struct DiscoveryTests {
             let clock = ContinuousClock(), start = clock.now
             while discovery.discovered().isEmpty && clock.now - start < .seconds(5) { try await Task.sleep(for: .milliseconds(20)) }
         }
-        let machine = try #require(try DiscoveryStore.readMachines(path: directory.path + "/discovery/discovered.json").first)
+        let machine = try #require(try DiscoveryStore.readMachines(path: directory.path + "/discovery/discovered").first)
         #expect(machine.mac == mac.description)
         #expect(machine.relay == "127.0.0.2")
         #expect(machine.circuitID == "Gi1/0/7")
