@@ -250,6 +250,10 @@ final class DHCPEngine {
     private var interfacesByIndex: [Int: DHCPInterface]
     private var interfacesRefreshed = NIODeadline.now()
     private let discovery: DiscoveryStore?
+    /// MACs whose new binding is being written: their packets wait for the held first one's answer.
+    /// Cleared on the loop once the binding is in the installed inventory (the install is queued
+    /// on the loop before the held packet's replay).
+    private var binding = Set<MACAddress>()
 
     init(configuration: DHCPServerConfiguration, leases: LeaseStore, logger: Logger,
          observer: (@Sendable (DHCPEvent) -> Void)?, loop: any EventLoop, knownInterfaces: [DHCPInterface],
@@ -412,9 +416,10 @@ final class DHCPEngine {
             switch discovery.bind(mac, in: inventory, at: now.secondsSinceEpoch) {
             case .bound(let binding):
                 logger.notice("DHCP \(type!) from unknown \(mac): binding it as \(binding.hostname) \(binding.ip.map { "\($0)" } ?? "")")
+                self.binding.insert(mac)
                 hold = true
             case .alreadyBound(let binding):
-                if discovery.isBinding(mac) {
+                if self.binding.contains(mac) {
                     // The first packet is held until the binding is on disk; its answer covers this one.
                     statistics.ignored += 1
                     metrics.ignored("binding")
@@ -433,6 +438,7 @@ final class DHCPEngine {
         discovery.whenDurable { result in
             loop.execute {
                 let (engine, handler) = transfer.value
+                engine.binding.remove(mac)
                 if case .failure(let error) = result {
                     engine.logger.error("DHCP \(mac): discovery record not durable, answering anyway", metadata: ["error": "\(error)"])
                 }

@@ -197,13 +197,6 @@ public final class DiscoveryStore: @unchecked Sendable {
         return true
     }
 
-    /// Whether this process has a binding for `mac` that is not durable yet.
-    public func isBinding(_ mac: MACAddress) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return pending.contains { $0.mac == mac }
-    }
-
     /// What `bind` decided.
     public enum BindOutcome: Sendable, Equatable {
         /// Bound (queued for the journal: answer after `whenDurable`).
