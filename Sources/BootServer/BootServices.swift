@@ -167,7 +167,7 @@ public final class BootServices: Sendable {
             let discovery: DiscoveryStore
             do {
                 discovery = try DiscoveryStore(directory: NodeBindingJournal.directory(inStateDirectory: settings.stateDirectory),
-                                               logger: Logger(label: "imagebuild.discovery")) { inventory.reloadBindings() }
+                                               logger: Logger(label: "imagebuild.discovery")) { inventory.addBindings($0, journal: $1) }
             } catch {
                 throw StartupError("discovery in \(settings.stateDirectory)/discovery: \(error)")
             }

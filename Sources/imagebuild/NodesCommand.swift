@@ -227,6 +227,9 @@ extension NodesCommand {
         @Option(help: "The boot root to compare with (skipped when nothing is published there).")
         var root: String = "tftpboot"
 
+        @Option(help: "The server's state directory: machines bound there (discovery/bindings) are checked and compared as nodes (default: /var/lib/imagebuild).")
+        var stateDir: String = ServerConfigFile.defaultStateDirectory
+
         @Flag(help: "Print the answer as JSON.")
         var json = false
 
@@ -247,7 +250,8 @@ extension NodesCommand {
             var problems: [ConfigError] = []
             var inventory: Inventory?
             do {
-                inventory = try InventoryLoader.load(path: file)
+                // With the bindings, as publish and serve read it (their notes go to stderr).
+                inventory = try inventoryWithBindings(nodes: file, stateDirectory: stateDir)
             } catch let error as ConfigErrors {
                 problems = error.errors
             } catch let error as ConfigError {

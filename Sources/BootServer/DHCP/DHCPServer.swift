@@ -244,6 +244,7 @@ final class DHCPEngine {
     private var inventory: Inventory
     private var policy: DHCPPolicy
     private var generation = 0
+    private var baseGeneration = 0
     private var rateLimiter: DHCPRateLimiter
     private let arp: ARPInjector?
     /// Interfaces by index, for the wildcard socket's IP_PKTINFO; refreshed at most once a second on a miss.
@@ -271,6 +272,7 @@ final class DHCPEngine {
         inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
         generation = snapshot.generation
+        baseGeneration = snapshot.baseGeneration
         statistics.inventoryGeneration = generation
     }
 
@@ -295,6 +297,7 @@ final class DHCPEngine {
     func install(_ snapshot: InventoryStore.Snapshot) {
         guard snapshot.generation > generation else { return }
         generation = snapshot.generation
+        baseGeneration = snapshot.baseGeneration
         view = DHCPServerInventory(snapshot.inventory)
         inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
@@ -413,7 +416,7 @@ final class DHCPEngine {
         var hold = discovery.observe(mac, message, interface: interface?.name, at: now.secondsSinceEpoch)
         let type = message.messageType
         if type == .discover || type == .request {
-            switch discovery.bind(mac, in: inventory, at: now.secondsSinceEpoch) {
+            switch discovery.bind(mac, in: inventory, baseGeneration: baseGeneration, at: now.secondsSinceEpoch) {
             case .bound(let binding):
                 logger.notice("DHCP \(type!) from unknown \(mac): binding it as \(binding.hostname) \(binding.ip.map { "\($0)" } ?? "")")
                 self.binding.insert(mac)

@@ -116,7 +116,7 @@ public final class DiscoveryStore: @unchecked Sendable {
     public let compactInterval: Duration
     /// Called on the writer thread after new bindings are durable, before the waiting packets are
     /// answered: `serve` re-reads the bindings into the live inventory here.
-    private let onBindings: @Sendable () -> Void
+    private let onBindings: @Sendable ([NodeBinding], stat) -> Void
     private let logger: Logger
 
     private let condition = NSCondition()
@@ -132,10 +132,22 @@ public final class DiscoveryStore: @unchecked Sendable {
     private var made: [MACAddress: NodeBinding] = [:]
     private var stopping = false
     private var stopped = false
+    /// The bindings journal's size after this writer's last append (nobody else wrote while it stays).
+    private var journalSize: Int?
+    /// Hostnames and addresses taken, kept between `bind` calls (see `bind`).
+    private var slots: SlotCache?
+
+    private struct SlotCache {
+        var baseGeneration: Int
+        var nodeCount: Int
+        var names: Set<String>
+        var addresses: Set<IPv4Address>
+        var cursor: Int
+    }
     private var statistics = DiscoveryStatistics()
 
     public init(directory: String, maximumMachines: Int = 65_536, compactInterval: Duration = .seconds(10), logger: Logger,
-                onBindings: @escaping @Sendable () -> Void = {}) throws {
+                onBindings: @escaping @Sendable ([NodeBinding], stat) -> Void = { _, _ in }) throws {
         self.directory = directory
         self.maximumMachines = maximumMachines
         self.compactInterval = compactInterval
@@ -211,15 +223,41 @@ public final class DiscoveryStore: @unchecked Sendable {
 
     /// Binds `mac` to the first free slot of `inventory`'s `discover:` block (the live inventory,
     /// bindings merged, plus the bindings this process made since).
-    public func bind(_ mac: MACAddress, in inventory: Inventory, at now: Int64) -> BindOutcome {
+    ///
+    /// The taken hostnames and addresses are kept between calls: built from the inventory once per
+    /// `baseGeneration` (nodes.yaml or the whole journal read again), then only the nodes appended
+    /// since (the server's own bindings come last) are added, and the search resumes after the last
+    /// slot given. A storm of new machines costs no rebuild per machine.
+    public func bind(_ mac: MACAddress, in inventory: Inventory, baseGeneration: Int, at now: Int64) -> BindOutcome {
         guard let discover = inventory.discover else { return .notConfigured }
         condition.lock()
         defer { condition.unlock() }
         if let earlier = made[mac] { return .alreadyBound(earlier) }
-        guard let slot = inventory.nextDiscoverySlot(excluding: Array(made.values)) else {
+        var cache: SlotCache
+        if let slots, slots.baseGeneration == baseGeneration, inventory.nodes.count >= slots.nodeCount {
+            cache = slots
+            for node in inventory.nodes[cache.nodeCount...] {
+                cache.names.insert(node.hostname.lowercased())
+                if let ip = node.ip { cache.addresses.insert(ip) }
+            }
+        } else {
+            cache = SlotCache(baseGeneration: baseGeneration, nodeCount: 0, names: Set(inventory.nodes.map { $0.hostname.lowercased() }),
+                              addresses: Set(inventory.nodes.compactMap(\.ip)), cursor: 0)
+            for binding in made.values {
+                cache.names.insert(binding.hostname.lowercased())
+                if let ip = binding.ip { cache.addresses.insert(ip) }
+            }
+        }
+        cache.nodeCount = inventory.nodes.count
+        guard let slot = inventory.nextDiscoverySlot(from: cache.cursor, takenNames: cache.names, takenAddresses: cache.addresses) else {
+            slots = cache
             statistics.noFreeSlot += 1
             return .noFreeSlot(inventory.discoverySummary ?? "")
         }
+        cache.cursor = slot.index + 1
+        cache.names.insert(slot.hostname.lowercased())
+        cache.addresses.insert(slot.ip)
+        slots = cache
         let binding = NodeBinding(mac: mac, hostname: slot.hostname, ip: slot.ip, group: discover.group, boundAt: now, origin: .discover)
         made[mac] = binding
         pending.append(binding)
@@ -301,17 +339,18 @@ public final class DiscoveryStore: @unchecked Sendable {
             var result: Result<Void, DiscoveryStoreError> = .success(())
             if !bindings.isEmpty {
                 do {
-                    try NodeBindingJournal.update(path: bindingsPath) { contents in
+                    let update = try NodeBindingJournal.update(path: bindingsPath, knownSize: journalSize) { contents in
                         // A MAC adopted meanwhile by hand keeps that binding.
                         let taken = Set(contents.bindings.map(\.mac))
                         return bindings.filter { !taken.contains($0.mac) }
                     }
-                    for binding in bindings {
+                    journalSize = Int(update.status.st_size)
+                    for binding in update.appended {
                         logger.notice("bound \(binding.mac) as \(binding.hostname) \(binding.ip.map { "\($0)" } ?? "")", metadata: [
                             "mac": "\(binding.mac)", "hostname": "\(binding.hostname)", "file": "\(bindingsPath)",
                         ])
                     }
-                    onBindings()
+                    onBindings(update.appended, update.status)
                 } catch {
                     result = .failure(.bindings("\(error)"))
                     logger.error("bindings not written; the machines stay unbound", metadata: ["error": "\(error)"])

@@ -16,6 +16,9 @@ public final class InventoryStore: Service, @unchecked Sendable {
         public let inventory: Inventory
         public let generation: Int
         public let loadedAt: Date
+        /// Grows when nodes.yaml or the whole bindings journal is read again; stays when the server
+        /// only appended its own bindings (`addBindings`), which come last in `inventory.nodes`.
+        public var baseGeneration = 0
     }
 
     public enum ReloadOutcome: Sendable, CustomStringConvertible {
@@ -41,8 +44,20 @@ public final class InventoryStore: Service, @unchecked Sendable {
         static func of(_ path: String) -> FileStamp? {
             var st = stat()
             guard stat(path, &st) == 0 else { return nil }
-            return FileStamp(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
-                             mtimeSec: st.st_mtim.tv_sec, mtimeNsec: st.st_mtim.tv_nsec)
+            return FileStamp(st)
+        }
+
+        init(_ st: stat) {
+            self.init(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
+                      mtimeSec: st.st_mtim.tv_sec, mtimeNsec: st.st_mtim.tv_nsec)
+        }
+
+        init(device: UInt64, inode: UInt64, size: Int64, mtimeSec: Int, mtimeNsec: Int) {
+            self.device = device
+            self.inode = inode
+            self.size = size
+            self.mtimeSec = mtimeSec
+            self.mtimeNsec = mtimeNsec
         }
     }
 
@@ -62,6 +77,7 @@ public final class InventoryStore: Service, @unchecked Sendable {
     private var base: Inventory
     private var bindings: [NodeBinding] = []
     private var notes: [String] = []
+    private var baseGeneration = 1
     private var stamp: FileStamp?
     private var bindingsStamp: FileStamp?
     private var lastErrorText: String?
@@ -79,13 +95,13 @@ public final class InventoryStore: Service, @unchecked Sendable {
         self.logger = logger
         let stamp = FileStamp.of(path)
         base = try loader(path)
-        snapshot = Snapshot(inventory: base, generation: 1, loadedAt: Date())
+        snapshot = Snapshot(inventory: base, generation: 1, loadedAt: Date(), baseGeneration: 1)
         self.stamp = stamp
         if let bindingsPath {
             bindingsStamp = FileStamp.of(bindingsPath)
             bindings = Self.readBindings(bindingsPath, logger: logger)
             let merged = mergeAndLog(base)
-            snapshot = Snapshot(inventory: merged, generation: 1, loadedAt: Date())
+            snapshot = Snapshot(inventory: merged, generation: 1, loadedAt: Date(), baseGeneration: 1)
         }
     }
 
@@ -151,6 +167,23 @@ public final class InventoryStore: Service, @unchecked Sendable {
         return install(mergeAndLog(base), reason: "bindings")
     }
 
+    /// The server's own new bindings, just appended to the journal (`journal`: its `stat` taken under
+    /// the journal's lock right after): merged into the inventory in force without reading nodes.yaml
+    /// or the journal again, so a storm of new machines costs no re-read per batch.
+    @discardableResult
+    public func addBindings(_ new: [NodeBinding], journal: stat) -> ReloadOutcome {
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
+        lock.lock()
+        bindingsStamp = FileStamp(journal)
+        bindings += new
+        let current = snapshot.inventory
+        lock.unlock()
+        let (merged, notes) = current.merging(new)
+        for note in notes { logger.warning("\(note)") }
+        return install(merged, reason: "bindings", keepBase: true)
+    }
+
     private static func readBindings(_ path: String, logger: Logger) -> [NodeBinding] {
         do {
             let contents = try NodeBindingJournal.read(path: path)
@@ -205,9 +238,10 @@ public final class InventoryStore: Service, @unchecked Sendable {
         return install(bindingsPath == nil ? inventory : mergeAndLog(inventory), reason: fileName)
     }
 
-    private func install(_ inventory: Inventory, reason: String) -> ReloadOutcome {
+    private func install(_ inventory: Inventory, reason: String, keepBase: Bool = false) -> ReloadOutcome {
         lock.lock()
-        snapshot = Snapshot(inventory: inventory, generation: snapshot.generation + 1, loadedAt: Date())
+        if !keepBase { baseGeneration += 1 }
+        snapshot = Snapshot(inventory: inventory, generation: snapshot.generation + 1, loadedAt: Date(), baseGeneration: baseGeneration)
         let s = snapshot
         let notify = Array(observers.values)
         lock.unlock()

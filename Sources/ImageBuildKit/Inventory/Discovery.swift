@@ -170,17 +170,25 @@ extension Inventory {
     /// The first free slot of `discover:` (nil: no block, or every slot is taken). A slot is taken
     /// when a node (listed or bound) has its hostname or its address, or its address cannot be fixed.
     public func nextDiscoverySlot(excluding pending: [NodeBinding] = []) -> (hostname: String, ip: IPv4Address)? {
-        guard let discover else { return nil }
         var names = Set(nodes.map { $0.hostname.lowercased() })
         var ips = Set(nodes.compactMap(\.ip))
         for binding in pending {
             names.insert(binding.hostname.lowercased())
             if let ip = binding.ip { ips.insert(ip) }
         }
-        for index in 0..<discover.slotCount {
+        return nextDiscoverySlot(from: 0, takenNames: names, takenAddresses: ips).map { ($0.hostname, $0.ip) }
+    }
+
+    /// The first free slot from `cursor` on, given the lowercased hostnames and the addresses taken
+    /// (the server keeps these sets between calls: a storm of new machines does not rebuild them
+    /// per machine).
+    public func nextDiscoverySlot(from cursor: Int, takenNames: Set<String>, takenAddresses: Set<IPv4Address>)
+        -> (index: Int, hostname: String, ip: IPv4Address)? {
+        guard let discover, cursor < discover.slotCount else { return nil }
+        for index in max(0, cursor)..<discover.slotCount {
             let slot = discover.slot(index)
-            if names.contains(slot.hostname.lowercased()) || ips.contains(slot.ip) || fixedAddressProblem(slot.ip) != nil { continue }
-            return slot
+            if takenNames.contains(slot.hostname.lowercased()) || takenAddresses.contains(slot.ip) || fixedAddressProblem(slot.ip) != nil { continue }
+            return (index, slot.hostname, slot.ip)
         }
         return nil
     }
@@ -360,26 +368,34 @@ public enum NodeBindingJournal {
         return "not a JSON object of a binding"
     }
 
+    /// What `update` appended, and the journal's `stat` taken under the lock right after.
+    public struct Update: Sendable {
+        public var appended: [NodeBinding]
+        public var status: stat
+    }
+
     /// Runs `body` with the journal locked (exclusive `flock`, created if needed), then appends what it
-    /// returns and fsyncs before unlocking. `body` gets the bindings in force, read under the lock.
+    /// returns and fsyncs before unlocking. `body` gets the bindings in force, read under the lock;
+    /// when the file still has `knownSize` bytes (the size this writer left it at: nobody else wrote
+    /// since), it is not read again and `body` gets empty contents.
     @discardableResult
-    public static func update(path: String, _ body: (Contents) throws -> [NodeBinding]) throws -> [NodeBinding] {
+    public static func update(path: String, knownSize: Int? = nil, _ body: (Contents) throws -> [NodeBinding]) throws -> Update {
         let directory = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
         guard fd >= 0 else { throw ioError("open", path) }
         defer { close(fd) }
         guard flock(fd, LOCK_EX) == 0 else { throw ioError("lock", path) }
-        var contents = try read(path: path)
         var size = stat()
         fstat(fd, &size)
+        var contents = knownSize == Int(size.st_size) && size.st_size > 0 ? Contents() : try read(path: path)
         if contents.tornBytes > 0 {
             // A crash cut the last line short: cut it off so the next line starts clean.
             guard ftruncate(fd, off_t(Int(size.st_size) - contents.tornBytes)) == 0 else { throw ioError("truncate", path) }
             contents.tornBytes = 0
         }
         let new = try body(contents)
-        guard !new.isEmpty || size.st_size == 0 else { return [] }
+        guard !new.isEmpty || size.st_size == 0 else { return Update(appended: [], status: size) }
         var text = size.st_size == 0 ? header : ""
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -396,7 +412,9 @@ public enum NodeBindingJournal {
         guard written else { throw ioError("write", path) }
         guard fdatasync(fd) == 0 else { throw ioError("fdatasync", path) }
         if size.st_size == 0 { SafeFileSystem.fsyncDirectory(directory) }
-        return new
+        var after = stat()
+        fstat(fd, &after)
+        return Update(appended: new, status: after)
     }
 
     static func ioError(_ operation: String, _ path: String) -> ConfigError {

@@ -44,7 +44,7 @@ struct DiscoveryTests {
         let inventoryTask = Task { try await inventory.run() }
         defer { inventoryTask.cancel() }
         let discovery = try DiscoveryStore(directory: NodeBindingJournal.directory(inStateDirectory: lab.state), logger: logger) {
-            inventory.reloadBindings()
+            inventory.addBindings($0, journal: $1)
         }
         var configuration = DHCPServerConfiguration(stateDirectory: lab.state + "/dhcp", interfaces: [lab.hostLink])
         configuration.rateLimitBurst = 1000
