@@ -77,6 +77,11 @@ extension EndToEnd {
             try FileManager.default.createDirectory(atPath: lab.directory + "/root", withIntermediateDirectories: true)
             try "hello\n".write(toFile: lab.directory + "/root/hello.txt", atomically: true, encoding: .utf8)
             try Self.nodesYAML().write(toFile: lab.directory + "/nodes.yaml", atomically: true, encoding: .utf8)
+            // A published image, so the boot-script endpoint has something to boot.
+            let artifact = try EndToEnd.PublishKillTests.artifact(in: lab.directory, "minimal", content: "d")
+            let publish = try Harness.imagebuild(["publish", artifact, "--root", lab.directory + "/root", "--nodes", lab.directory + "/nodes.yaml",
+                                                  "--state-dir", lab.directory + "/state"], timeout: 120)
+            try #require(publish.status == 0, "\(publish.output)")
             try body(Net(lab: lab, server: server, client: client))
         }
 
@@ -112,6 +117,15 @@ extension EndToEnd {
                 #expect(machines.first?["bound_as"] as? String == "node002")
                 let api = try net.lab.exec(net.server, ["curl", "-fsS", "--max-time", "5", "http://10.77.0.1:8080/api/v1/discovered"])
                 #expect(api.stdout.contains("\"bound_as\":\"node002\"") && api.stdout.contains("\"in_force\":true"), "\(api.output)")
+
+                // The boot-script endpoint reads the live inventory: it boots node002 as a node of its
+                // group (the group's `append: quiet`) before any new publish.
+                let script = try net.lab.exec(net.server, ["curl", "-sS", "--max-time", "5",
+                                                           "http://10.77.0.1:8080/boot/v1/bootscript?mac=52-54-00-99-0e-01"])
+                #expect(script.stdout.contains("node002 (52:54:00:99:0e:01)") && script.stdout.contains(" quiet"), "\(script.output)")
+                let stranger = try net.lab.exec(net.server, ["curl", "-sS", "--max-time", "5",
+                                                             "http://10.77.0.1:8080/boot/v1/bootscript?mac=52-54-00-99-0e-09"])
+                #expect(!stranger.stdout.contains(" quiet"), "control: a machine not bound boots the default: \(stranger.output)")
 
                 // `nodes explain` knows the bound node.
                 let explain = try imagebuild(net, ["nodes", "explain", "52:54:00:99:0e:01", "--root", net.dir + "/root"])
