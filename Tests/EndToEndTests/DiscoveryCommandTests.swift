@@ -89,7 +89,7 @@ extension EndToEnd {
             try Harness.imagebuild(arguments + ["--nodes", net.dir + "/nodes.yaml", "--state-dir", net.state], timeout: 60)
         }
 
-        @Test("serve records and binds an unknown udhcpc, keeps it across a restart, takes a 'nodes adopt' without one",
+        @Test("serve records and binds unknown udhcpc clients, keeps them across a SIGKILL and a restart, takes a 'nodes adopt' without one",
               .enabled(if: unavailable == nil, "needs network namespaces, udhcpc and curl: \(unavailable ?? "")"))
         func serveDiscovery() async throws { try await Harness.blocking { try Self().serveDiscoveryOnThread() } }
         func serveDiscoveryOnThread() throws {
@@ -132,11 +132,16 @@ extension EndToEnd {
                 #expect(explain.stdout.contains("52:54:00:99:0e:01: node002 bound in \(net.state)/discovery/bindings:2:1, fixed IP 10.77.0.51, group compute"),
                         "\(explain.output)")
 
-                // A restart: the binding holds.
-                serve.stop()
+                // A second machine is bound, and the server is killed (SIGKILL) right after answering it:
+                // a binding is on disk before its answer leaves, so the crash loses neither.
+                let second = try #require(try udhcpc(net, mac: "52:54:00:99:0e:03"), "no answer: \(serve.log)")
+                #expect(second == "EVENT bound ip=10.77.0.52 hostname=node003", "\(second)")
+                serve.kill()
                 serve = try self.serve(net, run: 2)
                 let again = try #require(try udhcpc(net, mac: "52:54:00:99:0e:01"), "no answer after the restart: \(serve.log)")
                 #expect(again == "EVENT bound ip=10.77.0.51 hostname=node002", "\(again)")
+                let third = try #require(try udhcpc(net, mac: "52:54:00:99:0e:03"), "no answer after the restart: \(serve.log)")
+                #expect(third == "EVENT bound ip=10.77.0.52 hostname=node003", "\(third)")
                 #expect(!serve.log.contains("bound 52:54:00:99:0e:01"), "bound a second time: \(serve.log)")
 
                 // By hand, while serve runs: the server takes it from the journal within its poll interval.
