@@ -258,7 +258,9 @@ public final class DiscoveryStore: @unchecked Sendable {
         cache.names.insert(slot.hostname.lowercased())
         cache.addresses.insert(slot.ip)
         slots = cache
-        let binding = NodeBinding(mac: mac, hostname: slot.hostname, ip: slot.ip, group: discover.group, boundAt: now, origin: .discover)
+        // Located at the journal (its line is known only once written: `nodes explain` reads it there).
+        let binding = NodeBinding(mac: mac, hostname: slot.hostname, ip: slot.ip, group: discover.group, boundAt: now, origin: .discover,
+                                  location: ConfigLocation(file: bindingsPath, line: 0, column: 0))
         made[mac] = binding
         pending.append(binding)
         machines[mac]?.boundAs = slot.hostname

@@ -179,7 +179,9 @@ public final class InventoryStore: Service, @unchecked Sendable {
         bindings += new
         let current = snapshot.inventory
         lock.unlock()
-        let (merged, notes) = current.merging(new)
+        // A reload of the whole journal in between has merged them already.
+        let fresh = new.filter { binding in current.node(mac: binding.mac).map { $0.location.file != bindingsPath } ?? true }
+        let (merged, notes) = current.merging(fresh)
         for note in notes { logger.warning("\(note)") }
         return install(merged, reason: "bindings", keepBase: true)
     }
