@@ -1,5 +1,5 @@
 import BootProtocols
-import BootServer
+@testable import BootServer
 import Foundation
 import ImageBuildKit
 import Testing
@@ -43,5 +43,23 @@ struct DiscoveryStoreTests {
         let seen = try DiscoveryStore.readMachines(path: store.machinesPath)
         #expect(Set(seen.map(\.mac)) == ["52:54:00:99:0f:01", "52:54:00:99:0f:02"], "\(seen)")
         #expect(seen.first { $0.mac == "52:54:00:99:0f:01" }?.boundAs == "node02")
+    }
+}
+
+extension DiscoveryStoreTests {
+    @Test("a sightings line is the JSON JSONEncoder would write (sorted keys), and reads back the same, quotes and all")
+    func sightingLine() throws {
+        var message = dhcpDiscover(MACAddress("52:54:00:99:0f:09")!, vendorClass: "PXE \"x\" \\ y", arch: .x64UEFI)
+        message.giaddr = IPv4Address(10, 9, 0, 1)
+        message.options.setRaw(.relayAgentInformation, DHCPRelayAgentInformation(circuitID: Array("Gi1/0/7".utf8), remoteID: [0, 1]).encoded)
+        var machine = DiscoveredMachine(mac: MACAddress("52:54:00:99:0f:09")!, message: message, interface: "eth1", at: 1_700_000_000)
+        machine.boundAs = "node07"
+        let line = try DiscoveryStore.lines([machine])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(String(decoding: line, as: UTF8.self) == String(decoding: try encoder.encode(machine), as: UTF8.self) + "\n")
+        let back = try JSONDecoder().decode(DiscoveredMachine.self, from: Data(line.dropLast()))
+        #expect(back.vendorClass == "PXE \"x\" \\ y" && back.circuitID == "Gi1/0/7" && back.remoteID == "0x0001" && back.boundAs == "node07")
+        #expect(back.architecture == machine.architecture && back.firstSeen == 1_700_000_000 && back.relay == "10.9.0.1")
     }
 }
