@@ -12,6 +12,7 @@
 #   swift build -c release --build-tests --scratch-path .build-release
 #   HARNESS=.build-release/release/imagebuildPackageTests.xctest benchmarks/dhcp.sh
 # Server and perfdhcp are pinned to different CPUs (see TEST-NOTES: 2-vCPU machines).
+# DISCOVER=1 adds a discover: block to nodes.yaml (ours binds every client to a slot).
 # OURS_CONFIG=server.yaml is passed to our server as --config: perfdhcp sends every MAC several
 # DORAs a second, which the default per-MAC rate limit (burst 20, 5/s) drops by design; raise it
 # there (dhcp: {rate_limit: {burst: 1000, per_second: 1000}}) to measure raw throughput.
@@ -56,6 +57,15 @@ network:
 defaults:
   image: compute
 YAML
+if [ -n "${DISCOVER:-}" ]; then
+    # Every perfdhcp client is a machine nodes.yaml does not list: with DISCOVER=1 ours binds each to a
+    # slot (a binding journalled and fsynced before its first answer), the worst case of discovery.
+    cat >> "$WORK/nodes.yaml" <<YAML
+discover:
+  hostname: "n{n:05}"
+  addresses: 10.200.61.0-10.200.120.255
+YAML
+fi
 
 cat > "$WORK/kea.json" <<JSON
 { "Dhcp4": {

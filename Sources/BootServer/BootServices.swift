@@ -84,6 +84,8 @@ public final class BootServices: Sendable {
     /// nil when neither DHCP nor HTTP needs nodes.yaml and none was named.
     public let inventory: InventoryStore?
     public let dhcp: DHCPServer?
+    /// Machines nodes.yaml does not list, as DHCP saw them (nil without DHCP).
+    public let discovery: DiscoveryStore?
     public let tftp: TFTPServer?
     public let http: HTTPService?
     /// The bound addresses of each running service (with port 0 in the settings, the kernel's choice).
@@ -127,7 +129,8 @@ public final class BootServices: Sendable {
         let inventory: InventoryStore?
         do {
             inventory = settings.dhcp || settings.http || settings.nodesNamed
-                ? try InventoryStore(path: settings.nodes, pollInterval: .milliseconds(Int(settings.pollInterval * 1000)),
+                ? try InventoryStore(path: settings.nodes, bindingsPath: NodeBindingJournal.path(inStateDirectory: settings.stateDirectory),
+                                     pollInterval: .milliseconds(Int(settings.pollInterval * 1000)),
                                      logger: Logger(label: "imagebuild.inventory"))
                 : nil
         } catch {
@@ -159,14 +162,25 @@ public final class BootServices: Sendable {
         }
 
         if settings.dhcp, let inventory {
+            // Machines nodes.yaml does not list: recorded, and bound under `discover:`; a new binding is
+            // read into the live inventory before the packet that caused it is answered.
+            let discovery: DiscoveryStore
+            do {
+                discovery = try DiscoveryStore(directory: NodeBindingJournal.directory(inStateDirectory: settings.stateDirectory),
+                                               logger: Logger(label: "imagebuild.discovery")) { inventory.addBindings($0, journal: $1) }
+            } catch {
+                throw StartupError("discovery in \(settings.stateDirectory)/discovery: \(error)")
+            }
+            self.discovery = discovery
             let server = DHCPServer(configuration: settings.source.applyDHCP(to: settings.dhcpBaseline), inventory: inventory,
-                                    logger: Logger(label: "imagebuild.dhcp")) { event in
+                                    logger: Logger(label: "imagebuild.dhcp"), discovery: discovery) { event in
                 timeline.record(event)
             }
             listeners.append(Listener(service: server, port: settings.dhcpPort, flag: "--dhcp-port"))
             dhcp = server
         } else {
             dhcp = nil
+            discovery = nil
         }
 
         if settings.http, let inventory {
@@ -191,6 +205,10 @@ public final class BootServices: Sendable {
                                       inventory: { inventory.current.inventory }, inventoryGeneration: { inventory.current.generation },
                                       leases: dhcp?.leaseIndex, hostKeyFiles: hostKeyFiles,
                                       reportTokens: tokens, inventoryRejection: { inventory.lastError },
+                                      discovered: { [discovery] in
+                                          discovery.map { DiscoveryListing(machines: $0.discovered(), bindings: inventory.currentBindings,
+                                                                           inventory: inventory.baseInventory) }
+                                      },
                                       logger: Logger(label: "imagebuild.http"))
             listeners.append(Listener(service: service, port: port, flag: "--http-port"))
             http = service

@@ -7,7 +7,7 @@ struct NodesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodes",
         abstract: "Questions about nodes and what they boot.",
-        subcommands: [Check.self, Explain.self, KnownHostsCommand.self])
+        subcommands: [Check.self, Explain.self, KnownHostsCommand.self, Discovered.self, Adopt.self])
 
     struct Explain: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -46,6 +46,9 @@ struct NodesCommand: ParsableCommand {
         @Option(help: "The node inventory (optional; for names and the fixed IP).")
         var nodes: String = "nodes.yaml"
 
+        @Option(help: "The server's state directory: bound machines (discovery/bindings) count as nodes (default: /var/lib/imagebuild).")
+        var stateDir: String = ServerConfigFile.defaultStateDirectory
+
         @Flag(help: "Print the answer as JSON.")
         var json = false
 
@@ -57,6 +60,8 @@ struct NodesCommand: ParsableCommand {
             var ip: String?
             var group: String?
             var inventory: String?
+            /// Where the node is bound when nodes.yaml does not list it (`bindings:LINE`).
+            var boundIn: String?
             /// What DHCP hands a BIOS machine by the `loader` setting (nil without an inventory).
             var biosLoader: String?
             var firmwareGets: String?
@@ -126,7 +131,7 @@ struct NodesCommand: ParsableCommand {
                 guard let parsed = IPv4Address(ip) else { fail(ValidationError("'\(ip)' is not an IPv4 address")) }
                 address = parsed
             }
-            let inventory = FileManager.default.fileExists(atPath: nodes) ? try? InventoryLoader.load(path: nodes) : nil
+            let inventory = FileManager.default.fileExists(atPath: nodes) ? try? inventoryWithBindings(nodes: nodes, stateDirectory: stateDir) : nil
             let node = inventory?.node(mac: mac)
             address = address ?? node?.ip
             var answer = Explanation(mac: mac.description, hostname: node?.hostname, ip: address?.description, group: node?.group,
@@ -178,13 +183,14 @@ struct NodesCommand: ParsableCommand {
                 }
             }
             if let inventory, let node { answer.identity = Self.identity(of: node, in: inventory) }
+            if let inventory, let node, node.location.file != inventory.file { answer.boundIn = node.location.description }
             if json { printJSON(answer) } else { print(render(answer), terminator: "") }
         }
 
         func render(_ answer: Explanation) -> String {
             var out = ""
             if let hostname = answer.hostname {
-                out += "\(answer.mac): \(hostname) in \(nodes)\(answer.ip.map { ", fixed IP \($0)" } ?? "")\(answer.group.map { ", group \($0)" } ?? "")\n"
+                out += "\(answer.mac): \(hostname) \(answer.boundIn.map { "bound in \($0)" } ?? "in \(nodes)")\(answer.ip.map { ", fixed IP \($0)" } ?? "")\(answer.group.map { ", group \($0)" } ?? "")\n"
             } else {
                 out += "\(answer.mac): not in \(answer.inventory == nil ? "an inventory" : nodes)\n"
             }
@@ -255,6 +261,9 @@ extension NodesCommand {
         @Option(help: "The boot root to compare with (skipped when nothing is published there).")
         var root: String = "tftpboot"
 
+        @Option(help: "The server's state directory: machines bound there (discovery/bindings) are checked and compared as nodes (default: /var/lib/imagebuild).")
+        var stateDir: String = ServerConfigFile.defaultStateDirectory
+
         @Flag(help: "Print the answer as JSON.")
         var json = false
 
@@ -275,7 +284,8 @@ extension NodesCommand {
             var problems: [ConfigError] = []
             var inventory: Inventory?
             do {
-                inventory = try InventoryLoader.load(path: file)
+                // With the bindings, as publish and serve read it (their notes go to stderr).
+                inventory = try inventoryWithBindings(nodes: file, stateDirectory: stateDir)
             } catch let error as ConfigErrors {
                 problems = error.errors
             } catch let error as ConfigError {

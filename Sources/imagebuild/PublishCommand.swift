@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import BootServer
 import ImageBuildKit
 
 struct PublishCommand: ParsableCommand {
@@ -16,6 +17,10 @@ struct PublishCommand: ParsableCommand {
             Earlier versions are kept (--keep); --rollback goes back one, --forward
             undoes a rollback. Every switch is logged in .publish/history.jsonl
             (--history prints it).
+            Machines bound outside nodes.yaml (discover: in nodes.yaml, or 'imagebuild
+            nodes adopt') are read from the server's state directory (--state-dir, else
+            state_dir in --config, else /var/lib/imagebuild) and published as nodes;
+            nodes.yaml wins a conflict and a warning says so.
             """)
 
     @Argument(help: "Artifact folders (artifacts/<name>) to publish.")
@@ -26,6 +31,12 @@ struct PublishCommand: ParsableCommand {
 
     @Option(help: "The node inventory.")
     var nodes: String = "nodes.yaml"
+
+    @Option(help: "imagebuild serve's settings file (server.yaml): its state_dir is where bindings are read.")
+    var config: String?
+
+    @Option(help: "The server's state directory, whose discovery/bindings are merged into nodes.yaml (default: state_dir in --config, else /var/lib/imagebuild).")
+    var stateDir: String?
 
     @Option(help: "How many published versions to keep.")
     var keep: Int = 3
@@ -63,7 +74,10 @@ struct PublishCommand: ParsableCommand {
                 print("\(rollback ? "rolled back" : "rolled forward"): \(root) now serves generation \(generation)")
                 return
             }
-            let inventory = try InventoryLoader.load(path: nodes)
+            var flags = ServerConfigFile()
+            flags.stateDirectory = stateDir
+            let state = try ServerConfigFile.merged(flags: flags, configPath: config).resolvedStateDirectory
+            let inventory = try inventoryWithBindings(nodes: nodes, stateDirectory: state)
             let index = try Publisher(root: root, inventory: inventory, keep: keep).publish(artifacts: artifacts)
             print("published generation \(index.generation) to \(root)")
             for image in index.images.values.sorted(by: { $0.name < $1.name }) {

@@ -14,7 +14,8 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             Serves what 'imagebuild publish' laid into --root: TFTP for firmware and
             pxelinux, HTTP for kernels, initramfs and images (and iPXE boot scripts),
-            DHCP with the addresses and boot files of nodes.yaml. SIGTERM or SIGINT
+            DHCP with the addresses and boot files of nodes.yaml (plus the machines bound
+            in the state directory: see 'imagebuild nodes discovered'). SIGTERM or SIGINT
             shut down gracefully; SIGHUP reloads nodes.yaml and --config (log level and
             DHCP policy knobs apply at once; the log names settings that need a restart).
             Ports below 1024 need root (or CAP_NET_BIND_SERVICE).
@@ -60,7 +61,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "proxyDHCP: answer only the PXE part (ports 67 and 4011) next to an existing DHCP server.")
     var proxyDhcp = false
 
-    @Option(help: "Where leases, the boot timeline and node host keys are kept (default: /var/lib/imagebuild).")
+    @Option(help: "Where leases, the boot timeline, node host keys, discovered machines and bindings are kept (default: /var/lib/imagebuild).")
     var stateDir: String?
 
     @Option(help: "Seconds between checks of the inventory file for changes; 0: reload on SIGHUP only (default: 0.5).")

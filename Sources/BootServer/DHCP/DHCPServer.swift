@@ -20,6 +20,8 @@ public actor DHCPServer: BootService {
     private let logger: Logger
     private let loop: any EventLoop
     private let observer: (@Sendable (DHCPEvent) -> Void)?
+    /// Machines nodes.yaml does not list: recorded, and bound when nodes.yaml has `discover:`.
+    public nonisolated let discovery: DiscoveryStore?
     private var channels: [any Channel] = []
     private var engine: NIOLoopBound<DHCPEngine>?
     private var subscription: ObservationToken?
@@ -29,11 +31,14 @@ public actor DHCPServer: BootService {
 
     /// - Parameters:
     ///   - inventory: where hosts, subnet and boot settings come from; changes apply to the next packet.
+    ///   - discovery: records unknown machines (and binds them under `discover:`); nil: neither.
     ///   - observer: called once per received packet with the decision, on the server's event loop.
     public init(configuration: DHCPServerConfiguration, inventory: InventoryStore, logger: Logger,
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                discovery: DiscoveryStore? = nil,
                 observer: (@Sendable (DHCPEvent) -> Void)? = nil) {
         self.configuration = configuration
+        self.discovery = discovery
         self.inventory = inventory
         self.logger = logger
         self.loop = eventLoopGroup.next()
@@ -51,6 +56,7 @@ public actor DHCPServer: BootService {
         let loop = self.loop
         let snapshot = inventory.current
         let leaseIndex = self.leaseIndex
+        let discovery = self.discovery
 
         // Interfaces: named ones, plus the one holding the listen address.
         let all = try DHCPInterface.all()
@@ -76,7 +82,7 @@ public actor DHCPServer: BootService {
                     return c
                 }(), logger: logger)
             let engine = DHCPEngine(configuration: configuration, leases: store, logger: logger, observer: observer,
-                                    loop: loop, knownInterfaces: all, snapshot: snapshot)
+                                    loop: loop, knownInterfaces: all, snapshot: snapshot, discovery: discovery)
             return NIOLoopBound(engine, eventLoop: loop)
         }.get()
         self.engine = engine
@@ -147,10 +153,12 @@ public actor DHCPServer: BootService {
         self.engine = nil
         let store = try? await loop.submit { UnsafeTransfer(engine.value.leases) }.get()
         if let store {
+            let discovery = self.discovery
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 // close() waits for the last fsync: keep it off the cooperative pool and the loop.
                 Thread.detachNewThread {
                     store.value.close()
+                    discovery?.close()
                     continuation.resume()
                 }
             }
@@ -236,16 +244,23 @@ final class DHCPEngine {
     private var inventory: Inventory
     private var policy: DHCPPolicy
     private var generation = 0
+    private var baseGeneration = 0
     private var rateLimiter: DHCPRateLimiter
     private let arp: ARPInjector?
     /// Interfaces by index, for the wildcard socket's IP_PKTINFO; refreshed at most once a second on a miss.
     private var interfacesByIndex: [Int: DHCPInterface]
     private var interfacesRefreshed = NIODeadline.now()
+    private let discovery: DiscoveryStore?
+    /// MACs whose new binding is being written: their packets wait for the held first one's answer.
+    /// Cleared on the loop once the binding is in the installed inventory (the install is queued
+    /// on the loop before the held packet's replay).
+    private var binding = Set<MACAddress>()
 
     init(configuration: DHCPServerConfiguration, leases: LeaseStore, logger: Logger,
          observer: (@Sendable (DHCPEvent) -> Void)?, loop: any EventLoop, knownInterfaces: [DHCPInterface],
-         snapshot: InventoryStore.Snapshot) {
+         snapshot: InventoryStore.Snapshot, discovery: DiscoveryStore? = nil) {
         self.configuration = configuration
+        self.discovery = discovery
         self.leases = leases
         self.logger = logger
         self.observer = observer
@@ -257,6 +272,7 @@ final class DHCPEngine {
         inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
         generation = snapshot.generation
+        baseGeneration = snapshot.baseGeneration
         statistics.inventoryGeneration = generation
     }
 
@@ -281,6 +297,7 @@ final class DHCPEngine {
     func install(_ snapshot: InventoryStore.Snapshot) {
         guard snapshot.generation > generation else { return }
         generation = snapshot.generation
+        baseGeneration = snapshot.baseGeneration
         view = DHCPServerInventory(snapshot.inventory)
         inventory = snapshot.inventory
         policy = DHCPPolicy(inventory: snapshot.inventory, configuration: configuration)
@@ -294,8 +311,10 @@ final class DHCPEngine {
         return s
     }
 
-    func handle(_ envelope: AddressedEnvelope<ByteBuffer>, from handler: DHCPChannelHandler, channel: any Channel) {
-        statistics.received += 1
+    /// - Parameter held: the packet was held for discovery's disk write and comes back now: it was
+    ///   counted, rate-limited and recorded the first time.
+    func handle(_ envelope: AddressedEnvelope<ByteBuffer>, from handler: DHCPChannelHandler, channel: any Channel, held: Bool = false) {
+        if !held { statistics.received += 1 }
         let interface = handler.interface ?? envelope.metadata?.packetInfo.flatMap { interfaceFor(index: $0.interfaceIndex) }
         let message: DHCPMessage
         do {
@@ -309,10 +328,10 @@ final class DHCPEngine {
             return
         }
         let type = message.messageType
-        metrics.received(type)
+        if !held { metrics.received(type) }
         let mac = message.clientMAC
         let nowDeadline = NIODeadline.now()
-        if let mac, !rateLimiter.allow(mac, at: nowDeadline) {
+        if !held, let mac, !rateLimiter.allow(mac, at: nowDeadline) {
             statistics.rateLimited += 1
             metrics.ignored("rate_limited")
             logger.debug("DHCP packet dropped: rate limit", metadata: ["mac": "\(mac)"])
@@ -326,6 +345,10 @@ final class DHCPEngine {
             sourcePort: UInt16(bigEndian: source.address.sin_port),
             interfaceAddress: interface?.address(in: view.subnets))
         let now = DHCPTimestamp(secondsSinceEpoch: Int64(time(nil)))
+        if !held, let discovery, let mac, view.host(for: mac) == nil,
+           discover(mac, message, interface: interface, at: now, discovery: discovery, envelope: envelope, handler: handler, channel: channel) {
+            return
+        }
         let decision = policy.decide(received, now: now, inventory: view, leases: leases)
 
         switch decision {
@@ -381,6 +404,53 @@ final class DHCPEngine {
                 fail(mac: mac, type: type, interface: interface, "\(error)")
             }
         }
+    }
+
+    /// A request from a machine nodes.yaml does not list (nor a binding): recorded; bound to the next
+    /// slot when nodes.yaml has `discover:` and it asks for an address. True when the packet is held
+    /// until that is on disk (its first sighting, or a new binding): it comes back through `handle`
+    /// then, and a new binding is in the live inventory by that time (so it is answered as the node).
+    private func discover(_ mac: MACAddress, _ message: DHCPMessage, interface: DHCPInterface?, at now: DHCPTimestamp,
+                          discovery: DiscoveryStore, envelope: AddressedEnvelope<ByteBuffer>, handler: DHCPChannelHandler,
+                          channel: any Channel) -> Bool {
+        var hold = discovery.observe(mac, message, interface: interface?.name, at: now.secondsSinceEpoch)
+        let type = message.messageType
+        if type == .discover || type == .request {
+            switch discovery.bind(mac, in: inventory, baseGeneration: baseGeneration, at: now.secondsSinceEpoch) {
+            case .bound(let binding):
+                logger.notice("DHCP \(type!) from unknown \(mac): binding it as \(binding.hostname) \(binding.ip.map { "\($0)" } ?? "")")
+                self.binding.insert(mac)
+                hold = true
+            case .alreadyBound(let binding):
+                if self.binding.contains(mac) {
+                    // The first packet is held until the binding is on disk; its answer covers this one.
+                    statistics.ignored += 1
+                    metrics.ignored("binding")
+                    return true
+                }
+                logger.debug("DHCP \(mac) was bound as \(binding.hostname), but the inventory in force leaves that binding out (see the merge warning)")
+            case .noFreeSlot(let summary):
+                logger.log(level: hold ? .warning : .debug, "DHCP \(mac) not bound: no free slot left in \(summary); answered as an unknown machine")
+            case .notConfigured:
+                break
+            }
+        }
+        guard hold else { return false }
+        let transfer = UnsafeTransfer((self, handler))
+        let loop = self.loop
+        discovery.whenDurable { result in
+            loop.execute {
+                let (engine, handler) = transfer.value
+                engine.binding.remove(mac)
+                if case .failure(let error) = result {
+                    engine.logger.error("DHCP \(mac): discovery record not durable, answering anyway", metadata: ["error": "\(error)"])
+                }
+                engine.handle(envelope, from: handler, channel: channel, held: true)
+                // Outside a read burst nothing else flushes what the replay wrote.
+                channel.flush()
+            }
+        }
+        return true
     }
 
     private func count(_ action: DHCPLeaseAction) {

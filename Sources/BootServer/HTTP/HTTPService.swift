@@ -91,6 +91,7 @@ public final class HTTPService: BootService, Sendable {
     private let leases: BoundLeaseIndex?
     private let reportTokens: ReportTokens?
     private let inventoryRejection: @Sendable () -> String?
+    private let discovered: @Sendable () -> DiscoveryListing?
     let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     let threadPool: NIOThreadPool
@@ -123,10 +124,13 @@ public final class HTTPService: BootService, Sendable {
     ///   - inventoryRejection: the located error of the last rejected change to nodes.yaml, if any.
     ///   - inventoryGeneration: a number that changes with the inventory in force.
     ///   - hostKeyFiles: a node's persistent SSH host keys as files, for its secrets; nil: none kept.
+    ///   - discovered: machines DHCP saw that nodes.yaml does not list, and the bindings (`GET
+    ///     /api/v1/discovered`); nil: 404, no discovery (DHCP is off).
     public init(configuration: HTTPServiceConfiguration, timeline: BootTimeline,
                 inventory: @escaping @Sendable () -> Inventory?, inventoryGeneration: @escaping @Sendable () -> Int = { 0 },
                 leases: BoundLeaseIndex? = nil, hostKeyFiles: SecretDelivery.HostKeyFiles? = nil,
                 reportTokens: ReportTokens? = nil, inventoryRejection: @escaping @Sendable () -> String? = { nil },
+                discovered: @escaping @Sendable () -> DiscoveryListing? = { nil },
                 logger: Logger = Logger(label: "imagebuild.http"),
                 eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 threadPool: NIOThreadPool = .singleton) {
@@ -138,6 +142,7 @@ public final class HTTPService: BootService, Sendable {
         self.leases = leases
         self.reportTokens = reportTokens
         self.inventoryRejection = inventoryRejection
+        self.discovered = discovered
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.threadPool = threadPool
@@ -325,6 +330,13 @@ public final class HTTPService: BootService, Sendable {
         }
         router.get("/api/v1/inventory") { [self] _, _ in
             try Self.json(self.inventoryStatus(publishIndex))
+        }
+        router.get("/api/v1/discovered") { [self] _, _ in
+            guard let listing = self.discovered() else {
+                return Response(status: .notFound, headers: [.contentType: "text/plain; charset=utf-8"],
+                                body: ResponseBody(byteBuffer: ByteBuffer(string: "no discovery: this server does not serve DHCP\n")))
+            }
+            return try Self.json(listing)
         }
         router.get(RouterPath(BootPlan.bootScriptPath)) { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)

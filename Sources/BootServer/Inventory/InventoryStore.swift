@@ -16,6 +16,9 @@ public final class InventoryStore: Service, @unchecked Sendable {
         public let inventory: Inventory
         public let generation: Int
         public let loadedAt: Date
+        /// Grows when nodes.yaml or the whole bindings journal is read again; stays when the server
+        /// only appended its own bindings (`addBindings`), which come last in `inventory.nodes`.
+        public var baseGeneration = 0
     }
 
     public enum ReloadOutcome: Sendable, CustomStringConvertible {
@@ -41,40 +44,86 @@ public final class InventoryStore: Service, @unchecked Sendable {
         static func of(_ path: String) -> FileStamp? {
             var st = stat()
             guard stat(path, &st) == 0 else { return nil }
-            return FileStamp(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
-                             mtimeSec: st.st_mtim.tv_sec, mtimeNsec: st.st_mtim.tv_nsec)
+            return FileStamp(st)
+        }
+
+        init(_ st: stat) {
+            self.init(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), size: Int64(st.st_size),
+                      mtimeSec: st.st_mtim.tv_sec, mtimeNsec: st.st_mtim.tv_nsec)
+        }
+
+        init(device: UInt64, inode: UInt64, size: Int64, mtimeSec: Int, mtimeNsec: Int) {
+            self.device = device
+            self.inode = inode
+            self.size = size
+            self.mtimeSec = mtimeSec
+            self.mtimeNsec = mtimeNsec
         }
     }
 
     public let path: String
+    /// The bindings journal merged into nodes.yaml (`NodeBindingJournal`, in the server's state
+    /// directory); nil: nodes.yaml alone.
+    public let bindingsPath: String?
     /// How often `run()` looks at the file; zero: never (reloads only through `reload()`).
     public let pollInterval: Duration
     private let loader: @Sendable (String) throws -> Inventory
     private let logger: Logger
     private let lock = NSLock()
+    /// Held for a whole reload, so a reload of nodes.yaml and one of the bindings never interleave.
+    private let reloadLock = NSLock()
     private var snapshot: Snapshot
+    /// nodes.yaml as last loaded, before the bindings.
+    private var base: Inventory
+    private var bindings: [NodeBinding] = []
+    private var notes: [String] = []
+    private var baseGeneration = 1
     private var stamp: FileStamp?
+    private var bindingsStamp: FileStamp?
     private var lastErrorText: String?
     private var observers: [UInt64: @Sendable (Snapshot) -> Void] = [:]
     private var nextObserver: UInt64 = 0
 
-    /// Loads `path` once; throws the located error when even the first load fails (nothing to fall back to).
-    public init(path: String, pollInterval: Duration = .milliseconds(500), logger: Logger,
+    /// Loads `path` once (and the bindings, when given); throws the located error when even the first
+    /// load fails (nothing to fall back to).
+    public init(path: String, bindingsPath: String? = nil, pollInterval: Duration = .milliseconds(500), logger: Logger,
                 loader: @escaping @Sendable (String) throws -> Inventory = { try InventoryLoader.load(path: $0) }) throws {
         self.path = path
+        self.bindingsPath = bindingsPath
         self.pollInterval = pollInterval
         self.loader = loader
         self.logger = logger
         let stamp = FileStamp.of(path)
-        snapshot = Snapshot(inventory: try loader(path), generation: 1, loadedAt: Date())
+        base = try loader(path)
+        snapshot = Snapshot(inventory: base, generation: 1, loadedAt: Date(), baseGeneration: 1)
         self.stamp = stamp
+        if let bindingsPath {
+            bindingsStamp = FileStamp.of(bindingsPath)
+            bindings = Self.readBindings(bindingsPath, logger: logger)
+            let merged = mergeAndLog(base)
+            snapshot = Snapshot(inventory: merged, generation: 1, loadedAt: Date(), baseGeneration: 1)
+        }
     }
 
-    /// The inventory in force.
+    /// The inventory in force: nodes.yaml with the bindings merged (nodes.yaml wins).
     public var current: Snapshot {
         lock.lock()
         defer { lock.unlock() }
         return snapshot
+    }
+
+    /// nodes.yaml in force, before the bindings.
+    public var baseInventory: Inventory {
+        lock.lock()
+        defer { lock.unlock() }
+        return base
+    }
+
+    /// The bindings read last (all of them, including those the merge left out).
+    public var currentBindings: [NodeBinding] {
+        lock.lock()
+        defer { lock.unlock() }
+        return bindings
     }
 
     /// The error of the last rejected reload, cleared by the next good one (for the status page).
@@ -84,32 +133,91 @@ public final class InventoryStore: Service, @unchecked Sendable {
         return lastErrorText
     }
 
-    /// Reloads when the file's stamp differs from the one last read.
+    /// Reloads when the file's stamp (or the bindings journal's) differs from the one last read.
     @discardableResult
     public func reloadIfChanged() -> ReloadOutcome {
         let now = FileStamp.of(path)
+        let bindingsNow = bindingsPath.flatMap(FileStamp.of)
         lock.lock()
         let same = now == stamp
+        let sameBindings = bindingsNow == bindingsStamp
         lock.unlock()
-        return same ? .unchanged : reload(stamp: now)
+        if !same { return reload(stamp: now) }
+        return sameBindings ? .unchanged : reloadBindings()
     }
 
     /// Reloads unconditionally (SIGHUP).
     @discardableResult
     public func reload() -> ReloadOutcome { reload(stamp: FileStamp.of(path)) }
 
-    private func reload(stamp newStamp: FileStamp?) -> ReloadOutcome {
-        let outcome: ReloadOutcome
-        let notify: [@Sendable (Snapshot) -> Void]
+    /// Re-reads the bindings journal and merges it with the nodes.yaml in force (nodes.yaml is not
+    /// read again): what the server does after it bound a machine, and when `nodes adopt` wrote.
+    @discardableResult
+    public func reloadBindings() -> ReloadOutcome {
+        guard let bindingsPath else { return .unchanged }
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
+        let stamp = FileStamp.of(bindingsPath)
+        let read = Self.readBindings(bindingsPath, logger: logger)
+        lock.lock()
+        bindingsStamp = stamp
+        bindings = read
+        let base = self.base
+        lock.unlock()
+        return install(mergeAndLog(base), reason: "bindings")
+    }
+
+    /// The server's own new bindings, just appended to the journal (`journal`: its `stat` taken under
+    /// the journal's lock right after): merged into the inventory in force without reading nodes.yaml
+    /// or the journal again, so a storm of new machines costs no re-read per batch.
+    @discardableResult
+    public func addBindings(_ new: [NodeBinding], journal: stat) -> ReloadOutcome {
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
+        lock.lock()
+        bindingsStamp = FileStamp(journal)
+        bindings += new
+        let current = snapshot.inventory
+        lock.unlock()
+        // A reload of the whole journal in between has merged them already.
+        let fresh = new.filter { binding in current.node(mac: binding.mac).map { $0.location.file != bindingsPath } ?? true }
+        let (merged, notes) = current.merging(fresh)
+        for note in notes { logger.warning("\(note)") }
+        return install(merged, reason: "bindings", keepBase: true)
+    }
+
+    private static func readBindings(_ path: String, logger: Logger) -> [NodeBinding] {
         do {
-            let inventory = try loader(path)
-            lock.lock()
-            stamp = newStamp
-            snapshot = Snapshot(inventory: inventory, generation: snapshot.generation + 1, loadedAt: Date())
-            lastErrorText = nil
-            outcome = .reloaded(snapshot)
-            notify = Array(observers.values)
-            lock.unlock()
+            let contents = try NodeBindingJournal.read(path: path)
+            for problem in contents.problems { logger.error("\(problem)") }
+            return contents.bindings
+        } catch {
+            logger.error("bindings not read, nodes.yaml alone is in force: \(error)")
+            return []
+        }
+    }
+
+    /// `base` with the bindings merged; each merge decision is logged once (when it first appears).
+    private func mergeAndLog(_ base: Inventory) -> Inventory {
+        lock.lock()
+        let bindings = self.bindings
+        lock.unlock()
+        let (merged, notes) = base.merging(bindings)
+        let texts = notes.map(\.description)
+        lock.lock()
+        let new = texts.filter { !self.notes.contains($0) }
+        self.notes = texts
+        lock.unlock()
+        for note in new { logger.warning("\(note)") }
+        return merged
+    }
+
+    private func reload(stamp newStamp: FileStamp?) -> ReloadOutcome {
+        reloadLock.lock()
+        defer { reloadLock.unlock() }
+        let inventory: Inventory
+        do {
+            inventory = try loader(path)
         } catch {
             lock.lock()
             // Remember the stamp so a broken file is reported once, not every poll.
@@ -121,13 +229,30 @@ public final class InventoryStore: Service, @unchecked Sendable {
             ])
             return .rejected("\(error)")
         }
-        if case .reloaded(let s) = outcome {
-            logger.notice("reloaded \(fileName) (\(s.inventory.nodes.count) node\(s.inventory.nodes.count == 1 ? "" : "s"))", metadata: [
-                "file": "\(path)", "generation": "\(s.generation)",
-            ])
-            for observer in notify { observer(s) }
-        }
-        return outcome
+        // SIGHUP re-reads the bindings too (with polling off, it is how `nodes adopt` reaches the server).
+        let read = bindingsPath.map { (FileStamp.of($0), Self.readBindings($0, logger: logger)) }
+        lock.lock()
+        stamp = newStamp
+        base = inventory
+        if let read { (bindingsStamp, bindings) = read }
+        lastErrorText = nil
+        lock.unlock()
+        return install(bindingsPath == nil ? inventory : mergeAndLog(inventory), reason: fileName)
+    }
+
+    private func install(_ inventory: Inventory, reason: String, keepBase: Bool = false) -> ReloadOutcome {
+        lock.lock()
+        if !keepBase { baseGeneration += 1 }
+        snapshot = Snapshot(inventory: inventory, generation: snapshot.generation + 1, loadedAt: Date(), baseGeneration: baseGeneration)
+        let s = snapshot
+        let notify = Array(observers.values)
+        lock.unlock()
+        let count = s.inventory.nodes.count
+        logger.notice("reloaded \(reason) (\(count) node\(count == 1 ? "" : "s"))", metadata: [
+            "file": "\(path)", "generation": "\(s.generation)",
+        ])
+        for observer in notify { observer(s) }
+        return .reloaded(s)
     }
 
     /// Calls `body` with every accepted reload (on the reloading thread) until the token is cancelled.

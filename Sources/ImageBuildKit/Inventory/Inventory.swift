@@ -83,6 +83,8 @@ public struct Inventory: Sendable, Equatable {
     public var defaults: Settings
     public var groups: [String: Settings]
     public var ranges: [Range]
+    /// `discover:`: where the server binds machines nodes.yaml does not list (nil: it only records them).
+    public var discover: Discover?
     public var nodes: [Node] { didSet { lookup = Lookup(nodes) } }
     /// Where each MAC and fixed address sits in `nodes`: the server asks per request (boot scripts,
     /// stage reports), and a 10,000-node inventory makes a scan per request count.
@@ -100,8 +102,10 @@ public struct Inventory: Sendable, Equatable {
         }
     }
 
-    public init(file: String, network: Network, defaults: Settings, groups: [String: Settings], ranges: [Range], nodes: [Node]) {
+    public init(file: String, network: Network, defaults: Settings, groups: [String: Settings], ranges: [Range], nodes: [Node],
+                discover: Discover? = nil) {
         self.file = file
+        self.discover = discover
         self.network = network
         self.defaults = defaults
         self.groups = groups
@@ -200,7 +204,7 @@ public enum InventoryLoader {
 
     public static func parse(_ text: String, file: String) throws -> Inventory {
         let root = try YAMLValue.parse(text, file: file)
-        let top = try root.map(allowed: ["network", "defaults", "groups", "ranges", "nodes"])
+        let top = try root.map(allowed: ["network", "defaults", "groups", "ranges", "nodes", "discover"])
         let network = try parseNetwork(try top.required("network"))
         let directory = URL(fileURLWithPath: file).deletingLastPathComponent().path
         func parseSettings(_ value: YAMLValue, extra: [String]) throws -> (Inventory.Settings, YAMLMap) {
@@ -298,8 +302,10 @@ public enum InventoryLoader {
             if let ip { byIP[ip] = node }
             nodes.append(node)
         } }
+        var discover: Inventory.Discover?
+        if let value = top["discover"] { try collecting { discover = try parseDiscover(value, network: network, groups: groups) } }
         try ConfigErrors.throwIfAny(errors)
-        return Inventory(file: file, network: network, defaults: defaults, groups: groups, ranges: ranges, nodes: nodes)
+        return Inventory(file: file, network: network, defaults: defaults, groups: groups, ranges: ranges, nodes: nodes, discover: discover)
     }
 
     static func parseNetwork(_ value: YAMLValue) throws -> Inventory.Network {
