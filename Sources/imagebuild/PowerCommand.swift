@@ -1,4 +1,5 @@
 import ArgumentParser
+import BootServer
 import Foundation
 import ImageBuildKit
 import PowerControl
@@ -12,6 +13,9 @@ struct PowerOptions: ParsableArguments {
 
     @Option(name: .customLong("nodes"), help: ArgumentHelp("The node inventory, with each node's bmc: settings.", valueName: "file"))
     var inventoryPath: String = "nodes.yaml"
+
+    @Option(help: ArgumentHelp("The server's state directory: machines bound there by discovery or 'nodes adopt' are nodes too.", valueName: "dir"))
+    var stateDir: String = ServerConfigFile.defaultStateDirectory
 
     @Option(help: "How many BMCs to talk to at once.")
     var parallel: Int = 32
@@ -27,7 +31,8 @@ struct PowerOptions: ParsableArguments {
 
     /// The inventory and the chosen nodes, each with its BMC or the located reason it has none.
     func entries() throws -> (Inventory, [Inventory.Node], [PowerController.Entry]) {
-        let inventory = try InventoryLoader.load(path: inventoryPath)
+        // As serve sees it: nodes.yaml with the bindings merged (a bound machine's group gives its BMC).
+        let inventory = try inventoryWithBindings(nodes: inventoryPath, stateDirectory: stateDir)
         let nodes = try NodeSelection.select(nodeNames, in: inventory)
         let templates = NodeTemplates(inventory: inventory)
         let entries = nodes.map { node in
