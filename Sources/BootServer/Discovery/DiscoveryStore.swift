@@ -475,17 +475,7 @@ public final class DiscoveryStore: @unchecked Sendable {
         condition.unlock()
     }
 
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        bytes.withUnsafeBytes { raw -> Bool in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                offset += n
-            }
-            return true
-        }
-    }
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool { SafeFileSystem.writeAll(fd, bytes) == nil }
 }
 
 public struct DiscoveryStatistics: Sendable, Equatable {

@@ -34,7 +34,13 @@ public enum SafeFileSystem {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         if fd < 0 { throw RootfsError.system(operation: "create", path: path, errno: errno) }
         defer { close(fd) }
-        let failed = Array(bytes).withUnsafeBytes { buffer -> Int32? in
+        if let failed = writeAll(fd, bytes) { throw RootfsError.system(operation: "write", path: path, errno: failed) }
+    }
+
+    /// Writes all of `bytes` to `fd`, again after short writes and EINTR; the errno of a failed
+    /// write, or nil. The one write loop of the journals and files this project writes itself.
+    public static func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>) -> Int32? {
+        Array(bytes).withUnsafeBytes { buffer -> Int32? in
             var offset = 0
             while offset < buffer.count {
                 let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
@@ -43,7 +49,6 @@ public enum SafeFileSystem {
             }
             return nil
         }
-        if let failed { throw RootfsError.system(operation: "write", path: path, errno: failed) }
     }
 
     /// Flushes the whole file system holding `path` (syncfs(2)), and waits for it: one call where a

@@ -400,16 +400,7 @@ public enum NodeBindingJournal {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         for binding in new { text += String(decoding: try encoder.encode(binding), as: UTF8.self) + "\n" }
-        let written = Array(text.utf8).withUnsafeBytes { raw -> Bool in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 { if errno == EINTR { continue }; return false }
-                offset += n
-            }
-            return true
-        }
-        guard written else { throw ioError("write", path) }
+        guard SafeFileSystem.writeAll(fd, text.utf8) == nil else { throw ioError("write", path) }
         guard fdatasync(fd) == 0 else { throw ioError("fdatasync", path) }
         if size.st_size == 0 { SafeFileSystem.fsyncDirectory(directory) }
         var after = stat()
