@@ -97,7 +97,8 @@ public struct RedfishClient: BMCClient {
         case .cycle: resetType = current == .off ? pick(["On", "ForceOn"]) : pick(["PowerCycle", "ForceRestart"])
         case .reset: resetType = pick(["ForceRestart", "PowerCycle"])
         }
-        var targetPath = reset?["target"] as? String
+        // The BMC's own action path, when it names one on this service (a path, never another host).
+        var targetPath = (reset?["target"] as? String).flatMap { $0.hasPrefix("/redfish/") ? $0 : nil }
         if targetPath == nil { targetPath = try await systemPath() + "/Actions/ComputerSystem.Reset" }
         _ = try await request(.POST, targetPath!, body: ["ResetType": resetType])
     }
@@ -116,6 +117,7 @@ public struct RedfishClient: BMCClient {
         if let path = cache.systemPath { return path }
         let collection = try await request(.GET, "/redfish/v1/Systems")
         let members = (collection["Members"] as? [[String: Any]] ?? []).compactMap { $0["@odata.id"] as? String }
+            .filter { $0.hasPrefix("/redfish/") }
         guard let only = members.first else { throw BMCError(.refused, "the BMC lists no system under /redfish/v1/Systems") }
         guard members.count == 1 else {
             let ids = members.map { $0.split(separator: "/").last.map(String.init) ?? $0 }
