@@ -137,7 +137,8 @@ public final class BuildPipeline {
             name: recipe.name, toolVersion: ImageBuildVersion.current, recipeDigest: inputs.recipeDigest,
             inputDigest: inputs.digest(epoch: epoch), sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
             imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
-            modules: modules, files: files, loadedSize: loadedSize)
+            modules: modules, files: files, loadedSize: loadedSize,
+            p2pClient: recipe.initramfs.p2p ? InitramfsSpec.p2pClientName : nil)
         try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
         try SafeFileSystem.fsyncFile(out + "/" + Manifest.fileName)
         SafeFileSystem.fsyncDirectory(out)
@@ -280,13 +281,16 @@ public final class BuildPipeline {
 
     /// The host files stage 1 runs besides busybox: the image loader's libraries, and the programs
     /// the image format needs (`ImageFormat.stageOnePrograms`) with theirs.
-    static func stageOneHostPrograms(for format: ImageFormat) throws(BuildError) -> [ELFClosure.Entry] {
+    static func stageOneHostPrograms(for initramfs: InitramfsSpec, format: ImageFormat) throws(BuildError) -> [ELFClosure.Entry] {
         var entries = try StageOneLoader.libraries()
-        if !format.stageOnePrograms.isEmpty {
+        var programs = format.stageOnePrograms
+        if initramfs.p2p { programs.append(InitramfsSpec.p2pClientPath) }
+        if !programs.isEmpty {
             var walker = ELFDependencies(root: "/")
-            do { entries += try walker.closure(of: format.stageOnePrograms).entries } catch {
-                throw BuildError.stageOne("image format \(format.rawValue) needs \(format.stageOnePrograms.joined(separator: ", ")) in stage 1: \(error)"
-                                          + " (apt-get install zstd)")
+            do { entries += try walker.closure(of: programs).entries } catch {
+                let packages = (format.stageOnePrograms.isEmpty ? [] : ["zstd"]) + (initramfs.p2p ? ["aria2"] : [])
+                throw BuildError.stageOne("stage 1 needs \(programs.joined(separator: ", ")) (image format \(format.rawValue)"
+                                          + (initramfs.p2p ? ", initramfs.p2p" : "") + "): \(error) (apt-get install \(packages.joined(separator: " ")))")
             }
         }
         return entries
@@ -367,7 +371,7 @@ public final class BuildPipeline {
 
         // stage 1's image loader and what the image format needs (zstd) with their libraries, after
         // the recipe's binaries: they come from the host, so where both need one (libc), the host's wins
-        try plan.addClosure(Self.stageOneHostPrograms(for: recipe.image.format), root: "/")
+        try plan.addClosure(Self.stageOneHostPrograms(for: spec, format: recipe.image.format), root: "/")
         plan.addData(StageOneLoader.initramfsPath, Data(StageOneLoader.binary), mode: 0o755)
 
         // extra files

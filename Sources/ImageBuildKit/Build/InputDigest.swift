@@ -74,7 +74,7 @@ struct InputDigest {
         if !recipe.initramfs.binaries.isEmpty { uncacheable.append("initramfs.binaries are copied with their libraries from the host") }
         // stage 1's image loader and the host files it brings into the initramfs
         hasher.update(data: Data(StageOneLoader.binary))
-        files += try BuildPipeline.stageOneHostPrograms(for: recipe.image.format).compactMap {
+        files += try BuildPipeline.stageOneHostPrograms(for: recipe.initramfs, format: recipe.image.format).compactMap {
             if case .file(let path) = $0 { return path } else { return nil }
         }
         for file in files.sorted() { try add(file, contentHash: true) }

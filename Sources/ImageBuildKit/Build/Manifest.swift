@@ -24,6 +24,9 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// Bytes the loaded image takes in a node's tmpfs (the unpacked files of an archive, the file
     /// of a file system); stage 1 gets it as `imagebuild.need=`. Absent in older manifests.
     public var loadedSize: Int64?
+    /// The BitTorrent client the initramfs carries for `distribution: p2p` (`initramfs.p2p`, "aria2c");
+    /// nil: none, the image loads over HTTP only.
+    public var p2pClient: String?
 
     public static let fileName = "manifest.json"
 

@@ -33,6 +33,11 @@ public struct Inventory: Sendable, Equatable {
         public var identity = IdentitySettings()
         /// How to reach the node's BMC (`bmc:`), merged field by field like the identity.
         public var bmc = BMCSettings()
+        /// How stage 1 fetches the image (`distribution:`), and where that was said.
+        public var distribution: Distribution?
+        public var distributionLocation: ConfigLocation?
+        /// Seconds a node keeps seeding its image after it has it (`seed_time:`, p2p only).
+        public var seedTime: Int?
         public var location: ConfigLocation?
         public init(image: String? = nil, cmdline: String? = nil, append: String? = nil, loader: Loader? = nil) {
             self.image = image
@@ -55,6 +60,18 @@ public struct Inventory: Sendable, Equatable {
         /// `loader:` (GRUB here is the UEFI build only).
         case grub
     }
+
+    /// How a node's stage 1 fetches its image (docs/swarm.md).
+    public enum Distribution: String, Sendable, Equatable, CaseIterable {
+        /// From the boot server over HTTP (resumable, one pass).
+        case http
+        /// From the swarm of nodes booting the same image (BitTorrent; the server is tracker and web
+        /// seed, so every byte can still come over HTTP), then kept seeding for `seed_time` seconds.
+        case p2p
+    }
+
+    /// How long a p2p node keeps seeding after it has its image, unless `seed_time:` says otherwise.
+    public static let defaultSeedTime = 600
 
     public struct Node: Sendable, Equatable {
         public var mac: MACAddress
@@ -138,6 +155,11 @@ public struct Inventory: Sendable, Equatable {
         /// the build's own `imagebuild.*` parameters of the image are kept. Without one, `append` adds
         /// to the recipe's line.
         public var replacesImageCommandLine: Bool
+        /// How stage 1 fetches the image (the nearest `distribution:`, else HTTP), and where it was set.
+        public var distribution: Distribution = .http
+        public var distributionLocation: ConfigLocation?
+        /// The nearest `seed_time:`, else `Inventory.defaultSeedTime`.
+        public var seedTime: Int = Inventory.defaultSeedTime
 
         public init(image: String?, cmdline: String, replacesImageCommandLine: Bool = false) {
             self.image = image
@@ -146,9 +168,12 @@ public struct Inventory: Sendable, Equatable {
         }
     }
 
-    /// Effective image and command line for a node (node > group > defaults).
+    /// Effective image and command line for a node (node > group > defaults); its distribution also
+    /// takes the range holding its fixed address (node > range > group > defaults), as its identity does.
     public func resolved(_ node: Node) -> Resolution {
-        resolve(node.settings, group: node.group)
+        var resolution = resolve(node.settings, group: node.group)
+        resolution.applyDistribution(from: settingsLevels(of: node).map(\.1))
+        return resolution
     }
 
     public func resolved(_ range: Range) -> Resolution {
@@ -163,7 +188,9 @@ public struct Inventory: Sendable, Equatable {
         for append in [defaults.append, groupSettings.append, own.append].compactMap({ $0 }) where !append.isEmpty {
             cmdline += cmdline.isEmpty ? append : " " + append
         }
-        return Resolution(image: image, cmdline: cmdline, replacesImageCommandLine: replacement != nil)
+        var resolution = Resolution(image: image, cmdline: cmdline, replacesImageCommandLine: replacement != nil)
+        resolution.applyDistribution(from: [defaults, groupSettings, own])
+        return resolution
     }
 
     /// Every image name the inventory refers to, with where (for "unknown image" errors).
@@ -189,6 +216,16 @@ public struct Inventory: Sendable, Equatable {
             errors.append(ConfigError(node.location, "node \(node.hostname) has no image", hint: "set 'image' on the node, its group or in 'defaults'"))
         }
         try ConfigErrors.throwIfAny(errors)
+    }
+}
+
+extension Inventory.Resolution {
+    /// The nearest `distribution:` and `seed_time:` of `levels`, given farthest first.
+    mutating func applyDistribution(from levels: [Inventory.Settings]) {
+        for level in levels {
+            if let mode = level.distribution { distribution = mode; distributionLocation = level.distributionLocation }
+            if let seconds = level.seedTime { seedTime = seconds }
+        }
     }
 }
 
@@ -343,7 +380,7 @@ public enum InventoryLoader {
     }
 
     static func parseSettings(_ value: YAMLValue, extra: [String], baseDirectory: String) throws -> (Inventory.Settings, YAMLMap) {
-        let map = try value.map(allowed: ["image", "cmdline", "append", "loader", "bmc"] + IdentitySettings.keys + extra)
+        let map = try value.map(allowed: ["image", "cmdline", "append", "loader", "bmc", "distribution", "seed_time"] + IdentitySettings.keys + extra)
         var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
         settings.location = value.location
         settings.identity = try parseIdentity(map, baseDirectory: baseDirectory)
@@ -355,6 +392,15 @@ public enum InventoryLoader {
             }
             settings.loader = loader
         }
+        if let value = map["distribution"] {
+            let name = try value.string()
+            guard let mode = Inventory.Distribution(rawValue: name) else {
+                throw value.error("unknown distribution '\(name)'", hint: "http (from the boot server) or p2p (BitTorrent among the nodes, the server as web seed)")
+            }
+            settings.distribution = mode
+            settings.distributionLocation = value.location
+        }
+        settings.seedTime = try map.int("seed_time", in: 0...86_400)
         for key in ["cmdline", "append"] where (try map.string(key))?.contains("\n") == true {
             throw map[key]!.error("the kernel command line must be one line")
         }

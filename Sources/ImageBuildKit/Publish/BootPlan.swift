@@ -190,6 +190,51 @@ public struct BootPlan: Sendable {
         inventory.network.biosLoader == "undionly.kpxe" ? Self.undionly : inventory.network.biosLoader
     }
 
+    // MARK: - The swarm
+
+    /// The choice of every target: the default, each range, each node.
+    private var allChoices: [Choice] {
+        var choices = [defaultChoice].compactMap { $0 }
+        choices += inventory.ranges.map { Choice(source: .range($0), title: Self.title($0), why: "", resolution: inventory.resolved($0)) }
+        return choices + inventory.nodes.map(choice)
+    }
+
+    /// Every target that boots, for plan-wide answers.
+    private var bootingTargets: [BootTarget] {
+        allChoices.compactMap { choice in
+            if case .boot(let target, _) = answer(choice) { return target }
+            return nil
+        }
+    }
+
+    /// The images some machine fetches from the swarm (`distribution: p2p`): publish writes their
+    /// torrents, and the server tracks only those.
+    public var swarmImages: [PublishedImage] {
+        var seen = Set<String>()
+        return bootingTargets.filter { $0.torrentPath != nil }.map(\.image).filter { seen.insert($0.path).inserted }
+            .sorted { $0.path < $1.path }
+    }
+
+    /// `distribution: p2p` where it cannot work, located where it was set: a node seeds the file it
+    /// mounted, so the image must be squashfs or erofs, and its stage 1 must carry the client.
+    public func distributionProblems() -> [ConfigError] {
+        var errors: [ConfigError] = []
+        var reported = Set<String>()
+        for choice in allChoices {
+            guard choice.resolution.distribution == .p2p, let name = choice.resolution.image, let image = images[name] else { continue }
+            let location = choice.resolution.distributionLocation ?? ConfigLocation(file: inventory.file, line: 0, column: 0)
+            guard reported.insert("\(location)|\(name)").inserted else { continue }
+            if !image.isMounted {
+                errors.append(ConfigError(location, "distribution: p2p for \(choice.title): image '\(name)' is \(image.imageFile.dropFirst("image.".count)), which stage 1 unpacks and cannot seed",
+                                          hint: "build it with image.format: squashfs (or erofs)"))
+            } else if image.p2pClient == nil {
+                errors.append(ConfigError(location, "distribution: p2p for \(choice.title): image '\(name)' has no BitTorrent client in its initramfs",
+                                          hint: "add 'p2p: true' under initramfs in its recipe and rebuild (apt-get install aria2)"))
+            }
+        }
+        return errors
+    }
+
     // MARK: - Files
 
     /// The pxelinux names publish writes for a node: its MAC, then its fixed address in hex.

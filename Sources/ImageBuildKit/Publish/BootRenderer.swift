@@ -8,8 +8,17 @@ public struct PublishedImage: Sendable, Equatable, Codable {
     /// The image's own command line (recipe cmdline + imagebuild.sha256=...).
     public var cmdline: String
     public var imageFile: String
+    /// The BitTorrent client its initramfs carries (`initramfs.p2p`), nil: none (absent in older indexes).
+    public var p2pClient: String?
     /// `images/<name>/<digest>`, relative to the root.
     public var path: String { "images/\(name)/\(digest)" }
+    /// The image file's SHA-256, as its command line gives it to stage 1 (`imagebuild.sha256=`).
+    public var sha256: String? {
+        cmdline.split(separator: " ").first { $0.hasPrefix("imagebuild.sha256=") }.map { String($0.dropFirst("imagebuild.sha256=".count)) }
+    }
+    /// Mounted rather than unpacked by stage 1 (squashfs, erofs): the file stays whole in the node's RAM,
+    /// so the node can seed it.
+    public var isMounted: Bool { imageFile == "image.squashfs" || imageFile == "image.erofs" }
 
     public init(manifest: Manifest) {
         name = manifest.name
@@ -17,6 +26,7 @@ public struct PublishedImage: Sendable, Equatable, Codable {
         kernelVersion = manifest.kernelVersion
         cmdline = manifest.cmdline
         imageFile = manifest.files.keys.first { $0.hasPrefix("image.") } ?? "image.tar.gz"
+        p2pClient = manifest.p2pClient
     }
 }
 
@@ -34,6 +44,11 @@ public struct BootTarget: Sendable, Equatable {
     public var secretsPath: String?
     /// The HTTP path of a registered node's cloud-init seed (`CloudInit.seedPath`); nil: `cloud_init` is off.
     public var cloudInitPath: String?
+    /// The boot-root path of the image's `.torrent` when the target fetches it from the swarm
+    /// (`distribution: p2p`, `Torrent.path`); nil: over HTTP.
+    public var torrentPath: String?
+    /// Seconds a p2p node keeps seeding after it has the image (`seed_time:`).
+    public var seedTime: Int = Inventory.defaultSeedTime
 
     public init(title: String, image: PublishedImage, cmdline: String, replacesImageCommandLine: Bool = false) {
         self.title = title
@@ -46,6 +61,10 @@ public struct BootTarget: Sendable, Equatable {
     public init(title: String, image: PublishedImage, resolution: Inventory.Resolution) {
         self.init(title: title, image: image, cmdline: resolution.cmdline,
                   replacesImageCommandLine: resolution.replacesImageCommandLine)
+        if resolution.distribution == .p2p {
+            torrentPath = Torrent.path(of: image)
+            seedTime = resolution.seedTime
+        }
     }
 }
 
@@ -76,6 +95,10 @@ public struct BootRenderer: Sendable {
             parts.append("imagebuild.overlay=" + target.overlays.map { "\(base)/\($0)" }.joined(separator: ","))
         }
         if let secrets = target.secretsPath { parts.append("imagebuild.secrets=\(base)\(secrets)") }
+        if let torrent = target.torrentPath {
+            parts.append("imagebuild.torrent=\(base)/\(torrent)")
+            parts.append("imagebuild.seed=\(target.seedTime)")
+        }
         if let seed = target.cloudInitPath { parts.append(CloudInit.kernelParameter(seedURL: base + seed)) }
         return parts.joined(separator: " ")
     }

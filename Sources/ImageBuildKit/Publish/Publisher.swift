@@ -147,7 +147,8 @@ public struct Publisher {
             try inventory.checkImages(Set(images.keys))
             return images
         }
-        _ = try merged()  // an inventory naming an unknown image fails here, before anything is created
+        // An inventory naming an unknown image, or a swarm no node could seed, fails here, before anything is created.
+        try ConfigErrors.throwIfAny(BootPlan(inventory: inventory, images: try merged()).distributionProblems())
         // Node files: every template renders and every secret is in place, before anything is created.
         try NodeFileChecks.check(inventory, root: root)
         let overlays = try OverlayPlan.render(inventory, mtime: Self.overlayEpoch)
@@ -271,7 +272,7 @@ public struct Publisher {
 
     func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage], overlays: OverlayPlan) throws -> PublishIndex {
         let fm = FileManager.default
-        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", BootPlan.grubFolder, OverlayPlan.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
+        for sub in ["pxelinux.cfg", "ipxe/nodes", "boot", BootPlan.grubFolder, OverlayPlan.folder, Torrent.folder] { try fm.createDirectory(atPath: dir + "/" + sub, withIntermediateDirectories: true) }
         func write(_ relative: String, _ text: String) throws {
             try SafeFileSystem.writeFile(dir + "/" + relative, text.utf8)
         }
@@ -284,6 +285,15 @@ public struct Publisher {
         for file in files { try write(file.path, file.text) }
         for archive in overlays.archives.values.sorted(by: { $0.path < $1.path }) {
             try SafeFileSystem.writeFile(dir + "/" + archive.path, archive.bytes)
+        }
+        // The swarm's torrents: the pieces' hashes are the image's own (computed once, kept beside it),
+        // the tracker and web seed this generation's server.
+        let base = inventory.network.httpBase
+        for image in plan.swarmImages {
+            let info = try Torrent.info(ofImageIn: root + "/" + image.path, imageFile: image.imageFile)
+            try SafeFileSystem.writeFile(dir + "/" + Torrent.path(of: image),
+                                         Torrent.file(info: info, announce: base + Torrent.announcePath,
+                                                      webSeed: "\(base)/\(image.path)/\(image.imageFile)", sha256: image.sha256))
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -298,7 +308,8 @@ public struct Publisher {
     static let topLevel: [(name: String, target: String)] = {
         var links = [("pxelinux.cfg", ".publish/current/pxelinux.cfg"), ("ipxe", ".publish/current/ipxe"),
                      (BootPlan.grubFolder, ".publish/current/\(BootPlan.grubFolder)"),
-                     ("publish.json", ".publish/current/publish.json"), (OverlayPlan.folder, ".publish/current/\(OverlayPlan.folder)")]
+                     ("publish.json", ".publish/current/publish.json"), (OverlayPlan.folder, ".publish/current/\(OverlayPlan.folder)"),
+                     (Torrent.folder, ".publish/current/\(Torrent.folder)")]
         for loader in bootloaders where loader.target.hasPrefix("boot/") {
             let name = String(loader.target.dropFirst(5))
             links.append((name, ".publish/current/boot/\(name)"))

@@ -137,6 +137,11 @@ public struct InitramfsSpec: Sendable, Equatable {
     public var onFailDelay: Int = 30
     /// Download attempts before the node gives up (each with a growing back-off).
     public var downloadRetries: Int = 8
+    /// Carry the host's BitTorrent client (aria2c, Debian `aria2`) with its libraries, so nodes can
+    /// fetch the image from each other (`distribution: p2p` in nodes.yaml).
+    public var p2p: Bool = false
+    public static let p2pClientName = "aria2c"
+    public static let p2pClientPath = "/usr/bin/aria2c"
     public var location: ConfigLocation?
 }
 

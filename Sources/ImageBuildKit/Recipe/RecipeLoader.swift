@@ -209,7 +209,7 @@ public enum RecipeLoader {
 
     static func parseInitramfs(_ value: YAMLValue, context: Context) throws -> InitramfsSpec {
         let map = try value.map(allowed: ["busybox", "modules", "compression", "binaries", "binaries_from", "files",
-                                          "init", "load_img", "onfail", "onfail_delay", "download_retries"])
+                                          "init", "load_img", "onfail", "onfail_delay", "download_retries", "p2p"])
         var spec = InitramfsSpec()
         spec.location = value.location
         if let v = map["busybox"] { spec.busybox = try parseEnum(v, BusyboxSource.self) }
@@ -226,6 +226,7 @@ public enum RecipeLoader {
         if let v = map["onfail"] { spec.onFail = try parseEnum(v, OnFail.self) }
         spec.onFailDelay = try map.int("onfail_delay", in: 0...86_400) ?? spec.onFailDelay
         spec.downloadRetries = try map.int("download_retries", in: 1...1000) ?? spec.downloadRetries
+        spec.p2p = try map.bool("p2p") ?? false
         return spec
     }
 
