@@ -5,6 +5,12 @@
  * that the unpacker reading its output never starts over.
  *
  *   imagebuild-fetch [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL
+ *   imagebuild-fetch -c FILE -s SHA256
+ *
+ * -c checks a file already on the node instead (an image the swarm brought:
+ * aria2c checked each piece's SHA-1 against the torrent, this checks the whole
+ * file against the SHA-256 on the kernel command line), with the same exit
+ * statuses and the same last line.
  *
  * Exit status: 0 the whole body arrived (and matched -s); 2 usage; 3 the
  * download failed (RETRIES attempts in a row made no progress, the server
@@ -559,6 +565,7 @@ static double seconds_since(const struct timespec *start) {
 static void usage(void) {
     fprintf(stderr,
             "usage: %s [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL\n"
+            "       %s -c FILE -s SHA256\n"
             "Streams URL (plain http) to standard output or FILE in one pass, hashing it with SHA-256;\n"
             "a broken connection continues from the byte it reached (HTTP Range).\n"
             "  -o FILE     write to FILE instead of standard output\n"
@@ -567,21 +574,54 @@ static void usage(void) {
             "  -t SECONDS  time-out for connecting and for each read (default 30)\n"
             "  -P          connect from a privileged source port (512-1023; needs root)\n"
             "  -H HEADER   add a request header 'Name: value' (at most %d)\n"
+            "  -c FILE     check FILE (already here, e.g. from the swarm) against -s instead of downloading\n"
             "A 4xx answer is final (but 408 and 429); the last line then says 'HTTP <code> <phrase>: <the body's first line>'.\n"
             "Exit: 0 done, 2 usage, 3 download failed, 4 digest mismatch, 5 output failed, 6 file changed on the server.\n",
-            program, MAX_HEADERS);
+            program, program, MAX_HEADERS);
     exit(EXIT_USAGE);
 }
 
+/* -c: hashes `path` and compares it with `expected`; exits as a download would. */
+static int check_file(const char *path, const char *expected, unsigned char *buffer) {
+    struct sha256_ctx sha;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    sha256_init(&sha);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die(EXIT_DOWNLOAD, "%s: %s", path, strerror(errno));
+    uint64_t total = 0;
+    for (;;) {
+        ssize_t n = read(fd, buffer, BUFFER_SIZE);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) die(EXIT_DOWNLOAD, "%s: %s", path, strerror(errno));
+        if (n == 0) break;
+        sha256_update(&sha, (size_t)n, buffer);
+        total += (uint64_t)n;
+    }
+    close(fd);
+    uint8_t digest[SHA256_DIGEST_SIZE];
+    char hex[2 * SHA256_DIGEST_SIZE + 1];
+    sha256_digest(&sha, sizeof digest, digest);
+    for (int i = 0; i < SHA256_DIGEST_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    if (strcasecmp(expected, hex) != 0)
+        die(EXIT_DIGEST, "sha256 mismatch after %llu bytes: expected %s, got %s (corrupt or wrong file)",
+            (unsigned long long)total, expected, hex);
+    double elapsed = seconds_since(&start);
+    message("%llu bytes checked in %.1f s (%.0f MB/s), sha256 %s OK", (unsigned long long)total, elapsed,
+            elapsed > 0 ? (double)total / elapsed / 1e6 : 0.0, hex);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    const char *output = NULL, *expected = NULL;
+    const char *output = NULL, *expected = NULL, *check = NULL;
     long retries = 8;
     int option;
     static struct transfer t;
-    while ((option = getopt(argc, argv, "o:s:r:t:PH:h")) != -1) {
+    while ((option = getopt(argc, argv, "o:s:r:t:PH:c:h")) != -1) {
         char *stop = NULL;
         switch (option) {
         case 'o': output = optarg; break;
+        case 'c': check = optarg; break;
         case 'P': privileged = 1; break;
         case 'H': {
             if (strpbrk(optarg, "\r\n")) die(EXIT_USAGE, "-H: a header may not contain CR or LF");
@@ -607,9 +647,14 @@ int main(int argc, char **argv) {
         default: usage();
         }
     }
-    if (optind != argc - 1) usage();
+    if (check ? optind != argc || !expected || output : optind != argc - 1) usage();
     if (expected && (strlen(expected) != 64 || strspn(expected, "0123456789abcdefABCDEF") != 64))
         die(EXIT_USAGE, "-s: a SHA-256 is 64 hex digits, not '%s'", expected);
+    if (check) {
+        unsigned char *buffer = malloc(BUFFER_SIZE);
+        if (!buffer) die(EXIT_DOWNLOAD, "out of memory");
+        return check_file(check, expected, buffer);
+    }
 
     parse_url(argv[optind], &t.url);
     t.total = -1;

@@ -18,7 +18,7 @@ RETRIES=8
 # shellcheck source=/dev/null  # written by the build, not part of this tree
 [ -r /etc/imagebuild/stage1.conf ] && . /etc/imagebuild/stage1.conf
 IMAGE_URL='' IMAGE_SHA256='' SERVER='' FORMAT=tar.gz NEED='' NEWINIT=/sbin/init ROOTSIZE=80% BOOTIF='' TOKEN=''
-OVERLAY_URLS='' SECRETS_URL=''
+OVERLAY_URLS='' SECRETS_URL='' TORRENT_URL='' SEED_TIME=600
 # shellcheck disable=SC2013  # the command line is words, split on purpose
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -34,6 +34,8 @@ for arg in $(cat /proc/cmdline); do
         imagebuild.token=*) TOKEN="${arg#*=}" ;;
         imagebuild.overlay=*) OVERLAY_URLS="${arg#*=}" ;;
         imagebuild.secrets=*) SECRETS_URL="${arg#*=}" ;;
+        imagebuild.torrent=*) TORRENT_URL="${arg#*=}" ;;
+        imagebuild.seed=*) SEED_TIME="${arg#*=}" ;;
         BOOTIF=*) BOOTIF="${arg#*=}" ;;
     esac
 done

@@ -4,7 +4,8 @@
 # and switch_root. Uses say/step/report/fail and the variables of /init.
 [ -n "$IMAGE_URL" ] || fail "no imagebuild.image=URL on the kernel command line"
 mkdir -p /newroot
-mount -t tmpfs -o "size=$ROOTSIZE,mode=0755" rootfs /newroot || fail "cannot mount a tmpfs at /newroot"
+# A recipe's own /init may have mounted /newroot already (a local disk, say): then it is kept.
+grep -q "^[^ ]* /newroot " /proc/mounts || mount -t tmpfs -o "size=$ROOTSIZE,mode=0755" rootfs /newroot || fail "cannot mount a tmpfs at /newroot"
 
 # imagebuild.need: the bytes the loaded image takes in the tmpfs. Refuse now, clearly, rather than
 # die half-way with "No space left on device": the tmpfs must hold it, and memory must remain for
@@ -112,6 +113,44 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
         report image-verified "$IMAGE_SHA256"
     fi
 }
+# distribution: p2p (imagebuild.torrent=): aria2c fetches the image from the other nodes booting it
+# and from the boot server, the torrent's web seed (BEP 19), so a node that finds no peer still
+# gets every byte; it checks each piece against the torrent's SHA-1, and the whole file is then
+# checked against imagebuild.sha256 as an HTTP download is. aria2c goes on after switch_root,
+# seeding the file it wrote (the mounted image) for imagebuild.seed= seconds, then exits by itself:
+# no daemon stays on the node. Whatever fails in the swarm, the image comes over HTTP instead.
+# $1: the image file (its name is the torrent's). 0: the file is complete, not yet checked.
+SWARM_PID=
+swarm_fetch() {
+    [ -n "$TORRENT_URL" ] || return 1
+    command -v aria2c >/dev/null || { say "warning: imagebuild.torrent= given but this initramfs has no aria2c (initramfs.p2p)"; return 1; }
+    imagebuild-fetch -r "$RETRIES" -o /tmp/image.torrent "$TORRENT_URL" 2>/tmp/fetch.err ||
+        { say "swarm: the torrent: $(tail -n 1 /tmp/fetch.err | sed 's/^imagebuild-fetch: //')"; return 1; }
+    rm -f /tmp/swarm.done
+    printf '#!/bin/sh\n: > /tmp/swarm.done\n' > /tmp/swarm-done && chmod 755 /tmp/swarm-done
+    minutes=$(awk -v s="$SEED_TIME" 'BEGIN { printf "%.2f", s / 60 }')
+    # No DHT, local discovery or peer exchange: the tracker (the boot server) alone says who the
+    # peers are, nodes of this cluster only, rack-local first.
+    setsid aria2c --dir="${1%/*}" --seed-time="$minutes" --seed-ratio=0.0 --file-allocation=none \
+        --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
+        --bt-stop-timeout=60 --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 \
+        --on-bt-download-complete=/tmp/swarm-done --summary-interval=0 --console-log-level=error \
+        --log=/tmp/aria2c.log --log-level=warn -T /tmp/image.torrent </dev/null >/dev/null 2>&1 &
+    SWARM_PID=$!
+    while [ ! -e /tmp/swarm.done ] && kill -0 "$SWARM_PID" 2>/dev/null; do sleep 0.2; done
+    if [ ! -e /tmp/swarm.done ] || [ ! -f "$1" ]; then
+        say "swarm: aria2c ended without the image: $(tail -n 1 /tmp/aria2c.log 2>/dev/null)"
+        swarm_stop
+        return 1
+    fi
+    return 0
+}
+swarm_stop() {  # a bad or unfinished download is never seeded
+    [ -n "$SWARM_PID" ] && kill "$SWARM_PID" 2>/dev/null
+    SWARM_PID=
+    rm -f "$IMAGE"
+}
+
 check=
 if [ -n "$IMAGE_SHA256" ]; then check="-s $IMAGE_SHA256"; else say "warning: no imagebuild.sha256 given, image not verified"; fi
 
@@ -119,9 +158,24 @@ case "$FORMAT" in
     squashfs|erofs)
         # mounted, not unpacked: the file itself is the root (in RAM)
         IMAGE=/newroot/image.$FORMAT
-        step download "fetching $IMAGE_URL"
-        fetch -o "$IMAGE"
-        fetched $?
+        step download "fetching $IMAGE_URL${TORRENT_URL:+ from the swarm ($TORRENT_URL)}"
+        started=$(cut -d' ' -f1 /proc/uptime)
+        if swarm_fetch "$IMAGE"; then
+            took=$(awk -v a="$started" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }')
+            if [ -z "$IMAGE_SHA256" ] || imagebuild-fetch -c "$IMAGE" -s "$IMAGE_SHA256" 2>/tmp/fetch.err; then
+                say "swarm: $(stat -c %s "$IMAGE") bytes in $took s; seeding for $SEED_TIME s after switch_root"
+                report image-downloaded "$(stat -c %s "$IMAGE") bytes from the swarm in $took s"
+                [ -z "$IMAGE_SHA256" ] || { say "sha256 OK"; report image-verified "$IMAGE_SHA256"; }
+            else
+                say "swarm: $(tail -n 1 /tmp/fetch.err | sed 's/^imagebuild-fetch: //'); fetching over HTTP"
+                swarm_stop
+                TORRENT_URL=
+            fi
+        fi
+        if [ ! -f "$IMAGE" ]; then
+            fetch -o "$IMAGE"
+            fetched $?
+        fi
         step unpack "mounting the $FORMAT image under a tmpfs overlay (size=$ROOTSIZE)"
         mkdir -p /ro /newroot/upper /newroot/work /merged
         mount -t "$FORMAT" -o loop,ro "$IMAGE" /ro || fail "cannot mount the $FORMAT image"
