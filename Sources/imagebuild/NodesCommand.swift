@@ -70,6 +70,8 @@ struct NodesCommand: ParsableCommand {
             var uefiGets: String?
             /// The boot plan's answer with the published images: what the bootscript endpoint boots, and why.
             var boots: String?
+            /// How stage 1 fetches the image (`distribution:`) and where that was set.
+            var fetches: String?
             var pxelinux: [Candidate]
             /// The KERNEL, APPEND and comment lines of the file pxelinux would use.
             var pxelinuxUses: [String]
@@ -146,7 +148,12 @@ struct NodesCommand: ParsableCommand {
                 answer.ipxeROMGets = bios.ipxeROMFile ?? "its boot script"
                 answer.uefiGets = plan.uefiFile(for: node).map { "\($0) (loader: grub, Secure Boot: shim, then GRUB)" } ?? "ipxe/ipxe.efi"
                 switch plan.answer(mac: mac, ip: address) {
-                case .boot(let target, let why): answer.boots = "\(target.image.name) \(target.image.digest) (\(why))"
+                case .boot(let target, let why):
+                    answer.boots = "\(target.image.name) \(target.image.digest) (\(why))"
+                    let origin = plan.choice(mac: mac, ip: address)?.resolution.distributionLocation.map { " (distribution: p2p at \($0))" } ?? ""
+                    answer.fetches = target.torrentPath.map {
+                        "from the swarm\(origin): \(inventory.network.httpBase)/\($0), seeding \(target.seedTime) s after switch_root"
+                    } ?? "over HTTP from this server"
                 case .wait(let reason): answer.boots = "nothing yet: \(reason)"
                 }
             }
@@ -199,6 +206,7 @@ struct NodesCommand: ParsableCommand {
                 out += "  BIOS boot (loader: \(loader)): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets \(answer.uefiGets ?? "ipxe/ipxe.efi")\n"
             }
             if let boots = answer.boots { out += "  boots: \(boots)\n" }
+            if let fetches = answer.fetches { out += "  image: \(fetches)\n" }
             out += "\npxelinux would try, in order:\n"
             for candidate in answer.pxelinux {
                 let mark = candidate.used ? "found  <- used" : candidate.exists ? "found" : "-"
