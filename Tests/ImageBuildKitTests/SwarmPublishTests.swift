@@ -155,3 +155,30 @@ import TestSupport
         #expect(!FileManager.default.fileExists(atPath: root))
     }
 }
+
+/// ICU's data library emptied for the p2p client's initramfs: still a library the dynamic linker loads
+/// and aria2c runs with, its package an empty table of contents, and nothing but zeros after it.
+@Suite struct ICUStubDataTests {
+    static let library = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/x86_64-linux-gnu"))?
+        .filter { $0.hasPrefix("libicudata.so.") && $0.split(separator: ".").count == 3 }.first.map { "/usr/lib/x86_64-linux-gnu/" + $0 }
+
+    @Test(.enabled(if: library != nil && SwarmPublishTests.aria2cInstalled, "needs libicu72 and aria2 (scripts/setup installs aria2, which brings it)"))
+    func theStubLoadsAndIsEmpty() throws {
+        let dir = TemporaryDirectory("icu-stub")
+        let original = try Data(contentsOf: URL(fileURLWithPath: Self.library!))
+        let stub = try #require(ICUStubData.stub(of: Self.library!))
+        #expect(stub.count == original.count)
+        let package = try #require(original.range(of: Data("CmnD".utf8))).lowerBound - 12
+        let headerSize = Int(stub[package]) | Int(stub[package + 1]) << 8
+        #expect(stub.prefix(package + headerSize) == original.prefix(package + headerSize), "the ELF file and the package header are kept")
+        #expect(stub[(package + headerSize)..<(package + headerSize + 4)].allSatisfy { $0 == 0 }, "the table of contents is not empty")
+        #expect(stub.suffix(from: package + headerSize).filter { $0 != 0 }.count < 4096, "the package's data remains")
+        // The real client, with the stub in place of the library.
+        try stub.write(to: URL(fileURLWithPath: dir.path + "/" + (Self.library! as NSString).lastPathComponent))
+        let version = try sh("LD_LIBRARY_PATH=\(dir.path) aria2c --version")
+        #expect(version.hasPrefix("aria2 version"), "\(version)")
+        let loaded = try sh("LD_LIBRARY_PATH=\(dir.path) LD_DEBUG=files aria2c --version 2>&1 | grep 'calling init: .*libicudata' || true")
+        #expect(loaded.contains(dir.path), "aria2c did not load the stub: \(loaded)")
+        #expect(ICUStubData.stub(of: "/usr/bin/aria2c") == nil, "not ICU's data: carried unchanged")
+    }
+}

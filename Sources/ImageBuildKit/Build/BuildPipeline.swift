@@ -359,6 +359,7 @@ public final class BuildPipeline {
         }
 
         // extra binaries with their libraries
+        var recipeFiles = Set<String>()
         if !spec.binaries.isEmpty {
             let root = spec.binariesFrom == .host ? "/" : tree.root
             var walker = ELFDependencies(root: root)
@@ -367,11 +368,20 @@ public final class BuildPipeline {
                 throw BuildError.busybox("\(spec.location.map { "\($0)" } ?? recipe.file): initramfs binaries: \(error)")
             }
             try plan.addClosure(closure.entries, root: root)
+            for case .file(let path) in closure.entries { recipeFiles.insert(path) }
         }
 
         // stage 1's image loader and what the image format needs (zstd) with their libraries, after
         // the recipe's binaries: they come from the host, so where both need one (libc), the host's wins
-        try plan.addClosure(Self.stageOneHostPrograms(for: spec, format: recipe.image.format), root: "/")
+        let stageOne = try Self.stageOneHostPrograms(for: spec, format: recipe.image.format)
+        try plan.addClosure(stageOne, root: "/")
+        // The BitTorrent client reaches ICU only through libxml2, for what stage 1 never does: its 31 MiB
+        // of data go in emptied (`ICUStubData`), unless one of the recipe's own binaries needs them.
+        if spec.p2p {
+            for case .file(let path) in stageOne where ICUStubData.isDataLibrary(path) && !recipeFiles.contains(path) {
+                if let stub = ICUStubData.stub(of: path) { plan.addData(path, stub, mode: 0o644) }
+            }
+        }
         plan.addData(StageOneLoader.initramfsPath, Data(StageOneLoader.binary), mode: 0o755)
 
         // extra files
