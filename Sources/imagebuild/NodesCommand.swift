@@ -322,6 +322,8 @@ extension NodesCommand {
                 }
             }
             if let inventory, let index {
+                // Images: each is published, and a p2p node's can be shared (what publish refuses).
+                problems += BootPlan(inventory: inventory, index: index).distributionProblems()
                 do {
                     try inventory.checkImages(Set(index.images.keys))
                 } catch let error as ConfigErrors {
