@@ -9,7 +9,7 @@ import Prometheus
 final class HTTPMetrics: Sendable {
     /// Route groups: a bounded label set, never the raw path.
     enum Route: String, CaseIterable, Sendable {
-        case files, bootscript, secrets, cloudInit = "cloud-init", events, nodes, inventory, metrics, status, other
+        case files, bootscript, secrets, cloudInit = "cloud-init", events, nodes, inventory, metrics, status, swarm, other
     }
 
     let registry: PrometheusCollectorRegistry
@@ -29,6 +29,8 @@ final class HTTPMetrics: Sendable {
     let inventoryRejected: Gauge
     let inventoryUnpublished: Gauge
     let publishedGeneration: Gauge
+    /// Tracker announces by outcome: `ok` or a `SwarmTracker.Reason`.
+    let announces: [String: Counter]
 
     init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
@@ -63,6 +65,23 @@ final class HTTPMetrics: Sendable {
         inventoryRejected = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_rejected", "1 while the last change to nodes.yaml was rejected (the previous inventory is in force)"))
         inventoryUnpublished = registry.makeGauge(descriptor: Self.name("imagebuild_inventory_unpublished_changes", "Nodes and ranges of nodes.yaml that differ from the published generation (run imagebuild publish)"))
         publishedGeneration = registry.makeGauge(descriptor: Self.name("imagebuild_published_generation", "The generation the boot root serves (0: nothing published)"))
+        var announces: [String: Counter] = [:]
+        for outcome in ["ok"] + SwarmTracker.Reason.allCases.map(\.rawValue) {
+            announces[outcome] = registry.makeCounter(descriptor: Self.name("imagebuild_swarm_announces_total", "BitTorrent announces to the tracker, by outcome (ok or the refusal's reason)"),
+                                                      labels: [("outcome", outcome)])
+        }
+        self.announces = announces
+    }
+
+    /// Sets the swarm gauges from the tracker's view (at scrape time; one series per published image).
+    func update(_ swarm: SwarmTracker.View) {
+        for image in swarm.images {
+            let labels = [("image", image.name), ("digest", image.digest)]
+            registry.makeGauge(descriptor: Self.name("imagebuild_swarm_seeders", "Nodes seeding a published image"), labels: labels).set(Double(image.seeders))
+            registry.makeGauge(descriptor: Self.name("imagebuild_swarm_downloaders", "Nodes fetching a published image from the swarm"), labels: labels).set(Double(image.downloaders))
+            registry.makeGauge(descriptor: Self.name("imagebuild_swarm_peer_uploaded_bytes", "Bytes nodes report they sent each other (not the server's web-seed bytes), since the server started"),
+                               labels: labels).set(Double(image.uploaded))
+        }
     }
 
     /// Secrets requests by outcome: `delivered` or a `SecretAdmission.Reason` (made once per outcome).
@@ -145,6 +164,7 @@ struct MetricsMiddleware<Context: RequestContext>: RouterMiddleware {
         if path == "/api/v1/inventory" { return .inventory }
         if path == "/metrics" { return .metrics }
         if path == "/" { return .status }
+        if path.hasPrefix(Torrent.announcePath) || path == "/api/v1/swarm" { return .swarm }
         return status < 400 || status == 416 ? .files : .other
     }
 }

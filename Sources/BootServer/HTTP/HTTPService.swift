@@ -95,7 +95,9 @@ public final class HTTPService: BootService, Sendable {
     let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     let threadPool: NIOThreadPool
-    private let metrics: HTTPMetrics
+    let metrics: HTTPMetrics
+    /// The BitTorrent tracker of the published images (`distribution: p2p`).
+    let tracker = SwarmTracker()
     private let state = Mutex<ListenerState>(.idle)
 
     private enum ListenerState {
@@ -323,6 +325,8 @@ public final class HTTPService: BootService, Sendable {
         router.get("/metrics") { [self] _, _ in
             self.metrics.updateStages(self.nodeList(), unattributed: timeline.unattributedCount)
             self.metrics.update(self.inventoryStatus(publishIndex))
+            self.refreshTorrents(publishIndex)
+            self.metrics.update(self.tracker.view(now: timeline.currentTime))
             var bytes: [UInt8] = []
             self.metrics.registry.emit(into: &bytes)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -351,6 +355,14 @@ public final class HTTPService: BootService, Sendable {
         let cloudInit = CloudInitDelivery(address: NodeAddressRule(addressesOf: reportAdmission().addressesOf))
         router.get(RouterPath(CloudInit.prefix + ":mac/:document")) { [self] request, context in
             try self.cloudInit(request, context: context, delivery: cloudInit)
+        }
+        let admission = reportAdmission()
+        router.get(RouterPath(Torrent.announcePath)) { [self] request, context in
+            self.announce(request, context: context, admission: admission, publishIndex: publishIndex)
+        }
+        router.get("/api/v1/swarm") { [self] _, _ in
+            self.refreshTorrents(publishIndex)
+            return try Self.json(self.tracker.view(now: timeline.currentTime))
         }
         let intake = eventIntake
         router.post(RouterPath(Self.eventsPath)) { [self] request, context in
@@ -395,7 +407,7 @@ public final class HTTPService: BootService, Sendable {
     /// Who may report for which MAC: the inventory's fixed addresses and the live leases, and tokens
     /// when they are on. Each lookup reads the inventory and leases in force, so a reload or a new
     /// lease counts at once; made once per service, nothing is allocated per report for it.
-    private func reportAdmission() -> ReportAdmission {
+    func reportAdmission() -> ReportAdmission {
         let inventory = self.inventory
         let leases = self.leases
         let tokens = self.reportTokens

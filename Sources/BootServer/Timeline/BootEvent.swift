@@ -51,6 +51,9 @@ public enum BootObservation: Sendable, Hashable {
     /// `GET /boot/v1/bootscript`: which image the node was sent (nil: the "not registered" loop).
     case bootScript(image: String?, detail: String?)
     case report(NodeReport, detail: String?)
+    /// The node's BitTorrent client announced `event` (started, completed, stopped) to the tracker:
+    /// no step of a boot, a line on its timeline (docs/swarm.md).
+    case swarm(event: String, detail: String?)
 
     /// The stage this observation puts a node in; nil for a file that is no step of a boot (a
     /// manifest, a command line): fetching it moves no stage and begins no boot.
@@ -60,6 +63,7 @@ public enum BootObservation: Sendable, Hashable {
         case .transfer(_, let path, _, _, _): BootStage.forFile(path)
         case .bootScript: .config
         case .report(let report, _): report.stage
+        case .swarm: nil
         }
     }
 
@@ -79,6 +83,8 @@ public enum BootObservation: Sendable, Hashable {
             return "boot script: \(what)\(detail.map { " (\($0))" } ?? "")"
         case .report(let report, let detail):
             return "node: \(report.rawValue)\(detail.map { $0.isEmpty ? "" : " (\($0))" } ?? "")"
+        case .swarm(let event, let detail):
+            return "swarm: \(event)\(detail.map { $0.isEmpty ? "" : " (\($0))" } ?? "")"
         }
     }
 }
@@ -139,6 +145,10 @@ extension BootEvent: Codable {
             try c.encode("report", forKey: .kind)
             try c.encode(report, forKey: .step)
             try c.encodeIfPresent(detail, forKey: .detail)
+        case .swarm(let event, let detail):
+            try c.encode("swarm", forKey: .kind)
+            try c.encode(event, forKey: .step)
+            try c.encodeIfPresent(detail, forKey: .detail)
         }
         if encoder.userInfo[BootEvent.includeSummary] as? Bool == true {
             try c.encode(observation.summary, forKey: .summary)
@@ -169,6 +179,8 @@ extension BootEvent: Codable {
             observation = .bootScript(image: try c.decodeIfPresent(String.self, forKey: .image), detail: detail)
         case "report":
             observation = .report(try c.decode(NodeReport.self, forKey: .step), detail: detail)
+        case "swarm":
+            observation = .swarm(event: try c.decode(String.self, forKey: .step), detail: detail)
         case let other:
             throw DecodingError.dataCorruptedError(forKey: .kind, in: c, debugDescription: "unknown event kind '\(other)'")
         }
@@ -198,6 +210,8 @@ extension BootEvent {
             kind = "bootscript"; image = name; detail = text
         case .report(let report, let text):
             kind = "report"; step = report.rawValue; detail = text
+        case .swarm(let event, let text):
+            kind = "swarm"; step = event; detail = text
         }
         out.append(UInt8(ascii: "{"))
         var first = true

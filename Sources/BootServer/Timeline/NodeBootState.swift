@@ -69,6 +69,8 @@ public struct NodeBootState: Sendable, Hashable {
             image = name
         case .report(let report, let detail):
             if report == .failed { failure = detail ?? "" }
+        case .swarm:
+            break
         case .transfer:
             // A transfer reported after the boot moved on (a lost final ACK is noticed only after a
             // client time-out) does not set the node back; a failed boot's retries still show.
