@@ -89,25 +89,44 @@ extension EndToEnd {
                 #expect(timeline.events.contains { $0.stage == "image" && $0.summary.contains("verified") } || vms[index].log.contains("sha256 OK"),
                         "sw\(index + 1): image not verified\n\(timeline.text)")
             }
-            // The first three keep seeding after switch_root: aria2c is still running on them.
-            // What the tracker saw: pieces moved between nodes, and the server sent fewer than four copies.
-            let swarm = try Harness.shell("ip netns exec \(ns) curl -sf --max-time 10 http://\(site.lab.serverAddress):8080/api/v1/swarm")
-            print("swarm: /api/v1/swarm \(swarm.stdout.prefix(600))")
-            let json = try JSONSerialization.jsonObject(with: Data(swarm.stdout.utf8)) as? [String: Any]
-            let images = json?["images"] as? [[String: Any]] ?? []
-            let uploaded = images.compactMap { ($0["uploaded"] as? NSNumber)?.int64Value }.reduce(0, +)
-            #expect(uploaded > 0, "no bytes reported sent between nodes: \(swarm.stdout)")
-            let metrics = try Harness.shell("ip netns exec \(ns) curl -sf --max-time 10 http://\(site.lab.serverAddress):8080/metrics").stdout
-            let served = Self.imageBytesServed(metrics)
+            // What the tracker saw: pieces moved between nodes (each node reports what it sent at its
+            // next announce, at most 30 s later), and the server sent fewer than four copies.
+            var uploaded: Int64 = 0
+            var swarm = ""
+            let deadline = Date().addingTimeInterval(75)
+            repeat {
+                swarm = try Harness.shell("ip netns exec \(ns) curl -sf --max-time 10 http://\(site.lab.serverAddress):8080/api/v1/swarm").stdout
+                let json = try? JSONSerialization.jsonObject(with: Data(swarm.utf8)) as? [String: Any]
+                let images = json?["images"] as? [[String: Any]] ?? []
+                uploaded = images.compactMap { ($0["uploaded"] as? NSNumber)?.int64Value }.reduce(0, +)
+                if uploaded > 0 { break }
+                sleep(2)
+            } while Date() < deadline
+            print("swarm: /api/v1/swarm \(swarm.prefix(1500))")
+            #expect(uploaded > 0, "no bytes reported sent between nodes: \(swarm)")
+            // The first three were still seeding after their switch_root when sw4 came.
+            let timelines = try Self.macs.prefix(3).map { try site.timeline($0) }
+            #expect(timelines.allSatisfy { $0.stage == "up" }, "a seeder is not up")
+            let served = Self.imageBytesServed(site.serveLogs)
             let size = try FileManager.default.attributesOfItem(atPath: try Self.artifacts.get() + "/image.squashfs")[.size] as! Int
-            print("swarm: server sent \(served) image bytes = \(String(format: "%.2f", Double(served) / Double(size))) copies; nodes report \(uploaded) bytes between them")
+            print("swarm: server sent \(served) bytes of the image = \(String(format: "%.2f", Double(served) / Double(size))) copies for 4 nodes; nodes report \(uploaded) bytes sent between them")
             #expect(served < 4 * size, "the server sent every node its own copy: \(served) bytes")
+            // sw4 came when the others had switched root: what the server did not send it, they did.
+            let toLate = Self.imageBytesServed(site.serveLogs, client: "10.77.0.24")
+            print("swarm: sw4 got \(toLate) of \(size) bytes from the server")
+            #expect(toLate < size, "sw4 got its whole image from the server, none from the seeding nodes")
         }
 
-        /// Bytes the server sent of image files over HTTP (the web seed), from its metrics.
-        static func imageBytesServed(_ metrics: String) -> Int {
-            metrics.split(separator: "\n").filter { $0.hasPrefix("imagebuild_http_image_bytes_total") }
-                .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0) { $0 + Int($1) }
+        /// Bytes of the image file the server sent over HTTP (the web seed), from its transfer log lines
+        /// (`bytes=N ... file=images/.../image.squashfs`): the metrics' image counter also counts kernels
+        /// and initramfs files, which live under images/ too.
+        static func imageBytesServed(_ log: String, client: String? = nil) -> Int {
+            log.split(separator: "\n").filter { line in
+                line.contains("image.squashfs") && line.contains("imagebuild.http:") && (client.map { line.contains("client=\($0) ") } ?? true)
+            }.compactMap { line -> Int? in
+                guard let field = line.split(separator: " ").first(where: { $0.hasPrefix("bytes=") }) else { return nil }
+                return Int(field.dropFirst(6))
+            }.reduce(0, +)
         }
     }
 }
