@@ -93,6 +93,7 @@ enum StatusPage {
     <div id="top">
       <section class="card" id="overview"><div id="bar"></div><div id="chips"></div></section>
       <section class="card" id="hints" hidden><h2>Why nodes are stuck (click to list them)</h2><ul id="hintlist"></ul></section>
+      <section class="card" id="swarm" hidden><h2>Swarm (distribution: p2p)</h2><ul id="swarmlist"></ul></section>
     </div>
     <main id="main">
       <section class="card" id="list">
@@ -400,6 +401,7 @@ enum StatusPage {
         performance.measure("status-refresh", { start: started, duration: ms });
         $("error").style.display = "none";
         refreshInventory();
+        refreshSwarm();
       } catch (e) {
         const box = $("error");
         box.textContent = "Cannot reach the server (" + e.message + "); retrying.";
@@ -432,6 +434,23 @@ enum StatusPage {
         const box = $("warnings");
         box.replaceChildren(...lines.map(t => el("div", {}, t)));
         box.hidden = lines.length === 0;
+      } catch (e) { /* the node poll reports an unreachable server */ }
+    }
+
+    // ---- the swarm: seeders and downloaders per published image, what nodes sent each other ----
+    let swarmAt = 0;
+    async function refreshSwarm() {
+      if (Date.now() - swarmAt < 5000) return;
+      swarmAt = Date.now();
+      try {
+        const response = await fetch("/api/v1/swarm", { cache: "no-store" });
+        if (!response.ok) return;
+        const s = await response.json();
+        const mib = b => (b / 1048576).toFixed(0) + " MiB";
+        $("swarmlist").replaceChildren(...s.images.map(i => el("li", {},
+          el("span", { class: "mono" }, i.name + " " + i.digest), " ",
+          i.seeders + " seeding, " + i.downloaders + " fetching; nodes sent each other " + mib(i.uploaded))));
+        $("swarm").hidden = s.images.length === 0;
       } catch (e) { /* the node poll reports an unreachable server */ }
     }
 
