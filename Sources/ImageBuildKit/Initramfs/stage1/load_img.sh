@@ -130,10 +130,12 @@ swarm_fetch() {
     printf '#!/bin/sh\n: > /tmp/swarm.done\n' > /tmp/swarm-done && chmod 755 /tmp/swarm-done
     minutes=$(awk -v s="$SEED_TIME" 'BEGIN { printf "%.2f", s / 60 }')
     # No DHT, local discovery or peer exchange: the tracker (the boot server) alone says who the
-    # peers are, nodes of this cluster only, rack-local first.
+    # peers are, nodes of this cluster only, rack-local first. What aria2c takes from the web seed
+    # starts at a random piece: by default every node would ask the server for the same first
+    # pieces, so the swarm would learn nothing the nodes could give each other.
     setsid aria2c --dir="${1%/*}" --seed-time="$minutes" --seed-ratio=0.0 --file-allocation=none \
         --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
-        --bt-stop-timeout=60 --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 \
+        --bt-stop-timeout=60 --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 --stream-piece-selector=random \
         --on-bt-download-complete=/tmp/swarm-done --summary-interval=0 --console-log-level=error \
         --log=/tmp/aria2c.log --log-level=warn -T /tmp/image.torrent </dev/null >/dev/null 2>&1 &
     SWARM_PID=$!
