@@ -77,7 +77,7 @@ EOF
   "$IMAGEBUILD" build "$work/$name.yaml" --out "$work/artifacts" >/dev/null
 fi
 size=$(stat -c %s "$work/artifacts/$name/image.squashfs")
-mkdir -p "$work/stage1"
+rm -rf "$work/stage1" && mkdir -p "$work/stage1"
 (cd "$work/stage1" && zcat "$work/artifacts/$name/initramfs.img" | cpio -idm --quiet)
 echo "# image: $size bytes; initramfs $(stat -c %s "$work/artifacts/$name/initramfs.img") bytes with aria2c"
 
