@@ -136,17 +136,68 @@ final class SwarmTracker: Sendable {
         var isSeeder: Bool { left == 0 }
     }
 
-    struct PeerKey: Hashable, Sendable {
-        var address: IPv4Address
-        var port: UInt16
-    }
-
     /// One swarm's peers, and what its peers reported sending each other.
     struct Swarm: Sendable {
-        var peers: [PeerKey: Peer] = [:]
+        /// One client per node: a node whose aria2c restarted on another port replaces its old entry.
+        var peers: [IPv4Address: Peer] = [:]
         var uploaded: Int64 = 0
         var downloaded: Int64 = 0
         var lastSweep = Date.distantPast
+
+        mutating func answer(_ announce: Announce, from asker: Asker, image: String, now: Date, tier: (Peer) -> Int) -> Outcome {
+            if now.timeIntervalSince(lastSweep) > SwarmTracker.expiry / 3 {
+                peers = peers.filter { now.timeIntervalSince($0.value.lastSeen) <= SwarmTracker.expiry }
+                lastSweep = now
+            }
+            let previous = peers[asker.address]
+            // What peers sent each other: the growth of each peer's own counters. A client the tracker
+            // does not know counts from zero only when it starts; otherwise (expired, or announcing to
+            // a restarted server) its first report is where counting starts, so nothing counts twice.
+            if let previous, previous.port == announce.port {
+                uploaded += max(0, announce.uploaded - previous.uploaded)
+                downloaded += max(0, announce.downloaded - previous.downloaded)
+            } else if announce.event == .started {
+                uploaded += announce.uploaded
+                downloaded += announce.downloaded
+            }
+            var note: String?
+            switch announce.event {
+            case .started?: note = "joined the swarm of \(image) (\(SwarmTracker.mib(announce.left)) MiB to fetch, \(peers.count) peers)"
+            case .completed?: note = "has all of \(image), seeding"
+            case .stopped?: note = "left the swarm of \(image) (sent \(SwarmTracker.mib(announce.uploaded)) MiB to peers)"
+            case nil: if previous == nil { note = "in the swarm of \(image)" }
+            }
+            if announce.event == .stopped {
+                peers[asker.address] = nil
+            } else {
+                peers[asker.address] = Peer(address: asker.address, port: announce.port, mac: asker.mac, left: announce.left,
+                                            uploaded: announce.uploaded, downloaded: announce.downloaded, lastSeen: now)
+            }
+            var complete = 0
+            for peer in peers.values where peer.isSeeder { complete += 1 }
+            var compact: [UInt8] = []
+            if announce.event != .stopped && announce.numwant > 0 {
+                // A seeder needs downloaders only. Tiers in order, shuffled inside each so a storm
+                // does not pile onto the same few peers.
+                var tiers: [[Peer]] = [[], [], []]
+                for peer in peers.values where peer.address != asker.address && !(announce.left == 0 && peer.isSeeder) {
+                    tiers[min(max(tier(peer), 0), 2)].append(peer)
+                }
+                compact.reserveCapacity(min(announce.numwant, peers.count) * 6)
+                var count = 0
+                outer: for var tierPeers in tiers {
+                    tierPeers.shuffle()
+                    for peer in tierPeers {
+                        guard count < announce.numwant else { break outer }
+                        let ip = peer.address.rawValue
+                        compact += [UInt8(ip >> 24), UInt8(ip >> 16 & 0xff), UInt8(ip >> 8 & 0xff), UInt8(ip & 0xff),
+                                    UInt8(peer.port >> 8), UInt8(peer.port & 0xff)]
+                        count += 1
+                    }
+                }
+            }
+            return .peers(compact: compact, complete: complete, incomplete: peers.count - complete, note: note)
+        }
     }
 
     private struct State: Sendable {
@@ -191,61 +242,8 @@ final class SwarmTracker: Sendable {
             guard let published = state.torrents[announce.infoHash] else {
                 return .refused(reason: .unknownTorrent, message: "unknown torrent (not published here)")
             }
-            var swarm = state.swarms[announce.infoHash] ?? Swarm()
-            if now.timeIntervalSince(swarm.lastSweep) > Self.expiry / 3 {
-                swarm.peers = swarm.peers.filter { now.timeIntervalSince($0.value.lastSeen) <= Self.expiry }
-                swarm.lastSweep = now
-            }
-            let key = PeerKey(address: asker.address, port: announce.port)
-            let previous = swarm.peers[key]
-            // What peers sent each other: the growth of each peer's own counters (a restarted client
-            // starts again from 0, which counts from there).
-            if let previous {
-                swarm.uploaded += max(0, announce.uploaded - previous.uploaded)
-                swarm.downloaded += max(0, announce.downloaded - previous.downloaded)
-            } else {
-                swarm.uploaded += announce.uploaded
-                swarm.downloaded += announce.downloaded
-            }
-            var note: String?
-            switch announce.event {
-            case .started?: note = "joined the swarm of \(published.image) (\(Self.mib(announce.left)) MiB to fetch, \(swarm.peers.count) peers)"
-            case .completed?: note = "has all of \(published.image), seeding"
-            case .stopped?: note = "left the swarm of \(published.image) (sent \(Self.mib(announce.uploaded)) MiB to peers)"
-            case nil: if previous == nil { note = "in the swarm of \(published.image)" }
-            }
-            if announce.event == .stopped {
-                swarm.peers[key] = nil
-            } else {
-                swarm.peers[key] = Peer(address: asker.address, port: announce.port, mac: asker.mac, left: announce.left,
-                                        uploaded: announce.uploaded, downloaded: announce.downloaded, lastSeen: now)
-            }
-            var complete = 0
-            for peer in swarm.peers.values where peer.isSeeder { complete += 1 }
-            let incomplete = swarm.peers.count - complete
-            var compact: [UInt8] = []
-            if announce.event != .stopped && announce.numwant > 0 {
-                // A seeder needs downloaders only. Tiers in order, shuffled inside each so a storm
-                // does not pile onto the same few peers.
-                var tiers: [[Peer]] = [[], [], []]
-                for peer in swarm.peers.values where peer.address != asker.address && !(announce.left == 0 && peer.isSeeder) {
-                    tiers[min(max(tier(peer), 0), 2)].append(peer)
-                }
-                compact.reserveCapacity(min(announce.numwant, swarm.peers.count) * 6)
-                var count = 0
-                outer: for var peers in tiers {
-                    peers.shuffle()
-                    for peer in peers {
-                        guard count < announce.numwant else { break outer }
-                        let ip = peer.address.rawValue
-                        compact += [UInt8(ip >> 24), UInt8(ip >> 16 & 0xff), UInt8(ip >> 8 & 0xff), UInt8(ip & 0xff),
-                                    UInt8(peer.port >> 8), UInt8(peer.port & 0xff)]
-                        count += 1
-                    }
-                }
-            }
-            state.swarms[announce.infoHash] = swarm
-            return .peers(compact: compact, complete: complete, incomplete: incomplete, note: note)
+            // In place: a copy of the swarm per announce would copy every peer of a storm.
+            return state.swarms[announce.infoHash, default: Swarm()].answer(announce, from: asker, image: published.image, now: now, tier: tier)
         }
     }
 

@@ -87,6 +87,28 @@ import TestSupport
         #expect(tracker.view(now: now).images.isEmpty)
     }
 
+    /// A client the tracker does not know (expired, or announcing to a restarted server) brings its
+    /// totals so far: they were counted before, so counting starts from them; one that starts counts
+    /// from zero. A client restarted on another port replaces its node's entry.
+    @Test func reportsAreNeverCountedTwice() {
+        let tracker = SwarmTracker()
+        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100)], generation: 1)
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        let asker = SwarmTracker.Asker(address: IPv4Address(10, 0, 0, 9), mac: MACAddress(2, 0, 0, 0, 0, 9))
+        func send(_ uploaded: Int64, port: UInt16 = 6881, event: Announce.Event? = nil) {
+            _ = tracker.announce(Announce(infoHash: Self.hash, peerID: Self.peerID, port: port, uploaded: uploaded, left: 0, event: event),
+                                 from: asker, now: now) { _ in 2 }
+        }
+        send(100)
+        #expect(tracker.view(now: now).images[0].uploaded == 0, "an unknown client's totals were counted again")
+        send(150)
+        #expect(tracker.view(now: now).images[0].uploaded == 50)
+        send(30, port: 6999, event: .started)
+        send(40, port: 6999)
+        let view = tracker.view(now: now).images[0]
+        #expect(view.uploaded == 90 && view.peers.count == 1 && view.peers[0].port == 6999, "\(view)")
+    }
+
     static let aria2c = ProcessRunner.which("aria2c")
 
     /// A real swarm of two: aria2c seeding on 127.0.0.2, aria2c fetching on 127.0.0.3, both nodes of the
