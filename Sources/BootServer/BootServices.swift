@@ -34,6 +34,9 @@ public final class BootServices: Sendable {
         public var httpPort: Int?
         public var httpMaximumConnections: Int?
         public var reportTokens: Bool
+        /// Seed published torrents over BitTorrent (`SwarmSeeder`), from `seedPort` up.
+        public var seed: Bool
+        public var seedPort: Int
         /// The merged file the settings came from: the DHCP knobs, and what a reload compares against.
         public var source: ServerConfigFile
 
@@ -58,6 +61,8 @@ public final class BootServices: Sendable {
             httpPort = merged.http.port
             httpMaximumConnections = merged.http.maximumConnections
             reportTokens = merged.http.reportTokens ?? false
+            seed = merged.swarm.seed ?? true
+            seedPort = merged.swarm.seedPort ?? 6881
             if !dhcp && !tftp && !http { throw StartupError("DHCP, TFTP and HTTP are all switched off: nothing to serve") }
             if proxyDHCP && !dhcp { throw StartupError("proxyDHCP is on but DHCP is switched off") }
         }
@@ -98,6 +103,7 @@ public final class BootServices: Sendable {
     private let hostKeys: HostKeyStore
     private let reloader: ConfigReloader
     private let logger: Logger
+    private let loggers: @Sendable (String) -> Logger
     /// SIGHUPs and `requestReload()` calls, consumed one at a time by the reload service.
     private let reloads: AsyncStream<Void>
     private let reloadRequests: AsyncStream<Void>.Continuation
@@ -113,10 +119,15 @@ public final class BootServices: Sendable {
     ///   - configPath: `server.yaml`, re-read on reload; nil: reload re-reads nodes.yaml only.
     ///   - logLevel: the process's shared level, which a reload changes.
     ///   - metrics: the registry `/metrics` serves.
+    ///   - loggers: each service's logger by label; tests pass quiet ones, since only the command line
+    ///     bootstraps the process's logging.
     public init(settings: Settings, flags: ServerConfigFile, configPath: String?, logLevel: LogLevelControl,
-                metrics: PrometheusCollectorRegistry, logger: Logger = Logger(label: "imagebuild.serve")) async throws {
+                metrics: PrometheusCollectorRegistry,
+                loggers: @escaping @Sendable (String) -> Logger = { Logger(label: $0) }) async throws {
         self.settings = settings
+        let logger = loggers("imagebuild.serve")
         self.logger = logger
+        self.loggers = loggers
         logLevel.level = settings.logLevel
         try Self.checkRoot(settings.root, nodes: settings.nodes)
         do {
@@ -131,7 +142,7 @@ public final class BootServices: Sendable {
             inventory = settings.dhcp || settings.http || settings.nodesNamed
                 ? try InventoryStore(path: settings.nodes, bindingsPath: NodeBindingJournal.path(inStateDirectory: settings.stateDirectory),
                                      pollInterval: .milliseconds(Int(settings.pollInterval * 1000)),
-                                     logger: Logger(label: "imagebuild.inventory"))
+                                     logger: loggers("imagebuild.inventory"))
                 : nil
         } catch {
             throw StartupError("\(error)")
@@ -141,7 +152,7 @@ public final class BootServices: Sendable {
         let timeline: BootTimeline
         do {
             timeline = try BootTimeline(configuration: .init(stateDirectory: settings.stateDirectory + "/timeline"),
-                                        logger: Logger(label: "imagebuild.timeline"))
+                                        logger: loggers("imagebuild.timeline"))
         } catch {
             throw StartupError("boot timeline in \(settings.stateDirectory)/timeline: \(error)")
         }
@@ -152,7 +163,7 @@ public final class BootServices: Sendable {
         if settings.tftp {
             var configuration = TFTPServerConfiguration(root: settings.root, host: settings.listen, port: settings.tftpPort)
             configuration.maximumTransfers = 10_000
-            let server = TFTPServer(configuration: configuration, logger: Logger(label: "imagebuild.tftp")) { report in
+            let server = TFTPServer(configuration: configuration, logger: loggers("imagebuild.tftp")) { report in
                 _ = timeline.record(report)
             }
             listeners.append(Listener(service: server, port: settings.tftpPort, flag: "--tftp-port"))
@@ -167,13 +178,13 @@ public final class BootServices: Sendable {
             let discovery: DiscoveryStore
             do {
                 discovery = try DiscoveryStore(directory: NodeBindingJournal.directory(inStateDirectory: settings.stateDirectory),
-                                               logger: Logger(label: "imagebuild.discovery")) { inventory.addBindings($0, journal: $1) }
+                                               logger: loggers("imagebuild.discovery")) { inventory.addBindings($0, journal: $1) }
             } catch {
                 throw StartupError("discovery in \(settings.stateDirectory)/discovery: \(error)")
             }
             self.discovery = discovery
             let server = DHCPServer(configuration: settings.source.applyDHCP(to: settings.dhcpBaseline), inventory: inventory,
-                                    logger: Logger(label: "imagebuild.dhcp"), discovery: discovery) { event in
+                                    logger: loggers("imagebuild.dhcp"), discovery: discovery) { event in
                 timeline.record(event)
             }
             listeners.append(Listener(service: server, port: settings.dhcpPort, flag: "--dhcp-port"))
@@ -209,7 +220,7 @@ public final class BootServices: Sendable {
                                           discovery.map { DiscoveryListing(machines: $0.discovered(), bindings: inventory.currentBindings,
                                                                            inventory: inventory.baseInventory) }
                                       },
-                                      logger: Logger(label: "imagebuild.http"))
+                                      logger: loggers("imagebuild.http"))
             listeners.append(Listener(service: service, port: port, flag: "--http-port"))
             http = service
         } else {
@@ -279,6 +290,16 @@ public final class BootServices: Sendable {
                 await ensure(inventory.current.inventory)
                 for await snapshot in updates { await ensure(snapshot.inventory) }
             })
+        }
+        if http != nil && settings.seed {
+            if let aria2c = SwarmSeeder.findClient() {
+                let seeder = SwarmSeeder(configuration: .init(root: settings.root, stateDirectory: settings.stateDirectory, listen: settings.listen,
+                                                              firstPort: settings.seedPort, aria2c: aria2c),
+                                         logger: loggers("imagebuild.swarm"))
+                services.append(ServerService(name: "swarm-seeder") { await seeder.run() })
+            } else {
+                logger.notice("aria2c is not installed: torrents of distribution: p2p images are seeded by the web seed only (apt-get install aria2)")
+            }
         }
         let reloads = self.reloads
         services.append(ServerService(name: "reload") { [self] in

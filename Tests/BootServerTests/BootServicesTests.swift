@@ -10,8 +10,9 @@ import Testing
 
 /// The whole server in this process: settings resolved once, DHCP, TFTP and HTTP bound on loopback
 /// (a busy port, port 0), a reload that picks up nodes.yaml and server.yaml, and a graceful shutdown.
-/// (`ServeReloadTests` drives the same through the binary and real signals.)
-@Suite("BootServices: the server assembled, reloaded and stopped in process")
+/// (`ServeReloadTests` drives the same through the binary and real signals.) Serialized: a port one
+/// test frees to check it is unbound could otherwise be taken meanwhile by another's port 0.
+@Suite("BootServices: the server assembled, reloaded and stopped in process", .serialized)
 struct BootServicesTests {
     @Test("defaults are applied once, and a combination that cannot run is refused")
     func settings() throws {
@@ -77,7 +78,7 @@ struct BootServicesTests {
         let settings = try BootServices.Settings.load(flags: flags, configPath: config)
         #expect(settings.pollInterval == 0)
         let services = try await BootServices(settings: settings, flags: flags, configPath: config, logLevel: level,
-                                              metrics: PrometheusCollectorRegistry(), logger: quietLogger)
+                                              metrics: PrometheusCollectorRegistry(), loggers: { _ in quietLogger })
         #expect(services.dhcp == nil && services.tftp != nil && services.http != nil)
         let tftpPort = try #require(services.tftpAddress?.port)
 
@@ -146,7 +147,7 @@ struct BootServicesTests {
 
         let error = await #expect(throws: StartupError.self) {
             _ = try await BootServices(settings: try BootServices.Settings(flags), flags: flags, configPath: nil,
-                                       logLevel: LogLevelControl(.info), metrics: PrometheusCollectorRegistry(), logger: quietLogger)
+                                       logLevel: LogLevelControl(.info), metrics: PrometheusCollectorRegistry(), loggers: { _ in quietLogger })
         }
         let message = error?.description ?? ""
         #expect(message.hasPrefix("\(busy): cannot listen on 127.0.0.1:\(ports[busy]!): the port is in use"), "\(message)")
@@ -159,13 +160,28 @@ struct BootServicesTests {
         withExtendedLifetime(holders) {}
     }
 
+    @Test("proxyDHCP's port 4011 in use: the error names 4011 and no flag, since no flag moves it")
+    func busyProxyPort() {
+        let error = DHCPServerError.socket("bind", interface: nil, port: 4011, errno: EADDRINUSE)
+        let message = StartupError.bind(error, service: "DHCP", host: "10.0.0.1", port: 67, flag: "--dhcp-port").description
+        #expect(message.hasPrefix("DHCP: cannot listen on 10.0.0.1:4011: the port is in use"), "\(message)")
+        #expect(message.contains("proxyDHCP") && !message.contains("--dhcp-port"), "\(message)")
+        let denied = StartupError.bind(DHCPServerError.socket("bind", interface: nil, port: 4011, errno: EACCES),
+                                       service: "DHCP", host: "10.0.0.1", port: 67, flag: "--dhcp-port").description
+        #expect(denied.contains("privileges") && !denied.contains("--dhcp-port"), "\(denied)")
+        // The service's own port keeps its flag.
+        let own = StartupError.bind(DHCPServerError.socket("bind", interface: nil, port: 67, errno: EADDRINUSE),
+                                    service: "DHCP", host: "10.0.0.1", port: 67, flag: "--dhcp-port").description
+        #expect(own.hasSuffix("choose another port with --dhcp-port"), "\(own)")
+    }
+
     @Test("with port 0 each service reports the port it bound, reads nothing before run(), and serves on it")
     func ephemeralPorts() async throws {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
         let flags = try Self.loopbackFlags(fixture, dhcp: 0, tftp: 0, http: 0)
         let services = try await BootServices(settings: try BootServices.Settings(flags), flags: flags, configPath: nil,
-                                              logLevel: LogLevelControl(.info), metrics: PrometheusCollectorRegistry(), logger: quietLogger)
+                                              logLevel: LogLevelControl(.info), metrics: PrometheusCollectorRegistry(), loggers: { _ in quietLogger })
         let dhcpPort = try #require(services.dhcpAddresses.first?.port)
         let tftpPort = try #require(services.tftpAddress?.port)
         let httpPort = try #require(services.httpAddress?.port)

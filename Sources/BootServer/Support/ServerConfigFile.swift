@@ -20,6 +20,7 @@ import Logging
 ///     dhcp: {port: 67, proxy: false, rapid_commit: true, pxelinux_reboot_time: 30, rate_limit: {burst: 20, per_second: 5}}
 ///     tftp: {port: 69}
 ///     http: {port: 80, max_connections: 4096}
+///     swarm: {seed: true, seed_port: 6881}
 public struct ServerConfigFile: Sendable, Equatable {
     public var root: String?
     public var nodes: String?
@@ -33,6 +34,16 @@ public struct ServerConfigFile: Sendable, Equatable {
     public var dhcp = DHCP()
     public var tftp = Listener()
     public var http = HTTP()
+    public var swarm = Swarm()
+
+    /// The server's own BitTorrent seeder for `distribution: p2p` images (`SwarmSeeder`).
+    public struct Swarm: Sendable, Equatable {
+        /// Seed each published torrent over BitTorrent (default true, when aria2c is installed).
+        public var seed: Bool?
+        /// The first port the seeders listen on; each takes the next free one.
+        public var seedPort: Int?
+        public init() {}
+    }
 
     public struct DHCP: Sendable, Equatable {
         public var enabled: Bool?
@@ -123,7 +134,7 @@ public struct ServerConfigFile: Sendable, Equatable {
     /// Parses `server.yaml` text; `folder` is where relative paths resolve.
     public static func parse(_ text: String, file: String, folder: String) throws -> ServerConfigFile {
         let top = try YAMLValue.parse(text, file: file)
-            .map(allowed: ["root", "nodes", "listen", "interface", "state_dir", "log", "inventory", "dhcp", "tftp", "http"])
+            .map(allowed: ["root", "nodes", "listen", "interface", "state_dir", "log", "inventory", "dhcp", "tftp", "http", "swarm"])
         var config = ServerConfigFile()
         func path(_ key: String) throws -> String? {
             guard let value = top[key] else { return nil }
@@ -186,6 +197,10 @@ public struct ServerConfigFile: Sendable, Equatable {
             config.http.secretWindow = try http["secret_window"].map { try seconds($0, in: 10...86_400) }
             config.http.secretsPerBoot = try http.int("secrets_per_boot", in: 1...10)
         }
+        if let swarm = try top["swarm"]?.map(allowed: ["seed", "seed_port"]) {
+            config.swarm.seed = try swarm.bool("seed")
+            config.swarm.seedPort = try swarm.int("seed_port", in: 1024...65_000)
+        }
         if config.dhcp.enabled == false && config.tftp.enabled == false && config.http.enabled == false, let dhcp = top["dhcp"] {
             throw dhcp.error("dhcp, tftp and http are all disabled: nothing to serve")
         }
@@ -230,6 +245,8 @@ public struct ServerConfigFile: Sendable, Equatable {
         r.http.reportTokens = http.reportTokens ?? base.http.reportTokens
         r.http.secretWindow = http.secretWindow ?? base.http.secretWindow
         r.http.secretsPerBoot = http.secretsPerBoot ?? base.http.secretsPerBoot
+        r.swarm.seed = swarm.seed ?? base.swarm.seed
+        r.swarm.seedPort = swarm.seedPort ?? base.swarm.seedPort
         return r
     }
 
@@ -249,6 +266,7 @@ public struct ServerConfigFile: Sendable, Equatable {
             "http.enabled": s(http.enabled), "http.port": s(http.port), "http.max_connections": s(http.maximumConnections),
             "http.report_tokens": s(http.reportTokens), "http.secret_window": s(http.secretWindow),
             "http.secrets_per_boot": s(http.secretsPerBoot),
+            "swarm.seed": s(swarm.seed), "swarm.seed_port": s(swarm.seedPort),
         ]
     }
 

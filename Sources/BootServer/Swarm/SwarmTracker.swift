@@ -136,10 +136,21 @@ final class SwarmTracker: Sendable {
         var isSeeder: Bool { left == 0 }
     }
 
+    /// The boot server's own BitTorrent seeder (`SwarmSeeder`): where it listens and what it reports.
+    struct ServerSeed: Sendable, Equatable {
+        var address: IPv4Address
+        var port: UInt16
+        var uploaded: Int64
+        var lastSeen: Date
+    }
+
     /// One swarm's peers, and what its peers reported sending each other.
     struct Swarm: Sendable {
         /// One client per node: a node whose aria2c restarted on another port replaces its old entry.
         var peers: [IPv4Address: Peer] = [:]
+        /// The server's seeder, handed to every downloader first: it sends each piece to a few peers,
+        /// who pass it on (the web seed would send it to every node that asks).
+        var server: ServerSeed?
         var uploaded: Int64 = 0
         var downloaded: Int64 = 0
         var lastSweep = Date.distantPast
@@ -147,8 +158,10 @@ final class SwarmTracker: Sendable {
         mutating func answer(_ announce: Announce, from asker: Asker, image: String, now: Date, tier: (Peer) -> Int) -> Outcome {
             if now.timeIntervalSince(lastSweep) > SwarmTracker.expiry / 3 {
                 peers = peers.filter { now.timeIntervalSince($0.value.lastSeen) <= SwarmTracker.expiry }
+                if let seed = server, now.timeIntervalSince(seed.lastSeen) > SwarmTracker.expiry { server = nil }
                 lastSweep = now
             }
+            guard let mac = asker.mac else { return answerServer(announce, from: asker.address, now: now) }
             let previous = peers[asker.address]
             // What peers sent each other: the growth of each peer's own counters. A client the tracker
             // does not know counts from zero only when it starts; otherwise (expired, or announcing to
@@ -170,33 +183,56 @@ final class SwarmTracker: Sendable {
             if announce.event == .stopped {
                 peers[asker.address] = nil
             } else {
-                peers[asker.address] = Peer(address: asker.address, port: announce.port, mac: asker.mac, left: announce.left,
+                peers[asker.address] = Peer(address: asker.address, port: announce.port, mac: mac, left: announce.left,
                                             uploaded: announce.uploaded, downloaded: announce.downloaded, lastSeen: now)
             }
-            var complete = 0
+            var complete = server == nil ? 0 : 1
             for peer in peers.values where peer.isSeeder { complete += 1 }
             var compact: [UInt8] = []
             if announce.event != .stopped && announce.numwant > 0 {
+                var count = 0
+                if announce.left > 0, let seed = server {
+                    Self.append(seed.address, seed.port, to: &compact)
+                    count = 1
+                }
                 // A seeder needs downloaders only. Tiers in order, shuffled inside each so a storm
                 // does not pile onto the same few peers.
                 var tiers: [[Peer]] = [[], [], []]
                 for peer in peers.values where peer.address != asker.address && !(announce.left == 0 && peer.isSeeder) {
                     tiers[min(max(tier(peer), 0), 2)].append(peer)
                 }
-                compact.reserveCapacity(min(announce.numwant, peers.count) * 6)
-                var count = 0
+                compact.reserveCapacity(min(announce.numwant, peers.count + 1) * 6)
                 outer: for var tierPeers in tiers {
                     tierPeers.shuffle()
                     for peer in tierPeers {
                         guard count < announce.numwant else { break outer }
-                        let ip = peer.address.rawValue
-                        compact += [UInt8(ip >> 24), UInt8(ip >> 16 & 0xff), UInt8(ip >> 8 & 0xff), UInt8(ip & 0xff),
-                                    UInt8(peer.port >> 8), UInt8(peer.port & 0xff)]
+                        Self.append(peer.address, peer.port, to: &compact)
                         count += 1
                     }
                 }
             }
-            return .peers(compact: compact, complete: complete, incomplete: peers.count - complete, note: note)
+            return .peers(compact: compact, complete: complete, incomplete: peers.count + (server == nil ? 0 : 1) - complete, note: note)
+        }
+
+        /// The server's seeder announcing: it is listed (or, stopping, no longer), and learns the downloaders.
+        private mutating func answerServer(_ announce: Announce, from address: IPv4Address, now: Date) -> Outcome {
+            server = announce.event == .stopped ? nil
+                : ServerSeed(address: address, port: announce.port, uploaded: announce.uploaded, lastSeen: now)
+            var compact: [UInt8] = []
+            var complete = server == nil ? 0 : 1
+            for peer in peers.values {
+                if peer.isSeeder { complete += 1; continue }
+                guard compact.count / 6 < announce.numwant, announce.event != .stopped else { continue }
+                Self.append(peer.address, peer.port, to: &compact)
+            }
+            return .peers(compact: compact, complete: complete, incomplete: peers.count + (server == nil ? 0 : 1) - complete, note: nil)
+        }
+
+        /// One peer in BEP 23's compact form: four address bytes, two port bytes, network order.
+        static func append(_ address: IPv4Address, _ port: UInt16, to compact: inout [UInt8]) {
+            let ip = address.rawValue
+            compact += [UInt8(ip >> 24), UInt8(ip >> 16 & 0xff), UInt8(ip >> 8 & 0xff), UInt8(ip & 0xff),
+                        UInt8(port >> 8), UInt8(port & 0xff)]
         }
     }
 
@@ -219,10 +255,11 @@ final class SwarmTracker: Sendable {
 
     var generation: Int? { state.withLock { $0.generation } }
 
-    /// Whose announce it is: the node a fixed address or live lease puts at `address`.
+    /// Whose announce it is: the node a fixed address or live lease puts at `address`, or (`mac` nil)
+    /// the server's own seeder.
     struct Asker: Sendable {
         var address: IPv4Address
-        var mac: MACAddress
+        var mac: MACAddress?
     }
 
     enum Outcome: Equatable, Sendable {
@@ -254,12 +291,21 @@ final class SwarmTracker: Sendable {
             var digest: String
             var infoHash: String
             var length: Int64
+            /// Nodes holding the whole image (the server's own seeder not counted).
             var seeders: Int
             var downloaders: Int
+            /// The server's own seeder, when it is in this swarm.
+            var server: ServerView?
             /// Bytes peers report they sent each other (never the server's own web-seed bytes).
             var uploaded: Int64
             var downloaded: Int64
             var peers: [PeerView]
+        }
+        struct ServerView: Codable, Sendable {
+            var ip: String
+            var port: Int
+            var uploaded: Int64
+            var lastSeen: Double
         }
         struct PeerView: Codable, Sendable {
             var ip: String
@@ -284,6 +330,11 @@ final class SwarmTracker: Sendable {
                 return View.Image(
                     name: published.image, digest: published.digest, infoHash: hash.map { String(format: "%02x", $0) }.joined(),
                     length: published.length, seeders: live.filter(\.isSeeder).count, downloaders: live.filter { !$0.isSeeder }.count,
+                    server: swarm.server.flatMap { seed in
+                        now.timeIntervalSince(seed.lastSeen) <= Self.expiry
+                            ? .init(ip: seed.address.description, port: Int(seed.port), uploaded: seed.uploaded,
+                                    lastSeen: seed.lastSeen.timeIntervalSince1970) : nil
+                    },
                     uploaded: swarm.uploaded, downloaded: swarm.downloaded,
                     peers: live.map { .init(ip: $0.address.description, port: Int($0.port), mac: $0.mac.description, left: $0.left,
                                              uploaded: $0.uploaded, downloaded: $0.downloaded, lastSeen: $0.lastSeen.timeIntervalSince1970) })

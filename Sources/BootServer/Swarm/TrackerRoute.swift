@@ -24,10 +24,15 @@ extension HTTPService {
             return answer(.refused(reason: .malformed, message: "bad announce: \(error.description)"))
         }
         let inventory = self.inventory()
-        guard let remote, let mac = admission.macAt(remote) else {
-            return answer(.refused(reason: .notANode, message: "\(remote.map(\.description) ?? "?") is not a node of this cluster (no fixed address in nodes.yaml, no live lease)"))
-        }
+        guard let remote else { return answer(.refused(reason: .notANode, message: "no client address")) }
         refreshTorrents(publishIndex)
+        // The server's own seeder (`SwarmSeeder`) announces from the address nodes know the server by.
+        if remote == inventory?.network.server {
+            return answer(tracker.announce(parsed, from: .init(address: remote, mac: nil), now: timeline.currentTime) { _ in 2 })
+        }
+        guard let mac = admission.macAt(remote) else {
+            return answer(.refused(reason: .notANode, message: "\(remote) is not a node of this cluster (no fixed address in nodes.yaml, no live lease)"))
+        }
         // Rack-local first: the asker's group, then the most specific range holding its address.
         let group = inventory?.node(mac: mac)?.group
         let range = inventory?.ranges.filter { $0.network.contains(remote) }.max { $0.network.prefix < $1.network.prefix }?.network

@@ -20,11 +20,7 @@ struct DHCPTemporaryDirectory {
     func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-func dhcpTestLogger(_ label: String) -> Logger {
-    var logger = Logger(label: label)
-    logger.logLevel = ProcessInfo.processInfo.environment["DHCP_TEST_LOG"] != nil ? .debug : .critical
-    return logger
-}
+func dhcpTestLogger(_ label: String) -> Logger { testLogger(label) }
 
 func dhcpMAC(_ n: Int) -> MACAddress { MACAddress(rawValue: 0x5254_0077_0000 | UInt64(n)) }
 

@@ -91,7 +91,7 @@ func httpTestInventory(extraNodes: String = "") throws -> Inventory {
         """, file: "nodes.yaml")
 }
 
-let quietLogger = Logger(label: "http-test") { _ in SwiftLogNoOpLogHandler() }
+let quietLogger = testLogger("http-test")
 
 /// Leases as the DHCP server would hold them: alpha (52:54:00:aa:00:01) on 127.0.0.1, where the tests'
 /// requests come from by default, so alpha may report its stages; other nodes report from their own

@@ -23,7 +23,7 @@ struct NodeChangesTests {
     @Test("the first poll gets every node and the counts; a poll with nothing new gets no node")
     func fullThenEmpty() throws {
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(now: clock.function)
+        let timeline = try BootTimeline(logger: testLogger("timeline"), now: clock.function)
         let inventory = try Self.inventory([("52:54:00:10:00:01", "alpha", "127.1.0.1"), ("52:54:00:10:00:02", "beta", "127.1.0.2"),
                                             ("52:54:00:10:00:03", "gamma", "127.1.0.3")])
         timeline.record(.report(.up, detail: nil), mac: Self.a)
@@ -60,7 +60,7 @@ struct NodeChangesTests {
     @Test("an event sends that node only; time passing makes a node stuck, and that is sent too")
     func changedAndStuck() throws {
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(now: clock.function)
+        let timeline = try BootTimeline(logger: testLogger("timeline"), now: clock.function)
         let inventory = try Self.inventory([("52:54:00:10:00:01", "alpha", "127.1.0.1"), ("52:54:00:10:00:02", "beta", "127.1.0.2")])
         timeline.record(.report(.stage1Start, detail: nil), mac: Self.a)
         timeline.record(.report(.up, detail: nil), mac: Self.b)
@@ -90,7 +90,7 @@ struct NodeChangesTests {
     @Test("inventory edits: a renamed node is sent again, a removed one that was never seen is listed as removed")
     func inventoryEdits() throws {
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(now: clock.function)
+        let timeline = try BootTimeline(logger: testLogger("timeline"), now: clock.function)
         let before = try Self.inventory([("52:54:00:10:00:01", "alpha", "127.1.0.1"), ("52:54:00:10:00:02", "beta", "127.1.0.2"),
                                          ("52:54:00:10:00:03", "gamma", "127.1.0.3")])
         timeline.record(.report(.up, detail: nil), mac: Self.c)
@@ -115,7 +115,7 @@ struct NodeChangesTests {
     @Test("a cursor from another server run, a malformed one, or one too old for the removals kept gets everything")
     func staleCursors() throws {
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(now: clock.function)
+        let timeline = try BootTimeline(logger: testLogger("timeline"), now: clock.function)
         var names = (1...6).map { ("52:54:00:20:00:0\($0)", "n\($0)", "127.2.0.\($0)") }
         let tracker = NodeChangeTracker(removalsKept: 2)
         let first = tracker.changes(since: nil, inventory: try Self.inventory(names), states: timeline.nodes(), now: clock.now)

@@ -145,8 +145,7 @@ struct BootRootConfinementTests {
 
     /// Runs TFTP and HTTP on `fixture`'s root (127.0.0.1, ephemeral ports).
     static func withBothServers(_ fixture: HTTPTestRoot, _ body: @Sendable (SocketAddress, Int) async throws -> Void) async throws {
-        var logger = Logger(label: "boot-root-test")
-        logger.logLevel = .critical
+        let logger = testLogger("boot-root-test")
         let tftp = TFTPServer(configuration: TFTPServerConfiguration(root: fixture.root, host: "127.0.0.1", port: 0), logger: logger)
         try await serving(tftp) { addresses in
             try await withHTTPService(root: fixture, inventory: InventoryBox(nil)) { port, _ in

@@ -109,6 +109,44 @@ import TestSupport
         #expect(view.uploaded == 90 && view.peers.count == 1 && view.peers[0].port == 6999, "\(view)")
     }
 
+    /// The server's own seeder (an asker without a MAC) comes first in every downloader's list, even
+    /// when the downloader wants one peer, and never in a seeder's; it counts as a seeder of the swarm
+    /// but not among the nodes; it leaves when it says it stops, or when it is not heard from.
+    @Test func theServersSeederComesFirstForDownloaders() {
+        let tracker = SwarmTracker()
+        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100)], generation: 1)
+        let now = Date(timeIntervalSince1970: 1_000_000)
+        let server = SwarmTracker.Asker(address: IPv4Address(10, 0, 0, 1), mac: nil)
+        func node(_ last: UInt8) -> SwarmTracker.Asker { .init(address: IPv4Address(10, 0, 0, last), mac: MACAddress(2, 0, 0, 0, 0, last)) }
+        func announce(_ asker: SwarmTracker.Asker, left: Int64, numwant: Int = 50, event: Announce.Event? = nil, at time: Date = now) -> SwarmTracker.Outcome {
+            tracker.announce(Announce(infoHash: Self.hash, peerID: Self.peerID, port: asker.mac == nil ? 6890 : 6881, left: left, event: event,
+                                      numwant: numwant), from: asker, now: time) { _ in 0 }
+        }
+        for last in UInt8(2)...4 { _ = announce(node(last), left: 100, event: .started) }
+        guard case .peers(let toServer, let complete, let incomplete, let note) = announce(server, left: 0, event: .started) else {
+            Issue.record("the server's seeder was refused"); return
+        }
+        #expect(Set(Self.peers(toServer)) == ["10.0.0.2:6881", "10.0.0.3:6881", "10.0.0.4:6881"] && complete == 1 && incomplete == 3 && note == nil)
+        guard case .peers(let one, _, _, _) = announce(node(5), left: 100, numwant: 1, event: .started),
+              case .peers(let many, let seeders, _, _) = announce(node(6), left: 100, event: .started),
+              case .peers(let toSeeder, _, _, _) = announce(node(7), left: 0, event: .started) else { Issue.record("refused"); return }
+        #expect(Self.peers(one) == ["10.0.0.1:6890"], "\(Self.peers(one))")
+        #expect(Self.peers(many).first == "10.0.0.1:6890" && many.count == 5 * 6 && seeders == 1, "\(Self.peers(many))")
+        #expect(!Self.peers(toSeeder).contains("10.0.0.1:6890"), "a seeder was given the server's seeder")
+        var view = tracker.view(now: now).images[0]
+        #expect(view.server?.port == 6890 && view.seeders == 1 && view.downloaders == 5, "\(view)")
+        #expect(!view.peers.contains { $0.ip == "10.0.0.1" }, "the server listed as a node")
+        _ = announce(server, left: 0, event: .stopped)
+        guard case .peers(let after, _, _, _) = announce(node(2), left: 100) else { Issue.record("refused"); return }
+        #expect(!Self.peers(after).contains("10.0.0.1:6890") && tracker.view(now: now).images[0].server == nil)
+        // Not heard from for longer than the expiry: gone, like any peer.
+        _ = announce(server, left: 0, event: .started)
+        let later = now.addingTimeInterval(SwarmTracker.expiry + 60)
+        _ = announce(node(3), left: 100, at: later)
+        view = tracker.view(now: later).images[0]
+        #expect(view.server == nil, "\(view)")
+    }
+
     static let aria2c = ProcessRunner.which("aria2c")
 
     /// A real swarm of two: aria2c seeding on 127.0.0.2, aria2c fetching on 127.0.0.3, both nodes of the

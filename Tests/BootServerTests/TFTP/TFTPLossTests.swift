@@ -121,7 +121,7 @@ struct TFTPLossTests {
         let reports = ReportBox()
         var configuration = TFTPServerConfiguration(root: root.path, host: "127.0.0.1", port: 0)
         configuration.maximumTransfersPerClient = 20  // every client shares 127.0.0.1
-        let server = TFTPServer(configuration: configuration, logger: Logger(label: "tftp-loss-test"),
+        let server = TFTPServer(configuration: configuration, logger: testLogger("tftp-loss-test"),
                                 eventLoopGroup: group, observer: { reports.append($0) })
         do {
             try await serving(server) { addresses in

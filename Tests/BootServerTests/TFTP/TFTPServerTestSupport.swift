@@ -79,8 +79,7 @@ func withTFTPServer<T>(
 ) async throws -> T {
     var configuration = TFTPServerConfiguration(root: root.path, host: "127.0.0.1", port: 0)
     configure(&configuration)
-    var logger = Logger(label: "tftp-test")
-    logger.logLevel = ProcessInfo.processInfo.environment["TFTP_TEST_LOG"] != nil ? .debug : .critical
+    let logger = testLogger("tftp-test")
     let reports = ReportBox()
     let server = TFTPServer(configuration: configuration, logger: logger, observer: { reports.append($0) })
     return try await serving(server) { addresses in try await body(server, addresses[0], reports) }

@@ -171,7 +171,7 @@ struct BootTimelineTests {
         var configuration = BootTimelineConfiguration()
         configuration.eventsPerNode = 10
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(configuration: configuration, now: clock.function)
+        let timeline = try BootTimeline(configuration: configuration, logger: testLogger("timeline"), now: clock.function)
         for index in 0..<25 {
             clock.advance(1)
             timeline.record(.transfer(.tftp, path: "file\(index)", bytes: 1, size: nil, outcome: .completed), mac: nodeA)
@@ -187,7 +187,7 @@ struct BootTimelineTests {
     @Test("a transfer reported late is placed where it happened and does not set the node back")
     func lateTransferReport() throws {
         let clock = TimelineTestClock()
-        let timeline = try BootTimeline(now: clock.function)
+        let timeline = try BootTimeline(logger: testLogger("timeline"), now: clock.function)
         let ip = IPv4Address(10, 77, 0, 21)
         timeline.record(.dhcp(.ack, address: ip, detail: nil), mac: nodeA)
         clock.advance(1)
@@ -207,7 +207,7 @@ struct BootTimelineTests {
 
     @Test("a file that is no boot step (a manifest) neither restarts a node's boot nor moves its stage; events keep their sender")
     func nonBootFiles() throws {
-        let timeline = try BootTimeline()
+        let timeline = try BootTimeline(logger: testLogger("timeline"))
         let ip = IPv4Address(10, 77, 0, 21)
         timeline.record(.dhcp(.ack, address: ip, detail: nil), mac: nodeA)
         timeline.record(.report(.up, detail: nil), mac: nodeA, source: ip)
@@ -236,7 +236,7 @@ struct BootTimelineTests {
 
     @Test("TFTP and HTTP events by IP are attributed through DHCP acks; unknown addresses are counted")
     func attribution() throws {
-        let timeline = try BootTimeline()
+        let timeline = try BootTimeline(logger: testLogger("timeline"))
         let ip = IPv4Address(10, 77, 0, 21)
         let file = BootObservation.transfer(.tftp, path: "pxelinux.0", bytes: 10, size: nil, outcome: .completed)
         #expect(timeline.record(file, ip: ip) == nil)
@@ -256,7 +256,7 @@ struct BootTimelineTests {
         configuration.eventsPerNode = 12
         let clock = TimelineTestClock()
         do {
-            let timeline = try BootTimeline(configuration: configuration, now: clock.function)
+            let timeline = try BootTimeline(configuration: configuration, logger: testLogger("timeline"), now: clock.function)
             for (delay, observation) in typicalBoot {
                 clock.advance(delay)
                 timeline.record(observation, mac: nodeA)
@@ -274,7 +274,7 @@ struct BootTimelineTests {
         handle.write(Data(#"{"time":1700000100.5,"mac":"52:54:00:77:00:01","boot":1,"kind":"rep"#.utf8))
         try handle.close()
 
-        let again = try BootTimeline(configuration: configuration, now: clock.function)
+        let again = try BootTimeline(configuration: configuration, logger: testLogger("timeline"), now: clock.function)
         let nodeAState = try #require(again.node(nodeA))
         #expect(nodeAState.stage == .up)
         #expect(again.events(for: nodeA).count == 12)
@@ -294,7 +294,7 @@ struct BootTimelineTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var configuration = BootTimelineConfiguration(stateDirectory: directory)
         configuration.flushInterval = .milliseconds(100)
-        let timeline = try BootTimeline(configuration: configuration)
+        let timeline = try BootTimeline(configuration: configuration, logger: testLogger("timeline"))
         let writer = Task { try await timeline.run() }
         timeline.record(.report(.up, detail: nil), mac: nodeA)
         // It writes the event out (bounded wait: on 2 busy cores the cooperative pool can stall for seconds).
@@ -318,7 +318,7 @@ struct BootTimelineTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var configuration = BootTimelineConfiguration(stateDirectory: directory)
         configuration.eventsPerNode = 50
-        let timeline = try BootTimeline(configuration: configuration)
+        let timeline = try BootTimeline(configuration: configuration, logger: testLogger("timeline"))
         let path = directory + "/timeline.jsonl"
         var largest = 0
         for index in 0..<30_000 {
@@ -329,7 +329,7 @@ struct BootTimelineTests {
             }
         }
         #expect(largest <= 10_100)
-        let reloaded = try BootTimeline(configuration: configuration)
+        let reloaded = try BootTimeline(configuration: configuration, logger: testLogger("timeline"))
         #expect(reloaded.events(for: nodeA).count == 50)
         #expect(reloaded.events(for: nodeA).last?.observation == .transfer(.tftp, path: "f29998", bytes: 1, size: nil, outcome: .completed))
     }
@@ -352,14 +352,14 @@ struct BootTimelineTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var configuration = BootTimelineConfiguration(stateDirectory: directory)
         configuration.flushInterval = .seconds(3600)
-        let timeline = try BootTimeline(configuration: configuration)
+        let timeline = try BootTimeline(configuration: configuration, logger: testLogger("timeline"))
         let task = Task { try await timeline.run() }
         timeline.record(.report(.up, detail: nil), mac: nodeA)
         // The writer sleeps for an hour: cancellation must still end it with a final flush.
         try await Task.sleep(for: .milliseconds(100))
         task.cancel()
         try await task.value
-        let reloaded = try BootTimeline(configuration: configuration)
+        let reloaded = try BootTimeline(configuration: configuration, logger: testLogger("timeline"))
         #expect(reloaded.node(nodeA)?.stage == .up)
     }
 }

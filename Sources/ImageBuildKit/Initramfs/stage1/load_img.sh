@@ -114,13 +114,25 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
     fi
 }
 # distribution: p2p (imagebuild.torrent=): aria2c fetches the image from the other nodes booting it
-# and from the boot server, the torrent's web seed (BEP 19), so a node that finds no peer still
-# gets every byte; it checks each piece against the torrent's SHA-1, and the whole file is then
-# checked against imagebuild.sha256 as an HTTP download is. aria2c goes on after switch_root,
-# seeding the file it wrote (the mounted image) for imagebuild.seed= seconds, then exits by itself:
-# no daemon stays on the node. Whatever fails in the swarm, the image comes over HTTP instead.
+# and from the boot server's own BitTorrent seeder, peers first: the torrent's web seed (BEP 19, the
+# server's HTTP) is taken out at the start and put back only when the swarm has given this node
+# nothing for SWARM_STALL seconds, so a node that finds no peer still gets every byte. (A web seed
+# used from the start spreads the server's uplink over hundreds of half-fetched pieces, and the
+# nodes have little to give each other.) aria2c checks each piece against the torrent's SHA-1, and
+# the whole file is then checked against imagebuild.sha256 as an HTTP download is. aria2c goes on
+# after switch_root, seeding the file it wrote (the mounted image) for imagebuild.seed= seconds,
+# then exits by itself: no daemon stays on the node. Whatever fails in the swarm, the image comes
+# over HTTP instead. aria2c is steered through its JSON-RPC on 127.0.0.1, with a random secret.
 # $1: the image file (its name is the torrent's). 0: the file is complete, not yet checked.
 SWARM_PID=
+SWARM_STALL=${SWARM_STALL:-20}
+SWARM_GID=0000000000000001
+# (timeout(1), not wget -T: busybox v1.35.0's static wget crashes given -T with --post-data)
+swarm_rpc() {  # $1: method; $2: parameters after the secret and the download's id, each with a leading comma
+    timeout 5 wget -q -O - --header 'Content-Type: application/json' \
+        --post-data "{\"jsonrpc\":\"2.0\",\"id\":\"s\",\"method\":\"aria2.$1\",\"params\":[\"token:$SWARM_SECRET\",\"$SWARM_GID\"$2]}" \
+        http://127.0.0.1:6800/jsonrpc 2>/dev/null
+}
 swarm_fetch() {
     [ -n "$TORRENT_URL" ] || return 1
     command -v aria2c >/dev/null || { say "warning: imagebuild.torrent= given but this initramfs has no aria2c (initramfs.p2p)"; return 1; }
@@ -129,17 +141,44 @@ swarm_fetch() {
     rm -f /tmp/swarm.done
     printf '#!/bin/sh\n: > /tmp/swarm.done\n' > /tmp/swarm-done && chmod 755 /tmp/swarm-done
     minutes=$(awk -v s="$SEED_TIME" 'BEGIN { printf "%.2f", s / 60 }')
+    SWARM_SECRET=$(tr -d '-' < /proc/sys/kernel/random/uuid)  # 122 random bits
+    ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up  # aria2c's RPC listens on 127.0.0.1
     # No DHT, local discovery or peer exchange: the tracker (the boot server) alone says who the
-    # peers are, nodes of this cluster only, rack-local first. What aria2c takes from the web seed
-    # starts at a random piece: by default every node would ask the server for the same first
-    # pieces, so the swarm would learn nothing the nodes could give each other.
+    # peers are, nodes of this cluster only, rack-local first. Added paused, so the web seed can be
+    # taken out before the first request.
     setsid aria2c --dir="${1%/*}" --seed-time="$minutes" --seed-ratio=0.0 --file-allocation=none \
         --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
         --bt-stop-timeout=60 --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 --stream-piece-selector=random \
+        --enable-rpc=true --rpc-listen-port=6800 --rpc-secret="$SWARM_SECRET" --pause=true --gid="$SWARM_GID" \
         --on-bt-download-complete=/tmp/swarm-done --summary-interval=0 --console-log-level=error \
         --log=/tmp/aria2c.log --log-level=warn -T /tmp/image.torrent </dev/null >/dev/null 2>&1 &
     SWARM_PID=$!
-    while [ ! -e /tmp/swarm.done ] && kill -0 "$SWARM_PID" 2>/dev/null; do sleep 0.2; done
+    tries=0
+    until swarm_rpc tellStatus ',["status"]' >/dev/null; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 50 ] || ! kill -0 "$SWARM_PID" 2>/dev/null; then
+            say "swarm: aria2c does not answer: $(tail -n 1 /tmp/aria2c.log 2>/dev/null)"
+            swarm_stop
+            return 1
+        fi
+        sleep 0.1
+    done
+    case "$(swarm_rpc changeUri ",1,[\"$IMAGE_URL\"],[]")" in
+        *'"result":[1,'*) webseed= ;;
+        *) webseed=kept; say "swarm: the torrent's web seed is not $IMAGE_URL; aria2c uses it from the start" ;;
+    esac
+    swarm_rpc unpause '' >/dev/null
+    last='' stalled=0
+    while [ ! -e /tmp/swarm.done ] && kill -0 "$SWARM_PID" 2>/dev/null; do
+        sleep 1
+        got=$(swarm_rpc tellStatus ',["completedLength"]' | sed -n 's/.*"completedLength":"\([0-9]*\)".*/\1/p')
+        if [ "$got" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0 last=$got; fi
+        if [ -z "$webseed" ] && [ "$stalled" -ge "$SWARM_STALL" ]; then
+            swarm_rpc changeUri ",1,[],[\"$IMAGE_URL\"]" >/dev/null
+            webseed=added
+            say "swarm: nothing from peers in $SWARM_STALL s ($((${last:-0} >> 20)) MiB so far): the server's web seed joins"
+        fi
+    done
     if [ ! -e /tmp/swarm.done ] || [ ! -f "$1" ]; then
         say "swarm: aria2c ended without the image: $(tail -n 1 /tmp/aria2c.log 2>/dev/null)"
         swarm_stop
