@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # benchmarks/swarm.sh: N nodes load one image at once, over HTTP from the boot server alone and from
-# the swarm (distribution: p2p, the server as tracker and web seed). Per mode it prints the time until
+# the swarm (distribution: p2p, the server as tracker, first seeder and web seed). Per mode it prints the time until
 # the last node holds a verified image, one node's time alone, and the server's egress in image
 # copies (bytes it sent ÷ image size):
 #

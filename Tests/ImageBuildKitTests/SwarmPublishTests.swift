@@ -45,6 +45,17 @@ import TestSupport
         guard case .boot(let httpTarget, _) = plan.answer(mac: inventory.nodes[2].mac, ip: nil) else { Issue.record("n3 does not boot"); return }
         #expect(!plan.renderer.kernelCommandLine(httpTarget).contains("imagebuild.torrent="))
         #expect(plan.swarmImages.map(\.name) == ["fs"])
+        // publish.json records which nodes' command lines name the torrent, so turning the swarm on or
+        // off for a node is a change `nodes check` reports until the next publish.
+        let index = plan.files(generation: 1).index
+        #expect(index.nodes.map { $0.torrent != nil } == [true, true, false, false])
+        #expect(InventoryDrift(inventory: inventory, published: index).changed.isEmpty)
+        let switched = try InventoryLoader.parse(Self.inventoryText.replacingOccurrences(of: "hostname: n3, ip: 10.77.0.18, group: rack1, distribution: http",
+                                                                                          with: "hostname: n3, ip: 10.77.0.18, group: rack1")
+            .replacingOccurrences(of: "hostname: n4, ip: 10.77.0.12}", with: "hostname: n4, ip: 10.77.0.12, distribution: p2p}"), file: "nodes.yaml")
+        #expect(InventoryDrift(inventory: switched, published: index).changed == [
+            "n3 (52:54:00:77:00:03): distribution http -> p2p", "n4 (52:54:00:77:00:04): distribution http -> p2p",
+        ])
     }
 
     @Test(arguments: [

@@ -307,7 +307,7 @@ public struct BootPlan: Sendable {
             nodes.append(.init(mac: node.mac.description, hostname: node.hostname, ip: node.ip?.description,
                                image: target.image.name, digest: target.image.digest, pxelinux: names, ipxe: script,
                                overlays: target.overlays.isEmpty ? nil : target.overlays, secrets: target.secretsPath,
-                               cloudInit: target.cloudInitPath, grub: grubNames.isEmpty ? nil : grubNames))
+                               cloudInit: target.cloudInitPath, grub: grubNames.isEmpty ? nil : grubNames, torrent: target.torrentPath))
         }
         let index = PublishIndex(generation: generation, images: images, defaultImage: defaultTarget?.image.name, nodes: nodes, ranges: ranges)
         return (files, index)

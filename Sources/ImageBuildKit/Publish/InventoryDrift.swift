@@ -47,6 +47,9 @@ public struct InventoryDrift: Sendable, Equatable, Codable {
             // DHCP hands out the shim as soon as nodes.yaml says `loader: grub`; GRUB's file needs a publish.
             let grub = inventory.loader(for: node) == .grub
             if (entry.grub != nil) != grub { differences.append("GRUB file \(grub ? "missing (loader: grub)" : "left over (loader is no longer grub)")") }
+            // Its command line names the torrent only with `distribution: p2p`.
+            let swarm = inventory.resolved(node).distribution == .p2p
+            if (entry.torrent != nil) != swarm { differences.append("distribution \(swarm ? "http -> p2p" : "p2p -> http")") }
             if !differences.isEmpty { changed.append("\(name): \(differences.joined(separator: ", "))") }
         }
         for entry in index.nodes where !listed.contains(entry.mac) {

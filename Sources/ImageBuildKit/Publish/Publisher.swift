@@ -33,6 +33,8 @@ public struct PublishIndex: Codable, Sendable, Equatable {
         public var cloudInit: String? = nil
         /// The node's GRUB configuration files (`loader: grub`); nil: it does not boot through GRUB.
         public var grub: [String]? = nil
+        /// The torrent its command line names (`distribution: p2p`); nil: it fetches over HTTP.
+        public var torrent: String? = nil
     }
     public struct RangeEntry: Codable, Sendable, Equatable {
         public var cidr: String
