@@ -129,7 +129,7 @@ public struct StoreSettings: Sendable, CustomStringConvertible {
         }
         guard publicURL.hasPrefix("http://") else {
             let source = file.publicURL.map { "\($0.location)" } ?? (environment["IMAGEBUILD_STORE_PUBLIC_URL"] != nil ? "IMAGEBUILD_STORE_PUBLIC_URL" : endpointSource)
-            throw StoreError(.config, "\(source): nodes fetch images over plain http (stage 1 has no TLS; the image's sha256 on the kernel command line protects it): set public_url: http://HOST[:PORT]/\(bucket) in --store-config")
+            throw StoreError(.config, "\(source): nodes fetch images over plain http (stage 1 has no TLS; the image's sha256 on the kernel command line protects it): set public_url: http://HOST[:PORT]/\(bucket) in --store-config (or IMAGEBUILD_STORE_PUBLIC_URL)")
         }
         return StoreSettings(bucket: bucket, prefix: prefix, endpoint: endpoint, region: region, credentials: credentials,
                              publicURL: publicURL, partSize: file.partSize ?? defaultPartSize)

@@ -119,4 +119,19 @@ import Testing
         #expect(plain.images["minimal"]?.storeURL == nil)
         #expect(try String(contentsOfFile: root + "/pxelinux.cfg/default", encoding: .utf8).contains("imagebuild.image=http://10.77.0.1/\(image.path)/image.tar.gz"))
     }
+
+    /// A swarm image's torrent names the store as its web seed: nodes that find no peer fetch pieces
+    /// where they would fetch the whole image.
+    @Test(.enabled(if: PublisherTests.bootloadersInstalled, PublisherTests.needsBootloaders))
+    func theTorrentsWebSeedIsTheStore() async throws {
+        let swarm = SwarmPublishTests()
+        let inventory = try InventoryLoader.parse(SwarmPublishTests.inventoryText, file: "nodes.yaml")
+        let root = dir.path + "/swarm/tftpboot"
+        let store = RecordingStore(root: root, fail: false)
+        let index = try await Publisher(root: root, inventory: inventory).publish(artifacts: [try swarm.artifact(size: 1 << 20)], store: store)
+        let image = try #require(index.images["fs"])
+        let torrent = try Bencode.decode(Array(try Data(contentsOf: URL(fileURLWithPath: root + "/" + Torrent.path(of: image)))))
+        #expect(torrent["url-list"] == .list([.string("http://store.test/boot/\(image.path)/image.squashfs")]))
+        #expect(torrent["announce"]?.stringValue == "http://10.77.0.1:8080/boot/v1/announce", "the tracker is still the boot server")
+    }
 }
