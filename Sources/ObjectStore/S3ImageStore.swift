@@ -107,15 +107,12 @@ public final class S3ImageStore: ImageStore {
         do {
             var whole = SHA256()
             var etags: [String] = []
-            var offset: Int64 = 0
-            var number = 1
-            while offset < object.size {
-                let length = min(settings.partSize, object.size - offset)
+            for (index, part) in Self.parts(size: object.size, partSize: settings.partSize).enumerated() {
+                let (offset, length, number) = (part.offset, part.length, index + 1)
                 let digest = try sha256(ofFile: object.file, offset: offset, length: length) { whole.update(bufferPointer: $0) }
                 let query = [(name: "partNumber", value: "\(number)"), (name: "uploadId", value: uploadID)]
-                let (partOffset, partNumber) = (offset, number)
-                let response = try await withRetries("PUT part \(partNumber) of \(object.key)") {
-                    try await self.client.send(.PUT, path: path, query: query, body: .file(path: object.file, offset: partOffset, length: length),
+                let response = try await withRetries("PUT part \(number) of \(object.key)") {
+                    try await self.client.send(.PUT, path: path, query: query, body: .file(path: object.file, offset: offset, length: length),
                                                payloadSHA256: digest, timeout: Self.uploadTimeout(length))
                 }
                 guard (200..<300).contains(response.status), let etag = response.header("etag") else {
@@ -123,8 +120,6 @@ public final class S3ImageStore: ImageStore {
                 }
                 etags.append(etag)
                 partStored()
-                offset += length
-                number += 1
             }
             let digest = SigV4Signer.hex(whole.finalize())
             guard digest == object.sha256.lowercased() else { throw changedFile(object, digest) }
@@ -141,6 +136,20 @@ public final class S3ImageStore: ImageStore {
             _ = try? await client.send(.DELETE, path: path, query: [("uploadId", uploadID)])
             throw error
         }
+    }
+
+    /// S3's limit on the parts of one upload.
+    static let maximumParts: Int64 = 10_000
+
+    /// The parts of a multipart upload of `size` bytes: `partSize` each (the last one shorter), or, for a
+    /// file that would need more than 10,000 of them, the smallest whole number of MiB that fits.
+    static func parts(size: Int64, partSize: Int64) -> [(offset: Int64, length: Int64)] {
+        var part = partSize
+        if (size + part - 1) / part > maximumParts {
+            let mib: Int64 = 1 << 20
+            part = ((size + maximumParts - 1) / maximumParts + mib - 1) / mib * mib
+        }
+        return stride(from: Int64(0), to: size, by: Int(part)).map { ($0, min(part, size - $0)) }
     }
 
     /// Notes an open upload (path and id, one file each) while it runs; the file's path, nil when not noted.

@@ -79,3 +79,19 @@ import Testing
         #expect(SigV4Signer.uriEncode("a/b=", slash: true) == "a%2Fb%3D")
     }
 }
+
+/// How a file is cut into parts: the configured size, the last part shorter, and never more than
+/// S3's 10,000 parts (a larger file gets larger parts, whole MiB).
+@Suite struct PartPlanTests {
+    @Test func parts() {
+        let mib: Int64 = 1 << 20
+        let three = S3ImageStore.parts(size: 11 * mib + 7, partSize: 5 * mib)
+        #expect(three.map(\.offset) == [0, 5 * mib, 10 * mib] && three.map(\.length) == [5 * mib, 5 * mib, mib + 7])
+        #expect(S3ImageStore.parts(size: 10 * mib, partSize: 5 * mib).map(\.length) == [5 * mib, 5 * mib])
+        let huge = S3ImageStore.parts(size: 1000 * 1024 * mib, partSize: 64 * mib)  // 1000 GiB: 16,000 parts of 64 MiB would be too many
+        #expect(huge.count <= 10_000 && huge.count > 9_000, "\(huge.count) parts")
+        #expect(huge[0].length % mib == 0 && huge[0].length > 64 * mib)
+        #expect(huge.reduce(0) { $0 + $1.length } == 1000 * 1024 * mib)
+        #expect(zip(huge, huge.dropFirst()).allSatisfy { $0.offset + $0.length == $1.offset })
+    }
+}
