@@ -102,13 +102,26 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ]
         ),
+        // `publish --store`: images in an S3-compatible store (Ceph RGW, MinIO, SeaweedFS). AWS Signature
+        // Version 4 on swift-crypto, requests through AsyncHTTPClient; kept out of ImageBuildKit, which
+        // knows only its `ImageStore` protocol and stays free of NIO.
+        .target(
+            name: "ObjectStore",
+            dependencies: [
+                "ImageBuildKit",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // Stage 1's image loader (Sources/imagebuild-fetch/main.c), compiled by this plugin and
         // carried in ImageBuildKit as bytes: one-pass download + SHA-256 (Nettle) + Range resume.
         .plugin(name: "StageOneLoader", capability: .buildTool(), path: "Plugins/StageOneLoader"),
         .executableTarget(
             name: "imagebuild",
             dependencies: [
-                "ImageBuildKit", "BootServer", "PowerControl",
+                "ImageBuildKit", "BootServer", "PowerControl", "ObjectStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -145,6 +158,7 @@ let package = Package(
                            .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(name: "PowerControlTests", dependencies: ["PowerControl", "ImageBuildKit", "TestSupport"]),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "ImageBuildKit", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["imagebuild", "ImageBuildKit", "TestSupport"]),
     ]
 )

@@ -2,8 +2,9 @@ import ArgumentParser
 import Foundation
 import BootServer
 import ImageBuildKit
+import ObjectStore
 
-struct PublishCommand: ParsableCommand {
+struct PublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "publish",
         abstract: "Lay artifacts and boot configuration into a boot root (served by TFTP and HTTP).",
@@ -21,6 +22,23 @@ struct PublishCommand: ParsableCommand {
             nodes adopt') are read from the server's state directory (--state-dir, else
             state_dir in --config, else /var/lib/imagebuild) and published as nodes;
             nodes.yaml wins a conflict and a warning says so.
+
+            --store s3://BUCKET/PREFIX also puts each image file in an S3-compatible
+            store (Ceph RGW, MinIO, SeaweedFS; path-style requests) under
+            PREFIX/images/<name>/<digest>/, and points stage 1 (imagebuild.image=) and the
+            torrents' web seeds at it; kernels, initramfs files and the loaders stay in the
+            boot root. An object already there with the same size and sha256 is not sent
+            again. Every image is uploaded and verified (size, sha256, and an anonymous
+            ranged GET as a node makes) before the new configuration is written, so a
+            failed or killed upload leaves the nodes booting what they booted. Nodes fetch
+            anonymously over http: the bucket or prefix must be publicly readable.
+            Endpoint and credentials come from --store-config FILE (YAML: endpoint,
+            region, access_key_id, secret_access_key_file, public_url, part_size_mib)
+            or from AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or
+            AWS_DEFAULT_REGION, default us-east-1), AWS_ACCESS_KEY_ID,
+            AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN; never on the command line, and
+            never printed. A publish without --store serves every image from the root
+            again. Objects are never deleted by publish. See docs/store.md.
             """)
 
     @Argument(help: "Artifact folders (artifacts/<name>) to publish.")
@@ -41,6 +59,12 @@ struct PublishCommand: ParsableCommand {
     @Option(help: "How many published versions to keep.")
     var keep: Int = 3
 
+    @Option(help: ArgumentHelp("Also put the image files in an S3-compatible store and boot nodes from there (endpoint and credentials: --store-config or AWS_* variables).", valueName: "s3://bucket/prefix"))
+    var store: String?
+
+    @Option(help: ArgumentHelp("The store's settings (YAML: endpoint, region, access_key_id, secret_access_key_file, public_url, part_size_mib).", valueName: "file"))
+    var storeConfig: String?
+
     @Flag(help: "Switch back to the previous published version.")
     var rollback = false
 
@@ -58,12 +82,16 @@ struct PublishCommand: ParsableCommand {
         if (rollback || forward || history) && !artifacts.isEmpty {
             throw ValidationError("--rollback, --forward and --history take no artifact folders")
         }
+        if storeConfig != nil && store == nil { throw ValidationError("--store-config needs --store s3://BUCKET/PREFIX") }
+        if store != nil && (rollback || forward || history) {
+            throw ValidationError("--store publishes; --rollback, --forward and --history switch to what was published (with its store URLs)")
+        }
         if !rollback && !forward && !history && artifacts.isEmpty && !FileManager.default.fileExists(atPath: root + "/publish.json") {
             throw ValidationError("give at least one artifact folder (e.g. artifacts/minimal)")
         }
     }
 
-    func run() throws {
+    func run() async throws {
         do {
             if history {
                 for line in Publisher.history(root: root) { print(line) }
@@ -78,10 +106,27 @@ struct PublishCommand: ParsableCommand {
             flags.stateDirectory = stateDir
             let state = try ServerConfigFile.merged(flags: flags, configPath: config).resolvedStateDirectory
             let inventory = try inventoryWithBindings(nodes: nodes, stateDirectory: state)
-            let index = try Publisher(root: root, inventory: inventory, keep: keep).publish(artifacts: artifacts)
+            let publisher = Publisher(root: root, inventory: inventory, keep: keep)
+            let index: PublishIndex
+            if let store {
+                // Settings and access are checked before anything is written: a wrong endpoint, bucket or
+                // key fails here with the root untouched.
+                let settings = try StoreSettings.load(store: store, configFile: storeConfig, environment: ProcessInfo.processInfo.environment)
+                let objects = S3ImageStore(settings: settings, uploadsDirectory: root + "/.publish/store-uploads") { print("  " + $0) }
+                do {
+                    try await objects.checkAccess()
+                    index = try await publisher.publish(artifacts: artifacts, store: objects)
+                } catch {
+                    await objects.shutdown()
+                    throw error
+                }
+                await objects.shutdown()
+            } else {
+                index = try publisher.publish(artifacts: artifacts)
+            }
             print("published generation \(index.generation) to \(root)")
             for image in index.images.values.sorted(by: { $0.name < $1.name }) {
-                print("  image \(image.name) \(image.digest) (kernel \(image.kernelVersion))")
+                print("  image \(image.name) \(image.digest) (kernel \(image.kernelVersion)), nodes fetch it from \(image.storeURL ?? "the boot root")")
             }
             print("  \(index.nodes.count) nodes, \(index.ranges.count) ranges, default: \(index.defaultImage ?? "none (unregistered machines wait)")")
         } catch {

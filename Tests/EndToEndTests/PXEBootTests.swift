@@ -37,18 +37,31 @@ extension EndToEnd {
             let nodesFile: String
             /// `server.yaml` for serve, if the test gave one.
             let configFile: String?
+            /// What publish printed.
+            let publishOutput: String
             private(set) var serve: BackgroundProcess
             private var starts = 0
 
             /// `artifacts`: what is published (default: the suite's build of `recipes/minimal.yaml`).
-            init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil, artifacts: String? = nil) throws {
+            /// `store`: called with the new lab before publish, it gives publish's extra arguments and
+            /// environment (`--store`); publish then runs inside the lab's namespace, where the store is.
+            init(nodes: String = PXEBootTests.nodes, serverConfig: String? = nil, artifacts: String? = nil,
+                 store: ((BootLab) throws -> (arguments: [String], environment: [String: String]))? = nil) throws {
                 let artifacts = try artifacts ?? Harness.minimal.get()
                 lab = try BootLab()
                 root = lab.directory + "/tftpboot"
                 nodesFile = lab.directory + "/nodes.yaml"
                 try nodes.write(toFile: nodesFile, atomically: true, encoding: .utf8)
-                let published = try Harness.imagebuild(["publish", artifacts, "--root", root, "--nodes", nodesFile])
-                guard published.status == 0 else { throw HarnessError("publish failed: \(published.stderr)") }
+                let arguments = ["publish", artifacts, "--root", root, "--nodes", nodesFile]
+                let published: ProcessResult
+                if let store {
+                    let (extra, environment) = try store(lab)
+                    published = try Harness.run("ip", ["netns", "exec", lab.namespace, Harness.binary] + arguments + extra, environment: environment)
+                } else {
+                    published = try Harness.imagebuild(arguments)
+                }
+                guard published.status == 0 else { throw HarnessError("publish failed: \(published.output)") }
+                publishOutput = published.stdout
                 if let serverConfig {
                     let file = lab.directory + "/server.yaml"
                     try serverConfig.write(toFile: file, atomically: true, encoding: .utf8)

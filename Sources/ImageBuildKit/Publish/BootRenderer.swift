@@ -10,8 +10,17 @@ public struct PublishedImage: Sendable, Equatable, Codable {
     public var imageFile: String
     /// The BitTorrent client its initramfs carries (`initramfs.p2p`), nil: none (absent in older indexes).
     public var p2pClient: String?
+    /// The image file's `http://` URL in the object store `publish --store` put it in, nil: nodes fetch it
+    /// from the boot root (and absent in indexes written before stores existed). Kept per image in
+    /// `publish.json`, so the bootscript endpoint, which renders from there, gives the answer publish wrote.
+    public var storeURL: String?
     /// `images/<name>/<digest>`, relative to the root.
     public var path: String { "images/\(name)/\(digest)" }
+    /// Where nodes fetch the image file: the one answer for the kernel command line (stage 1's
+    /// `imagebuild.image=`), the torrent's web seed and the bootscript endpoint. The object store when
+    /// publish put it there, else the boot server (`httpBase`, e.g. `http://10.0.0.1:8080`). Kernel and
+    /// initramfs always come from the boot root: the loaders fetch them before any of this runs.
+    public func imageURL(httpBase: String) -> String { storeURL ?? "\(httpBase)/\(path)/\(imageFile)" }
     /// The image file's SHA-256, as its command line gives it to stage 1 (`imagebuild.sha256=`).
     public var sha256: String? {
         cmdline.split(separator: " ").first { $0.hasPrefix("imagebuild.sha256=") }.map { String($0.dropFirst("imagebuild.sha256=".count)) }
@@ -89,7 +98,7 @@ public struct BootRenderer: Sendable {
             parts.append(target.image.cmdline)
             if !target.cmdline.isEmpty { parts.append(target.cmdline) }
         }
-        parts.append("imagebuild.image=\(base)/\(target.image.path)/\(target.image.imageFile)")
+        parts.append("imagebuild.image=" + target.image.imageURL(httpBase: base))
         parts.append("imagebuild.server=\(base)")
         if !target.overlays.isEmpty {
             parts.append("imagebuild.overlay=" + target.overlays.map { "\(base)/\($0)" }.joined(separator: ","))

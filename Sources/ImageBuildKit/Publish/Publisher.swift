@@ -62,7 +62,7 @@ public struct PublishIndex: Codable, Sendable, Equatable {
 /// .publish/current/pxelinux.cfg`). A publish writes and fsyncs a whole new
 /// generation, then switches `current` with one rename: killed at any point
 /// before that, the root is exactly as it was; after it, it is wholly new.
-public struct Publisher {
+public struct Publisher: Sendable {
     public let root: String
     public let inventory: Inventory
     public var keep: Int = 3
@@ -116,13 +116,65 @@ public struct Publisher {
 
     /// Publishes `artifacts` (folders with a manifest.json) for the inventory.
     /// Images the inventory names but that are not given are taken from the
-    /// current generation, so one image can be updated at a time.
+    /// current generation, so one image can be updated at a time. Every image of the new generation is
+    /// served from the boot root (an image an earlier publish put in a store is fetched from the root again).
     ///
     /// Nothing on disk changes until every check has passed (artifacts against their manifests, the
     /// inventory against the images): a publish that fails leaves every generation, including those
     /// newer than `current` after a rollback, as it was.
     @discardableResult
     public func publish(artifacts: [String]) throws -> PublishIndex {
+        let staged = try stage(artifacts: artifacts)
+        defer { staged.lock.release() }
+        return try finish(staged, images: staged.images.mapValues { image in
+            var image = image
+            image.storeURL = nil
+            return image
+        })
+    }
+
+    /// Publishes as `publish(artifacts:)` does, with every image file of the new generation also in
+    /// `store`, and the boot configuration (stage 1's `imagebuild.image=`, the torrents' web seeds)
+    /// pointing there. The boot root keeps its whole copy: the loaders fetch kernel and initramfs from
+    /// it, and it is what is uploaded and what a publish without a store serves again.
+    ///
+    /// Atomic as the other: every image is stored and verified before the generation is written, so a
+    /// failure or a kill during an upload leaves `current`, and what the nodes boot, as it was. Objects
+    /// are never deleted: the store is content-addressed (`images/<name>/<digest>/`), so an object a
+    /// kept generation boots is never overwritten either.
+    @discardableResult
+    public func publish(artifacts: [String], store: any ImageStore) async throws -> PublishIndex {
+        let staged = try stage(artifacts: artifacts)
+        defer { staged.lock.release() }
+        var images = staged.images
+        for name in images.keys.sorted() {
+            let image = images[name]!
+            guard let sha256 = image.sha256 else {
+                throw PublishError.badArtifact("image '\(name)' \(image.digest): its command line has no imagebuild.sha256 to verify the store's copy by; rebuild it")
+            }
+            let file = root + "/" + image.path + "/" + image.imageFile
+            let size: Int64
+            do { size = try (FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.int64Value ?? 0 } catch {
+                throw PublishError.badArtifact("\(file): cannot be read (\(error)); publish its artifacts again")
+            }
+            let object = StoreObject(key: image.path + "/" + image.imageFile, file: file, size: size, sha256: sha256)
+            images[name]!.storeURL = try await store.put(object) { self.checkpoint("store-part-stored") }
+        }
+        return try finish(staged, images: images)
+    }
+
+    /// What `stage` leaves for `finish`: the lock on the root (held until the switch is done), the
+    /// images of the new generation, and the rendered overlays.
+    struct Staged {
+        let lock: PublishLock
+        let history: GenerationHistory
+        let images: [String: PublishedImage]
+        let overlays: OverlayPlan
+    }
+
+    /// Steps 1 and 2 of a publish: every check, then the root's lock and the images copied into the
+    /// root (content-addressed: only new versions are written, and no generation points at them yet).
+    func stage(artifacts: [String]) throws -> Staged {
         // 1. Artifacts: verified against their manifests before anything is created or copied.
         var sources: [String: (dir: String, image: PublishedImage)] = [:]
         for dir in artifacts {
@@ -157,38 +209,47 @@ public struct Publisher {
 
         try FileManager.default.createDirectory(atPath: publishDir, withIntermediateDirectories: true)
         let lock = try PublishLock(path: publishDir + "/lock")
-        defer { lock.release() }
-        let history = GenerationHistory(publishDir: publishDir)
-        try history.recordCurrent()
-        var images = try merged()  // again under the lock: another publish may have switched meanwhile
-        let used = Set(inventory.imageReferences.map(\.name))
-        images = images.filter { used.contains($0.key) || sources[$0.key] != nil }
+        do {
+            let history = GenerationHistory(publishDir: publishDir)
+            try history.recordCurrent()
+            var images = try merged()  // again under the lock: another publish may have switched meanwhile
+            let used = Set(inventory.imageReferences.map(\.name))
+            images = images.filter { used.contains($0.key) || sources[$0.key] != nil }
 
-        // 2. Images, content-addressed: an existing digest folder is already right.
-        for (name, source) in sources.sorted(by: { $0.key < $1.key }) {
-            let (dir, image) = source
-            let target = root + "/" + image.path
-            if FileManager.default.fileExists(atPath: target + "/" + Manifest.fileName) { continue }
-            let staging = root + "/images/\(name)/.\(image.digest).tmp-\(getpid())"
-            try? SafeFileSystem.removeTree(staging)
-            try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
-            for file in ["vmlinuz", "initramfs.img", image.imageFile, "cmdline", Manifest.fileName] {
-                try Tool.run(["cp", "--reflink=auto", "--", dir + "/" + file, staging + "/" + file])
-                try SafeFileSystem.fsyncFile(staging + "/" + file)
+            // 2. Images, content-addressed: an existing digest folder is already right.
+            for (name, source) in sources.sorted(by: { $0.key < $1.key }) {
+                let (dir, image) = source
+                let target = root + "/" + image.path
+                if FileManager.default.fileExists(atPath: target + "/" + Manifest.fileName) { continue }
+                let staging = root + "/images/\(name)/.\(image.digest).tmp-\(getpid())"
+                try? SafeFileSystem.removeTree(staging)
+                try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+                for file in ["vmlinuz", "initramfs.img", image.imageFile, "cmdline", Manifest.fileName] {
+                    try Tool.run(["cp", "--reflink=auto", "--", dir + "/" + file, staging + "/" + file])
+                    try SafeFileSystem.fsyncFile(staging + "/" + file)
+                }
+                SafeFileSystem.fsyncDirectory(staging)
+                checkpoint("image-copied")
+                if rename(staging, target) != 0 { throw RootfsError.system(operation: "rename to", path: target, errno: errno) }
+                SafeFileSystem.fsyncDirectory(root + "/images/\(name)")
             }
-            SafeFileSystem.fsyncDirectory(staging)
-            checkpoint("image-copied")
-            if rename(staging, target) != 0 { throw RootfsError.system(operation: "rename to", path: target, errno: errno) }
-            SafeFileSystem.fsyncDirectory(root + "/images/\(name)")
+            checkpoint("images-done")
+            return Staged(lock: lock, history: history, images: images, overlays: overlays)
+        } catch {
+            lock.release()
+            throw error
         }
-        checkpoint("images-done")
+    }
 
+    /// Steps 3 to 5: the new generation written aside, the one switch, then garbage collection.
+    func finish(_ staged: Staged, images: [String: PublishedImage]) throws -> PublishIndex {
+        let history = staged.history
         // 3. A whole new generation, aside.
         let number = (generations().last ?? 0) + 1
         let generation = publishDir + "/gen-\(number)"
         let staging = publishDir + "/.gen-\(number).tmp-\(getpid())"
         try? SafeFileSystem.removeTree(staging)
-        let index = try writeGeneration(into: staging, number: number, images: images, overlays: overlays)
+        let index = try writeGeneration(into: staging, number: number, images: images, overlays: staged.overlays)
         checkpoint("generation-written")
         if rename(staging, generation) != 0 { throw RootfsError.system(operation: "rename to", path: generation, errno: errno) }
         SafeFileSystem.fsyncDirectory(publishDir)
@@ -289,13 +350,13 @@ public struct Publisher {
             try SafeFileSystem.writeFile(dir + "/" + archive.path, archive.bytes)
         }
         // The swarm's torrents: the pieces' hashes are the image's own (computed once, kept beside it),
-        // the tracker and web seed this generation's server.
+        // the tracker this generation's server, the web seed wherever nodes fetch the image over HTTP.
         let base = inventory.network.httpBase
         for image in plan.swarmImages {
             let info = try Torrent.info(ofImageIn: root + "/" + image.path, imageFile: image.imageFile)
             try SafeFileSystem.writeFile(dir + "/" + Torrent.path(of: image),
                                          Torrent.file(info: info, announce: base + Torrent.announcePath,
-                                                      webSeed: "\(base)/\(image.path)/\(image.imageFile)", sha256: image.sha256))
+                                                      webSeed: image.imageURL(httpBase: base), sha256: image.sha256))
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

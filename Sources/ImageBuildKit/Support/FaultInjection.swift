@@ -6,7 +6,8 @@ import Foundation
 /// process at an exact point between two file-system steps needs the process's own help; this is it.
 ///
 /// The points are the `checkpoint(...)` calls of `Publisher.publish` (`image-copied`, `images-done`,
-/// `generation-files`, `generation-written`, `before-switch`, `after-switch`). The variable is read
+/// `generation-files`, `generation-written`, `before-switch`, `after-switch`, and with `--store`
+/// `store-part-stored`, after each part the store accepted; `StorePublishTests` kills there). The variable is read
 /// once; when it is unset (always, outside that test), `crash(at:)` does nothing.
 public enum FaultInjection {
     /// The environment variable naming the point, e.g. `publish:before-switch`.
