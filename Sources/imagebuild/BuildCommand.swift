@@ -55,10 +55,13 @@ struct BuildCommand: ParsableCommand {
                 let data = try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
                 print(String(decoding: data, as: UTF8.self))
             } else {
+                // The names' column fits the longest (an arm64 build's GRUBs are longer than the rest).
+                let width = max(14, result.manifest.files.keys.map(\.count).max() ?? 0)
                 let files = result.manifest.files.sorted { $0.key < $1.key }
-                    .map { "  \($0.key.padding(toLength: 14, withPad: " ", startingAt: 0)) \(formatBytes($0.value.size).padding(toLength: 10, withPad: " ", startingAt: 0)) sha256:\($0.value.sha256.prefix(16))" }
+                    .map { "  \($0.key.padding(toLength: width, withPad: " ", startingAt: 0)) \(formatBytes($0.value.size).padding(toLength: 10, withPad: " ", startingAt: 0)) sha256:\($0.value.sha256.prefix(16))" }
                 print((result.upToDate ? "up to date: " : "built: ") + result.directory)
-                print("  kernel         \(result.manifest.kernelVersion)")
+                print("  \("kernel".padding(toLength: width, withPad: " ", startingAt: 0)) \(result.manifest.kernelVersion)")
+                if let arch = result.manifest.arch { print("  \("arch".padding(toLength: width, withPad: " ", startingAt: 0)) \(arch)") }
                 print(files.joined(separator: "\n"))
             }
         } catch {

@@ -19,9 +19,10 @@ struct NodesCommand: ParsableCommand {
                 iPXE path too. The order comes from pxelinuxLookupOrder, the function the
                 pxelinux lookup-order tests pin down.
 
-                For a node with 'loader: grub' (Secure Boot: shim, then GRUB), it also prints
-                GRUB's walk: GRUB reads grub/grub.cfg, which tries grub/grub.cfg-01-<mac>, then
-                grub/grub.cfg-<IP>, then grub/grub.cfg-default.
+                For a node with 'loader: grub' (Secure Boot: shim, then GRUB) or an arm64 image
+                (arm64 machines boot through GRUB), it also prints GRUB's walk: GRUB reads
+                grub/grub.cfg, which tries grub/grub.cfg-01-<mac>, then grub/grub.cfg-<IP>,
+                then grub/grub.cfg-default.
 
                 'boots:' is the boot plan's answer (the rule publish, DHCP and the bootscript
                 endpoint share: registered node, else the most specific range holding the IP,
@@ -204,6 +205,7 @@ struct NodesCommand: ParsableCommand {
             if answer.ip == nil { out += "  (no IP known: give --ip to include the hex-IP names)\n" }
             if let loader = answer.biosLoader, let firmware = answer.firmwareGets, let rom = answer.ipxeROMGets {
                 out += "  BIOS boot (loader: \(loader)): firmware PXE gets \(firmware), an iPXE ROM gets \(rom); UEFI gets \(answer.uefiGets ?? "ipxe/ipxe.efi")\n"
+                out += "  arm64 UEFI gets \(BootPlan.arm64GRUB) (PXE) or \(BootPlan.arm64HTTPGRUB) (HTTP Boot)\n"
             }
             if let boots = answer.boots { out += "  boots: \(boots)\n" }
             if let fetches = answer.fetches { out += "  image: \(fetches)\n" }
@@ -221,7 +223,7 @@ struct NodesCommand: ParsableCommand {
             }
             if let line = answer.ipxeUses { out += "    \(line)\n" }
             if let grub = answer.grub {
-                out += "\nGRUB (shim's, loader: grub) reads grub/grub.cfg, whose walk tries, in order:\n"
+                out += "\nGRUB (shim's for loader: grub, and arm64 machines') reads grub/grub.cfg, whose walk tries, in order:\n"
                 for candidate in grub {
                     let mark = candidate.used ? "found  <- used" : candidate.exists ? "found" : "-"
                     out += "  \(candidate.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(mark)\n"
@@ -323,7 +325,8 @@ extension NodesCommand {
             }
             if let inventory, let index {
                 // Images: each is published, and a p2p node's can be shared (what publish refuses).
-                problems += BootPlan(inventory: inventory, index: index).distributionProblems()
+                let plan = BootPlan(inventory: inventory, index: index)
+                problems += plan.architectureProblems() + plan.distributionProblems()
                 do {
                     try inventory.checkImages(Set(index.images.keys))
                 } catch let error as ConfigErrors {

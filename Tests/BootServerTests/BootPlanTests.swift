@@ -147,7 +147,8 @@ struct BootPlanTests {
             #expect(bootFile(mac, .x86BIOS, ipxe: true) == (bios.ipxeROMFile ?? script(mac)), "\(mac) BIOS iPXE ROM")
             #expect(bootFile(mac, .x64UEFI) == "ipxe/ipxe.efi", "\(mac) x64 UEFI")
             #expect(bootFile(mac, .x64UEFI, ipxe: true) == script(mac), "\(mac) x64 UEFI iPXE")
-            #expect(bootFile(mac, .arm64UEFI) == "ipxe/ipxe-arm64.efi", "\(mac) arm64 UEFI")
+            #expect(bootFile(mac, .arm64UEFI) == BootPlan.arm64GRUB, "\(mac) arm64 UEFI")
+            #expect(bootFile(mac, .arm64UEFIHTTP) == BootPlan.arm64HTTPGRUB, "\(mac) arm64 UEFI HTTP Boot (by URL with an HTTPClient vendor class)")
         }
         // What each loader setting means, spelled out once here.
         let pxelinux = biosLoader == "undionly.kpxe" ? "lpxelinux.0" : biosLoader

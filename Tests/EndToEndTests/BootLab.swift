@@ -69,6 +69,25 @@ final class BootLab {
         var arguments = ["/usr/bin/qemu-system-x86_64", "-accel", QEMU.accelerator, "-m", "\(memory)", "-smp", "1",
                          "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot", "-boot", "n",
                          "-netdev", "tap,id=n0,ifname=\(tap),script=no,downscript=no"]
+        if firmware == .arm64PXE || firmware == .arm64HTTP {
+            // QEMU's arm64 "virt" machine under TCG with Debian's AAVMF (EDK2's own PXE and HTTP Boot
+            // clients); the NIC's option ROM is x86 code, so none.
+            let vars = directory + "/\(name)-AAVMF_VARS.fd"
+            try FileManager.default.copyItem(atPath: "/usr/share/AAVMF/AAVMF_VARS.fd", toPath: vars)
+            arguments = ["/usr/bin/qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "\(memory)", "-smp", "1",
+                         "-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
+                         "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+                         "-drive", "if=pflash,format=raw,file=\(vars)",
+                         "-netdev", "tap,id=n0,ifname=\(tap),script=no,downscript=no",
+                         "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
+            // HTTP Boot: PXE over IPv4 and IPv6 off through fw_cfg (ArmVirtQemu reads IPv6PXESupport; it
+            // would try PXEv6 for about a minute first), so "UEFI HTTPv4" is the first network boot option.
+            if firmware == .arm64HTTP {
+                arguments += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+                              "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]
+            }
+            return try start(name, arguments)
+        }
         switch firmware {
         case .bios:
             arguments += ["-device", "virtio-net-pci,netdev=n0,mac=\(mac)"]
@@ -100,13 +119,16 @@ final class BootLab {
                           "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
                           "-drive", "if=pflash,format=raw,unit=1,file=\(vars)",
                           "-device", "virtio-net-pci,netdev=n0,mac=\(mac),romfile="]
+        case .arm64PXE, .arm64HTTP:
+            break  // above
         }
         return try start(name, arguments)
     }
 
     /// `uefi`: OVMF's PXE client; `uefiHTTP`: OVMF's HTTP Boot client; `secureBoot`: OVMF with Secure
-    /// Boot enforced (Microsoft keys), PXE.
-    enum Firmware { case bios, uefi, uefiHTTP, secureBoot }
+    /// Boot enforced (Microsoft keys), PXE; `arm64PXE`, `arm64HTTP`: an arm64 machine with AAVMF's PXE or
+    /// HTTP Boot client.
+    enum Firmware { case bios, uefi, uefiHTTP, secureBoot, arm64PXE, arm64HTTP }
 }
 
 /// A lab machine. QEMU runs with `-no-reboot`, so any reset ends it and the test sees the failure. The

@@ -149,6 +149,45 @@ struct KernelImageTests {
         }
     }
 
+    /// A synthetic arm64 Image: the "ARM\x64" magic at 0x38, and the banner `at` bytes in, after
+    /// decoys a naive search would take (a format string, a marker without a release).
+    static func arm64Image(banner: String?, at offset: Int, size: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0x41, count: size)
+        bytes.replaceSubrange(0x38..<0x3C, with: Array("ARMd".utf8))
+        let decoys = Array("Linux version %s\0Linux version \u{1}\0".utf8)
+        bytes.replaceSubrange(0x1000..<0x1000 + decoys.count, with: decoys)
+        if let banner {
+            let text = Array("Linux version \(banner)\n\0".utf8)
+            bytes.replaceSubrange(offset..<offset + text.count, with: text)
+        }
+        return bytes
+    }
+
+    @Test("an arm64 Image: the version from its banner, wherever it lies (across a read boundary too); none is a clear error")
+    func arm64() throws {
+        try KmodTestSupport.withTemporaryDirectory { dir in
+            let banner = "6.1.0-57-arm64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14)) #1 SMP Debian 6.1.158-1"
+            // 1 MiB - 20: the banner straddles the first 1 MiB read.
+            for offset in [0x2000, (1 << 20) - 20, (3 << 20) + 5] {
+                let file = dir.appendingPathComponent("Image-\(offset)")
+                try KmodTestSupport.write(Self.arm64Image(banner: banner, at: offset, size: 4 << 20), to: file)
+                let image = try KernelImage.read(file)
+                #expect(image.version == "6.1.0-57-arm64", "banner at \(offset)")
+                #expect(image.architecture == .arm64)
+                #expect(image.banner == banner)
+            }
+            let none = dir.appendingPathComponent("Image-none")
+            try KmodTestSupport.write(Self.arm64Image(banner: nil, at: 0, size: 1 << 20), to: none)
+            let error = kernelError { _ = try KernelImage.read(none) }
+            guard case .unsupportedFormat(_, let format)? = error else { Issue.record("expected unsupportedFormat, got \(String(describing: error))"); return }
+            #expect(format.contains("arm64") && format.contains("banner"))
+            // and a bzImage is amd64's
+            let bz = dir.appendingPathComponent("bzImage")
+            try KmodTestSupport.write(bzImage(), to: bz)
+            #expect(try KernelImage.read(bz).architecture == .amd64)
+        }
+    }
+
     /// A .deb with a pax data.tar (and, when xz is installed, data.tar.xz)
     /// holding ./boot/vmlinuz-<version>.
     @Test("reads and extracts the kernel from a .deb")

@@ -179,20 +179,54 @@ func sampleImage(_ name: String, digest: String = "0123456789abcdef") -> Publish
     let dir = TemporaryDirectory("publish")
 
     /// A fake artifacts folder with a valid manifest.
-    func artifact(_ name: String, content: String) throws -> String {
+    func artifact(_ name: String, content: String, arch: Architecture? = nil) throws -> String {
         let path = dir.path + "/artifacts/\(name)"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         var files: [String: Manifest.FileInfo] = [:]
-        for file in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline"] {
+        let loaders = arch?.networkGRUB.map { [$0.signedArtifact, $0.httpArtifact] } ?? []
+        for file in ["vmlinuz", "initramfs.img", "image.tar.gz", "cmdline"] + loaders {
             try Data("\(name) \(file) \(content)\n".utf8).write(to: URL(fileURLWithPath: path + "/" + file))
             let info = try sha256File(path + "/" + file)
             files[file] = .init(sha256: info.digest, size: info.size)
         }
         let manifest = Manifest(name: name, toolVersion: "t", recipeDigest: "r", inputDigest: nil, sourceDateEpoch: 0,
                                 kernelVersion: "6.1", cmdline: "console=ttyS0 imagebuild.sha256=\(files["image.tar.gz"]!.sha256)",
-                                imageFormat: "tar.gz", initramfsCompression: "gzip", modules: [], files: files)
+                                imageFormat: "tar.gz", initramfsCompression: "gzip", modules: [], files: files, arch: arch)
         try manifest.encoded().write(to: URL(fileURLWithPath: path + "/manifest.json"))
         return path
+    }
+
+    /// An arm64 image: its GRUBs are laid where DHCP sends arm64 firmware, with GRUB's module lists
+    /// (empty), and its nodes get the `grub.cfg` walk; a node said to be arm64 but pointed at an amd64
+    /// image is refused where `arch:` says so, and nothing is published.
+    @Test(.enabled(if: bootloadersInstalled, needsBootloaders)) func publishesTheArm64Loaders() throws {
+        let yaml = sampleInventory.replacingOccurrences(of: "image: compute", with: "image: minimal")
+            .replacingOccurrences(of: "ip: 10.77.0.12}", with: "ip: 10.77.0.12, image: arm, arch: arm64}")
+        let inventory = try InventoryLoader.parse(yaml, file: "nodes.yaml")
+        let arm = try artifact("arm", content: "v1", arch: .arm64)
+        let root = dir.path + "/tftpboot"
+        let index = try Publisher(root: root, inventory: inventory).publish(artifacts: [try artifact("minimal", content: "v1", arch: .amd64), arm])
+        let files = try fetchable(root)
+        #expect(index.images["arm"]?.arch == .arm64 && index.images["arm"]?.loaderFiles == ["grubnetaa64.efi", "grubaa64-http.efi"])
+        #expect(files["./grub/grubaa64.efi"] == (try sha256File(arm + "/grubnetaa64.efi").digest))
+        #expect(files["./grub/grubaa64-http.efi"] == (try sha256File(arm + "/grubaa64-http.efi").digest))
+        for list in BootPlan.arm64GRUBModuleLists {
+            #expect(files["./" + list] == (try sha256File("/dev/null").digest), "\(list) is not laid empty")
+        }
+        let config = try String(contentsOfFile: root + "/grub/grub.cfg-01-52-54-00-77-00-02", encoding: .utf8)
+        #expect(config.contains(#"if [ "$grub_cpu" != "arm64" ]; then"#) && config.contains("/images/arm/"))
+        #expect(files["./grub/grub.cfg"] != nil && files["./grub/grub.cfg-default"] != nil)
+        #expect(files["./grub/grub.cfg-01-52-54-00-77-00-01"] == nil, "node001 boots an amd64 image without loader: grub")
+        #expect(files["./grub/grubx64.efi"] == nil, "no machine has loader: grub")
+
+        let wrong = yaml.replacingOccurrences(of: "hostname: node003,", with: "hostname: node003, arch: arm64,")
+        let before = try fetchable(root)
+        let error = #expect(throws: ConfigError.self) {
+            try Publisher(root: root, inventory: try InventoryLoader.parse(wrong, file: "nodes.yaml")).publish(artifacts: [arm])
+        }
+        #expect(error.map { "\($0)" }?.hasPrefix("nodes.yaml:16:57: node003 (52:54:00:77:00:03) is arm64, but its image 'minimal' is built for amd64") == true,
+                "\(String(describing: error))")
+        #expect(try fetchable(root) == before, "a refused publish changed the root")
     }
 
     static let bootloadersInstalled = Publisher.bootloaders.allSatisfy { FileManager.default.fileExists(atPath: $0.source) }

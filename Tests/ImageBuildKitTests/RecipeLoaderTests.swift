@@ -118,10 +118,43 @@ import Testing
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/bin/busybox"), "needs a host set up by scripts/setup (busybox-static)"))
     func shippedRecipesLoad() throws {
         let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for name in ["minimal.yaml"] {
+        for name in ["minimal.yaml", "minimal-arm64.yaml"] {
             let path = repo.appendingPathComponent("recipes/\(name)").path
             let recipe = try RecipeLoader.load(path: path)
-            #expect(recipe.name == "minimal")
+            #expect(recipe.name == (name as NSString).deletingPathExtension)
         }
+        let arm64 = try RecipeLoader.load(path: repo.appendingPathComponent("recipes/minimal-arm64.yaml").path)
+        #expect(arm64.arch == .arm64)
+        #expect(arm64.sysroot.packages == ["linux-image-arm64"])
+    }
+
+    /// The host here is what CI runs on; the foreign architecture is the other one.
+    static let foreign: Architecture = Architecture.host == .arm64 ? .amd64 : .arm64
+
+    @Test func archAndSysroot() throws {
+        #expect(try load(Self.minimal).arch == Architecture.host)
+        let recipe = try load(Self.minimal + "\narch: \(Self.foreign)\nsysroot: {suite: trixie, mirror: 'http://mirror.example/debian', packages: [linux-image-\(Self.foreign)-16k]}\n")
+        #expect(recipe.arch == Self.foreign)
+        #expect(recipe.sysroot.suite == "trixie" && recipe.sysroot.mirror == "http://mirror.example/debian")
+        #expect(Sysroot.packages(for: recipe).contains("linux-image-\(Self.foreign)-16k") && Sysroot.packages(for: recipe).contains("busybox-static"))
+        #expect(!Sysroot.packages(for: recipe).contains("linux-image-\(Self.foreign)"), "the recipe's own kernel replaces the default")
+        #expect(Sysroot.sources(for: recipe).map(\.description) == ["http://mirror.example/debian trixie"])
+        // Without a sysroot key: the architecture's generic kernel and Debian's mirror with its updates.
+        let plain = try load(Self.minimal + "\narch: \(Self.foreign)\n")
+        #expect(Sysroot.packages(for: plain).contains(Self.foreign.kernelPackage))
+        #expect(Sysroot.sources(for: plain).first?.uri == "http://deb.debian.org/debian")
+    }
+
+    @Test func archErrorsAreLocated() {
+        #expect(error(Self.minimal + "\narch: riscv64\n").hasPrefix("recipe.yaml:4:7: unknown value 'riscv64'"))
+        #expect(error(Self.minimal + "\nsysroot: {suite: 'a b'}\n").hasPrefix("recipe.yaml:4:18: invalid suite 'a b'"))
+        #expect(error(Self.minimal + "\nsysroot: {sute: bookworm}\n").hasPrefix("recipe.yaml:4:11: unknown key 'sute'"))
+        // What a build for another architecture cannot do, at the key that asks for it.
+        let run = error(Self.minimal + "\narch: \(Self.foreign)\nrun: [true]\n")
+        #expect(run.hasPrefix("recipe.yaml:5:6: 'run' commands run in the image's root on this machine"), "\(run)")
+        let bootstrap = error("name: t\nbase: {mmdebstrap: {suite: bookworm}}\nkernel: {from: rootfs}\narch: \(Self.foreign)\n")
+        #expect(bootstrap.hasPrefix("recipe.yaml:2:7: base 'mmdebstrap' installs packages by running them"), "\(bootstrap)")
+        let debs = error("name: t\nbase: {debs: {packages: [busybox]}}\nkernel: {path: /etc/hostname}\narch: \(Self.foreign)\n")
+        #expect(debs.hasPrefix("recipe.yaml:2:7: 'debs' packages are resolved with this machine's apt"), "\(debs)")
     }
 }

@@ -38,10 +38,13 @@ public struct DHCPServerInventory: DHCPInventory, Sendable {
 }
 
 extension DHCPBootFileTable {
-    /// The standard table with the BIOS entry the boot plan gives a machine no `loader:` applies to.
+    /// The standard table with the BIOS entry the boot plan gives a machine no `loader:` applies to,
+    /// and arm64 UEFI machines (PXE and HTTP Boot) on the GRUB publish lays for them.
     public static func forInventory(_ inventory: Inventory) -> DHCPBootFileTable {
         var table = DHCPBootFileTable.standard
         table[.x86BIOS] = BootPlan(inventory: inventory).defaultBIOSFile
+        table[.arm64UEFI] = BootPlan.arm64GRUB
+        table[.arm64UEFIHTTP] = BootPlan.arm64HTTPGRUB
         return table
     }
 }

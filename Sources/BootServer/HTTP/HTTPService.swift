@@ -265,13 +265,11 @@ public final class HTTPService: BootService, Sendable {
             root: root, threadPool: threadPool,
             cache: SmallFileCache(fileLimit: Int64(configuration.smallFileLimit), totalLimit: configuration.smallFileCacheLimit),
             chunkSize: configuration.chunkSize,
-            // Image files, and boot loaders: UEFI HTTP Boot fetches its loader (`ipxe/ipxe.efi`) here,
-            // not over TFTP, and that is the node's `bootloader` stage.
-            observe: { $0.hasPrefix("images/") || BootStage.forFile($0) == .bootloader },
+            observe: Self.isObserved,
             delivered: { delivery in
                 metrics.sent(.files, bytes: delivery.bytes)
                 let image = delivery.relative.hasPrefix("images/")
-                guard image || BootStage.forFile(delivery.relative) == .bootloader else { return }
+                guard image || Self.isObserved(delivery.relative) else { return }
                 let complete = delivery.error == nil && delivery.bytes == delivery.expected
                 if image {
                     (complete ? metrics.downloadsCompleted : metrics.downloadsIncomplete).increment()
@@ -291,6 +289,20 @@ public final class HTTPService: BootService, Sendable {
                 timeline.record(.transfer(.http, path: delivery.relative, bytes: delivery.bytes, size: delivery.expected, outcome: outcome),
                                 mac: mac, source: ip)
             })
+    }
+
+    /// The files whose every download is logged and recorded in the node's timeline, as TFTP records
+    /// every transfer: image files; boot loaders (UEFI HTTP Boot fetches its loader, `ipxe/ipxe.efi` or
+    /// arm64's GRUB, here and not over TFTP: the node's `bootloader` stage); and GRUB's configuration,
+    /// which a GRUB loaded by HTTP Boot reads over HTTP (its `config` stage). They are sent from the file,
+    /// not the small-file cache, so each delivery is seen.
+    @Sendable static func isObserved(_ relative: String) -> Bool {
+        if relative.hasPrefix("images/") { return true }
+        switch BootStage.forFile(relative) {
+        case .bootloader: return true
+        case .config: return relative.hasPrefix(BootPlan.grubFolder + "/")
+        default: return false
+        }
     }
 
     /// What `FastPath` answers before the router: files the router served (`RootFileProvider.fastFile`)

@@ -96,17 +96,29 @@ public final class BuildPipeline {
         var succeeded = false
         defer { if !succeeded || !options.keepRootfs { try? SafeFileSystem.removeTree(work) } }
 
+        // 0. For another architecture, the sysroot that stands in for this machine.
+        var host = BuildHost.native
+        var sysrootReleases = Set<String>()
+        if recipe.arch.isForeign {
+            let packages = Sysroot.packages(for: recipe)
+            step("sysroot", "fetching \(packages.count) \(recipe.arch) packages (\(packages.joined(separator: " "))) from \(Sysroot.sources(for: recipe).map(\.description).joined(separator: ", "))")
+            let sysroot: Sysroot
+            (sysroot, sysrootReleases) = try Sysroot.fetch(for: recipe, into: work + "/sysroot", scratch: work + "/scratch")
+            host = sysroot.host
+        }
+
         // 1. Root filesystem.
         step("rootfs", "assembling from \(recipe.base.summary)")
         let tree = try RootfsTree(root: work + "/rootfs")
-        let assembly = try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger,
+        var assembly = try RootfsAssembler(recipe: recipe, tree: tree, scratch: work + "/scratch", logger: logger, host: host,
                                            progress: { [weak self] in self?.step("rootfs", $0) }).assemble()
         let wasCacheable = inputs.uncacheable.isEmpty
+        if recipe.arch.isForeign { assembly.bootstrapReleases = (assembly.bootstrapReleases ?? []).union(sysrootReleases) }
         inputs.confirm(assembly)
         if wasCacheable { for reason in inputs.uncacheable { step("cache", "not cacheable: \(reason)") } }
 
         // 2. Kernel.
-        let kernel = try locateKernel(tree: tree, work: work)
+        let kernel = try locateKernel(tree: tree, work: work, host: host)
         step("kernel", "\(kernel.version) from \(kernel.path)")
         try tree.copyHostFile(kernel.path, to: work + "/out/vmlinuz")
 
@@ -120,7 +132,10 @@ public final class BuildPipeline {
         let loadedSize = archiveNeed ?? image.size
 
         // 4. Stage-1 initramfs.
-        let modules = try buildInitramfs(tree: tree, kernel: kernel, epoch: epoch, to: out + "/initramfs.img")
+        let modules = try buildInitramfs(tree: tree, kernel: kernel, epoch: epoch, host: host, work: work, to: out + "/initramfs.img")
+
+        // The architecture's own network loaders, where this machine's packages have none (arm64's GRUB).
+        let loaderFiles = try buildLoaders(host: host, tree: tree, into: out)
 
         // 5. Command line and manifest.
         var cmdline = recipe.cmdline + " imagebuild.sha256=\(image.digest)"
@@ -128,7 +143,7 @@ public final class BuildPipeline {
         cmdline += " imagebuild.need=\(loadedSize)"
         try Data((cmdline + "\n").utf8).write(to: URL(fileURLWithPath: out + "/cmdline"))
         var files: [String: Manifest.FileInfo] = [:]
-        for name in ["vmlinuz", "initramfs.img", recipe.image.format.fileName, "cmdline"] {
+        for name in ["vmlinuz", "initramfs.img", recipe.image.format.fileName, "cmdline"] + loaderFiles {
             let info = name == recipe.image.format.fileName ? image : try sha256File(out + "/" + name)
             files[name] = Manifest.FileInfo(sha256: info.digest, size: info.size)
             try SafeFileSystem.fsyncFile(out + "/" + name)
@@ -138,7 +153,7 @@ public final class BuildPipeline {
             inputDigest: inputs.digest(epoch: epoch), sourceDateEpoch: epoch, kernelVersion: kernel.version, cmdline: cmdline,
             imageFormat: recipe.image.format.rawValue, initramfsCompression: recipe.initramfs.compression.rawValue,
             modules: modules, files: files, loadedSize: loadedSize,
-            p2pClient: recipe.initramfs.p2p ? InitramfsSpec.p2pClientName : nil)
+            p2pClient: recipe.initramfs.p2p ? InitramfsSpec.p2pClientName : nil, arch: recipe.arch)
         try manifest.encoded().write(to: URL(fileURLWithPath: out + "/" + Manifest.fileName))
         try SafeFileSystem.fsyncFile(out + "/" + Manifest.fileName)
         SafeFileSystem.fsyncDirectory(out)
@@ -181,7 +196,7 @@ public final class BuildPipeline {
         var modules: String?
     }
 
-    func locateKernel(tree: RootfsTree, work: String) throws -> LocatedKernel {
+    func locateKernel(tree: RootfsTree, work: String, host: BuildHost) throws -> LocatedKernel {
         let spec = recipe.kernel
         var path: String
         var modulesRoot: String?
@@ -192,7 +207,7 @@ public final class BuildPipeline {
                 path = try KernelImage.locate(in: URL(fileURLWithPath: boot), version: spec.version).path
                 modulesRoot = tree.hostPath(try tree.resolve("/lib/modules", followLast: true))
             case .path(let pattern):
-                let matches = HostGlob.matches(pattern).filter { !$0.hasSuffix(".old") }
+                let matches = host.glob(pattern).filter { !$0.hasSuffix(".old") }
                 let versions = try matches.map { ($0, try KernelImage.read(bzImage: URL(fileURLWithPath: $0)).version) }
                 let chosen = spec.version.flatMap { want in versions.first { $0.1 == want } }
                     ?? versions.max { KernelImage.versionPrecedes($0.1, $1.1) }
@@ -210,11 +225,16 @@ public final class BuildPipeline {
         } catch let error as KernelImageError {
             throw BuildError.kernel("\(recipe.file): \(error)")
         }
-        if let dir = spec.modulesDirectory { modulesRoot = dir }
-        let version: String
-        do { version = try KernelImage.read(bzImage: URL(fileURLWithPath: path)).version } catch {
+        if let dir = spec.modulesDirectory { modulesRoot = host.path(dir) }
+        let image: KernelImage
+        do { image = try KernelImage.read(bzImage: URL(fileURLWithPath: path)) } catch {
             throw BuildError.kernel("\(recipe.file): \(error)")
         }
+        guard image.architecture == recipe.arch else {
+            throw BuildError.kernel("\(recipe.file): \(path) is an \(image.architecture) kernel, but the recipe builds for \(recipe.arch)"
+                                    + " (set 'arch: \(image.architecture)', or give an \(recipe.arch) kernel)")
+        }
+        let version = image.version
         var modules: String?
         if let modulesRoot {
             var isDirectory: ObjCBool = false
@@ -228,6 +248,30 @@ public final class BuildPipeline {
                                      + " (install the kernel's modules, or set kernel.modules to a folder that has them)")
         }
         return LocatedKernel(path: path, version: version, modules: modules)
+    }
+
+    // MARK: loaders
+
+    /// For an architecture whose loaders this machine's packages cannot give (`Architecture.networkGRUB`):
+    /// Debian's signed network GRUB for PXE, and a GRUB with HTTP for UEFI HTTP Boot, made with
+    /// `grub-mkimage` from Debian's modules (the same modules give the same bytes). Returns their
+    /// artifact names.
+    func buildLoaders(host: BuildHost, tree: RootfsTree, into out: String) throws -> [String] {
+        guard let grub = recipe.arch.networkGRUB else { return [] }
+        let signed = host.path(grub.signedPath), modules = host.path(grub.modulesPath)
+        for (path, package) in [(signed, grub.signedPackage), (modules, grub.modulesPackage)] where !FileManager.default.fileExists(atPath: path) {
+            throw BuildError.stageOne("\(recipe.file): \(recipe.arch) nodes boot through GRUB, but \(path) is missing (is \(package) installed?)")
+        }
+        step("loader", "\(grub.signedArtifact) from \(grub.signedPackage); \(grub.httpArtifact) from \(grub.modulesPackage) with grub-mkimage")
+        try tree.copyHostFile(signed, to: out + "/" + grub.signedArtifact)
+        guard Tool.find("grub-mkimage") != nil else {
+            throw BuildError.stageOne("\(recipe.file): the \(recipe.arch) HTTP Boot loader is made with grub-mkimage: apt-get install grub-common")
+        }
+        // The prefix Debian's own network GRUB has: both read the same `grub/grub.cfg` walk.
+        try Tool.run(["grub-mkimage", "-O", grub.mkimageFormat, "-d", modules, "-p", "/" + BootPlan.grubFolder,
+                      "-o", out + "/" + grub.httpArtifact] + Architecture.NetworkGRUB.httpModules)
+        chmod(out + "/" + grub.httpArtifact, 0o644)
+        return [grub.signedArtifact, grub.httpArtifact]
     }
 
     // MARK: image
@@ -281,12 +325,14 @@ public final class BuildPipeline {
 
     /// The host files stage 1 runs besides busybox: the image loader's libraries, and the programs
     /// the image format needs (`ImageFormat.stageOnePrograms`) with theirs.
-    static func stageOneHostPrograms(for initramfs: InitramfsSpec, format: ImageFormat) throws(BuildError) -> [ELFClosure.Entry] {
-        var entries = try StageOneLoader.libraries()
+    static func stageOneHostPrograms(for initramfs: InitramfsSpec, format: ImageFormat, host: BuildHost = .native,
+                                     loaderLibraries: [ELFClosure.Entry]? = nil) throws(BuildError) -> [ELFClosure.Entry] {
+        var entries: [ELFClosure.Entry]
+        if let loaderLibraries { entries = loaderLibraries } else { entries = try StageOneLoader.libraries() }
         var programs = format.stageOnePrograms
         if initramfs.p2p { programs.append(InitramfsSpec.p2pClientPath) }
         if !programs.isEmpty {
-            var walker = ELFDependencies(root: "/")
+            var walker = ELFDependencies(root: host.root)
             do { entries += try walker.closure(of: programs).entries } catch {
                 let packages = (format.stageOnePrograms.isEmpty ? [] : ["zstd"]) + (initramfs.p2p ? ["aria2"] : [])
                 throw BuildError.stageOne("stage 1 needs \(programs.joined(separator: ", ")) (image format \(format.rawValue)"
@@ -296,8 +342,24 @@ public final class BuildPipeline {
         return entries
     }
 
+    /// Stage 1's image loader for the build's architecture, and its libraries (paths in `host`): this
+    /// binary's own for this machine, else compiled for the sysroot (`Sysroot.compileLoader`).
+    func stageOneLoader(host: BuildHost, work: String) throws -> (binary: Data, libraries: [ELFClosure.Entry]) {
+        if host.isNative { return (Data(StageOneLoader.binary), try StageOneLoader.libraries()) }
+        let sysroot = Sysroot(root: host.root, architecture: host.architecture)
+        try sysroot.compileLoader(to: host.path(StageOneLoader.initramfsPath), scratch: work + "/scratch")
+        var walker = ELFDependencies(root: host.root)
+        do {
+            let closure = try walker.closure(of: [StageOneLoader.initramfsPath])
+            return (try Data(contentsOf: URL(fileURLWithPath: host.path(StageOneLoader.initramfsPath))),
+                    closure.entries.filter { $0.path != StageOneLoader.initramfsPath })
+        } catch {
+            throw BuildError.stageOne("stage 1's image loader for \(host.architecture): \(error)")
+        }
+    }
+
     /// Returns the names of the modules it carries.
-    func buildInitramfs(tree: RootfsTree, kernel: LocatedKernel, epoch: Int64, to path: String) throws -> [String] {
+    func buildInitramfs(tree: RootfsTree, kernel: LocatedKernel, epoch: Int64, host: BuildHost, work: String, to path: String) throws -> [String] {
         let spec = recipe.initramfs
         var plan = ArchivePlan(epoch: epoch)
         // Merged /usr, as Debian 12: a library closure bringing `/lib -> usr/lib`
@@ -313,7 +375,7 @@ public final class BuildPipeline {
         // busybox and its applets
         let busybox: String
         switch spec.busybox {
-        case .host: busybox = try HostBusybox.path()
+        case .host: busybox = try host.busybox()
         case .rootfs: busybox = tree.hostPath(try tree.resolve("/bin/busybox", followLast: true))
         }
         let elf: ELFObject
@@ -323,8 +385,11 @@ public final class BuildPipeline {
         if !elf.isStatic {
             throw BuildError.busybox("\(recipe.file): \(busybox) is dynamically linked; stage 1 needs a static busybox (apt-get install busybox-static)")
         }
+        if elf.machine != recipe.arch.elfMachine {
+            throw BuildError.busybox("\(recipe.file): \(busybox) is not an \(recipe.arch) program (ELF machine \(elf.machine))")
+        }
         try plan.addHostFile("/bin/busybox", from: busybox, mode: 0o755)
-        for applet in try HostBusybox.applets(of: busybox) where applet != "/bin/busybox" {
+        for applet in try host.applets(of: busybox) where applet != "/bin/busybox" {
             plan.addSymlink(applet, target: "/bin/busybox")
         }
 
@@ -361,7 +426,7 @@ public final class BuildPipeline {
         // extra binaries with their libraries
         var recipeFiles = Set<String>()
         if !spec.binaries.isEmpty {
-            let root = spec.binariesFrom == .host ? "/" : tree.root
+            let root = spec.binariesFrom == .host ? host.root : tree.root
             var walker = ELFDependencies(root: root)
             let closure: ELFClosure
             do { closure = try walker.closure(of: spec.binaries) } catch {
@@ -373,8 +438,9 @@ public final class BuildPipeline {
 
         // stage 1's image loader and what the image format needs (zstd) with their libraries, after
         // the recipe's binaries: they come from the host, so where both need one (libc), the host's wins
-        let stageOne = try Self.stageOneHostPrograms(for: spec, format: recipe.image.format)
-        try plan.addClosure(stageOne, root: "/")
+        let loader = try stageOneLoader(host: host, work: work)
+        let stageOne = try Self.stageOneHostPrograms(for: spec, format: recipe.image.format, host: host, loaderLibraries: loader.libraries)
+        try plan.addClosure(stageOne, root: host.root)
         // The BitTorrent client reaches ICU only through libxml2, for what stage 1 never does: its 31 MiB
         // of data go in emptied (`ICUStubData`), unless one of the recipe's own binaries needs them.
         if spec.p2p {
@@ -382,7 +448,7 @@ public final class BuildPipeline {
                 if let stub = ICUStubData.stub(of: path) { plan.addData(path, stub, mode: 0o644) }
             }
         }
-        plan.addData(StageOneLoader.initramfsPath, Data(StageOneLoader.binary), mode: 0o755)
+        plan.addData(StageOneLoader.initramfsPath, loader.binary, mode: 0o755)
 
         // extra files
         for file in spec.files {

@@ -62,6 +62,19 @@ struct InputDigest {
         }
         for file in recipe.files + recipe.initramfs.files { if case .source(let path) = file.content { files.append(path) } }
         files += [recipe.initramfs.initTemplate, recipe.initramfs.loadImageTemplate].compactMap { $0 }
+        hasher.update(data: Data("arch \(recipe.arch)\n".utf8))
+        if recipe.arch.isForeign {
+            addSysroot(recipe, fetchTimeout: fetchTimeout)
+        } else {
+            files += try nativeHostFiles(recipe)
+        }
+        for file in files.sorted() { try add(file, contentHash: true) }
+    }
+
+    /// The host files a build for this machine's architecture reads: the kernel, its module index,
+    /// busybox, stage 1's loader (this binary's) and the libraries and programs it brings.
+    mutating func nativeHostFiles(_ recipe: Recipe) throws -> [String] {
+        var files: [String] = []
         switch recipe.kernel.source {
         case .rootfs: break
         case .path(let pattern): files += HostGlob.matches(pattern)
@@ -77,7 +90,28 @@ struct InputDigest {
         files += try BuildPipeline.stageOneHostPrograms(for: recipe.initramfs, format: recipe.image.format).compactMap {
             if case .file(let path) = $0 { return path } else { return nil }
         }
-        for file in files.sorted() { try add(file, contentHash: true) }
+        return files
+    }
+
+    /// A build for another architecture reads its host files from a sysroot it fetches (`Sysroot`):
+    /// digested like a `mmdebstrap` base, by the release files of its suites and the packages asked
+    /// for, plus the compiler stage 1's loader is built with and the loader's source. A `kernel.deb`
+    /// file and `kernel.modules` are read as given (the latter in the sysroot, digested with it).
+    mutating func addSysroot(_ recipe: Recipe, fetchTimeout: Double) {
+        hasher.update(data: Data("sysroot \(Sysroot.packages(for: recipe).joined(separator: " "))\n".utf8))
+        addBootstrap(tool: .mmdebstrap, sources: Sysroot.sources(for: recipe), fetchTimeout: fetchTimeout)
+        if let output = try? Tool.run(["clang", "--version"]), let line = output.split(separator: "\n").first {
+            hasher.update(data: Data("clang: \(line)\n".utf8))
+        } else {
+            uncacheable.append("cannot run clang --version")
+        }
+        hasher.update(data: Data(StageOneLoader.source))
+        if case .deb(let deb) = recipe.kernel.source, let digest = try? sha256File(deb).digest {
+            hasher.update(data: Data("\(deb) \(digest)\n".utf8))
+        }
+        if !recipe.initramfs.binaries.isEmpty {
+            hasher.update(data: Data("binaries \(recipe.initramfs.binaries.joined(separator: " "))\n".utf8))
+        }
     }
 
     mutating func add(_ path: String, contentHash: Bool) throws {

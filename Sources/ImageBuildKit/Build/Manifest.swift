@@ -27,6 +27,9 @@ public struct Manifest: Codable, Sendable, Equatable {
     /// The BitTorrent client the initramfs carries for `distribution: p2p` (`initramfs.p2p`, "aria2c");
     /// nil: none, the image loads over HTTP only.
     public var p2pClient: String?
+    /// The architecture it runs on (the recipe's `arch:`); nil in manifests written before there was a
+    /// choice, which were all amd64.
+    public var arch: Architecture?
 
     public static let fileName = "manifest.json"
 

@@ -16,6 +16,9 @@ public enum StageOneLoader {
     public static let initramfsPath = "/usr/bin/imagebuild-fetch"
     /// The program, compiled at package build time by the StageOneLoader plugin.
     public static let binary: [UInt8] = stageOneLoaderBinary
+    /// Its C source: a build for another architecture compiles it against that architecture's sysroot
+    /// (`Sysroot.compileLoader`).
+    public static let source: [UInt8] = stageOneLoaderSource
 
     /// The host's shared libraries the loader needs (its ELF closure in "/", the loader itself left
     /// out), found once per process: they go into every initramfs next to it.

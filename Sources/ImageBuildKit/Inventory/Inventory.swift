@@ -38,6 +38,10 @@ public struct Inventory: Sendable, Equatable {
         public var distributionLocation: ConfigLocation?
         /// Seconds a node keeps seeding its image after it has it (`seed_time:`, p2p only).
         public var seedTime: Int?
+        /// The machines' architecture (`arch:`), and where that was said: publish refuses an image of
+        /// another one. nil: whatever the image is.
+        public var arch: Architecture?
+        public var archLocation: ConfigLocation?
         public var location: ConfigLocation?
         public init(image: String? = nil, cmdline: String? = nil, append: String? = nil, loader: Loader? = nil) {
             self.image = image
@@ -160,6 +164,9 @@ public struct Inventory: Sendable, Equatable {
         public var distributionLocation: ConfigLocation?
         /// The nearest `seed_time:`, else `Inventory.defaultSeedTime`.
         public var seedTime: Int = Inventory.defaultSeedTime
+        /// The nearest `arch:` and where it was set; nil: not said.
+        public var arch: Architecture?
+        public var archLocation: ConfigLocation?
 
         public init(image: String?, cmdline: String, replacesImageCommandLine: Bool = false) {
             self.image = image
@@ -172,7 +179,7 @@ public struct Inventory: Sendable, Equatable {
     /// takes the range holding its fixed address (node > range > group > defaults), as its identity does.
     public func resolved(_ node: Node) -> Resolution {
         var resolution = resolve(node.settings, group: node.group)
-        resolution.applyDistribution(from: settingsLevels(of: node).map(\.1))
+        resolution.applyNearest(from: settingsLevels(of: node).map(\.1))
         return resolution
     }
 
@@ -189,7 +196,7 @@ public struct Inventory: Sendable, Equatable {
             cmdline += cmdline.isEmpty ? append : " " + append
         }
         var resolution = Resolution(image: image, cmdline: cmdline, replacesImageCommandLine: replacement != nil)
-        resolution.applyDistribution(from: [defaults, groupSettings, own])
+        resolution.applyNearest(from: [defaults, groupSettings, own])
         return resolution
     }
 
@@ -220,11 +227,12 @@ public struct Inventory: Sendable, Equatable {
 }
 
 extension Inventory.Resolution {
-    /// The nearest `distribution:` and `seed_time:` of `levels`, given farthest first.
-    mutating func applyDistribution(from levels: [Inventory.Settings]) {
+    /// The nearest `distribution:`, `seed_time:` and `arch:` of `levels`, given farthest first.
+    mutating func applyNearest(from levels: [Inventory.Settings]) {
         for level in levels {
             if let mode = level.distribution { distribution = mode; distributionLocation = level.distributionLocation }
             if let seconds = level.seedTime { seedTime = seconds }
+            if let arch = level.arch { self.arch = arch; archLocation = level.archLocation }
         }
     }
 }
@@ -380,7 +388,7 @@ public enum InventoryLoader {
     }
 
     static func parseSettings(_ value: YAMLValue, extra: [String], baseDirectory: String) throws -> (Inventory.Settings, YAMLMap) {
-        let map = try value.map(allowed: ["image", "cmdline", "append", "loader", "bmc", "distribution", "seed_time"] + IdentitySettings.keys + extra)
+        let map = try value.map(allowed: ["image", "cmdline", "append", "loader", "bmc", "distribution", "seed_time", "arch"] + IdentitySettings.keys + extra)
         var settings = Inventory.Settings(image: try map.string("image"), cmdline: try map.string("cmdline"), append: try map.string("append"))
         settings.location = value.location
         settings.identity = try parseIdentity(map, baseDirectory: baseDirectory)
@@ -401,6 +409,14 @@ public enum InventoryLoader {
             settings.distributionLocation = value.location
         }
         settings.seedTime = try map.int("seed_time", in: 0...86_400)
+        if let value = map["arch"] {
+            let name = try value.string()
+            guard let arch = Architecture(rawValue: name) else {
+                throw value.error("unknown architecture '\(name)'", hint: Architecture.allCases.map(\.rawValue).joined(separator: " or ") + ", as Debian names them")
+            }
+            settings.arch = arch
+            settings.archLocation = value.location
+        }
         for key in ["cmdline", "append"] where (try map.string(key))?.contains("\n") == true {
             throw map[key]!.error("the kernel command line must be one line")
         }

@@ -1,6 +1,7 @@
 import Foundation
 
-/// The identity of an x86 Linux kernel image, read from its boot header.
+/// The identity of a Linux kernel image: an x86 bzImage's from its boot header, an arm64 Image's
+/// from the banner it carries.
 ///
 /// The x86 boot protocol (Documentation/arch/x86/boot.rst) puts a setup header
 /// at 0x1F1 with the magic "HdrS" at 0x202; since protocol 2.00 the 16-bit
@@ -18,12 +19,15 @@ public struct KernelImage: Sendable, Equatable {
     /// For an image read from a package: the member it came from
     /// ("./boot/vmlinuz-6.1.0-56-amd64"); nil for a plain file.
     public let packageMember: String?
+    /// What it runs on: a bzImage is x86-64's, an `Image` arm64's.
+    public let architecture: Architecture
 
-    public init(version: String, banner: String, bootProtocol: UInt16, packageMember: String? = nil) {
+    public init(version: String, banner: String, bootProtocol: UInt16, packageMember: String? = nil, architecture: Architecture = .amd64) {
         self.version = version
         self.banner = banner
         self.bootProtocol = bootProtocol
         self.packageMember = packageMember
+        self.architecture = architecture
     }
 
     static let magicOffset = 0x202
@@ -111,7 +115,7 @@ public struct KernelImage: Sendable, Equatable {
         if starts([0x02, 0x21, 0x4C, 0x18]) || starts([0x04, 0x22, 0x4D, 0x18]) { return "an lz4-compressed file" }
         if starts([0x89, 0x4C, 0x5A, 0x4F]) { return "an lzo-compressed file" }
         if starts(Array("!<arch>\n".utf8)) { return "an ar archive (read it as a package)" }
-        if p.count >= 0x3C, Array(p[0x38..<0x3C]) == Array("ARMd".utf8) { return "an arm64 Image" }
+        if isArm64Image(p) { return "an arm64 Image inside a package (unpack it, or give kernel.path)" }
         return nil
     }
 
@@ -135,7 +139,53 @@ public struct KernelImage: Sendable, Equatable {
 
     private static func read(bzImage file: PositionalFile, path: String) throws(KernelImageError) -> KernelImage {
         let prefix = try read(file, at: 0, count: prefixLength, path: path)
+        if isArm64Image(prefix) { return try read(arm64Image: file, path: path) }
         return try parse(prefix: prefix, fileSize: file.size, source: path)
+    }
+
+    // MARK: - arm64
+
+    /// An arm64 `Image` (Documentation/arch/arm64/booting.rst): a 64-byte header with the magic
+    /// "ARM\x64" at 0x38, as Debian installs it (uncompressed, an EFI application too).
+    static func isArm64Image(_ prefix: [UInt8]) -> Bool {
+        prefix.count >= 0x40 && Array(prefix[0x38..<0x3C]) == Array("ARMd".utf8)
+    }
+
+    static let bannerMarker = Array("Linux version ".utf8)
+
+    /// The version of an arm64 `Image`. Its header has no version field, so it is read from the
+    /// `linux_banner` the image carries ("Linux version 6.1.0-50-arm64 (debian-kernel@…) …"): the first
+    /// marker followed by a printable release and " (", found in one pass of 1 MiB reads.
+    private static func read(arm64Image file: PositionalFile, path: String) throws(KernelImageError) -> KernelImage {
+        let chunk = 1 << 20
+        let overlap = bannerMarker.count + maximumVersionLength
+        var offset = 0
+        while offset < file.size {
+            let bytes = try read(file, at: offset, count: min(chunk + overlap, file.size - offset), path: path)
+            if let banner = banner(in: bytes) {
+                return KernelImage(version: String(banner.prefix { $0 != " " }), banner: banner, bootProtocol: 0, architecture: .arm64)
+            }
+            offset += chunk
+        }
+        throw .unsupportedFormat(path: path, format: "an arm64 Image without a \"Linux version\" banner")
+    }
+
+    /// The banner after the first "Linux version " whose release is printable and ends in " (".
+    static func banner(in bytes: [UInt8]) -> String? {
+        let marker = bannerMarker
+        var index = 0
+        while index + marker.count < bytes.count {
+            guard let start = bytes[index...].firstIndex(of: marker[0]) else { return nil }
+            index = start + 1
+            guard start + marker.count <= bytes.count, bytes[start..<start + marker.count].elementsEqual(marker) else { continue }
+            let text = start + marker.count
+            let end = min(bytes.count, text + maximumVersionLength)
+            guard let stop = bytes[text..<end].firstIndex(where: { $0 < 0x20 || $0 >= 0x7F }) else { continue }
+            let line = bytes[text..<stop]
+            guard let space = line.firstIndex(of: 0x20), space > text, line[space...].starts(with: Array(" (".utf8)) else { continue }
+            return String(decoding: line, as: UTF8.self)
+        }
+        return nil
     }
 
     private static func open(_ url: URL) throws(KernelImageError) -> PositionalFile {

@@ -171,6 +171,17 @@ public struct BootPlan: Sendable {
     public static let shim = grubFolder + "/shimx64.efi"
     /// Debian's signed network GRUB (`grub-efi-amd64-signed`), under the name shim looks for.
     public static let grub = grubFolder + "/grubx64.efi"
+    /// Debian's signed arm64 network GRUB, what DHCP hands arm64 UEFI PXE machines (architecture 11):
+    /// Debian builds no arm64 iPXE. Its prefix is `/grub` too, so it reads the same `grub.cfg` walk.
+    /// Publish lays it from an arm64 image's artifacts (`arm64Loader`).
+    public static let arm64GRUB = grubFolder + "/grubaa64.efi"
+    /// The arm64 GRUB with HTTP (made by the build with `grub-mkimage`), what DHCP hands arm64 UEFI HTTP
+    /// Boot machines (architecture 19) by URL: GRUB then reads the walk from the same server over HTTP.
+    public static let arm64HTTPGRUB = grubFolder + "/grubaa64-http.efi"
+    /// The module lists GRUB's `normal` reads from `$prefix/arm64-efi/` before `grub.cfg`. Publish lays
+    /// them empty (every module the walk needs is built in): over HTTP, Debian's GRUB 2.06 waits 30 s
+    /// on each answer that is not 200, because its HTTP client never finishes reading a 404.
+    public static let arm64GRUBModuleLists = ["command.lst", "crypto.lst", "fs.lst", "terminal.lst"].map { grubFolder + "/arm64-efi/" + $0 }
 
     /// The file an x86-64 UEFI PXE machine is handed (arch 7 or 9, firmware PXE and iPXE ROMs alike) when
     /// the site chose one; nil: the firmware decides (the architecture's standard file, iPXE). HTTP Boot
@@ -179,10 +190,35 @@ public struct BootPlan: Sendable {
         inventory.loader(for: node) == .grub ? Self.shim : nil
     }
 
-    /// Whether any machine boots through GRUB (publish then lays shim and GRUB into the root).
-    public var usesGRUB: Bool {
+    /// Whether any machine boots through the x86-64 Secure Boot chain (`loader: grub`): publish then lays
+    /// shim and GRUB into the root.
+    public var usesSecureBootChain: Bool {
         inventory.defaults.loader == .grub || inventory.groups.values.contains { $0.loader == .grub }
             || inventory.nodes.contains { $0.settings.loader == .grub }
+    }
+
+    /// Whether any machine boots through GRUB: the Secure Boot chain, or an arm64 image. Publish then
+    /// writes the `grub/grub.cfg` walk.
+    public var usesGRUB: Bool { usesSecureBootChain || arm64Loader != nil }
+
+    /// The arm64 image whose artifacts' GRUB publish lays at `arm64GRUB`: the first by name of those
+    /// some machine boots. One file serves every arm64 machine (DHCP names one per architecture), and
+    /// Debian's signed GRUB is the same in every image built from the same suite.
+    public var arm64Loader: PublishedImage? {
+        bootingTargets.map(\.image).filter { $0.architecture == .arm64 && $0.loaderFiles != nil }.min { $0.name < $1.name }
+    }
+
+    /// What publish lays for arm64 machines from `arm64Loader`: (file in the image's folder, boot-root path).
+    public var arm64LoaderFiles: [(source: String, target: String)] {
+        guard let image = arm64Loader, let grub = Architecture.arm64.networkGRUB, let files = image.loaderFiles else { return [] }
+        return [(grub.signedArtifact, Self.arm64GRUB), (grub.httpArtifact, Self.arm64HTTPGRUB)]
+            .filter { files.contains($0.0) }.map { (image.path + "/" + $0.0, $0.1) }
+    }
+
+    /// Whether `target` boots through GRUB (`grub.cfg` files are written for it): its `loader: grub`,
+    /// or an arm64 image, which has no other loader.
+    func bootsThroughGRUB(_ target: BootTarget, node: Inventory.Node?) -> Bool {
+        target.image.architecture == .arm64 || inventory.loader(for: node) == .grub
     }
 
     /// What BIOS firmware gets when no `loader:` applies: `network.bios_loader`, as laid out in the root.
@@ -213,6 +249,22 @@ public struct BootPlan: Sendable {
         var seen = Set<String>()
         return bootingTargets.filter { $0.torrentPath != nil }.map(\.image).filter { seen.insert($0.path).inserted }
             .sorted { $0.path < $1.path }
+    }
+
+    /// Machines said to be of one architecture (`arch:`) whose image is of another, located where the
+    /// architecture was said.
+    public func architectureProblems() -> [ConfigError] {
+        var errors: [ConfigError] = []
+        var reported = Set<String>()
+        for choice in allChoices {
+            guard let arch = choice.resolution.arch, let name = choice.resolution.image, let image = images[name],
+                  image.architecture != arch else { continue }
+            let location = choice.resolution.archLocation ?? ConfigLocation(file: inventory.file, line: 0, column: 0)
+            guard reported.insert("\(location)|\(name)").inserted else { continue }
+            errors.append(ConfigError(location, "\(choice.title) is \(arch), but its image '\(name)' is built for \(image.architecture)",
+                                      hint: "point it at an \(arch) image (a recipe with 'arch: \(arch)'), or correct 'arch:'"))
+        }
+        return errors
     }
 
     /// `distribution: p2p` where it cannot work, located where it was set: a node seeds the file it
@@ -271,7 +323,6 @@ public struct BootPlan: Sendable {
             files.append((Self.grubFolder + "/grub.cfg", renderer.grubEntry()))
             files.append((Self.grubFolder + "/grub.cfg-default", defaultTarget.map { renderer.grubConfig($0, mac: nil) } ?? renderer.grubUnregistered()))
         }
-        let grubForUnlisted = inventory.loader(for: nil) == .grub
 
         var ranges: [PublishIndex.RangeEntry] = []
         for range in inventory.ranges {
@@ -283,11 +334,11 @@ public struct BootPlan: Sendable {
         }
         // GRUB cannot walk hex prefixes: a range reaches the machines not listed that boot through GRUB
         // as one file per pool address in it (DHCP gives those machines pool addresses only).
-        if grubForUnlisted, let pool = inventory.network.pool {
+        if usesGRUB, let pool = inventory.network.pool {
             for address in pool {
                 guard let range = range(containing: address) else { continue }
                 let choice = Choice(source: .range(range), title: Self.title(range), why: "", resolution: inventory.resolved(range))
-                guard case .boot(let target, _) = answer(choice) else { continue }
+                guard case .boot(let target, _) = answer(choice), bootsThroughGRUB(target, node: nil) else { continue }
                 files.append(("\(Self.grubFolder)/grub.cfg-\(address)", renderer.grubConfig(target, mac: nil)))
             }
         }
@@ -299,7 +350,7 @@ public struct BootPlan: Sendable {
             for name in names { files.append((name, config)) }
             let script = Self.ipxeScriptPath(node.mac)
             files.append((script, renderer.ipxeScript(target)))
-            let grubNames = inventory.loader(for: node) == .grub ? Self.grubNames(node) : []
+            let grubNames = bootsThroughGRUB(target, node: node) ? Self.grubNames(node) : []
             if !grubNames.isEmpty {
                 let config = renderer.grubConfig(target, mac: node.mac)
                 for name in grubNames { files.append((name, config)) }

@@ -10,6 +10,11 @@ public struct PublishedImage: Sendable, Equatable, Codable {
     public var imageFile: String
     /// The BitTorrent client its initramfs carries (`initramfs.p2p`), nil: none (absent in older indexes).
     public var p2pClient: String?
+    /// The architecture it runs on; nil in indexes written before there was a choice (amd64).
+    public var arch: Architecture?
+    /// The network loaders its artifacts carry for its architecture (`Architecture.networkGRUB`, arm64's
+    /// GRUBs), published beside its kernel; nil: none.
+    public var loaderFiles: [String]?
     /// The image file's `http://` URL in the object store `publish --store` put it in, nil: nodes fetch it
     /// from the boot root (and absent in indexes written before stores existed). Kept per image in
     /// `publish.json`, so the bootscript endpoint, which renders from there, gives the answer publish wrote.
@@ -36,7 +41,15 @@ public struct PublishedImage: Sendable, Equatable, Codable {
         cmdline = manifest.cmdline
         imageFile = manifest.files.keys.first { $0.hasPrefix("image.") } ?? "image.tar.gz"
         p2pClient = manifest.p2pClient
+        arch = manifest.arch
+        if let grub = manifest.arch?.networkGRUB {
+            let files = [grub.signedArtifact, grub.httpArtifact].filter { manifest.files[$0] != nil }
+            loaderFiles = files.isEmpty ? nil : files
+        }
     }
+
+    /// Its architecture, the older indexes' amd64 included.
+    public var architecture: Architecture { arch ?? .amd64 }
 }
 
 /// What one boot target (a node, a range, the default) boots.
@@ -189,12 +202,20 @@ public struct BootRenderer: Sendable {
     /// the kernel: an unsigned one fails `linux` ("bad shim signature"), and then the machine says so
     /// and resets after `delay` seconds to boot again, as pxelinux and iPXE nodes do, instead of
     /// sitting in GRUB's menu. `mac`: the node's MAC for `BOOTIF`, nil (a range, the default) for the
-    /// one GRUB booted from, `$net_default_mac`.
+    /// one GRUB booted from, `$net_default_mac`. The x86-64 and arm64 GRUBs read the same walk, so a
+    /// machine of another architecture than the image's (a default image, a range) is told so and reset
+    /// rather than handed a kernel it cannot run.
     public func grubConfig(_ target: BootTarget, mac: MACAddress?, delay: Int = 30) -> String {
         let bootif = mac.map { "BOOTIF=\($0.pxelinuxName)" } ?? "BOOTIF=01-${net_default_mac}"
         let words = kernelCommandLine(target).split(separator: " ").map { Self.grubQuoted(String($0)) } + [bootif]
+        let arch = target.image.architecture
         return """
             # imagebuild: \(target.title) boots \(target.image.name) \(target.image.digest)
+            if [ "$grub_cpu" != "\(arch.grubCPU)" ]; then
+              echo "imagebuild: \(target.image.name) is built for \(arch), this machine is $grub_cpu; restarting in \(delay) s"
+              sleep \(delay)
+              reboot
+            fi
             set default=0
             set timeout=0
             menuentry 'imagebuild: \(target.image.name) \(target.image.digest)' {

@@ -202,7 +202,8 @@ public struct Publisher: Sendable {
             return images
         }
         // An inventory naming an unknown image, or a swarm no node could seed, fails here, before anything is created.
-        try ConfigErrors.throwIfAny(BootPlan(inventory: inventory, images: try merged()).distributionProblems())
+        let plan = BootPlan(inventory: inventory, images: try merged())
+        try ConfigErrors.throwIfAny(plan.architectureProblems() + plan.distributionProblems())
         // Node files: every template renders and every secret is in place, before anything is created.
         try NodeFileChecks.check(inventory, root: root)
         let overlays = try OverlayPlan.render(inventory, mtime: Self.overlayEpoch)
@@ -224,7 +225,7 @@ public struct Publisher: Sendable {
                 let staging = root + "/images/\(name)/.\(image.digest).tmp-\(getpid())"
                 try? SafeFileSystem.removeTree(staging)
                 try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
-                for file in ["vmlinuz", "initramfs.img", image.imageFile, "cmdline", Manifest.fileName] {
+                for file in ["vmlinuz", "initramfs.img", image.imageFile, "cmdline", Manifest.fileName] + (image.loaderFiles ?? []) {
                     try Tool.run(["cp", "--reflink=auto", "--", dir + "/" + file, staging + "/" + file])
                     try SafeFileSystem.fsyncFile(staging + "/" + file)
                 }
@@ -340,9 +341,19 @@ public struct Publisher: Sendable {
             try SafeFileSystem.writeFile(dir + "/" + relative, text.utf8)
         }
         let plan = BootPlan(inventory: inventory, images: images, overlays: overlays.nodes)
-        for loader in Self.bootloaders + (plan.usesGRUB ? Self.secureBootLoaders : []) {
+        for loader in Self.bootloaders + (plan.usesSecureBootChain ? Self.secureBootLoaders : []) {
             guard fm.fileExists(atPath: loader.source) else { throw PublishError.missingBootloader(file: loader.source, package: loader.package) }
             try Tool.run(["cp", "--", loader.source, dir + "/" + loader.target])
+        }
+        // arm64's GRUBs, from the image that carries them (this machine's packages cannot), and the
+        // module lists GRUB reads first, empty.
+        let arm64Loaders = plan.arm64LoaderFiles
+        if !arm64Loaders.isEmpty {
+            try fm.createDirectory(atPath: dir + "/" + BootPlan.grubFolder + "/arm64-efi", withIntermediateDirectories: true)
+            for file in BootPlan.arm64GRUBModuleLists { try write(file, "") }
+        }
+        for loader in arm64Loaders {
+            try Tool.run(["cp", "--", root + "/" + loader.source, dir + "/" + loader.target])
         }
         let (files, index) = plan.files(generation: number)
         for file in files { try write(file.path, file.text) }

@@ -20,6 +20,31 @@ public struct Recipe: Sendable, Equatable {
     public var initramfs: InitramfsSpec
     public var image: ImageSpec
     public var cmdline: String
+    /// The architecture the image is built for (`arch:`, default this machine's).
+    public var arch: Architecture = Architecture.host ?? .amd64
+    /// Where a build for another architecture takes what it would take from this machine (`sysroot:`).
+    public var sysroot: SysrootSpec = SysrootSpec()
+}
+
+/// The Debian packages that stand in for this machine when a recipe builds for another architecture:
+/// fetched as files for `arch` and unpacked into a sysroot, never installed or run (`Sysroot`). There,
+/// the recipe's host paths (`busybox: host`, `kernel.path`, `kernel.modules`, `initramfs.binaries`) are
+/// read in the sysroot.
+public struct SysrootSpec: Sendable, Equatable {
+    /// The Debian suite; nil: this machine's own (`VERSION_CODENAME` of /etc/os-release), else bookworm.
+    public var suite: String?
+    /// nil: Debian's mirror, with the suite's updates and security archives (as mmdebstrap adds them).
+    public var mirror: String?
+    /// Packages besides those imagebuild itself needs (`Sysroot.requiredPackages`); the default brings
+    /// the architecture's generic kernel.
+    public var packages: [String]?
+    public var location: ConfigLocation?
+    public init(suite: String? = nil, mirror: String? = nil, packages: [String]? = nil, location: ConfigLocation? = nil) {
+        self.suite = suite
+        self.mirror = mirror
+        self.packages = packages
+        self.location = location
+    }
 }
 
 /// Where the root filesystem starts from.

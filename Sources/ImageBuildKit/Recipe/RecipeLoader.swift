@@ -5,7 +5,7 @@ import Foundation
 /// resolve against the recipe's folder, so a recipe can be run from anywhere.
 public enum RecipeLoader {
     static let topKeys = ["name", "base", "packages", "busybox", "directories", "files", "symlinks", "remove",
-                          "authorized_keys", "run", "kernel", "initramfs", "image", "cmdline"]
+                          "authorized_keys", "run", "kernel", "initramfs", "image", "cmdline", "arch", "sysroot"]
     static let baseKinds = ["scratch", "directory", "tarball", "oci-archive", "debs", "mmdebstrap", "debootstrap"]
 
     public static func load(path: String) throws -> Recipe {
@@ -66,10 +66,47 @@ public enum RecipeLoader {
         let cmdline = try top.string("cmdline") ?? "console=ttyS0,115200"
         if cmdline.contains("\n") { throw try top.required("cmdline").error("the kernel command line must be one line") }
 
-        return Recipe(
+        var recipe = Recipe(
             name: name, file: file, base: base, packages: packages, busybox: busybox,
             directories: directories, files: files, symlinks: symlinks, remove: remove,
             authorizedKeys: keys, run: run, kernel: kernel, initramfs: initramfs, image: image, cmdline: cmdline)
+        if let value = top["arch"] { recipe.arch = try parseEnum(value, Architecture.self) }
+        if let value = top["sysroot"] { recipe.sysroot = try parseSysroot(value) }
+        if recipe.arch.isForeign { try checkForeign(recipe, top: top) }
+        return recipe
+    }
+
+    static func parseSysroot(_ value: YAMLValue) throws -> SysrootSpec {
+        let map = try value.map(allowed: ["suite", "mirror", "packages"])
+        let suite = try map.string("suite")
+        if let suite, suite.isEmpty || suite.contains(where: { $0.isWhitespace || $0 == "/" }) {
+            throw try map.required("suite").error("invalid suite '\(suite)'", hint: "a Debian suite or codename, e.g. bookworm")
+        }
+        let mirror = try map.string("mirror")
+        if let mirror, URL(string: mirror)?.scheme == nil {
+            throw try map.required("mirror").error("invalid mirror '\(mirror)'", hint: "a URL such as http://deb.debian.org/debian")
+        }
+        let packages = try map["packages"].map { try $0.stringList() }
+        return SysrootSpec(suite: suite, mirror: mirror, packages: packages, location: value.location)
+    }
+
+    /// What a build for another architecture cannot do: run anything in the image's root (its programs
+    /// are not this machine's), or resolve packages with this machine's apt.
+    static func checkForeign(_ recipe: Recipe, top: YAMLMap) throws {
+        let host = Architecture.host?.rawValue ?? "this machine's architecture"
+        if let value = top["run"], !recipe.run.isEmpty {
+            throw value.error("'run' commands run in the image's root on this machine, which cannot run \(recipe.arch) programs (it is \(host))",
+                              hint: "build the image on an \(recipe.arch) machine, or do it with 'files' and 'symlinks'")
+        }
+        switch recipe.base {
+        case .bootstrap(let tool, _, _, _, _):
+            throw try top.required("base").error("base '\(tool.rawValue)' installs packages by running them, which this \(host) machine cannot do for \(recipe.arch)",
+                                                 hint: "use a 'scratch', 'debs' (files), 'tarball' or 'directory' base of \(recipe.arch) files")
+        case .debs(_, let packages) where !packages.isEmpty:
+            throw try top.required("base").error("'debs' packages are resolved with this machine's apt, for \(host), not \(recipe.arch)",
+                                                 hint: "list them under 'sysroot.packages', or give \(recipe.arch) .deb files")
+        default: break
+        }
     }
 
     struct Context {

@@ -10,12 +10,16 @@ public struct RootfsAssembler {
     public let scratch: String
     public let logger: Logger
     public var progress: (String) -> Void
+    /// Where `busybox: host` comes from: this machine, or the sysroot of a build for another architecture.
+    public let host: BuildHost
 
-    public init(recipe: Recipe, tree: RootfsTree, scratch: String, logger: Logger, progress: @escaping (String) -> Void = { _ in }) {
+    public init(recipe: Recipe, tree: RootfsTree, scratch: String, logger: Logger, host: BuildHost = .native,
+                progress: @escaping (String) -> Void = { _ in }) {
         self.recipe = recipe
         self.tree = tree
         self.scratch = scratch
         self.logger = logger
+        self.host = host
         self.progress = progress
     }
 
@@ -30,7 +34,7 @@ public struct RootfsAssembler {
     public func assemble() throws -> Result {
         var result = Result()
         try applyBase(&result)
-        if recipe.busybox == .host { try installBusybox(from: try HostBusybox.path()) }
+        if recipe.busybox == .host { try installBusybox(from: try host.busybox()) }
         // Content first, owners after: a recipe may write the /etc/passwd that names its owners.
         var owners: [(inner: String, owner: Owner, mode: UInt32, location: ConfigLocation)] = []
         for dir in recipe.directories {
@@ -86,39 +90,46 @@ public struct RootfsAssembler {
             // The sources are decided once (AptSource.sources) and given explicitly, so the build cache
             // digests exactly the suites the tool installs from.
             let sources = recipe.base.bootstrapSources ?? []
-            var arguments = [tool.rawValue]
-            if let variant { arguments.append("--variant=\(variant)") }
-            if !components.isEmpty { arguments.append("--components=\(components.joined(separator: ","))") }
-            if !recipe.packages.isEmpty { arguments.append("--include=\(recipe.packages.joined(separator: ","))") }
-            // The release files the tool worked from, for the cache to check against what it digested
-            // (InputDigest.confirm). mmdebstrap removes its package lists before it exits: a hook copies
-            // them out first. debootstrap leaves them in the tree.
-            let lists = scratch + "/apt-lists"
-            var listsCopied = false
+            var options: [String] = []
+            if let variant { options.append("--variant=\(variant)") }
+            if !components.isEmpty { options.append("--components=\(components.joined(separator: ","))") }
+            if !recipe.packages.isEmpty { options.append("--include=\(recipe.packages.joined(separator: ","))") }
             if tool == .mmdebstrap {
-                arguments += ["--mode=\(geteuid() == 0 ? "root" : "unshare")", "--skip=output/dev"]
-                // A special hook's arguments are split at blanks.
-                if !lists.contains(where: \.isWhitespace) {
-                    try FileManager.default.createDirectory(atPath: lists, withIntermediateDirectories: true)
-                    arguments.append("--customize-hook=sync-out /var/lib/apt/lists \(lists)")
-                    listsCopied = true
-                }
-                // One argument of lines: mmdebstrap writes it into sources.list as it is (one argument
-                // per line would get a blank line between them).
-                arguments += [suite, tree.root, sources.map(\.line).joined(separator: "\n")]
+                result.bootstrapReleases = try Self.mmdebstrap(options, suite: suite, into: tree.root, sources: sources, scratch: scratch)
             } else {
-                arguments += [suite, tree.root] + sources.prefix(1).map(\.uri)
-            }
-            var environment = ProcessInfo.processInfo.environment
-            environment["SOURCE_DATE_EPOCH"] = environment["SOURCE_DATE_EPOCH"] ?? "0"
-            try Tool.run(arguments, environment: environment, passOutput: true)
-            if tool == .mmdebstrap {
-                result.bootstrapReleases = listsCopied ? Self.releaseFileDigests(in: lists) : []
-            } else {
+                var environment = ProcessInfo.processInfo.environment
+                environment["SOURCE_DATE_EPOCH"] = environment["SOURCE_DATE_EPOCH"] ?? "0"
+                try Tool.run([tool.rawValue] + options + [suite, tree.root] + sources.prefix(1).map(\.uri), environment: environment, passOutput: true)
+                // debootstrap leaves its package lists in the tree.
                 let inner = try? tree.resolve("/var/lib/apt/lists", followLast: true)
                 result.bootstrapReleases = inner.map { Self.releaseFileDigests(in: tree.hostPath($0)) } ?? []
             }
         }
+    }
+
+    /// Runs mmdebstrap with `options` for `suite` from exactly `sources` into `root`, and returns the
+    /// sha256 of each release file it worked from, for the cache to check against what it digested
+    /// (`InputDigest.confirm`; empty when they could not be kept). mmdebstrap removes its package lists
+    /// before it exits: a hook copies them out first. The one way a base and a sysroot (`Sysroot`) are
+    /// fetched.
+    static func mmdebstrap(_ options: [String], suite: String, into root: String, sources: [AptSource], scratch: String) throws -> Set<String> {
+        var arguments = ["mmdebstrap"] + options + ["--mode=\(geteuid() == 0 ? "root" : "unshare")", "--skip=output/dev"]
+        let lists = scratch + "/apt-lists-\(UUID().uuidString)"
+        // A special hook's arguments are split at blanks.
+        let listsCopied = !lists.contains(where: \.isWhitespace)
+        if listsCopied {
+            try FileManager.default.createDirectory(atPath: lists, withIntermediateDirectories: true)
+            // The extract hook runs in every variant (a customize hook not in `extract`), with the lists
+            // the packages were chosen from.
+            arguments.append("--extract-hook=sync-out /var/lib/apt/lists \(lists)")
+        }
+        // One argument of lines: mmdebstrap writes it into sources.list as it is (one argument per line
+        // would get a blank line between them).
+        arguments += [suite, root, sources.map(\.line).joined(separator: "\n")]
+        var environment = ProcessInfo.processInfo.environment
+        environment["SOURCE_DATE_EPOCH"] = environment["SOURCE_DATE_EPOCH"] ?? "0"
+        try Tool.run(arguments, environment: environment, passOutput: true)
+        return listsCopied ? releaseFileDigests(in: lists) : []
     }
 
     /// The sha256 of every release file (`*InRelease`, `*Release`) in an apt lists folder.
@@ -133,7 +144,7 @@ public struct RootfsAssembler {
 
     func installBusybox(from host: String) throws {
         try tree.copyFile(from: host, to: "/bin/busybox", mode: 0o755)
-        for applet in try HostBusybox.applets(of: host) where applet != "/bin/busybox" {
+        for applet in try self.host.applets(of: host) where applet != "/bin/busybox" {
             let inner = try tree.resolve(applet, followLast: false)
             if tree.fileType(inner) == nil { try tree.symlink(applet, target: "/bin/busybox") }
         }

@@ -95,6 +95,28 @@ enum DHCPFixtures {
         #expect(shim.options.tftpServerName == "10.77.0.1" && shim.siaddr == IPv4Address(10, 77, 0, 1))
     }
 
+    /// arm64: AAVMF's PXE client (architecture 11) gets Debian's signed GRUB over TFTP, its HTTP Boot
+    /// client (19) the URL of the HTTP GRUB; and the offers AAVMF accepted from imagebuild serve.
+    @Test func aavmfDiscoversGetArm64GRUB() throws {
+        let pxe = try DHCPFixtures.message("aavmf-arm64-pxe-discover")
+        #expect(pxe.options.clientArchitecture == .arm64UEFI && pxe.options.vendorClassHasPrefix("PXEClient:Arch:00011"))
+        let http = try DHCPFixtures.message("aavmf-arm64-http-discover")
+        #expect(http.options.clientArchitecture == .arm64UEFIHTTP && http.options.vendorClassHasPrefix("HTTPClient:Arch:00019"))
+        let pxeReply = try dhcpReply(dhcpDecide(pxe)).message
+        #expect(pxeReply.bootFileName == "grub/grubaa64.efi" && pxeReply.siaddr == dhcpServer)
+        #expect(pxeReply.options.vendorClassIdentifier.map(Array.init) == Array("PXEClient".utf8))
+        let httpReply = try dhcpReply(dhcpDecide(http)).message
+        #expect(httpReply.bootFileName == "http://192.0.2.1:8080/grub/grubaa64-http.efi")
+        #expect(httpReply.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
+
+        let offerPXE = try DHCPFixtures.message("imagebuild-offer-arm64-pxe")
+        #expect(offerPXE.messageType == .offer && offerPXE.options.bootfileName == "grub/grubaa64.efi")
+        #expect(offerPXE.options.tftpServerName == "10.77.0.1" && offerPXE.siaddr == IPv4Address(10, 77, 0, 1))
+        let offerHTTP = try DHCPFixtures.message("imagebuild-offer-arm64-http")
+        #expect(offerHTTP.messageType == .offer && offerHTTP.options.bootfileName == "http://10.77.0.1:8080/grub/grubaa64-http.efi")
+        #expect(offerHTTP.options.vendorClassIdentifier.map(Array.init) == Array("HTTPClient".utf8))
+    }
+
     /// The Secure Boot firmware's PXE client and the UEFI iPXE that HTTP Boot started: both get the site's
     /// UEFI loader (the shim) when one is set, else iPXE's usual answers.
     @Test func secureBootAndUEFIIPXEDiscoversGetTheSiteLoader() throws {
