@@ -124,7 +124,7 @@ for _ in $(seq 100); do ip netns exec "$ns-n1" curl -s -o /dev/null http://10.98
 # (the image is then downloaded and verified); aria2c, started by it, goes on seeding.
 cat > "$work/stage1/bench-load.sh" <<'EOF'
 #!/bin/sh
-say() { :; }
+say() { case "$*" in swarm:*) echo "$*" >&2 ;; esac; }  # the swarm's own messages only: web seed joining, fallbacks
 step() { [ "$1" = unpack ] && exit 0; STEP=$1; }
 report() { :; }
 fail() { echo "FAILED at step '$STEP': $*" >&2; exit 1; }
@@ -143,19 +143,24 @@ exec ip netns exec "$netns" unshare -m sh -c 'mount --make-rprivate / && mount -
 EOF
 now() { cut -d' ' -f1 /proc/uptime; }
 tx() { ip netns exec "$ns-srv" cat /sys/class/net/eth0/statistics/tx_bytes; }
+# Image bytes the server sent over HTTP (the web seed, or the whole download in http mode), from its metrics.
+http_bytes() {
+  ip netns exec "$ns-srv" curl -s --max-time 5 http://10.98.0.1:8080/metrics \
+    | awk '/^imagebuild_http_image_bytes_total/ { printf "%.0f", $2; found = 1 } END { if (!found) print 0 }'
+}
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
 stop_nodes() {  # every stage-1 process of the run (seeding aria2c included), then the copies
   for i in $(seq "$NODES"); do for pid in $(ip netns pids "$ns-n$i"); do kill "$pid" 2>/dev/null || true; done; done
   sleep 0.5
   rm -rf "$work/newroot"
 }
-# $1 mode, $2 node count → "last_s egress_bytes cpu_pct failures"
+# $1 mode, $2 node count → "last_s egress_bytes cpu_pct failures http_bytes webseed_nodes"
 run() {
-  local mode=$1 count=$2 torrent='' start tx0 cpu0 i pids='' failures=0 last=0
+  local mode=$1 count=$2 torrent='' start tx0 http0 cpu0 i pids='' failures=0 last=0
   [ "$mode" = p2p ] && torrent=$torrent_url
   stop_nodes
   for i in $(seq "$count"); do mkdir -p "$work/newroot/$i"; done
-  start=$(now) tx0=$(tx) cpu0=$(busy)
+  start=$(now) tx0=$(tx) http0=$(http_bytes) cpu0=$(busy)
   for i in $(seq "$count"); do
     (
       timeout "$TIMEOUT" sh "$work/enter.sh" "$ns-n$i" "$work/newroot/$i" "$work/stage1" IMAGE_URL="$image_url" TORRENT_URL="$torrent" \
@@ -169,14 +174,18 @@ run() {
     [ -f "$work/done-$i" ] && last=$(awk -v a="$last" -v b="$(cat "$work/done-$i")" -v s="$start" 'BEGIN { t = b - s; print (t > a ? t : a) }')
     rm -f "$work/done-$i"
   done
-  echo "$last $(( $(tx) - tx0 )) $(echo "$cpu0 $(busy)" | awk '{ printf "%.0f", 100 * ($3 - $1) / ($4 - $2) }') $failures"
+  echo "$last $(( $(tx) - tx0 )) $(echo "$cpu0 $(busy)" | awk '{ printf "%.0f", 100 * ($3 - $1) / ($4 - $2) }') $failures" \
+    "$(( $(http_bytes) - http0 ))" "$(grep -l "web seed joins" "$work"/node-*.log 2>/dev/null | wc -l)"
   stop_nodes
 }
 
 # 4. One node alone (over HTTP: what a lone node gets either way), then each mode with every node.
-read -r single _ _ _ <<< "$(run http 1)"
+read -r single _ _ _ _ _ <<< "$(run http 1)"
 for mode in $MODES; do
-  read -r last egress cpu failures <<< "$(run "$mode" "$NODES")"
-  printf 'mode=%s nodes=%d image_mib=%d rate=%s last_s=%.1f single_s=%.1f egress_copies=%.2f cpu_pct=%d failed=%d\n' \
+  read -r last egress cpu failures http webseed_nodes <<< "$(run "$mode" "$NODES")"
+  printf 'mode=%s nodes=%d image_mib=%d rate=%s last_s=%.1f single_s=%.1f egress_copies=%.2f cpu_pct=%d failed=%d' \
     "$mode" "$NODES" "$IMAGE_MIB" "$RATE" "$last" "$single" "$(awk -v e="$egress" -v s="$size" 'BEGIN { print e / s }')" "$cpu" "$failures"
+  # p2p: how much of the egress was the web seed (HTTP), and on how many nodes it had to join
+  [ "$mode" = p2p ] && printf ' webseed_copies=%.2f webseed_nodes=%d' "$(awk -v e="$http" -v s="$size" 'BEGIN { print e / s }')" "$webseed_nodes"
+  printf '\n'
 done
