@@ -115,10 +115,12 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
 }
 # distribution: p2p (imagebuild.torrent=): aria2c fetches the image from the other nodes booting it
 # and from the boot server's own BitTorrent seeder, peers first: the torrent's web seed (BEP 19, the
-# server's HTTP) is taken out at the start and put back only when the swarm has given this node
-# nothing for SWARM_STALL seconds, so a node that finds no peer still gets every byte. (A web seed
-# used from the start spreads the server's uplink over hundreds of half-fetched pieces, and the
-# nodes have little to give each other.) aria2c checks each piece against the torrent's SHA-1, and
+# server's HTTP) is taken out at the start and put back only when the swarm gives this node nothing:
+# no peer at all for SWARM_STALL seconds (the tracker or every peer unreachable), or peers but no
+# byte for SWARM_STALL_PEERS seconds (a node waiting its turn among many is not stalled: in a storm
+# most nodes are choked at first, and a web seed for each of them took most of the server's uplink).
+# So a node that finds no peer still gets every byte. (A web seed used from the start spreads the
+# server's uplink over hundreds of half-fetched pieces, and the nodes have little to give each other.) aria2c checks each piece against the torrent's SHA-1, and
 # the whole file is then checked against imagebuild.sha256 as an HTTP download is. aria2c goes on
 # after switch_root, seeding the file it wrote (the mounted image) for imagebuild.seed= seconds,
 # then exits by itself: no daemon stays on the node. Whatever fails in the swarm, the image comes
@@ -126,6 +128,7 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
 # $1: the image file (its name is the torrent's). 0: the file is complete, not yet checked.
 SWARM_PID=
 SWARM_STALL=${SWARM_STALL:-20}
+SWARM_STALL_PEERS=${SWARM_STALL_PEERS:-90}
 SWARM_GID=0000000000000001
 # (timeout(1), not wget -T: busybox v1.35.0's static wget crashes given -T with --post-data)
 swarm_rpc() {  # $1: method; $2: parameters after the secret and the download's id, each with a leading comma
@@ -148,7 +151,7 @@ swarm_fetch() {
     # taken out before the first request.
     setsid aria2c --dir="${1%/*}" --seed-time="$minutes" --seed-ratio=0.0 --file-allocation=none \
         --enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false \
-        --bt-stop-timeout=60 --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 --stream-piece-selector=random \
+        --bt-tracker-connect-timeout=10 --bt-tracker-timeout=20 --stream-piece-selector=random \
         --enable-rpc=true --rpc-listen-port=6800 --rpc-secret="$SWARM_SECRET" --pause=true --gid="$SWARM_GID" \
         --on-bt-download-complete=/tmp/swarm-done --summary-interval=0 --console-log-level=error \
         --log=/tmp/aria2c.log --log-level=warn -T /tmp/image.torrent </dev/null >/dev/null 2>&1 &
@@ -171,12 +174,25 @@ swarm_fetch() {
     last='' stalled=0
     while [ ! -e /tmp/swarm.done ] && kill -0 "$SWARM_PID" 2>/dev/null; do
         sleep 1
-        got=$(swarm_rpc tellStatus ',["completedLength"]' | sed -n 's/.*"completedLength":"\([0-9]*\)".*/\1/p')
+        status=$(swarm_rpc tellStatus ',["status","completedLength","connections"]')
+        # Parsed in the shell, without a process per field: this runs every second.
+        got='' peers=''
+        case "$status" in *'"completedLength":"'*) got=${status#*\"completedLength\":\"} got=${got%%\"*} ;; esac
+        case "$status" in *'"connections":"'*) peers=${status#*\"connections\":\"} peers=${peers%%\"*} ;; esac
+        # aria2c keeps running for its RPC when the download itself ends in an error: nothing more
+        # would come, so the swarm is given up and stage 1 fetches over HTTP.
+        case "$status" in
+            *'"status":"error"'*|*'"status":"removed"'*) break ;;
+        esac
         if [ "$got" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0 last=$got; fi
-        if [ -z "$webseed" ] && [ "$stalled" -ge "$SWARM_STALL" ]; then
+        if [ -z "$webseed" ] && [ "$stalled" -ge "$SWARM_STALL" ] && { [ "${peers:-0}" -eq 0 ] || [ "$stalled" -ge "$SWARM_STALL_PEERS" ]; }; then
             swarm_rpc changeUri ",1,[],[\"$IMAGE_URL\"]" >/dev/null
-            webseed=added
-            say "swarm: nothing from peers in $SWARM_STALL s ($((${last:-0} >> 20)) MiB so far): the server's web seed joins"
+            say "swarm: nothing from ${peers:-0} peers in $stalled s ($((${last:-0} >> 20)) MiB so far): the server's web seed joins"
+            webseed=added stalled=0
+        elif [ -n "$webseed" ] && [ "$stalled" -ge "$SWARM_STALL_PEERS" ]; then
+            # Not even the web seed moves a byte: the plain HTTP loader, with its retries, does better.
+            say "swarm: nothing in $stalled s with the web seed ($((${last:-0} >> 20)) MiB so far)"
+            break
         fi
     done
     if [ ! -e /tmp/swarm.done ] || [ ! -f "$1" ]; then
