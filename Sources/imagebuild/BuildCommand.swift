@@ -13,6 +13,9 @@ struct BuildCommand: ParsableCommand {
             An unchanged recipe with unchanged inputs is not rebuilt (use --force).
             Output is byte-reproducible: file times are clamped to SOURCE_DATE_EPOCH
             (default: the newest modification time among the inputs).
+            A recipe whose 'arch:' is not this machine's (arm64 on x86-64) takes what it
+            would take from this machine from a sysroot of that architecture's Debian
+            packages, fetched from the mirror (docs/recipe.md, "Other architectures").
             """)
 
     @Argument(help: "The recipe file (YAML).")

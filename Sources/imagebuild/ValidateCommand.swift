@@ -37,7 +37,7 @@ struct ValidateCommand: ParsableCommand {
                                  modules: loaded.initramfs.modules.count, imageFormat: loaded.image.format.rawValue))
                 return
             }
-            print("\(recipe): OK: '\(loaded.name)', \(loaded.files.count) files, \(loaded.run.count) commands, "
+            print("\(recipe): OK: '\(loaded.name)' for \(loaded.arch), \(loaded.files.count) files, \(loaded.run.count) commands, "
                   + "\(loaded.initramfs.modules.count) initramfs modules, image \(loaded.image.format.rawValue)")
         } catch {
             var message = "\(error)"
