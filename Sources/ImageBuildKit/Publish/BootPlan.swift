@@ -202,10 +202,14 @@ public struct BootPlan: Sendable {
     public var usesGRUB: Bool { usesSecureBootChain || arm64Loader != nil }
 
     /// The arm64 image whose artifacts' GRUB publish lays at `arm64GRUB`: the first by name of those
-    /// some machine boots. One file serves every arm64 machine (DHCP names one per architecture), and
-    /// Debian's signed GRUB is the same in every image built from the same suite.
+    /// nodes.yaml names. One file serves every arm64 machine (DHCP names one per architecture), and
+    /// Debian's signed GRUB is the same in every image built from the same suite. Found from the
+    /// inventory's image references, not by resolving every node: publish asks several times, and an
+    /// inventory can list 10,000 nodes.
     public var arm64Loader: PublishedImage? {
-        bootingTargets.map(\.image).filter { $0.architecture == .arm64 && $0.loaderFiles != nil }.min { $0.name < $1.name }
+        let named = Set(inventory.imageReferences.map(\.name))
+        return images.values.filter { named.contains($0.name) && $0.architecture == .arm64 && $0.loaderFiles != nil }
+            .min { $0.name < $1.name }
     }
 
     /// What publish lays for arm64 machines from `arm64Loader`: (file in the image's folder, boot-root path).
