@@ -22,13 +22,7 @@ public struct BuildHost: Sendable {
     func glob(_ pattern: String) -> [String] { HostGlob.matches(path(pattern)) }
 
     /// The static busybox stage 1 and `busybox: host` use.
-    public func busybox() throws -> String {
-        guard !isNative else { return try HostBusybox.path() }
-        for candidate in ["/bin/busybox", "/usr/bin/busybox"] where FileManager.default.isExecutableFile(atPath: root + candidate) {
-            return root + candidate
-        }
-        throw ToolError(command: ["busybox"], status: 127, stderr: "the \(architecture) sysroot has no busybox (is busybox-static among its packages?)")
-    }
+    public func busybox() throws -> String { try HostBusybox.path(in: root) }
 
     /// A busybox's applets (absolute paths), as the binary itself lists them: run here, or for another
     /// architecture through `qemu-<arch>` (Debian `qemu-user`), which a static binary needs nothing else for.
@@ -38,8 +32,7 @@ public struct BuildHost: Sendable {
             throw ToolError(command: [architecture.qemuUser], status: 127,
                             stderr: "listing an \(architecture) busybox's applets needs \(architecture.qemuUser): apt-get install qemu-user")
         }
-        let output = try Tool.run([architecture.qemuUser, busybox, "--list-full"])
-        return output.split(separator: "\n").map { "/" + $0.trimmingCharacters(in: .whitespaces) }.filter { $0.count > 1 }.sorted()
+        return try HostBusybox.applets(of: busybox, through: architecture.qemuUser)
     }
 }
 

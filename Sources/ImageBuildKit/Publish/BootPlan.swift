@@ -179,8 +179,8 @@ public struct BootPlan: Sendable {
     /// Boot machines (architecture 19) by URL: GRUB then reads the walk from the same server over HTTP.
     public static let arm64HTTPGRUB = grubFolder + "/grubaa64-http.efi"
     /// The module lists GRUB's `normal` reads from `$prefix/arm64-efi/` before `grub.cfg`. Publish lays
-    /// them empty (every module the walk needs is built in): over HTTP, Debian's GRUB 2.06 waits 30 s
-    /// on each answer that is not 200, because its HTTP client never finishes reading a 404.
+    /// them empty (every module the walk needs is built in): over HTTP, Debian's GRUB 2.06 does not go
+    /// on after a 404 (seen: no next request for over a minute).
     public static let arm64GRUBModuleLists = ["command.lst", "crypto.lst", "fs.lst", "terminal.lst"].map { grubFolder + "/arm64-efi/" + $0 }
 
     /// The file an x86-64 UEFI PXE machine is handed (arch 7 or 9, firmware PXE and iPXE ROMs alike) when

@@ -142,9 +142,9 @@ public struct RootfsAssembler {
         })
     }
 
-    func installBusybox(from host: String) throws {
-        try tree.copyFile(from: host, to: "/bin/busybox", mode: 0o755)
-        for applet in try self.host.applets(of: host) where applet != "/bin/busybox" {
+    func installBusybox(from binary: String) throws {
+        try tree.copyFile(from: binary, to: "/bin/busybox", mode: 0o755)
+        for applet in try host.applets(of: binary) where applet != "/bin/busybox" {
             let inner = try tree.resolve(applet, followLast: false)
             if tree.fileType(inner) == nil { try tree.symlink(applet, target: "/bin/busybox") }
         }
@@ -248,16 +248,20 @@ struct Accounts {
 
 /// The build host's static busybox, used for stage 1 and `busybox: host`.
 public enum HostBusybox {
-    public static func path() throws -> String {
-        for candidate in ["/bin/busybox", "/usr/bin/busybox"] where FileManager.default.isExecutableFile(atPath: candidate) {
-            return candidate
+    /// The busybox under `root` ("/": this machine; else a sysroot, `BuildHost`), as this machine reaches it.
+    public static func path(in root: String = "/") throws -> String {
+        let prefix = root == "/" ? "" : root
+        for candidate in ["/bin/busybox", "/usr/bin/busybox"] where FileManager.default.isExecutableFile(atPath: prefix + candidate) {
+            return prefix + candidate
         }
-        throw ToolError(command: ["busybox"], status: 127, stderr: "no busybox on this host: apt-get install busybox-static")
+        throw ToolError(command: ["busybox"], status: 127, stderr: root == "/" ? "no busybox on this host: apt-get install busybox-static"
+                                                                         : "no busybox in \(root) (is busybox-static among its packages?)")
     }
 
-    /// Absolute applet paths (`/usr/bin/wget`...) as the binary itself lists them.
-    public static func applets(of binary: String) throws -> [String] {
-        let output = try Tool.run([binary, "--list-full"])
+    /// Absolute applet paths (`/usr/bin/wget`...) as the binary itself lists them; `emulator` runs a
+    /// binary of another architecture (`qemu-aarch64`).
+    public static func applets(of binary: String, through emulator: String? = nil) throws -> [String] {
+        let output = try Tool.run([emulator, binary].compactMap { $0 } + ["--list-full"])
         return output.split(separator: "\n").map { "/" + $0.trimmingCharacters(in: .whitespaces) }.filter { $0.count > 1 }.sorted()
     }
 }
