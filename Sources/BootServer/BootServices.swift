@@ -203,7 +203,7 @@ public final class BootServices: Sendable {
             let tokens = settings.reportTokens ? try ReportTokens(keyFile: settings.stateDirectory + "/report-token.key") : nil
             let keys = hostKeys
             // A node's host keys as files of its secrets, with certificates when nodes.yaml names a CA.
-            let hostKeyFiles: SecretDelivery.HostKeyFiles = { identity in
+            let hostKeyFiles = SecretDelivery.HostKeyFiles(files: { identity in
                 let set = try keys.keys(for: identity.node.hostname)
                 var files = set.files
                 if let ca = identity.hostCA {
@@ -211,7 +211,10 @@ public final class BootServices: Sendable {
                     files += try keys.certify(set, principals: principals, ca: ca)
                 }
                 return files.map(NodeTemplates.Rendered.init)
-            }
+            }, stored: { identity in
+                // certify runs ssh-keygen each time (to read the CA's public key)
+                identity.hostCA == nil && keys.hasKeys(for: identity.node.hostname)
+            })
             let service = HTTPService(configuration: configuration, timeline: timeline,
                                       inventory: { inventory.current.inventory }, inventoryGeneration: { inventory.current.generation },
                                       leases: dhcp?.leaseIndex, hostKeyFiles: hostKeyFiles,

@@ -50,43 +50,56 @@ struct HTTPURL: Sendable {
     }
 }
 
-/// One request on one connection (`Connection: close`), like lpxelinux and busybox wget.
+/// Requests one after the other on one connection, each sent when the previous answer ended: one
+/// with `Connection: close` like lpxelinux and busybox wget, or several kept alive like
+/// `imagebuild-fetch` with several URLs (the last says close).
 final class HTTPFetchHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
-    private let head: HTTPRequestHead
+    private let heads: [HTTPRequestHead]
     private let body: ByteBuffer?
-    private let promise: EventLoopPromise<HTTPOutcome>
+    private let promise: EventLoopPromise<[HTTPOutcome]>
     private let url: String
+    private var outcomes: [HTTPOutcome] = []
     private var outcome = HTTPOutcome(status: 0, bytes: 0, contentLength: nil)
     private var done = false
 
-    init(head: HTTPRequestHead, body: ByteBuffer?, url: String, promise: EventLoopPromise<HTTPOutcome>) {
-        self.head = head
+    init(heads: [HTTPRequestHead], body: ByteBuffer?, url: String, promise: EventLoopPromise<[HTTPOutcome]>) {
+        self.heads = heads
         self.body = body
         self.url = url
         self.promise = promise
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        send(heads[0], context: context)
+        context.fireChannelActive()
+    }
+
+    private func send(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let response):
-            outcome.status = Int(response.status.code)
-            outcome.contentLength = response.headers.first(name: "content-length").flatMap { Int($0) }
+            outcome = HTTPOutcome(status: Int(response.status.code), bytes: 0,
+                                  contentLength: response.headers.first(name: "content-length").flatMap { Int($0) })
         case .body(let buffer):
             outcome.bytes += buffer.readableBytes
         case .end:
             guard !done else { return }
+            outcomes.append(outcome)
+            // An answer that is not a 200 ends the run, as imagebuild-fetch stops at the first failure.
+            if outcomes.count < heads.count, outcome.status == 200 {
+                send(heads[outcomes.count], context: context)
+                return
+            }
             done = true
-            promise.succeed(outcome)
+            promise.succeed(outcomes)
             context.close(promise: nil)
         }
     }
@@ -101,7 +114,7 @@ final class HTTPFetchHandler: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         guard !done else { return }
         done = true
-        promise.fail(HTTPClientError.closedEarly(received: outcome.bytes, url: url))
+        promise.fail(HTTPClientError.closedEarly(received: outcome.bytes, url: heads.count > 1 ? "\(url) (answer \(outcomes.count + 1))" : url))
     }
 }
 
@@ -110,27 +123,41 @@ enum HTTPClient {
     /// bounded by `timeout` from connect to the last byte.
     static func fetch(_ url: String, method: HTTPMethod = .GET, jsonBody: String? = nil, source: SocketAddress?,
                       timeout: TimeAmount, group: any EventLoopGroup) async throws -> HTTPOutcome {
-        guard let target = HTTPURL(url) else { throw HTTPClientError.badURL(url) }
-        let loop = group.any()  // the loop this node's task runs on (EventLoopExecutor): no hop
-        let promise = loop.makePromise(of: HTTPOutcome.self)
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: target.port == 80 ? target.host : "\(target.host):\(target.port)")
-        headers.add(name: "User-Agent", value: "imagebuild-storm")
-        headers.add(name: "Connection", value: "close")
-        var body: ByteBuffer?
-        if let jsonBody {
-            body = ByteBuffer(string: jsonBody)
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "Content-Length", value: String(body!.readableBytes))
+        try await fetch([url], method: method, jsonBody: jsonBody, source: source, timeout: timeout, group: group)[0]
+    }
+
+    /// `urls` (of one server) in order over one connection, kept alive between them; stops after the
+    /// first answer that is not a 200 (the last outcome then). Bounded by `timeout` as a whole.
+    static func fetch(_ urls: [String], method: HTTPMethod = .GET, jsonBody: String? = nil, source: SocketAddress?,
+                      timeout: TimeAmount, group: any EventLoopGroup) async throws -> [HTTPOutcome] {
+        let targets = try urls.map { url in
+            guard let target = HTTPURL(url) else { throw HTTPClientError.badURL(url) }
+            return target
         }
-        let head = HTTPRequestHead(version: .http1_1, method: method, uri: target.path, headers: headers)
+        let target = targets[0], url = urls[0]
+        guard targets.allSatisfy({ $0.host == target.host && $0.port == target.port }) else { throw HTTPClientError.badURL(urls.joined(separator: ",")) }
+        let loop = group.any()  // the loop this node's task runs on (EventLoopExecutor): no hop
+        let promise = loop.makePromise(of: [HTTPOutcome].self)
+        var body: ByteBuffer?
+        if let jsonBody { body = ByteBuffer(string: jsonBody) }
+        let heads = targets.indices.map { index in
+            var headers = HTTPHeaders()
+            headers.add(name: "Host", value: target.port == 80 ? target.host : "\(target.host):\(target.port)")
+            headers.add(name: "User-Agent", value: "imagebuild-storm")
+            headers.add(name: "Connection", value: index == targets.count - 1 ? "close" : "keep-alive")
+            if let body {
+                headers.add(name: "Content-Type", value: "application/json")
+                headers.add(name: "Content-Length", value: String(body.readableBytes))
+            }
+            return HTTPRequestHead(version: .http1_1, method: method, uri: targets[index].path, headers: headers)
+        }
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
             .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelInitializer { [body] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(HTTPFetchHandler(head: head, body: body, url: url, promise: promise))
+                    try channel.pipeline.syncOperations.addHandler(HTTPFetchHandler(heads: heads, body: body, url: url, promise: promise))
                 }
             }
         if let source { bootstrap = bootstrap.bind(to: source) }

@@ -143,15 +143,17 @@ struct SimulatedNode: Sendable {
         guard let imageURL = entry.argument("imagebuild.image") else {
             throw Failure(stage: .image, reason: "no imagebuild.image= on the kernel command line")
         }
-        // Stage 1 asks for its secrets right after its DHCP, from a privileged port (imagebuild-fetch -P).
+        // Stage 1 fetches its secrets and overlay archives right after its DHCP, before the image, in one
+        // imagebuild-fetch: one connection kept alive, from a privileged port when there are secrets (-P).
         var nodeFilesTime = 0.0
         let secrets = settings.fetchNodeFiles ? entry.argument("imagebuild.secrets") : nil
-        if let secrets {
+        let overlays = settings.fetchNodeFiles ? (entry.argument("imagebuild.overlay")?.split(separator: ",").map(String.init) ?? []) : []
+        if secrets != nil || !overlays.isEmpty {
             start = clock.now
-            let port = 600 + index % 400
-            let privileged = try SocketAddress(ipAddress: source?.ipAddress ?? "0.0.0.0", port: port)
-            try await download(secrets, stage: .overlay, source: privileged)
-            nodeFilesTime += seconds(clock.now - start)
+            var from = source
+            if secrets != nil { from = try SocketAddress(ipAddress: source?.ipAddress ?? "0.0.0.0", port: 600 + index % 400) }
+            try await download((secrets.map { [$0] } ?? []) + overlays, stage: .overlay, source: from)
+            nodeFilesTime = seconds(clock.now - start)
         }
         try checkDeadline(.image)
         start = clock.now
@@ -159,12 +161,8 @@ struct SimulatedNode: Sendable {
         result.durations[Stage.image.rawValue] = seconds(clock.now - start)
         try await report(.imageDownloaded, detail: "\(imageBytes) bytes", server: server, source: source, time: &eventTime)
         try await report(.imageVerified, detail: entry.argument("imagebuild.sha256") ?? "", server: server, source: source, time: &eventTime)
-        // Then the overlay archives, laid over the root with the secrets before switch_root.
-        let overlays = settings.fetchNodeFiles ? (entry.argument("imagebuild.overlay")?.split(separator: ",").map(String.init) ?? []) : []
+        // Then they are laid over the root before switch_root.
         if secrets != nil || !overlays.isEmpty {
-            start = clock.now
-            for url in overlays { try await download(url, stage: .overlay, source: source) }
-            nodeFilesTime += seconds(clock.now - start)
             result.durations[Stage.overlay.rawValue] = nodeFilesTime
             try await report(.overlay, detail: "\(overlays.count) archives", server: server, source: source, time: &eventTime)
         }
@@ -253,17 +251,25 @@ struct SimulatedNode: Sendable {
 
     @discardableResult
     private func download(_ url: String, stage: Stage, source: SocketAddress?) async throws -> Int {
-        let outcome: HTTPOutcome
+        try await download([url], stage: stage, source: source)
+    }
+
+    /// `urls` in order over one kept-alive connection; the bytes of all of them.
+    @discardableResult
+    private func download(_ urls: [String], stage: Stage, source: SocketAddress?) async throws -> Int {
+        let outcomes: [HTTPOutcome]
         do {
-            outcome = try await HTTPClient.fetch(url, source: source, timeout: settings.httpTimeout, group: settings.group)
+            outcomes = try await HTTPClient.fetch(urls, source: source, timeout: settings.httpTimeout, group: settings.group)
         } catch {
             throw Failure(stage: stage, reason: "\(error)")
         }
-        guard outcome.status == 200 else { throw Failure(stage: stage, reason: "\(url): HTTP \(outcome.status)") }
-        if let length = outcome.contentLength, length != outcome.bytes {
-            throw Failure(stage: stage, reason: "\(url): \(outcome.bytes) of \(length) bytes")
+        for (url, outcome) in zip(urls, outcomes) {
+            guard outcome.status == 200 else { throw Failure(stage: stage, reason: "\(url): HTTP \(outcome.status)") }
+            if let length = outcome.contentLength, length != outcome.bytes {
+                throw Failure(stage: stage, reason: "\(url): \(outcome.bytes) of \(length) bytes")
+            }
         }
-        return outcome.bytes
+        return outcomes.reduce(0) { $0 + $1.bytes }
     }
 
     /// `POST /api/v1/events` as stage 1's `report` does (wget --post-data, JSON body).

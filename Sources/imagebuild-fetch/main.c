@@ -4,8 +4,16 @@
  * and continues a broken download from the byte it reached (HTTP Range), so
  * that the unpacker reading its output never starts over.
  *
- *   imagebuild-fetch [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL
+ *   imagebuild-fetch [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... [-o FILE] [-s SHA256] URL
+ *                    [[-o FILE] [-s SHA256] URL]...
  *   imagebuild-fetch -c FILE -s SHA256
+ *
+ * Several URLs are fetched in order over one kept-alive connection (while they
+ * name the same server): stage 1 takes a node's secrets and its overlay
+ * archives in one go, and a boot storm costs the server one connection per
+ * node for them instead of one per file. Each URL then needs its own -o; -s
+ * applies to the URL it precedes. The first URL that fails ends the run with
+ * its status.
  *
  * -c checks a file already on the node instead (an image the swarm brought:
  * aria2c checked each piece's SHA-1 against the torrent, this checks the whole
@@ -260,8 +268,23 @@ static ssize_t receive(int fd, unsigned char *buffer, size_t size, const char **
 
 /* ---- the transfer -------------------------------------------------------- */
 
+/* -H, sent with every request */
+static const char *headers[MAX_HEADERS];
+static int header_count;
+
+/* The connection kept open after a complete answer, for the next URL of the same server. */
+static int kept_fd = -1;
+static char kept_authority[300];
+
+static void drop_kept(void) {
+    if (kept_fd >= 0) close(kept_fd);
+    kept_fd = -1;
+}
+
 struct transfer {
     struct url url;
+    int last;                /* the last URL: ask the server to close afterwards */
+    int reused;              /* the answer came over the previous URL's connection */
     int out;                 /* where the body goes */
     uint64_t offset;         /* body bytes written to out (and hashed) */
     int64_t total;           /* the body's size, -1 while unknown */
@@ -269,8 +292,6 @@ struct transfer {
     int validator_is_etag;
     struct sha256_ctx sha;
     unsigned resumes;
-    const char *headers[MAX_HEADERS]; /* -H, sent with every request */
-    int header_count;
     int http_status;         /* the last attempt ended on this HTTP status (its reason is "HTTP ..."); else 0 */
 };
 
@@ -374,18 +395,29 @@ static void first_body_line(int fd, const char *head, size_t have, size_t start,
     printable(out, size, raw + line, length);
 }
 
-/* One attempt: connect, ask for the rest of the body, pass it on. */
+/* One attempt: connect (or take the kept connection), ask for the rest of the body, pass it on.
+ * A kept connection the server closed meanwhile (before any byte of an answer) is replaced by a
+ * new one at once: that is how keep-alive ends, not a failure. */
 static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *reason, size_t reason_size) {
     t->http_status = 0;
-    int fd = connect_to(&t->url, reason, reason_size);
-    if (fd == -2) return FATAL;
-    if (fd < 0) return RETRY;
+    int reused = kept_fd >= 0 && strcmp(kept_authority, t->url.authority) == 0;
+    t->reused = reused;
+    int fd;
+    if (reused) {
+        fd = kept_fd;
+        kept_fd = -1;
+    } else {
+        drop_kept();
+        fd = connect_to(&t->url, reason, reason_size);
+        if (fd == -2) return FATAL;
+        if (fd < 0) return RETRY;
+    }
 
     static char request[REQUEST_LIMIT];
     struct text r = { request, sizeof request, 0, 0 };
-    append(&r, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
-           t->url.path, t->url.authority);
-    for (int i = 0; i < t->header_count; i++) append(&r, "%s\r\n", t->headers[i]);
+    append(&r, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: %s\r\n",
+           t->url.path, t->url.authority, t->last ? "close" : "keep-alive");
+    for (int i = 0; i < header_count; i++) append(&r, "%s\r\n", headers[i]);
     if (t->offset > 0) {
         append(&r, "Range: bytes=%llu-\r\n", (unsigned long long)t->offset);
         if (t->validator[0]) append(&r, "If-Range: %s\r\n", t->validator);
@@ -395,8 +427,9 @@ static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *rea
     size_t length = r.length;
     const char *why = NULL;
     if (send_all(fd, request, length, &why) != 0) {
-        snprintf(reason, reason_size, "sending the request: %s", why);
         close(fd);
+        if (reused) return attempt(t, buffer, reason, reason_size);
+        snprintf(reason, reason_size, "sending the request: %s", why);
         return RETRY;
     }
 
@@ -408,8 +441,9 @@ static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *rea
         if (have == HEAD_LIMIT) { snprintf(reason, reason_size, "the answer's head is over %d bytes", HEAD_LIMIT); close(fd); return RETRY; }
         ssize_t n = receive(fd, (unsigned char *)head + have, HEAD_LIMIT - have, &why);
         if (n <= 0) {
-            snprintf(reason, reason_size, "reading the answer: %s", n == 0 ? "connection closed" : why);
             close(fd);
+            if (reused && have == 0) return attempt(t, buffer, reason, reason_size);
+            snprintf(reason, reason_size, "reading the answer: %s", n == 0 ? "connection closed" : why);
             return RETRY;
         }
         have += (size_t)n;
@@ -552,7 +586,13 @@ static enum outcome attempt(struct transfer *t, unsigned char *buffer, char *rea
         data = buffer;
         count = (size_t)n;
     }
-    close(fd);
+    /* Kept for the next URL when the answer's end was known and the server did not say close. */
+    if (!t->last && t->total >= 0 && body_length >= 0 && !(header(head, "Connection", value, sizeof value) && strcasecmp(value, "close") == 0)) {
+        kept_fd = fd;
+        snprintf(kept_authority, sizeof kept_authority, "%s", t->url.authority);
+    } else {
+        close(fd);
+    }
     return DONE;
 }
 
@@ -564,12 +604,14 @@ static double seconds_since(const struct timespec *start) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: %s [-o FILE] [-s SHA256] [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... URL\n"
+            "usage: %s [-r RETRIES] [-t SECONDS] [-P] [-H 'Name: value']... [-o FILE] [-s SHA256] URL\n"
+            "                        [[-o FILE] [-s SHA256] URL]...\n"
             "       %s -c FILE -s SHA256\n"
             "Streams URL (plain http) to standard output or FILE in one pass, hashing it with SHA-256;\n"
-            "a broken connection continues from the byte it reached (HTTP Range).\n"
-            "  -o FILE     write to FILE instead of standard output\n"
-            "  -s SHA256   the expected digest (64 hex digits): exit 4 when the body does not match\n"
+            "a broken connection continues from the byte it reached (HTTP Range). Several URLs are\n"
+            "fetched in order over one kept-alive connection, each into its own -o FILE.\n"
+            "  -o FILE     write the next URL to FILE instead of standard output\n"
+            "  -s SHA256   the next URL's expected digest (64 hex digits): exit 4 when its body does not match\n"
             "  -r RETRIES  attempts in a row without progress before giving up (default 8; back-off 1, 2, 4 ... 30 s)\n"
             "  -t SECONDS  time-out for connecting and for each read (default 30)\n"
             "  -P          connect from a privileged source port (512-1023; needs root)\n"
@@ -612,51 +654,12 @@ static int check_file(const char *path, const char *expected, unsigned char *buf
     return 0;
 }
 
-int main(int argc, char **argv) {
-    const char *output = NULL, *expected = NULL, *check = NULL;
-    long retries = 8;
-    int option;
+/* One URL, retried as -r says; exits (with its status and last line) when it fails. */
+static void fetch(const char *text, const char *output, const char *expected, int last, long retries, unsigned char *buffer) {
     static struct transfer t;
-    while ((option = getopt(argc, argv, "o:s:r:t:PH:c:h")) != -1) {
-        char *stop = NULL;
-        switch (option) {
-        case 'o': output = optarg; break;
-        case 'c': check = optarg; break;
-        case 'P': privileged = 1; break;
-        case 'H': {
-            if (strpbrk(optarg, "\r\n")) die(EXIT_USAGE, "-H: a header may not contain CR or LF");
-            size_t name = strcspn(optarg, ":");
-            if (name == 0 || optarg[name] != ':' || strcspn(optarg, " \t") < name)
-                die(EXIT_USAGE, "-H: a header is 'Name: value', not '%s'", optarg);
-            if (strlen(optarg) > HEADER_LIMIT) die(EXIT_USAGE, "-H: a header of at most %d bytes", HEADER_LIMIT);
-            if (t.header_count == MAX_HEADERS) die(EXIT_USAGE, "-H: at most %d headers", MAX_HEADERS);
-            t.headers[t.header_count++] = optarg;
-            break;
-        }
-        case 's': expected = optarg; break;
-        case 'r':
-            retries = strtol(optarg, &stop, 10);
-            if (*optarg == 0 || *stop != 0 || retries < 1 || retries > 1000) die(EXIT_USAGE, "-r: 1 to 1000 attempts, not '%s'", optarg);
-            break;
-        case 't': {
-            long seconds = strtol(optarg, &stop, 10);
-            if (*optarg == 0 || *stop != 0 || seconds < 1 || seconds > 3600) die(EXIT_USAGE, "-t: 1 to 3600 seconds, not '%s'", optarg);
-            timeout_ms = (int)seconds * 1000;
-            break;
-        }
-        default: usage();
-        }
-    }
-    if (check ? optind != argc || !expected || output : optind != argc - 1) usage();
-    if (expected && (strlen(expected) != 64 || strspn(expected, "0123456789abcdefABCDEF") != 64))
-        die(EXIT_USAGE, "-s: a SHA-256 is 64 hex digits, not '%s'", expected);
-    if (check) {
-        unsigned char *buffer = malloc(BUFFER_SIZE);
-        if (!buffer) die(EXIT_DOWNLOAD, "out of memory");
-        return check_file(check, expected, buffer);
-    }
-
-    parse_url(argv[optind], &t.url);
+    memset(&t, 0, sizeof t);
+    parse_url(text, &t.url);
+    t.last = last;
     t.total = -1;
     sha256_init(&t.sha);
     t.out = STDOUT_FILENO;
@@ -664,10 +667,6 @@ int main(int argc, char **argv) {
         t.out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (t.out < 0) die(EXIT_OUTPUT, "%s: %s", output, strerror(errno));
     }
-    signal(SIGPIPE, SIG_IGN); /* a closed pipe is EPIPE from write: exit 5 with a message */
-
-    unsigned char *buffer = malloc(BUFFER_SIZE);
-    if (!buffer) die(EXIT_DOWNLOAD, "out of memory");
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     long failures = 0;
@@ -677,21 +676,21 @@ int main(int argc, char **argv) {
         uint64_t before = t.offset;
         enum outcome outcome = attempt(&t, buffer, reason, sizeof reason);
         if (outcome == DONE) break;
-        if (outcome == FATAL) die(EXIT_DOWNLOAD, "%s: %s", argv[optind], reason);
+        if (outcome == FATAL) die(EXIT_DOWNLOAD, "%s: %s", text, reason);
         if (outcome == REFUSED) {
-            message("%s: answered %d, which is final: not retried", argv[optind], t.http_status);
+            message("%s: answered %d, which is final: not retried", text, t.http_status);
             die(EXIT_DOWNLOAD, "%s", reason); /* "HTTP <code> <phrase>: ...", the last line */
         }
-        if (outcome == CHANGED) die(EXIT_CHANGED, "%s: %s", argv[optind], reason);
+        if (outcome == CHANGED) die(EXIT_CHANGED, "%s: %s", text, reason);
         if (outcome == OUTPUT_FAILED) die(EXIT_OUTPUT, "%s", reason);
         if (t.offset > before) { failures = 0; delay = 1; }
         failures++;
         if (failures >= retries && t.http_status) {
-            message("%s: %ld attempts in a row failed", argv[optind], failures);
+            message("%s: %ld attempts in a row failed", text, failures);
             die(EXIT_DOWNLOAD, "%s", reason); /* "HTTP <code> <phrase>: ...", the last line */
         }
         if (failures >= retries)
-            die(EXIT_DOWNLOAD, "%s: %ld attempts in a row failed, the last: %s", argv[optind], failures, reason);
+            die(EXIT_DOWNLOAD, "%s: %ld attempts in a row failed, the last: %s", text, failures, reason);
         message("%s; continuing from byte %llu in %u s (%ld of %ld attempts in a row without progress)",
                 reason, (unsigned long long)t.offset, delay, failures, retries);
         if (t.offset > 0) t.resumes++;
@@ -708,8 +707,84 @@ int main(int argc, char **argv) {
     if (expected && strcasecmp(expected, hex) != 0)
         die(EXIT_DIGEST, "sha256 mismatch after %llu bytes: expected %s, got %s (corrupt or wrong file)",
             (unsigned long long)t.offset, expected, hex);
-    message("%llu bytes in %.1f s (%.0f MB/s), %u resumed, sha256 %s%s", (unsigned long long)t.offset, elapsed,
-            elapsed > 0 ? (double)t.offset / elapsed / 1e6 : 0.0, t.resumes, hex, expected ? " OK" : " (not checked)");
+    message("%llu bytes in %.1f s (%.0f MB/s), %u resumed, sha256 %s%s%s", (unsigned long long)t.offset, elapsed,
+            elapsed > 0 ? (double)t.offset / elapsed / 1e6 : 0.0, t.resumes, hex, expected ? " OK" : " (not checked)",
+            t.reused ? ", over the previous URL's connection" : "");
+}
+
+static void check_digest_option(const char *expected) {
+    if (expected && (strlen(expected) != 64 || strspn(expected, "0123456789abcdefABCDEF") != 64))
+        die(EXIT_USAGE, "-s: a SHA-256 is 64 hex digits, not '%s'", expected);
+}
+
+enum { MAX_URLS = 64 };
+
+int main(int argc, char **argv) {
+    const char *check = NULL;
+    long retries = 8;
+    /* Per URL: its -o and -s, given before it. */
+    const char *urls[MAX_URLS], *outputs[MAX_URLS] = { 0 }, *digests[MAX_URLS] = { 0 };
+    int count = 0;
+    const char *output = NULL, *expected = NULL;
+    int option;
+    for (;;) {
+        /* '+': stop at each URL, so the options after it belong to the next one */
+        option = getopt(argc, argv, "+o:s:r:t:PH:c:h");
+        if (option == -1) {
+            if (optind >= argc) break;
+            if (count == MAX_URLS) die(EXIT_USAGE, "at most %d URLs", MAX_URLS);
+            urls[count] = argv[optind++];
+            outputs[count] = output;
+            digests[count] = expected;
+            count++;
+            output = expected = NULL;
+            continue;
+        }
+        char *stop = NULL;
+        if (count > 0 && option != 'o' && option != 's') die(EXIT_USAGE, "-%c: give it before the first URL (only -o and -s are per URL)", option);
+        switch (option) {
+        case 'o': output = optarg; break;
+        case 'c': check = optarg; break;
+        case 'P': privileged = 1; break;
+        case 'H': {
+            if (strpbrk(optarg, "\r\n")) die(EXIT_USAGE, "-H: a header may not contain CR or LF");
+            size_t name = strcspn(optarg, ":");
+            if (name == 0 || optarg[name] != ':' || strcspn(optarg, " \t") < name)
+                die(EXIT_USAGE, "-H: a header is 'Name: value', not '%s'", optarg);
+            if (strlen(optarg) > HEADER_LIMIT) die(EXIT_USAGE, "-H: a header of at most %d bytes", HEADER_LIMIT);
+            if (header_count == MAX_HEADERS) die(EXIT_USAGE, "-H: at most %d headers", MAX_HEADERS);
+            headers[header_count++] = optarg;
+            break;
+        }
+        case 's': expected = optarg; break;
+        case 'r':
+            retries = strtol(optarg, &stop, 10);
+            if (*optarg == 0 || *stop != 0 || retries < 1 || retries > 1000) die(EXIT_USAGE, "-r: 1 to 1000 attempts, not '%s'", optarg);
+            break;
+        case 't': {
+            long seconds = strtol(optarg, &stop, 10);
+            if (*optarg == 0 || *stop != 0 || seconds < 1 || seconds > 3600) die(EXIT_USAGE, "-t: 1 to 3600 seconds, not '%s'", optarg);
+            timeout_ms = (int)seconds * 1000;
+            break;
+        }
+        default: usage();
+        }
+    }
+    unsigned char *buffer = malloc(BUFFER_SIZE);
+    if (!buffer) die(EXIT_DOWNLOAD, "out of memory");
+    if (check) {
+        if (count != 0 || !expected || output) usage();
+        check_digest_option(expected);
+        return check_file(check, expected, buffer);
+    }
+    if (count == 0 || output || expected) usage(); /* no URL, or -o/-s after the last one */
+    for (int i = 0; i < count; i++) {
+        check_digest_option(digests[i]);
+        if (count > 1 && !outputs[i]) die(EXIT_USAGE, "%s: with several URLs, each needs its own -o FILE", urls[i]);
+    }
+    signal(SIGPIPE, SIG_IGN); /* a closed pipe is EPIPE from write: exit 5 with a message */
+    for (int i = 0; i < count; i++) fetch(urls[i], outputs[i], digests[i], i == count - 1, retries, buffer);
+    drop_kept();
     free(buffer);
     return 0;
 }

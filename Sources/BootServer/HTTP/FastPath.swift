@@ -23,9 +23,18 @@ struct FastRoutes: Sendable {
         var body: ByteBuffer
     }
 
-    /// Files answered once the router has served their version (see `RootFileProvider.fastFile`).
+    /// A GET of a path under `prefix`, answered on the event loop; `answer` gets the rest of the path
+    /// (no query), the request's head (`RequestHead.field`) and returns nil to leave it to the router.
+    struct Get: Sendable {
+        var prefix: String
+        var answer: @Sendable (_ rest: String, _ head: ByteBuffer, _ remote: SocketAddress?) -> Reply?
+    }
+
+    /// Files: small ones from the first request, large ones once the router has served their version
+    /// (see `RootFileProvider.fastFile`).
     var files: RootFileProvider
     var posts: [Post] = []
+    var gets: [Get] = []
     /// Called per file answered, with the bytes of the body sent from memory (0 for sendfile: the
     /// provider's delivery counts those).
     var fileAnswered: @Sendable (_ bodyBytes: Int) -> Void = { _ in }
@@ -44,8 +53,9 @@ struct FastRoutes: Sendable {
 /// exist (the version's head, this second's `Server`/`Date` lines, the content) in one `writev`, and a
 /// large file with sendfile.
 ///
-/// It answers (`FastRoutes`): GET/HEAD over HTTP/1.1 without a condition, Range or body, of a file the
-/// router already served in this version; POSTs to a registered route with a `Content-Length` body.
+/// It answers (`FastRoutes`): GET/HEAD over HTTP/1.1 without a condition, Range or body, of a small file
+/// or of a large one the router already served in this version, and GETs under a registered prefix
+/// (a node's secrets); POSTs to a registered route with a `Content-Length` body.
 /// It forwards a complete head (and such a POST's body) to the codec when it is not one of those, or
 /// when a request it forwarded is still unanswered on this connection (responses keep request order:
 /// `ConnectionTimeoutHandler` sends `RoutedResponseEnded` down the pipeline as each routed response
@@ -118,7 +128,9 @@ final class FastPath: ChannelDuplexHandler, RemovableChannelHandler {
             case .forward(let length):
                 forward(buffer.readSlice(length: length)!, context: context)
             case .eligible(let length, let path, let isHead, let close):
-                guard routed == 0, let answer = file(at: path, in: buffer, isHead: isHead, context: context) else {
+                guard routed == 0, let answer = isHead ? file(at: path, in: buffer, isHead: true, context: context)
+                        : get(path, length: length, in: buffer, context: context) ?? file(at: path, in: buffer, isHead: false, context: context)
+                else {
                     forward(buffer.readSlice(length: length)!, context: context)
                     continue
                 }
@@ -165,6 +177,24 @@ final class FastPath: ChannelDuplexHandler, RemovableChannelHandler {
     private func post(_ target: Range<Int>, in buffer: ByteBuffer, body: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
         guard let route = buffer.withUnsafeReadableBytes({ bytes in routes.posts.first { bytes[target].elementsEqual($0.path.utf8) } }),
               let reply = route.answer(body, context.remoteAddress) else { return nil }
+        var fields = reply.fields
+        fields[.contentLength] = String(reply.body.readableBytes)
+        var head = context.channel.allocator.buffer(capacity: 128)
+        ResponseHead.encode(reply.status, fields, into: &head)
+        return .reply(head: head, body: reply.body)
+    }
+
+    /// A GET route's answer, nil when no route takes the path or the route leaves it to the router.
+    /// - Parameters: `path`, `length`: the target's path and the head's length in `buffer`'s readable bytes.
+    private func get(_ path: Range<Int>, length: Int, in buffer: ByteBuffer, context: ChannelHandlerContext) -> Answer? {
+        guard !routes.gets.isEmpty else { return nil }
+        let start = buffer.readerIndex + path.lowerBound
+        guard let route = buffer.withUnsafeReadableBytes({ bytes in
+            routes.gets.first { bytes[path].starts(with: $0.prefix.utf8) }
+        }) else { return nil }
+        let prefixLength = route.prefix.utf8.count
+        let rest = buffer.getString(at: start + prefixLength, length: path.count - prefixLength)!
+        guard let reply = route.answer(rest, buffer.getSlice(at: buffer.readerIndex, length: length)!, context.remoteAddress) else { return nil }
         var fields = reply.fields
         fields[.contentLength] = String(reply.body.readableBytes)
         var head = context.channel.allocator.buffer(capacity: 128)
@@ -391,6 +421,30 @@ enum RequestHead: Equatable {
         }
     }
 
+    /// The value of the header `name` (ASCII, any case) in a complete head `RequestHead.scan` accepted,
+    /// its surrounding blanks trimmed; nil when absent or not printable ASCII.
+    static func field(_ name: String, in head: ByteBuffer) -> String? {
+        head.withUnsafeReadableBytes { bytes -> String? in
+            let lf = UInt8(ascii: "\n")
+            guard var start = bytes.firstIndex(of: lf).map({ $0 + 1 }) else { return nil }
+            let wanted = Array(name.utf8)
+            while let lineFeed = bytes[start...].firstIndex(of: lf), lineFeed > start + 1 {
+                let end = lineFeed - 1  // the CR
+                if end - start > wanted.count, bytes[start + wanted.count] == UInt8(ascii: ":"),
+                   zip(bytes[start..<(start + wanted.count)], wanted).allSatisfy({ lowercased($0) == lowercased($1) }) {
+                    var valueStart = start + wanted.count + 1, valueEnd = end
+                    while valueStart < valueEnd, bytes[valueStart] == UInt8(ascii: " ") || bytes[valueStart] == UInt8(ascii: "\t") { valueStart += 1 }
+                    while valueEnd > valueStart, bytes[valueEnd - 1] == UInt8(ascii: " ") || bytes[valueEnd - 1] == UInt8(ascii: "\t") { valueEnd -= 1 }
+                    let value = bytes[valueStart..<valueEnd]
+                    guard value.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else { return nil }
+                    return String(decoding: value, as: UTF8.self)
+                }
+                start = lineFeed + 1
+            }
+            return nil
+        }
+    }
+
     private enum Field {
         case contentLength, transferEncoding, upgrade, expect, conditionOrRange, connection, other
 
@@ -411,13 +465,16 @@ enum RequestHead: Equatable {
         }
     }
 
+    private static func lowercased(_ byte: UInt8) -> UInt8 {
+        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+    }
+
     /// ASCII case-insensitive comparison with a lowercase literal.
     private static func equalsIgnoringCase(_ bytes: Slice<UnsafeRawBufferPointer>, _ lowercase: StaticString) -> Bool {
         guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         var index = 0
         for byte in bytes {
-            let folded = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
-            if folded != lowercase.utf8Start[index] { return false }
+            if lowercased(byte) != lowercase.utf8Start[index] { return false }
             index += 1
         }
         return true

@@ -9,8 +9,9 @@ import Synchronization
 
 /// One HTTP connection's channel pipeline, in the order the client's bytes meet it:
 ///
-/// 1. `FastPath`: answers plain GETs and HEADs of files the router already served, and the service's
-///    fast POST routes (stage reports), from the raw bytes; hands every other request to 2 whole.
+/// 1. `FastPath`: answers plain GETs and HEADs of files (small ones from the first request, large ones
+///    once the router served them), and the service's fast routes (stage reports, a node's secrets),
+///    from the raw bytes; hands every other request to 2 whole.
 /// 2. NIO's HTTP/1 codec (`HTTPRequestDecoder`, `HTTPResponseEncoder`) and `HTTP1ToHTTPServerCodec`
 ///    (NIOHTTP1 parts to HTTPTypes).
 /// 3. `ConnectionTimeoutHandler`: idle, header, body and send time-outs for every request, whichever

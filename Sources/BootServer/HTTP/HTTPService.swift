@@ -179,12 +179,16 @@ public final class HTTPService: BootService, Sendable {
         let root = String(cString: pointer)
         free(pointer)
         let provider = makeFileProvider(root: root)
-        let router = makeRouter(provider: provider)
+        let delivery = SecretDelivery(
+            admission: SecretAdmission(addressesOf: reportAdmission().addressesOf, window: configuration.secretWindow,
+                                       perBoot: configuration.secretsPerBoot),
+            hostKeyFiles: hostKeyFiles, metrics: metrics)
+        let router = makeRouter(provider: provider, secrets: delivery)
         let metrics = self.metrics
         let logger = self.logger
         let connections = BootHTTPChannel(
             responder: BootHTTPChannel.routed(by: router.buildResponder(), serverName: configuration.serverName, logger: logger),
-            fastRoutes: makeFastRoutes(provider: provider), serverName: configuration.serverName, timeouts: configuration.timeouts
+            fastRoutes: makeFastRoutes(provider: provider, secrets: delivery), serverName: configuration.serverName, timeouts: configuration.timeouts
         ) { reason, remote in
             metrics.timedOut(reason)
             // A node whose download stalls shows up here, not as an error of its own.
@@ -305,10 +309,10 @@ public final class HTTPService: BootService, Sendable {
         }
     }
 
-    /// What `FastPath` answers before the router: files the router served (`RootFileProvider.fastFile`)
-    /// and stage reports, recorded by the router's own `EventIntake`; a report it refuses goes to the
-    /// router, which answers the error.
-    func makeFastRoutes(provider: RootFileProvider) -> FastRoutes {
+    /// What `FastPath` answers before the router: files (`RootFileProvider.fastFile`), stage reports,
+    /// recorded by the router's own `EventIntake` (a report it refuses goes to the router, which answers
+    /// the error), and a node's secrets when nothing needs to block (`fastSecretsRoute`).
+    func makeFastRoutes(provider: RootFileProvider, secrets: SecretDelivery) -> FastRoutes {
         let metrics = self.metrics
         let intake = eventIntake
         let report = FastRoutes.Post(path: Self.eventsPath, maximumBodySize: configuration.maximumEventBodySize) { body, remote in
@@ -318,10 +322,11 @@ public final class HTTPService: BootService, Sendable {
             metrics.fastPathResponses.increment()
             return FastRoutes.Reply(status: .accepted, fields: Self.eventAnswerFields, body: reply)
         }
-        return FastRoutes(files: provider, posts: [report], fileAnswered: metrics.fastFileAnswered())
+        return FastRoutes(files: provider, posts: [report], gets: [fastSecretsRoute(delivery: secrets)],
+                          fileAnswered: metrics.fastFileAnswered())
     }
 
-    func makeRouter(provider: RootFileProvider) -> Router<BootRequestContext> {
+    func makeRouter(provider: RootFileProvider, secrets delivery: SecretDelivery) -> Router<BootRequestContext> {
         let router = Router(context: BootRequestContext.self)
         let timeline = self.timeline
         let metrics = self.metrics
@@ -357,10 +362,6 @@ public final class HTTPService: BootService, Sendable {
         router.get(RouterPath(BootPlan.bootScriptPath)) { [self] request, context in
             try self.bootScript(request, context: context, publishIndex: publishIndex)
         }
-        let delivery = SecretDelivery(
-            admission: SecretAdmission(addressesOf: reportAdmission().addressesOf, window: configuration.secretWindow,
-                                       perBoot: configuration.secretsPerBoot),
-            hostKeyFiles: hostKeyFiles, metrics: metrics)
         router.get(RouterPath(BootPlan.secretsPrefix + ":mac")) { [self] request, context in
             try await self.secrets(request, context: context, delivery: delivery)
         }

@@ -90,17 +90,30 @@ struct RootFileProvider: FileProvider {
         var descriptor: CInt
     }
 
-    /// The answer `FastPath` may send without the router: only for a file version the router already
-    /// answered a plain GET of (its head is cached), and only while the name still leads to that
-    /// version and it may still be served. One `fstatat` (plus `openat2` and `fstat` to open a file);
-    /// none for a name the cache knows nothing of.
+    /// The answer `FastPath` may send without the router: for a file version the router already
+    /// answered a plain GET of (its head is cached), while the name still leads to that version and it
+    /// may still be served (one `fstatat`, plus `openat2` and `fstat` to open a file); and for a small
+    /// file not asked for yet (`firstRead`).
     /// - Parameter name: relative to the root (the request path without its leading '/'s).
     func fastFile(named name: String, open: Bool) -> FastFile? {
-        guard let entry = reader.cached(name, needing: .head), let head = entry.head else { return nil }
+        guard let entry = reader.cached(name, needing: .head), let head = entry.head else { return firstRead(name) }
         if let content = entry.content, !observe(name) { return .content(head: head, content: content) }
         guard open else { return .head(head) }
         guard let descriptor = reader.openDescriptor(name, matching: entry.version) else { return nil }
         return .open(OpenFile(relative: name, version: entry.version, head: head, descriptor: descriptor))
+    }
+
+    /// A small file no plain GET has reached in this version, read and cached here as the router
+    /// would (`openat2`, `fstat`, one `pread` of at most the cache's file limit): a node's own overlay
+    /// archive or iPXE script is asked for once per boot, and the router's way (the HTTP codec, a task,
+    /// a hop to the thread pool) cost a boot storm more than the file. nil, for the router to answer,
+    /// for anything else: a refusal or a missing file (the router says which), a large file, an
+    /// observed one (its deliveries are reported as they end).
+    private func firstRead(_ name: String) -> FastFile? {
+        guard !observe(name), let file = try? reader.open(name), file.version.size <= cache.fileLimit,
+              let content = try? reader.readWhole(file) else { return nil }
+        cache.insert(name, version: file.version, content: content)
+        return .content(head: recordHead(name, version: file.version), content: content)
     }
 
     /// The request path without its leading '/'s: the name the reader takes.
@@ -153,13 +166,15 @@ struct RootFileProvider: FileProvider {
     }
 
     /// Keeps the head of a 200 for this version of `relative` (`FastPath` answers it from now on).
-    func recordHead(_ relative: String, version: FileStat) {
+    @discardableResult
+    func recordHead(_ relative: String, version: FileStat) -> ByteBuffer {
         let head = ResponseHead.file(path: "/" + relative, version: version)
         if version.size <= cache.fileLimit && !observe(relative) {
             cache.record(head: head, for: relative, matching: version)
         } else {
             cache.recordLarge(head: head, for: relative, version: version)
         }
+        return head
     }
 
     func loadFile(id: FileIdentifier, range: ClosedRange<Int>, context: some RequestContext) async throws -> ResponseBody {

@@ -8,7 +8,7 @@ import FoundationNetworking
 ///
 /// A build may be reused only when the digest covers every input its artifacts depend on; when
 /// something cannot be digested, the build is not cacheable (`uncacheable` says why) and is rebuilt.
-/// Recipe bytes, the version and the stage-1 programs of this binary, local files by content, a
+/// Recipe bytes, the version, the image-making code and the stage-1 programs of this binary, local files by content, a
 /// directory base by names, modes, sizes, owners and times (cheap, and any edit changes it).
 ///
 /// **Network bases.** A `mmdebstrap`/`debootstrap` base is a function of what the mirror publishes
@@ -38,6 +38,9 @@ struct InputDigest {
         let recipeData = try Data(contentsOf: URL(fileURLWithPath: recipe.file))
         recipeDigest = SHA256.hash(data: recipeData).hex
         hasher.update(data: Data("imagebuild \(ImageBuildVersion.current)\n".utf8))
+        // The code that makes artifacts (ImageBuildKit's sources, digested when the binary is built):
+        // a binary that writes images, initramfs files or loaders otherwise must not reuse old ones.
+        hasher.update(data: Data("code \(imageBuildCodeDigest)\n".utf8))
         // The stage-1 programs built into this binary go into the initramfs: a binary with other
         // scripts must not reuse artifacts built with the old ones, whatever its version string says.
         for script in [StageOneScripts.initScript, StageOneScripts.loadImageScript, StageOneScripts.udhcpcScript] {

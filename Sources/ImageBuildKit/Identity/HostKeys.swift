@@ -223,9 +223,8 @@ public struct HostKeyStore: Sendable {
         var generated = false
         // A lost race or a repair leaves the loop at its next look; three looks cover every order.
         for _ in 0..<3 {
+            if isComplete(hostDirectory) { return (try read(name, owner: owner), generated) }
             let missing = HostKeyType.allCases.filter { !exists(hostDirectory + "/" + $0.fileName) }
-            let unpaired = HostKeyType.allCases.filter { !missing.contains($0) && !exists(hostDirectory + "/" + $0.fileName + ".pub") }
-            if missing.isEmpty && unpaired.isEmpty { return (try read(name, owner: owner), generated) }
             if missing.count == HostKeyType.allCases.count && !exists(hostDirectory) {
                 generated = try generateWhole(name, owner: owner) || generated
             } else {
@@ -233,6 +232,17 @@ public struct HostKeyStore: Sendable {
             }
         }
         return (try read(name, owner: owner), generated)
+    }
+
+    /// Whether every key of `hostname` is stored with its public half: `keys(for:)` then only reads.
+    public func hasKeys(for hostname: String) -> Bool {
+        guard let name = try? Self.checkHostname(hostname) else { return false }
+        return isComplete(directory + "/" + name)
+    }
+
+    /// Every key type's private and public file is there.
+    private func isComplete(_ hostDirectory: String) -> Bool {
+        HostKeyType.allCases.allSatisfy { exists(hostDirectory + "/" + $0.fileName) && exists(hostDirectory + "/" + $0.fileName + ".pub") }
     }
 
     /// Who the store's files must belong to: the current user; for root, the store directory's owner

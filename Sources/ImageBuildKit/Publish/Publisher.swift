@@ -332,7 +332,9 @@ public struct Publisher: Sendable {
     }
 
     /// The mtime of overlay entries: `SOURCE_DATE_EPOCH`, else 0, so a publish is reproducible.
-    public static var overlayEpoch: Int64 { ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0 }
+    /// Read with getenv: the server makes a secrets archive per request, and `ProcessInfo`'s
+    /// environment is a new dictionary each time.
+    public static var overlayEpoch: Int64 { getenv("SOURCE_DATE_EPOCH").flatMap { Int64(String(cString: $0)) } ?? 0 }
 
     func writeGeneration(into dir: String, number: Int, images: [String: PublishedImage], overlays: OverlayPlan) throws -> PublishIndex {
         let fm = FileManager.default

@@ -37,8 +37,8 @@ private final class Recorder: ChannelDuplexHandler {
     }
 }
 
-/// `FastPath` in an `EmbeddedChannel`, over a test boot root whose `pxelinux.cfg/default` the router
-/// has served once (its content and head are cached).
+/// `FastPath` in an `EmbeddedChannel`, over a test boot root whose `pxelinux.cfg/default` was served
+/// once (its content and head are cached).
 private struct FastPathHarness {
     let fixture: HTTPTestRoot
     let provider: RootFileProvider
@@ -152,10 +152,28 @@ struct HTTPPipelineHandlerTests {
         #expect(text.hasSuffix("\r\n\r\n"), "a body followed the head: \(text)")
     }
 
-    @Test("Range, conditions, a file never served, a miss and paths that escape go to the codec untouched", arguments: [
+    @Test("a small file never asked for is read and answered here, with the head the router would record; an observed one is not")
+    func firstRequestOfASmallFile() throws {
+        let harness = try FastPathHarness(served: [])
+        defer { harness.cleanup() }
+        let answers = responses(try harness.exchange("GET /ipxe/boot.ipxe HTTP/1.1\r\n\r\n"))
+        try #require(answers.count == 1)
+        #expect(answers[0].status == "HTTP/1.1 200 OK")
+        #expect(answers[0].body == "#!ipxe\nchain nodes/${mac:hexhyp}.ipxe\n")
+        let entry = try #require(harness.provider.reader.cached("ipxe/boot.ipxe", needing: .head))
+        #expect(entry.head.map { String(buffer: $0) } == String(buffer: ResponseHead.file(path: "/ipxe/boot.ipxe", version: entry.version)))
+        #expect(try harness.forwarded().isEmpty)
+        // Under images/ every download is reported as it ends: the router serves the first one.
+        try harness.fixture.write("\(harness.fixture.imageDir)/small.bin", "12345")
+        let request = "GET /\(harness.fixture.imageDir)/small.bin HTTP/1.1\r\n\r\n"
+        #expect(try harness.exchange(request) == "")
+        #expect(try harness.forwarded() == request)
+    }
+
+    @Test("Range, conditions, a miss and paths that escape go to the codec untouched", arguments: [
         "GET /pxelinux.cfg/default HTTP/1.1\r\nRange: bytes=0-6\r\n\r\n",
         "GET /pxelinux.cfg/default HTTP/1.1\r\nIf-None-Match: W/\"x\"\r\n\r\n",
-        "GET /ipxe/boot.ipxe HTTP/1.1\r\n\r\n",
+        "GET /ipxe/nope.ipxe HTTP/1.1\r\n\r\n",
         "GET /images/nope HTTP/1.1\r\n\r\n",
         "GET /../secret.txt HTTP/1.1\r\n\r\n",
         "GET /pxelinux.cfg/../../secret.txt HTTP/1.1\r\n\r\n",

@@ -102,9 +102,10 @@ struct HTTPServiceTests {
         }
     }
 
-    /// Boot configs and scripts are answered on the event loop once the router has answered them
-    /// once (`FastPath`); the answers must be the router's, byte for byte but the date.
-    @Test("small files: the event-loop fast path answers exactly as the router, keeps request order, sees edits")
+    /// Small files (boot configs, scripts, a node's own overlay archive) are answered on the event loop
+    /// (`FastPath`), the first request included; the answers must be the router's, byte for byte but
+    /// the date.
+    @Test("small files: the event-loop fast path answers exactly as the router, from the first request, keeps request order, sees edits")
     func staticFastPath() async throws {
         let fixture = try HTTPTestRoot()
         defer { fixture.cleanup() }
@@ -118,8 +119,11 @@ struct HTTPServiceTests {
                 return line.flatMap { Int($0.split(separator: " ").last!) } ?? -1
             }
             // busybox wget and lwIP send Connection: close; iPXE keeps the connection alive.
-            let routed = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
-            #expect(try await fastPathCount() == 0)
+            let first = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
+            #expect(try await fastPathCount() == 1)
+            // A percent-encoded name is the router's to decode: its answer is the reference.
+            let routed = try await RawHTTP.get(port: port, "/pxelinux.cfg/%64efault")
+            #expect(try await fastPathCount() == 1)
             let fast = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
             // Two on one connection: a keep-alive GET, then a HEAD that closes it.
             var keepAlive = try RawHTTP.parse(try await RawHTTP.exchange(port: port, chunks: [
@@ -129,8 +133,8 @@ struct HTTPServiceTests {
             let head = try RawHTTP.parse(Array(keepAlive.body.dropFirst(length)), headRequest: true)
             keepAlive.body = Array(keepAlive.body.prefix(length))
             #expect(head.status == 200 && head.body.isEmpty && head.header("content-length") == "\(length)")
-            #expect(try await fastPathCount() == 3)
-            for response in [fast, keepAlive] {
+            #expect(try await fastPathCount() == 4)
+            for response in [first, fast, keepAlive] {
                 #expect(response.status == 200)
                 #expect(response.text == "DEFAULT imagebuild\n")
                 var headers = response.headers, expected = routed.headers
@@ -154,14 +158,17 @@ struct HTTPServiceTests {
             let config = try #require(text.range(of: "DEFAULT imagebuild"))
             #expect(script.lowerBound < config.lowerBound, "responses out of order:\n\(text)")
 
-            // An edit is served at once, and the fast path takes the new version up after the router.
+            // An edit is served at once, by the fast path.
             try fixture.write(".publish/gen-1/pxelinux.cfg/default", "DEFAULT edited\n")
+            let before = try await fastPathCount()
             let edited = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")
             #expect(edited.text == "DEFAULT edited\n")
             #expect(edited.header("etag") != etag)
-            let before = try await fastPathCount()
             #expect(try await RawHTTP.get(port: port, "/pxelinux.cfg/default").text == "DEFAULT edited\n")
-            #expect(try await fastPathCount() == before + 1)
+            #expect(try await fastPathCount() == before + 2)
+            // Missing, withheld and unreadable files are still the router's to answer.
+            #expect(try await RawHTTP.get(port: port, "/pxelinux.cfg/nope").status == 404)
+            #expect(try await fastPathCount() == before + 2)
         }
     }
 
@@ -291,7 +298,7 @@ struct HTTPServiceTests {
             }
             let answeredEarly = "imagebuild_http_fast_path_responses_total", reportsAccepted = #"imagebuild_http_requests_total{route="events",code="2xx"}"#
             let mac = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
-            _ = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")  // routed once: cached from now on
+            _ = try await RawHTTP.get(port: port, "/pxelinux.cfg/default")  // read once: cached from now on
             let start = post(#"{"mac":"52:54:00:aa:00:01","stage":"stage1-start","detail":"eth0"}"#)
             let downloaded = post(#"{"mac":"52:54:00:aa:00:01","stage":"image-downloaded","detail":"12 bytes"}"#)
             // One report split inside its head and inside its body, the next in the same read as its end,
@@ -305,7 +312,7 @@ struct HTTPServiceTests {
             let reports = service.timeline.events(for: mac).map(\.observation)
             #expect(reports == [.report(.stage1Start, detail: "eth0"), .report(.imageDownloaded, detail: "12 bytes")])
             #expect(try await metric(reportsAccepted) == 2)
-            #expect(try await metric(answeredEarly) == 3)  // both reports and the GET
+            #expect(try await metric(answeredEarly) == 4)  // the first GET, both reports and the GET
 
             // Behind a routed request (a Range GET), reports go to the router, so responses keep their
             // order; its answer is the early path's but for the date and the event's time.
@@ -316,7 +323,7 @@ struct HTTPServiceTests {
             ]))
             #expect(routed.map(\.status) == [206, 202, 202])
             #expect(try await metric(reportsAccepted) == 4)
-            #expect(try await metric(answeredEarly) == 3)
+            #expect(try await metric(answeredEarly) == 4)
             var earlyHeaders = early[0].headers, routedHeaders = routed[1].headers
             for name in ["date", "content-length"] {
                 earlyHeaders.removeValue(forKey: name)

@@ -49,6 +49,44 @@ struct StageOneLoaderTests {
         }
     }
 
+    @Test("several URLs: each into its own file with its own digest, over one kept-alive connection; the first failure ends the run")
+    func severalURLsOverOneConnection() async throws {
+        let root = try HTTPTestRoot()
+        let loader = try Loader()
+        defer { root.cleanup(); loader.cleanup() }
+        // Small files (answered on the event loop) around an image (its first request is the router's).
+        let files = ["ipxe/a.tar.gz", "\(root.imageDir)/b.bin", "ipxe/c.tar.gz"]
+        let contents = try files.enumerated().map { index, file in try root.writeBinary(file, size: 1000 + index * 70_000, seed: UInt64(index + 1)) }
+        try await withHTTPService(root: root, inventory: InventoryBox(try httpTestInventory())) { port, _ in
+            var arguments = ["-r", "2", "-t", "5"]
+            for (index, file) in files.enumerated() {
+                arguments += ["-o", loader.folder + "/out-\(index)"] + (index == 1 ? ["-s", Self.hex(contents[index])] : [])
+                arguments.append("http://127.0.0.1:\(port)/\(file)")
+            }
+            let result = try await ProcessRunner.run(loader.path, arguments, timeout: 60)
+            #expect(result.status == 0, "\(result.stderr)")
+            for index in files.indices {
+                #expect((try? Data(contentsOf: URL(fileURLWithPath: loader.folder + "/out-\(index)"))) == Data(contents[index]))
+            }
+            let lines = result.stderr.split(separator: "\n")
+            #expect(lines.count == 3 && !lines[0].contains("previous URL's connection")
+                    && lines.dropFirst().allSatisfy { $0.contains("over the previous URL's connection") }, "\(result.stderr)")
+            #expect(lines.count == 3 && lines[1].contains(" OK,"), "\(result.stderr)")
+
+            // A missing second file: exit 3 naming it; the third is not asked for.
+            let failed = try await ProcessRunner.run(loader.path, ["-r", "2", "-t", "5", "-o", loader.folder + "/x0", "http://127.0.0.1:\(port)/\(files[0])",
+                                                                   "-o", loader.folder + "/x1", "http://127.0.0.1:\(port)/ipxe/missing.tar.gz",
+                                                                   "-o", loader.folder + "/x2", "http://127.0.0.1:\(port)/\(files[2])"], timeout: 60)
+            #expect(failed.status == 3 && Self.lastLine(failed).hasPrefix("imagebuild-fetch: HTTP 404"), "\(failed.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: loader.folder + "/x2"))
+        }
+        // Usage: each of several URLs needs its own -o; -P, -H, -r and -t go before the first URL.
+        let noOutput = try await ProcessRunner.run(loader.path, ["-o", loader.folder + "/y", "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], timeout: 10)
+        #expect(noOutput.status == 2 && noOutput.stderr.contains("each needs its own -o"), "\(noOutput.stderr)")
+        let late = try await ProcessRunner.run(loader.path, ["-o", loader.folder + "/y", "http://127.0.0.1:9/a", "-P", "-o", loader.folder + "/z", "http://127.0.0.1:9/b"], timeout: 10)
+        #expect(late.status == 2 && late.stderr.contains("before the first URL"), "\(late.stderr)")
+    }
+
     @Test("cut at 30 % and at 70 %: the load continues from the byte it reached, with If-Range, and the digest holds")
     func resumes() async throws {
         let root = try HTTPTestRoot()

@@ -26,19 +26,46 @@ fi
 # from the boot root, content-addressed: each name is its sha256, which imagebuild-fetch checks),
 # then the secrets, which the boot server renders per request and hands out only to the node's
 # address, from a privileged source port (-P: on the node only root can bind one), inside the
-# node's boot window, and with matching SMBIOS values when the inventory has them. The secrets
-# are fetched first thing, right after stage 1's own DHCP (the window opens at its acknowledgement,
-# however long the image then takes), kept in stage 1's RAM and laid over the root with the rest.
+# node's boot window, and with matching SMBIOS values when the inventory has them. All of them are
+# fetched first thing, right after stage 1's own DHCP (the window opens at its acknowledgement,
+# however long the image then takes), the secrets first, over one kept-alive connection (one
+# imagebuild-fetch: in a boot storm the server pays per connection), kept in stage 1's RAM and laid
+# over the root after the image.
 # Each archive is a tar.gz of paths relative to the root with mode and numeric owner; owners given
 # by name (they live in the image's /etc/passwd, which the server cannot read) come in
 # etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with the image's own chown. A
 # refusal (HTTP 403) fails the boot with the server's reason.
-node_fetch() {  # $1 the file, then imagebuild-fetch's arguments; fails the boot with the fetch's last line
-    out=$1
-    shift
-    imagebuild-fetch -r "$RETRIES" -o "$out" "$@" 2>/tmp/fetch.err && return 0
+smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
+    [ -r "/sys/class/dmi/id/$1" ] || return 0
+    tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
+}
+node_files_fetch() {  # every archive into /tmp/overlay-N.tar.gz, the secrets into /tmp/secrets.tar.gz
+    set --
+    if [ -n "$SECRETS_URL" ]; then
+        # the node's SMBIOS values go along as headers, for the server to compare
+        set -- -P
+        for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
+                    chassis_asset_tag=X-Imagebuild-Asset-Tag; do
+            value=$(smbios "${pair%%=*}")
+            [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
+            [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
+        done
+        set -- "$@" -o /tmp/secrets.tar.gz "$SECRETS_URL"
+    fi
+    index=0
+    for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
+        index=$((index + 1))
+        name=${url##*/} digest=${name%.tar.gz}
+        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
+        case "$digest" in
+            *[!0-9a-f]*|'') fail "overlay: $url is not named by its sha256" ;;
+        esac
+        [ ${#digest} -eq 64 ] || fail "overlay: $url is not named by its sha256"
+        set -- "$@" -o "/tmp/overlay-$index.tar.gz" -s "$digest" "$url"
+    done
+    imagebuild-fetch -r "$RETRIES" "$@" 2>/tmp/fetch.err && return 0
     code=$?
-    rm -f "$out"
+    rm -f /tmp/secrets.tar.gz /tmp/overlay-*.tar.gz
     last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
     case "$last" in
         # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
@@ -46,20 +73,6 @@ node_fetch() {  # $1 the file, then imagebuild-fetch's arguments; fails the boot
         "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
     esac
     fail "${last:-imagebuild-fetch exited with $code}"
-}
-smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
-    [ -r "/sys/class/dmi/id/$1" ] || return 0
-    tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
-}
-secrets_fetch() {  # the node's SMBIOS values go along as headers, for the server to compare
-    set --
-    for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
-                chassis_asset_tag=X-Imagebuild-Asset-Tag; do
-        value=$(smbios "${pair%%=*}")
-        [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
-        [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
-    done
-    node_fetch /tmp/secrets.tar.gz -P "$@" "$SECRETS_URL"
 }
 node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
     owners="$ROOT/etc/imagebuild/owners"
@@ -86,9 +99,9 @@ node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners
     fi
     say "[overlay] $2: $n files laid over the root; owners by name: $named"
 }
-if [ -n "$SECRETS_URL" ]; then
-    step overlay "fetching the node's secrets from $SECRETS_URL (from a privileged port)"
-    secrets_fetch
+if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
+    step overlay "fetching the node's own files: ${OVERLAY_URLS:-no archive}${SECRETS_URL:+ and its secrets from $SECRETS_URL (from a privileged port)}"
+    node_files_fetch
 fi
 
 # imagebuild-fetch streams the image in one pass, hashing every byte, and continues a broken
@@ -259,18 +272,10 @@ esac
 if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
     step overlay "laying the node's own files over the root"
     files=0
-    index=0
-    for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
-        index=$((index + 1))
-        name=${url##*/} digest=${name%.tar.gz}
-        say "[overlay] $url"
-        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
-        case "$digest" in
-            *[!0-9a-f]*|'') fail "overlay: $url is not named by its sha256" ;;
-        esac
-        [ ${#digest} -eq 64 ] || fail "overlay: $url is not named by its sha256"
-        node_fetch "/tmp/overlay-$index.tar.gz" -s "$digest" "$url"
+    index=1  # in the command line's order: a later archive's file replaces an earlier one's
+    while [ -f "/tmp/overlay-$index.tar.gz" ]; do
         node_files "/tmp/overlay-$index.tar.gz" overlay
+        index=$((index + 1))
     done
     [ -z "$SECRETS_URL" ] || node_files /tmp/secrets.tar.gz secrets
     report overlay "$files files"
