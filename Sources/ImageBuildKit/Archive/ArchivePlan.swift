@@ -96,12 +96,19 @@ public struct ArchivePlan {
     public mutating func addTree(_ tree: RootfsTree, excluding excluded: [String] = [], hardlinks: Bool) throws {
         var seen: [String: String] = [:]   // "dev:ino" -> first path
         let excludedSet = Set(excluded.map(Self.normalise))
+        // The walk makes normalised paths, parents first: `add`'s normalising and parent checks (a
+        // third of the walk's time on a 50,000-file tree, before the first byte is written) are not needed.
+        func add(_ path: String, _ entry: Entry) {
+            var clamped = entry
+            clamped.mtime = min(entry.mtime, epoch)
+            entries[path] = clamped
+        }
         func walk(_ inner: String) throws {
             let host = tree.hostPath(inner)
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: host) else {
                 throw RootfsError.system(operation: "list", path: inner, errno: errno)
             }
-            for name in names.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }) {
+            for name in Self.inByteOrder(names) {
                 let path = inner == "/" ? "/" + name : inner + "/" + name
                 if excludedSet.contains(path) { continue }
                 var info = stat()
@@ -148,6 +155,15 @@ public struct ArchivePlan {
         try walk("/")
     }
 
+    /// `names` in the byte order of their UTF-8 (the archive's order, whatever the locale), compared as
+    /// byte arrays made once each: comparing `String.UTF8View`s in the sort took twice as long as the
+    /// whole tree walk around it.
+    static func inByteOrder(_ names: some Collection<String>) -> [String] {
+        var keyed = names.map { (name: $0, bytes: ContiguousArray($0.utf8)) }
+        keyed.sort { $0.bytes.lexicographicallyPrecedes($1.bytes) }
+        return keyed.map(\.name)
+    }
+
     /// Total bytes of file content, for progress reporting.
     public var contentBytes: Int64 { entries.values.reduce(0) { $0 + $1.size } }
 
@@ -163,7 +179,7 @@ public struct ArchivePlan {
         defer { buffer.deallocate() }
         var inode: Int64 = 1
         var done: Int64 = 0
-        let sorted = entries.keys.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        let sorted = Self.inByteOrder(entries.keys)
         for path in sorted {
             let entry = entries[path]!
             let name = String(path.dropFirst())

@@ -99,6 +99,13 @@ public final class FileSink: ByteSink {
         if ownsDescriptor && !closed { close(fd) }
     }
 
+    /// The descriptor, for a child process to write the file's bytes itself (`ProcessFilterSink`),
+    /// when nothing has been written or buffered here; `finish` then syncs and closes it as usual.
+    /// `bytesWritten` does not count what the child writes.
+    func descriptorForDirectWrites() -> Int32? {
+        closed || used > 0 || bytesWritten > 0 ? nil : fd
+    }
+
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard !closed else { throw CompressionError.sinkClosed }
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }

@@ -115,7 +115,10 @@ public final class ProcessFilterSink: ByteSink {
         process.arguments = arguments
         let input = Pipe(), output = Pipe(), errors = Pipe()
         process.standardInput = input
-        process.standardOutput = output
+        // Into a file: the child writes it itself (as `tar | zstd > file` does), rather than through a
+        // pipe and a thread of ours copying every compressed byte once more.
+        let file = (downstream as? FileSink)?.descriptorForDirectWrites()
+        process.standardOutput = file.map { FileHandle(fileDescriptor: $0, closeOnDealloc: false) } ?? output
         process.standardError = errors
         do {
             try process.run()
@@ -133,9 +136,12 @@ public final class ProcessFilterSink: ByteSink {
             throw CompressionError.io(operation: "fcntl(F_DUPFD_CLOEXEC)", path: "<\(tool) stdin>", errno: code)
         }
         stdinFD = fd
+        // A 1 MiB pipe instead of 64 KiB: the archive writer and the compressor take turns far less often.
+        _ = fcntl(fd, 1031 /* F_SETPIPE_SZ, a Linux name Glibc does not export to Swift */, Int32(1 << 20))
         try? input.fileHandleForWriting.close()
         relay = FilterRelay(tool: tool, downstream: downstream,
-                            stdout: output.fileHandleForReading, stderr: errors.fileHandleForReading)
+                            stdout: file == nil ? output.fileHandleForReading : nil, stderr: errors.fileHandleForReading)
+        if file != nil { try? output.fileHandleForReading.close() }
         relay.start()
     }
 
@@ -216,7 +222,8 @@ public final class ProcessFilterSink: ByteSink {
 final class FilterRelay: @unchecked Sendable {
     let tool: String
     let downstream: ByteSink
-    private let stdout: FileHandle
+    /// nil: the child writes its output straight into the downstream file.
+    private let stdout: FileHandle?
     private let stderr: FileHandle
     private let lock = NSCondition()
     private var running = 0
@@ -224,7 +231,7 @@ final class FilterRelay: @unchecked Sendable {
     private var stderrBytes: [UInt8] = []
     private static let stderrLimit = 16 << 10
 
-    init(tool: String, downstream: ByteSink, stdout: FileHandle, stderr: FileHandle) {
+    init(tool: String, downstream: ByteSink, stdout: FileHandle?, stderr: FileHandle) {
         self.tool = tool
         self.downstream = downstream
         self.stdout = stdout
@@ -242,12 +249,14 @@ final class FilterRelay: @unchecked Sendable {
     }
 
     func start() {
-        lock.lock(); running = 2; lock.unlock()
-        let out = Thread { [self] in
-            pump(stdout.fileDescriptor) { chunk in try downstream.write(chunk) }
+        lock.lock(); running = stdout == nil ? 1 : 2; lock.unlock()
+        if let stdout {
+            let out = Thread { [self] in
+                pump(stdout.fileDescriptor) { chunk in try downstream.write(chunk) }
+            }
+            out.name = "\(tool)-stdout"
+            out.start()
         }
-        out.name = "\(tool)-stdout"
-        out.start()
         let err = Thread { [self] in
             pump(stderr.fileDescriptor) { chunk in
                 lock.lock(); defer { lock.unlock() }
