@@ -9,6 +9,39 @@ struct ArchiveWriterTests {
     /// non-ASCII name to UTF-8 and marked the header `hdrcharset=BINARY`: busybox tar
     /// then printed a warning on every node's console. The test pins the C locale on
     /// its own thread so it holds whatever locale the runner has.
+    /// Archives name files by UTF-8 strings: a name or link target that is not UTF-8 must stop the
+    /// build with a message naming it, never be written as another name (U+FFFD) or fail as a
+    /// missing file.
+    @Test("a file name or a link target that is not UTF-8 is refused, naming it; the tree's UTF-8 names are taken")
+    func namesThatAreNotUTF8() throws {
+        let dir = TemporaryDirectory("not-utf8")
+        let tree = try RootfsTree(root: dir.path + "/root")
+        try FileManager.default.createDirectory(atPath: tree.root + "/etc/café", withIntermediateDirectories: true)
+        _ = dir.write("root/etc/café/ok", "fine\n")
+        var plan = ArchivePlan(epoch: 0)
+        try plan.addTree(tree, hardlinks: true)
+        #expect(plan.contains("/etc/café/ok"))
+
+        // A Latin-1 "é" (0xE9) in a file name.
+        let badName = tree.root + "/etc/caf" + String(decoding: [0xE9], as: UTF8.self)
+        let raw: [UInt8] = Array((tree.root + "/etc/caf").utf8) + [0xE9, 0]
+        let fd = raw.withUnsafeBufferPointer { open(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), O_CREAT | O_WRONLY, 0o644) }
+        try #require(fd >= 0, "\(badName)")
+        close(fd)
+        var withName = ArchivePlan(epoch: 0)
+        #expect(throws: RootfsError.notUTF8(path: "/etc/caf\u{FFFD}", what: "name")) { try withName.addTree(tree, hardlinks: true) }
+        let unlinked = raw.withUnsafeBufferPointer { unlink(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self)) }
+        try #require(unlinked == 0)
+
+        // A link whose target holds the same byte.
+        let target: [UInt8] = Array("caf".utf8) + [0xE9, 0]
+        let linked = target.withUnsafeBufferPointer { symlink(UnsafeRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), tree.root + "/etc/link") }
+        try #require(linked == 0)
+        var withTarget = ArchivePlan(epoch: 0)
+        #expect(throws: RootfsError.notUTF8(path: "/etc/link", what: "link target")) { try withTarget.addTree(tree, hardlinks: true) }
+        #expect(RootfsError.notUTF8(path: "/etc/link", what: "link target").description.contains("squashfs or erofs"))
+    }
+
     @Test("a UTF-8 name in the C locale: a plain pax path, no hdrcharset, read back the same")
     func utf8NamesInTheCLocale() throws {
         let name = "usr/share/café/naïve-東京.txt"

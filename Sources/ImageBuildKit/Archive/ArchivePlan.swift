@@ -104,11 +104,7 @@ public struct ArchivePlan {
             entries[path] = clamped
         }
         func walk(_ inner: String) throws {
-            let host = tree.hostPath(inner)
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: host) else {
-                throw RootfsError.system(operation: "list", path: inner, errno: errno)
-            }
-            for name in Self.inByteOrder(names) {
+            for name in Self.inByteOrder(try tree.names(in: inner)) {
                 let path = inner == "/" ? "/" + name : inner + "/" + name
                 if excludedSet.contains(path) { continue }
                 var info = stat()

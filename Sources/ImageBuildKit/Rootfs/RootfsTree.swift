@@ -10,6 +10,9 @@ public enum RootfsError: Error, CustomStringConvertible, Equatable {
     case unknownOwner(name: String, kind: String, location: ConfigLocation?)
     case commandFailed(command: String, status: Int32, location: ConfigLocation?)
     case notRemovable(path: String)
+    /// A file name or link target that is not UTF-8 (the archives imagebuild writes name files by UTF-8
+    /// strings); `path` shows the bad bytes as U+FFFD.
+    case notUTF8(path: String, what: String)
 
     public var description: String {
         switch self {
@@ -27,6 +30,9 @@ public enum RootfsError: Error, CustomStringConvertible, Equatable {
             return "\(location.map { "\($0): " } ?? "")command failed with status \(status): \(command)"
         case .notRemovable(let path):
             return "\(path): names the root filesystem itself or what holds it, not a file in it; not removed"
+        case .notUTF8(let path, let what):
+            return "\(path): its \(what) is not valid UTF-8 (shown here with U+FFFD); a tar image or an initramfs needs UTF-8 "
+                + "names and link targets: rename it in the tree, or build the image as squashfs or erofs, which keep names as bytes"
         }
     }
 }
@@ -109,7 +115,34 @@ public final class RootfsTree {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink(hostPath(inner), &buffer, buffer.count - 1)
         if n < 0 { throw RootfsError.system(operation: "readlink", path: inner, errno: errno) }
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let bytes = buffer[0..<n].map { UInt8(bitPattern: $0) }
+        // Never a target silently changed into another one (U+FFFD for the bad bytes).
+        guard let target = String(validating: bytes, as: UTF8.self) else { throw RootfsError.notUTF8(path: inner, what: "link target") }
+        return target
+    }
+
+    /// The names in the tree's directory `inner`, as the directory holds them (no "." or ".."); a name
+    /// that is not UTF-8 is an error naming it, never a name decoded into another one.
+    func names(in inner: String) throws -> [String] {
+        guard let directory = opendir(hostPath(inner)) else { throw RootfsError.system(operation: "list", path: inner, errno: errno) }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(directory) else {
+                if errno != 0 { throw RootfsError.system(operation: "list", path: inner, errno: errno) }
+                return names
+            }
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { raw -> (String?, [UInt8]) in
+                let bytes = Array(raw.prefix { $0 != 0 })
+                return (String(validating: bytes, as: UTF8.self), bytes)
+            }
+            if name.1 == [UInt8(ascii: ".")] || name.1 == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
+            guard let text = name.0 else {
+                throw RootfsError.notUTF8(path: (inner == "/" ? "/" : inner + "/") + String(decoding: name.1, as: UTF8.self), what: "name")
+            }
+            names.append(text)
+        }
     }
 
     func fileType(_ inner: String) -> mode_t? {
