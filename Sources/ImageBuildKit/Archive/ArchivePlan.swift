@@ -98,7 +98,7 @@ public struct ArchivePlan {
         let excludedSet = Set(excluded.map(Self.normalise))
         // The walk makes normalised paths, parents first: `add`'s normalising and parent checks (a
         // third of the walk's time on a 50,000-file tree, before the first byte is written) are not needed.
-        func add(_ path: String, _ entry: Entry) {
+        func insert(_ path: String, _ entry: Entry) {
             var clamped = entry
             clamped.mtime = min(entry.mtime, epoch)
             entries[path] = clamped
@@ -118,31 +118,31 @@ public struct ArchivePlan {
                 let mtime = Int64(info.st_mtim.tv_sec)
                 switch info.st_mode & S_IFMT {
                 case S_IFDIR:
-                    add(path, Entry(kind: .directory, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                    insert(path, Entry(kind: .directory, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                     try walk(path)
                 case S_IFLNK:
                     let target = try tree.readLink(path)
-                    add(path, Entry(kind: .symlink(target: target), mode: 0o777, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                    insert(path, Entry(kind: .symlink(target: target), mode: 0o777, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                 case S_IFREG:
                     if let device = override?.device {
-                        add(path, Entry(kind: device, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                        insert(path, Entry(kind: device, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                         continue
                     }
                     let key = "\(info.st_dev):\(info.st_ino)"
                     if hardlinks, info.st_nlink > 1, let first = seen[key] {
-                        add(path, Entry(kind: .hardlink(target: first), mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                        insert(path, Entry(kind: .hardlink(target: first), mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                         continue
                     }
                     if info.st_nlink > 1 { seen[key] = path }
-                    add(path, Entry(kind: .regular, mode: mode, uid: uid, gid: gid, mtime: mtime, size: Int64(info.st_size),
+                    insert(path, Entry(kind: .regular, mode: mode, uid: uid, gid: gid, mtime: mtime, size: Int64(info.st_size),
                                     content: .hostFile(tree.hostPath(path))))
                 case S_IFCHR, S_IFBLK:
                     let major = UInt32(truncatingIfNeeded: (info.st_rdev >> 8) & 0xfff) | UInt32(truncatingIfNeeded: (info.st_rdev >> 32) & ~0xfff)
                     let minor = UInt32(truncatingIfNeeded: info.st_rdev & 0xff) | UInt32(truncatingIfNeeded: (info.st_rdev >> 12) & ~0xff)
                     let kind: EntryKind = (info.st_mode & S_IFMT) == S_IFCHR ? .characterDevice(major: major, minor: minor) : .blockDevice(major: major, minor: minor)
-                    add(path, Entry(kind: kind, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                    insert(path, Entry(kind: kind, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                 case S_IFIFO:
-                    add(path, Entry(kind: .fifo, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
+                    insert(path, Entry(kind: .fifo, mode: mode, uid: uid, gid: gid, mtime: mtime, size: 0, content: .none))
                 default:
                     continue  // sockets do not belong in an image
                 }

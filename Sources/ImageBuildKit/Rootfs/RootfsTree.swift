@@ -133,15 +133,12 @@ public final class RootfsTree {
                 if errno != 0 { throw RootfsError.system(operation: "list", path: inner, errno: errno) }
                 return names
             }
-            let name = withUnsafeBytes(of: &entry.pointee.d_name) { raw -> (String?, [UInt8]) in
-                let bytes = Array(raw.prefix { $0 != 0 })
-                return (String(validating: bytes, as: UTF8.self), bytes)
+            let bytes = withUnsafeBytes(of: &entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if bytes == Array(".".utf8) || bytes == Array("..".utf8) { continue }
+            guard let name = String(validating: bytes, as: UTF8.self) else {
+                throw RootfsError.notUTF8(path: (inner == "/" ? "/" : inner + "/") + String(decoding: bytes, as: UTF8.self), what: "name")
             }
-            if name.1 == [UInt8(ascii: ".")] || name.1 == [UInt8(ascii: "."), UInt8(ascii: ".")] { continue }
-            guard let text = name.0 else {
-                throw RootfsError.notUTF8(path: (inner == "/" ? "/" : inner + "/") + String(decoding: name.1, as: UTF8.self), what: "name")
-            }
-            names.append(text)
+            names.append(name)
         }
     }
 
