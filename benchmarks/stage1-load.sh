@@ -101,6 +101,7 @@ cat > "$work/load.sh" <<'EOF'
 say() { :; }
 step() { [ "$1" = switch-root ] && exit 0; STEP=$1; }
 report() { :; }
+report_later() { :; }
 fail() { echo "FAILED at step '$STEP': $*" >&2; exit 1; }
 STEP=start
 # shellcheck source=/dev/null

@@ -127,6 +127,7 @@ cat > "$work/stage1/bench-load.sh" <<'EOF'
 say() { case "$*" in swarm:*) echo "$*" >&2 ;; esac; }  # the swarm's own messages only: web seed joining, fallbacks
 step() { [ "$1" = unpack ] && exit 0; STEP=$1; }
 report() { :; }
+report_later() { :; }
 fail() { echo "FAILED at step '$STEP': $*" >&2; exit 1; }
 STEP=start
 # shellcheck source=/dev/null

@@ -159,14 +159,16 @@ struct SimulatedNode: Sendable {
         start = clock.now
         let imageBytes = try await download(imageURL, stage: .image, source: source)
         result.durations[Stage.image.rawValue] = seconds(clock.now - start)
-        try await report(.imageDownloaded, detail: "\(imageBytes) bytes", server: server, source: source, time: &eventTime)
-        try await report(.imageVerified, detail: entry.argument("imagebuild.sha256") ?? "", server: server, source: source, time: &eventTime)
-        // Then they are laid over the root before switch_root.
+        // From here to switch_root stage 1 queues its reports and sends them with switch-root's, in one POST.
+        let downloaded = clock.now
+        var queued = [QueuedReport(.imageDownloaded, "\(imageBytes) bytes", at: downloaded),
+                      QueuedReport(.imageVerified, entry.argument("imagebuild.sha256") ?? "", at: downloaded)]
+        // The node's files are laid over the root before switch_root.
         if secrets != nil || !overlays.isEmpty {
             result.durations[Stage.overlay.rawValue] = nodeFilesTime
-            try await report(.overlay, detail: "\(overlays.count) archives", server: server, source: source, time: &eventTime)
+            queued.append(QueuedReport(.overlay, "\(overlays.count) archives", at: clock.now))
         }
-        try await report(.switchRoot, detail: "/sbin/init", server: server, source: source, time: &eventTime)
+        try await report(.switchRoot, detail: "/sbin/init", after: queued, server: server, source: source, time: &eventTime)
         try await report(.up, detail: "storm node \(index)", server: server, source: source, time: &eventTime)
         if settings.postEvents, server != nil { result.durations[Stage.events.rawValue] = eventTime }
     }
@@ -272,11 +274,24 @@ struct SimulatedNode: Sendable {
         return outcomes.reduce(0) { $0 + $1.bytes }
     }
 
-    /// `POST /api/v1/events` as stage 1's `report` does (wget --post-data, JSON body).
-    private func report(_ stage: StageReport, detail: String, server: String?, source: SocketAddress?, time: inout Double) async throws {
+    /// A report stage 1 holds back (`report_later`) until its next one.
+    struct QueuedReport {
+        var stage: StageReport
+        var detail: String
+        var at: ContinuousClock.Instant
+        init(_ stage: StageReport, _ detail: String, at: ContinuousClock.Instant) { (self.stage, self.detail, self.at) = (stage, detail, at) }
+    }
+
+    /// `POST /api/v1/events` as stage 1's `report` does (wget --post-data, JSON body): the `queued`
+    /// reports, each with the seconds since it happened, and this one, in one batch.
+    private func report(_ stage: StageReport, detail: String, after queued: [QueuedReport] = [], server: String?, source: SocketAddress?,
+                        time: inout Double) async throws {
         guard settings.postEvents, let server else { return }
         let start = ContinuousClock.now
-        let body = "{\"mac\":\"\(mac)\",\"stage\":\"\(stage.rawValue)\",\"detail\":\"\(detail)\"}"
+        let events = (queued + [QueuedReport(stage, detail, at: start)]).map { report in
+            "{\"stage\":\"\(report.stage.rawValue)\",\"detail\":\"\(report.detail)\",\"ago\":\(String(format: "%.2f", seconds(start - report.at)))}"
+        }
+        let body = "{\"mac\":\"\(mac)\",\"events\":[\(events.joined(separator: ","))]}"
         let outcome: HTTPOutcome
         do {
             outcome = try await HTTPClient.fetch(server + "/api/v1/events", method: .POST, jsonBody: body, source: source,

@@ -48,6 +48,7 @@ extension EndToEnd {
                     say() { echo "say: $*"; }
                     step() { echo "step: $1"; [ "$1" = unpack ] && { [ -f /tmp/aria2c.log ] && sed 's/^/aria2c: /' /tmp/aria2c.log; exit 0; }; STEP=$1; }
                     report() { echo "report: $1 $2"; }
+                    report_later() { echo "report: $1 $2"; }
                     fail() { echo "FAILED at step '$STEP': $*"; exit 1; }
                     STEP=start
                     . /load_img.sh

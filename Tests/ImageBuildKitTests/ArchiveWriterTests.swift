@@ -42,6 +42,20 @@ struct ArchiveWriterTests {
         #expect(RootfsError.notUTF8(path: "/etc/link", what: "link target").description.contains("squashfs or erofs"))
     }
 
+    @Test("what a tree takes in a tmpfs: its data in whole pages, and the kernel's memory for every name")
+    func tmpfsBytes() {
+        var plan = ArchivePlan(epoch: 0)
+        plan.addText("etc/one", "x")                                   // 1 page; "etc" is added as a folder
+        plan.addData("etc/two", Data(count: 4097), mode: 0o644)         // 2 pages
+        plan.addDirectory("run")
+        plan.addSymlink("etc/mtab", target: "../proc/self/mounts")
+        plan.add("etc/three", .init(kind: .hardlink(target: "/etc/one"), mode: 0o644, uid: 0, gid: 0, mtime: 0, size: 0, content: .none))
+        let pages: Int64 = 3 * 4096
+        let names = 4 * ArchivePlan.tmpfsInodeBytes + ArchivePlan.tmpfsSymlinkBytes + ArchivePlan.tmpfsHardlinkBytes
+        #expect(plan.count == 6)
+        #expect(plan.tmpfsBytes == pages + names)
+    }
+
     @Test("a UTF-8 name in the C locale: a plain pax path, no hdrcharset, read back the same")
     func utf8NamesInTheCLocale() throws {
         let name = "usr/share/café/naïve-東京.txt"

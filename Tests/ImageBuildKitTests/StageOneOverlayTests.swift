@@ -160,7 +160,8 @@ struct StageOneOverlayTests {
                 IFACE=lo MAC=52:54:00:77:00:11 IP=127.0.0.1 PREFIX=8 ROUTER='' HOSTNAME=node011
                 step() {
                     STEP="$1"; shift; say "[$STEP] $*"
-                    [ "$STEP" != switch-root ] || { cp -a "$ROOT/etc" /out/etc; ls -A /tmp > /out/tmp.txt; exit 0; }
+                    # at switch_root: the root's /etc copied out, the queued reports sent as stage 1's next report would
+                    [ "$STEP" != switch-root ] || { cp -a "$ROOT/etc" /out/etc; ls -A /tmp > /out/tmp.txt; report switch-root "$NEWINIT"; exit 0; }
                 }
                 . /load_img.sh
 
@@ -174,13 +175,17 @@ struct StageOneOverlayTests {
                 + "imagebuild.rootsize=64m imagebuild.retries=2 imagebuild.server=\(server.base) " + extra
         }
 
-        /// The stage reports posted, as "stage detail".
+        /// The stage reports posted, as "stage detail", a batch's in its order.
         var reports: [String] {
-            server.requests.filter { $0.method == "POST" }.compactMap { request in
-                guard let object = try? JSONSerialization.jsonObject(with: request.body) as? [String: String] else { return nil }
-                return "\(object["stage"] ?? "?") \(object["detail"] ?? "")"
+            server.requests.filter { $0.method == "POST" }.flatMap { request -> [String] in
+                guard let object = try? JSONSerialization.jsonObject(with: request.body) as? [String: Any] else { return ["?"] }
+                let events = object["events"] as? [[String: Any]] ?? [object]
+                return events.map { "\($0["stage"] as? String ?? "?") \($0["detail"] as? String ?? "")" }
             }
         }
+
+        /// How many POSTs carried them.
+        var reportPosts: Int { server.requests.filter { $0.method == "POST" }.count }
 
         /// mode, uid:gid of a file the run copied out of the root's /etc.
         func modeAndOwner(_ path: String) -> String? {
@@ -254,8 +259,9 @@ struct StageOneOverlayTests {
         #expect(request.header("X-Imagebuild-Product-UUID") == "4c4c4544-0042-3510-8052-b4c04f4b4d32")
         #expect(request.header("X-Imagebuild-Product-Serial") == "CZ2134XY")
         #expect(request.header("X-Imagebuild-Asset-Tag") == nil)
-        // The run stops at the switch-root step, before its report.
-        #expect(node.reports.last == "overlay 5 files", "\(node.reports)")
+        // The reports from the image to switch_root go in one POST, in order.
+        #expect(node.reports.suffix(2) == ["overlay 5 files", "switch-root /sbin/init"], "\(node.reports)")
+        #expect(node.reportPosts == 1, "\(node.reports)")
     }
 
     @Test("a 403 for the secrets fails the boot with the server's reason, asked once; nothing is left in /tmp",
@@ -305,6 +311,6 @@ struct StageOneOverlayTests {
         #expect(result.status == 0, "\(result.output)")
         #expect(!result.stdout.contains("[overlay]"), "\(result.output)")
         #expect(node.text("etc/hostname") == "image\n")
-        #expect(node.reports.map { String($0.prefix { $0 != " " }) } == ["image-downloaded", "image-verified"], "\(node.reports)")
+        #expect(node.reports.map { String($0.prefix { $0 != " " }) } == ["image-downloaded", "image-verified", "switch-root"], "\(node.reports)")
     }
 }

@@ -316,8 +316,8 @@ public final class HTTPService: BootService, Sendable {
         let metrics = self.metrics
         let intake = eventIntake
         let report = FastRoutes.Post(path: Self.eventsPath, maximumBodySize: configuration.maximumEventBodySize) { body, remote in
-            guard let event = try? intake.accept(body, from: remote?.ipv4Address) else { return nil }
-            let reply = EventIntake.responseBody(event)
+            guard let accepted = try? intake.accept(body, from: remote?.ipv4Address) else { return nil }
+            let reply = EventIntake.responseBody(accepted)
             metrics.request(.events, status: 202, bodyBytes: reply.readableBytes)
             metrics.fastPathResponses.increment()
             return FastRoutes.Reply(status: .accepted, fields: Self.eventAnswerFields, body: reply)
@@ -493,7 +493,7 @@ public final class HTTPService: BootService, Sendable {
 
     private func postEvent(_ request: Request, context: BootRequestContext, intake: EventIntake) async throws -> Response {
         let body = try await request.body.collect(upTo: configuration.maximumEventBodySize)
-        let event = try intake.accept(body, from: context.remoteAddress?.ipv4Address)
-        return Response(status: .accepted, headers: Self.eventAnswerFields, body: ResponseBody(byteBuffer: EventIntake.responseBody(event)))
+        let accepted = try intake.accept(body, from: context.remoteAddress?.ipv4Address)
+        return Response(status: .accepted, headers: Self.eventAnswerFields, body: ResponseBody(byteBuffer: EventIntake.responseBody(accepted)))
     }
 }

@@ -127,8 +127,9 @@ public final class BuildPipeline {
         let imagePath = out + "/" + recipe.image.format.fileName
         let archiveNeed = try buildImage(tree: tree, epoch: epoch, to: imagePath)
         let image = try sha256File(imagePath)
-        // What the loaded image occupies in the node's tmpfs: the unpacked files of an archive, the
-        // file of a file system. Stage 1 checks it against the node's memory before it starts.
+        // What the loaded image occupies in the node's tmpfs: the unpacked files of an archive (their
+        // pages and the kernel's memory for their names), the file of a file system. Stage 1 checks
+        // it against the node's memory before it starts.
         let loadedSize = archiveNeed ?? image.size
 
         // 4. Stage-1 initramfs.
@@ -293,7 +294,7 @@ public final class BuildPipeline {
                 self?.reporter?.progress("image", done: done, total: total)
             }
             try output.finish()
-            return plan.pageRoundedBytes
+            return plan.tmpfsBytes
         case .squashfs:
             step("image", "mksquashfs → \(name)")
             for excluded in recipe.image.exclude { try tree.remove(excluded) }

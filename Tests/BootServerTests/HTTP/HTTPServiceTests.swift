@@ -349,6 +349,62 @@ struct HTTPServiceTests {
         }
     }
 
+    @Test("a batch of reports: one POST, each report at its own time, in order; a bad one records none")
+    func batchedReports() async throws {
+        let fixture = try HTTPTestRoot()
+        defer { fixture.cleanup() }
+        try await withHTTPService(root: fixture, inventory: InventoryBox(try httpTestInventory())) { port, service in
+            let mac = MACAddress(0x52, 0x54, 0x00, 0xaa, 0x00, 0x01)
+            // Stage 1's shape: the body's MAC and token, then the reports since the last POST.
+            let batch = #"{"mac":"52:54:00:aa:00:01","token":"","events":[{"stage":"image-downloaded","detail":"12 bytes","ago":2.5},"#
+                + #"{"stage":"image-verified","detail":"abc","ago":2.25},{"stage":"overlay","detail":"5 files","ago":0.5},{"stage":"switch-root","detail":"/sbin/init","ago":0.00}]}"#
+            let posted = Date()
+            let accepted = try await RawHTTP.post(port: port, "/api/v1/events", json: batch)
+            #expect(accepted.status == 202)
+            let answered = try JSONDecoder().decode([BootEvent].self, from: Data(accepted.body))
+            #expect(answered.map(\.observation) == [.report(.imageDownloaded, detail: "12 bytes"), .report(.imageVerified, detail: "abc"),
+                                                    .report(.overlay, detail: "5 files"), .report(.switchRoot, detail: "/sbin/init")])
+            let events = service.timeline.events(for: mac)
+            #expect(events.map(\.observation) == answered.map(\.observation))
+            // Each at the time it happened: "ago" seconds before the POST.
+            if events.count == 4 {
+                #expect(abs(events[3].time.timeIntervalSince(events[0].time) - 2.5) < 0.01)
+                #expect(abs(events[2].time.timeIntervalSince(events[1].time) - 1.75) < 0.01)
+                #expect(abs(events[3].time.timeIntervalSince(posted)) < 5)
+            }
+            #expect(service.timeline.node(mac)?.stage == .switchRoot)
+
+            // All or nothing: one bad report (an unknown stage, an "ago" out of range), an empty or
+            // oversized batch, or a body with both forms records nothing and says why.
+            let refusals: [(String, String)] = [
+                (#"{"mac":"52:54:00:aa:00:01","events":[{"stage":"up"},{"stage":"booting"}]}"#, "unknown stage 'booting'"),
+                (#"{"mac":"52:54:00:aa:00:01","events":[{"stage":"up","ago":-1}]}"#, "is the seconds since the step, 0 to 3600, not -1"),
+                (#"{"mac":"52:54:00:aa:00:01","events":[{"stage":"up","ago":7200}]}"#, "0 to 3600"),
+                (#"{"mac":"52:54:00:aa:00:01","events":[]}"#, "1 to 16 reports, not 0"),
+                (#"{"mac":"52:54:00:aa:00:01","events":["# + Array(repeating: #"{"stage":"up"}"#, count: 17).joined(separator: ",") + "]}",
+                 "1 to 16 reports, not 17"),
+                (#"{"mac":"52:54:00:aa:00:01","stage":"up","events":[{"stage":"up"}]}"#, "not both"),
+                (#"{"mac":"52:54:00:aa:00:01","events":[{"detail":"x"}]}"#, #"missing \"stage\" (one of: stage1-start"#),  // as JSON escapes it
+            ]
+            for (body, reason) in refusals {
+                let refused = try await RawHTTP.post(port: port, "/api/v1/events", json: body)
+                #expect(refused.status == 400, "\(body)")
+                #expect(refused.text.contains(reason), "\(refused.text)")
+            }
+            // From another node's address: 403, and none of the batch is recorded.
+            let stranger = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","events":[{"stage":"up"}]}"#,
+                                                  from: "127.0.0.9")
+            #expect(stranger.status == 403)
+            #expect(service.timeline.events(for: mac).count == 4)
+            // The single form takes "ago" too.
+            let single = try await RawHTTP.post(port: port, "/api/v1/events", json: #"{"mac":"52:54:00:aa:00:01","stage":"up","ago":1.5}"#)
+            #expect(single.status == 202)
+            let up = try JSONDecoder().decode(BootEvent.self, from: Data(single.body))
+            #expect(up.observation == .report(.up, detail: nil))
+            #expect(abs(Date().timeIntervalSince(up.time) - 1.5) < 1)
+        }
+    }
+
     @Test("events in, validated; timeline out; kept across a restart on the same state directory")
     func eventsAndRestart() async throws {
         let fixture = try HTTPTestRoot()

@@ -11,13 +11,14 @@ struct StageReportContractTests {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../..").standardized.path
 
-    /// `report NAME ...` commands of the built-in `/init` and `/load_img.sh`, as the binary carries them.
+    /// `report NAME ...` and `report_later NAME ...` commands of the built-in `/init` and `/load_img.sh`, as the binary carries them.
     static func scriptReports() -> [String] {
         (StageOneScripts.initScript + "\n" + StageOneScripts.loadImageScript)
             .split(separator: "\n")
             .map { $0.trimmingCharacters(in: .whitespaces) }
-            .filter { $0.hasPrefix("report ") }
-            .map { String($0.dropFirst("report ".count).prefix { !$0.isWhitespace }) }
+            // `report NAME` sends at once; `report_later NAME` goes with the next report (not the
+            // functions' own `report_later "$1"`)
+            .compactMap { line in line.prefixMatch(of: /report(?:_later)? ([a-z0-9-]+)(?:\s|$)/).map { String($0.1) } }
     }
 
     @Test("every name stage 1 reports is a StageReport, and stage 1 reports all but stage 2's")
@@ -63,7 +64,8 @@ struct StageReportContractTests {
                     #expect(!spelled, "Sources/BootStorm/\(file) spells the report '\(name)' as a string: use StageReport")
                 }
             }
-            for match in text.matches(of: /report\(\.(\w+),/) { sent.append(String(match.1)) }
+            // sent at once (`report(.x, ...)`) or held back for the next one (`QueuedReport(.x, ...)`)
+            for match in text.matches(of: /(?:report|QueuedReport)\(\.(\w+),/) { sent.append(String(match.1)) }
         }
         // Every report a healthy boot sends, in order; the conditional ones (overlay) only when the node
         // has files, which the simulator fetches and reports as stage 1 does.

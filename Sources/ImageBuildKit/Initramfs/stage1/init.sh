@@ -46,13 +46,39 @@ step() { STEP="$1"; shift; say "[$STEP] $*"; }
 
 # Stage reports are best effort: a missing server never blocks a boot for long. Three tries,
 # because on a lossy network one lost SYN can outlast a single short time-out.
-report() {
+# `report_later` queues a report; the next `report` sends the queue and its own in one POST (a
+# batch, each with the seconds since it happened, "ago", so the timeline keeps its time). The
+# steps from the image's arrival to switch_root come within seconds, and each POST is a wget and
+# a connection, which a boot storm pays for thousands of nodes at once.
+QUEUED=''
+uptime_cs() {  # UPTIME_CS: /proc/uptime in hundredths of a second, without a process
+    read -r up _ < /proc/uptime
+    UPTIME_CS=$(( ${up%.*} * 100 + 1${up#*.} - 100 ))  # "1" before the hundredths: never octal
+}
+report_later() {
     [ -n "$SERVER" ] || return 0
-    # shellcheck disable=SC1003  # '"\\' is the set { " \ } for tr, no quote escaped
-    detail=$(printf '%s' "$2" | tr -d '"\\' | head -c 200)
+    uptime_cs
+    # shellcheck disable=SC1003  # for tr: the set { " \ } and the control bytes; no quote escaped
+    QUEUED="$QUEUED$1 $UPTIME_CS $(printf '%s' "$2" | tr -d '"\\\000-\037' | head -c 200)
+"
+}
+report() {
+    report_later "$1" "$2"
+    [ -n "$SERVER" ] || return 0
+    uptime_cs
+    events='' rest=$QUEUED
+    while [ -n "$rest" ]; do
+        line=${rest%%"
+"*} rest=${rest#*"
+"}
+        stage=${line%% *} line=${line#* }
+        ago=$((UPTIME_CS - ${line%% *}))
+        events="$events${events:+,}{\"stage\":\"$stage\",\"detail\":\"${line#* }\",\"ago\":$((ago / 100)).$((ago / 10 % 10))$((ago % 10))}"
+    done
+    QUEUED=''
     for _ in 1 2 3; do
         timeout 4 wget -q -O /dev/null --header 'Content-Type: application/json' \
-            --post-data "{\"mac\":\"$MAC\",\"stage\":\"$1\",\"detail\":\"$detail\",\"token\":\"$TOKEN\"}" \
+            --post-data "{\"mac\":\"$MAC\",\"token\":\"$TOKEN\",\"events\":[$events]}" \
             "$SERVER/api/v1/events" 2>/dev/null && return 0
     done
     return 0

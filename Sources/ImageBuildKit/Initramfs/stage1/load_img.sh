@@ -120,10 +120,10 @@ fetched() {  # $1: fetch's exit status; fails the boot unless 0
            fail "${last:-imagebuild-fetch exited with $1}" ;;
     esac
     say "downloaded $last"
-    report image-downloaded "${last%%,*}"
+    report_later image-downloaded "${last%%,*}"
     if [ -n "$IMAGE_SHA256" ]; then
         say "sha256 OK"
-        report image-verified "$IMAGE_SHA256"
+        report_later image-verified "$IMAGE_SHA256"
     fi
 }
 # distribution: p2p (imagebuild.torrent=): aria2c fetches the image from the other nodes booting it
@@ -234,8 +234,8 @@ case "$FORMAT" in
             took=$(awk -v a="$started" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }')
             if [ -z "$IMAGE_SHA256" ] || imagebuild-fetch -c "$IMAGE" -s "$IMAGE_SHA256" 2>/tmp/fetch.err; then
                 say "swarm: $(stat -c %s "$IMAGE") bytes in $took s; seeding for $SEED_TIME s after switch_root"
-                report image-downloaded "$(stat -c %s "$IMAGE") bytes from the swarm in $took s"
-                [ -z "$IMAGE_SHA256" ] || { say "sha256 OK"; report image-verified "$IMAGE_SHA256"; }
+                report_later image-downloaded "$(stat -c %s "$IMAGE") bytes from the swarm in $took s"
+                [ -z "$IMAGE_SHA256" ] || { say "sha256 OK"; report_later image-verified "$IMAGE_SHA256"; }
             else
                 say "swarm: $(tail -n 1 /tmp/fetch.err | sed 's/^imagebuild-fetch: //'); fetching over HTTP"
                 swarm_stop
@@ -278,7 +278,7 @@ if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
         index=$((index + 1))
     done
     [ -z "$SECRETS_URL" ] || node_files /tmp/secrets.tar.gz secrets
-    report overlay "$files files"
+    report_later overlay "$files files"
 fi
 
 # Hand what stage 1 learned to stage 2 (stage 2 starts with a clean /run).
