@@ -8,6 +8,8 @@ struct HTTPOutcome: Sendable {
     var bytes: Int
     /// Content-Length when the server sent one; a short body is a failed download.
     var contentLength: Int?
+    /// When its last byte came (several URLs over one connection: where one ended and the next began).
+    var ended: ContinuousClock.Instant?
 }
 
 enum HTTPClientError: Error, CustomStringConvertible {
@@ -92,6 +94,7 @@ final class HTTPFetchHandler: ChannelInboundHandler {
             outcome.bytes += buffer.readableBytes
         case .end:
             guard !done else { return }
+            outcome.ended = .now
             outcomes.append(outcome)
             // An answer that is not a 200 ends the run, as imagebuild-fetch stops at the first failure.
             if outcomes.count < heads.count, outcome.status == 200 {

@@ -143,29 +143,30 @@ struct SimulatedNode: Sendable {
         guard let imageURL = entry.argument("imagebuild.image") else {
             throw Failure(stage: .image, reason: "no imagebuild.image= on the kernel command line")
         }
-        // Stage 1 fetches its secrets and overlay archives right after its DHCP, before the image, in one
-        // imagebuild-fetch: one connection kept alive, from a privileged port when there are secrets (-P).
-        var nodeFilesTime = 0.0
+        // Stage 1 fetches its secrets and overlay archives right after its DHCP, in the image's own
+        // imagebuild-fetch and before the image: one connection kept alive, from a privileged port when
+        // there are secrets (-P).
         let secrets = settings.fetchNodeFiles ? entry.argument("imagebuild.secrets") : nil
         let overlays = settings.fetchNodeFiles ? (entry.argument("imagebuild.overlay")?.split(separator: ",").map(String.init) ?? []) : []
-        if secrets != nil || !overlays.isEmpty {
-            start = clock.now
-            var from = source
-            if secrets != nil { from = try SocketAddress(ipAddress: source?.ipAddress ?? "0.0.0.0", port: 600 + index % 400) }
-            try await download((secrets.map { [$0] } ?? []) + overlays, stage: .overlay, source: from)
-            nodeFilesTime = seconds(clock.now - start)
-        }
+        let nodeFiles = (secrets.map { [$0] } ?? []) + overlays
         try checkDeadline(.image)
         start = clock.now
-        let imageBytes = try await download(imageURL, stage: .image, source: source)
-        result.durations[Stage.image.rawValue] = seconds(clock.now - start)
+        var from = source
+        if secrets != nil { from = try SocketAddress(ipAddress: source?.ipAddress ?? "0.0.0.0", port: 600 + index % 400) }
+        let outcomes = try await download(nodeFiles + [imageURL], stages: nodeFiles.map { _ in .overlay } + [.image], source: from)
+        let imageBytes = outcomes.last!.bytes
+        var imageStart = start
+        if !nodeFiles.isEmpty, let ended = outcomes[nodeFiles.count - 1].ended {
+            result.durations[Stage.overlay.rawValue] = seconds(ended - start)
+            imageStart = ended
+        }
+        result.durations[Stage.image.rawValue] = seconds((outcomes.last!.ended ?? clock.now) - imageStart)
         // From here to switch_root stage 1 queues its reports and sends them with switch-root's, in one POST.
         let downloaded = clock.now
         var queued = [QueuedReport(.imageDownloaded, "\(imageBytes) bytes", at: downloaded),
                       QueuedReport(.imageVerified, entry.argument("imagebuild.sha256") ?? "", at: downloaded)]
         // The node's files are laid over the root before switch_root.
-        if secrets != nil || !overlays.isEmpty {
-            result.durations[Stage.overlay.rawValue] = nodeFilesTime
+        if !nodeFiles.isEmpty {
             queued.append(QueuedReport(.overlay, "\(overlays.count) archives", at: clock.now))
         }
         try await report(.switchRoot, detail: "/sbin/init", after: queued, server: server, source: source, time: &eventTime)
@@ -252,26 +253,26 @@ struct SimulatedNode: Sendable {
     }
 
     @discardableResult
-    private func download(_ url: String, stage: Stage, source: SocketAddress?) async throws -> Int {
-        try await download([url], stage: stage, source: source)
+    private func download(_ url: String, stage: Stage, source: SocketAddress?) async throws {
+        _ = try await download([url], stages: [stage], source: source)
     }
 
-    /// `urls` in order over one kept-alive connection; the bytes of all of them.
-    @discardableResult
-    private func download(_ urls: [String], stage: Stage, source: SocketAddress?) async throws -> Int {
+    /// `urls` in order over one kept-alive connection, each failing as its stage in `stages`; a broken
+    /// connection fails as the last one's (the image, when node files come first: most of the bytes).
+    private func download(_ urls: [String], stages: [Stage], source: SocketAddress?) async throws -> [HTTPOutcome] {
         let outcomes: [HTTPOutcome]
         do {
             outcomes = try await HTTPClient.fetch(urls, source: source, timeout: settings.httpTimeout, group: settings.group)
         } catch {
-            throw Failure(stage: stage, reason: "\(error)")
+            throw Failure(stage: stages.last!, reason: "\(error)")
         }
-        for (url, outcome) in zip(urls, outcomes) {
-            guard outcome.status == 200 else { throw Failure(stage: stage, reason: "\(url): HTTP \(outcome.status)") }
+        for (index, (url, outcome)) in zip(urls, outcomes).enumerated() {
+            guard outcome.status == 200 else { throw Failure(stage: stages[index], reason: "\(url): HTTP \(outcome.status)") }
             if let length = outcome.contentLength, length != outcome.bytes {
-                throw Failure(stage: stage, reason: "\(url): \(outcome.bytes) of \(length) bytes")
+                throw Failure(stage: stages[index], reason: "\(url): \(outcome.bytes) of \(length) bytes")
             }
         }
-        return outcomes.reduce(0) { $0 + $1.bytes }
+        return outcomes
     }
 
     /// A report stage 1 holds back (`report_later`) until its next one.

@@ -9,11 +9,13 @@
  *   imagebuild-fetch -c FILE -s SHA256
  *
  * Several URLs are fetched in order over one kept-alive connection (while they
- * name the same server): stage 1 takes a node's secrets and its overlay
- * archives in one go, and a boot storm costs the server one connection per
- * node for them instead of one per file. Each URL then needs its own -o; -s
- * applies to the URL it precedes. The first URL that fails ends the run with
- * its status.
+ * name the same server): stage 1 takes a node's secrets, its overlay archives
+ * and then its image in one go, and a boot storm costs the server one
+ * connection per node for all of them instead of one per file. Each URL but
+ * the last then needs its own -o (the last may go to standard output); -s
+ * applies to the URL it precedes. Each URL done writes a line "N bytes in ..."
+ * on standard error; the first URL that fails ends the run with its status, so
+ * the count of those lines says which one failed.
  *
  * -c checks a file already on the node instead (an image the swarm brought:
  * aria2c checked each piece's SHA-1 against the torrent, this checks the whole
@@ -704,7 +706,7 @@ static void usage(void) {
             "       %s -c FILE -s SHA256\n"
             "Streams URL (plain http) to standard output or FILE in one pass, hashing it with SHA-256;\n"
             "a broken connection continues from the byte it reached (HTTP Range). Several URLs are\n"
-            "fetched in order over one kept-alive connection, each into its own -o FILE.\n"
+            "fetched in order over one kept-alive connection, each but the last into its own -o FILE.\n"
             "  -o FILE     write the next URL to FILE instead of standard output\n"
             "  -s SHA256   the next URL's expected digest (64 hex digits): exit 4 when its body does not match\n"
             "  -r RETRIES  attempts in a row without progress before giving up (default 8; back-off 1, 2, 4 ... 30 s)\n"
@@ -877,7 +879,7 @@ int main(int argc, char **argv) {
     if (count == 0 || output || expected) usage(); /* no URL, or -o/-s after the last one */
     for (int i = 0; i < count; i++) {
         check_digest_option(digests[i]);
-        if (count > 1 && !outputs[i]) die(EXIT_USAGE, "%s: with several URLs, each needs its own -o FILE", urls[i]);
+        if (count > 1 && !outputs[i] && i < count - 1) die(EXIT_USAGE, "%s: with several URLs, each but the last needs its own -o FILE", urls[i]);
     }
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is EPIPE from write: exit 5 with a message */
     hasher_start();

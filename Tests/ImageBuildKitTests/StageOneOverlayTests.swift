@@ -231,10 +231,10 @@ struct StageOneOverlayTests {
         #expect(result.status == 0, "\(result.output)")
         // The secrets are asked for before the image (the window opens at stage 1's DHCP), laid after it.
         let output = result.stdout
-        let asked = try #require(output.range(of: "imagebuild: [overlay] fetching the node's own files"), "\(result.output)")
+        let asked = try #require(output.range(of: "imagebuild: [overlay] the node's own files come first, in the image's fetch"), "\(result.output)")
         let download = try #require(output.range(of: "imagebuild: [download]"), "\(result.output)")
         #expect(asked.lowerBound < download.lowerBound, "\(result.output)")
-        // All of them before the image, the secrets first (one imagebuild-fetch; this server closes each connection).
+        // All of them before the image, the secrets first (in the image's imagebuild-fetch; this server closes each connection).
         let gets = node.server.requests.filter { $0.method == "GET" }.map(\.path)
         #expect(gets == ["/boot/v1/secrets", "/overlays/\(Node.hex(shared)).tar.gz", "/overlays/\(Node.hex(overlay)).tar.gz",
                          "/image.tar.gz"], "\(gets)")

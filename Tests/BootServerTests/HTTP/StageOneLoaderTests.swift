@@ -79,10 +79,19 @@ struct StageOneLoaderTests {
                                                                    "-o", loader.folder + "/x2", "http://127.0.0.1:\(port)/\(files[2])"], timeout: 60)
             #expect(failed.status == 3 && Self.lastLine(failed).hasPrefix("imagebuild-fetch: HTTP 404"), "\(failed.stderr)")
             #expect(!FileManager.default.fileExists(atPath: loader.folder + "/x2"))
+
+            // The last URL may go to standard output (stage 1: the node's files, then the image into the unpacker).
+            let piped = try await ProcessRunner.run("/bin/sh", ["-c", #""$0" "$@" > "$OUT""#, loader.path, "-o", loader.folder + "/p0",
+                                                                "http://127.0.0.1:\(port)/\(files[0])", "-s", Self.hex(contents[1]),
+                                                                "http://127.0.0.1:\(port)/\(files[1])"],
+                                                    environment: ["OUT": loader.folder + "/p1"], timeout: 60)
+            #expect(piped.status == 0, "\(piped.stderr)")
+            #expect((try? Data(contentsOf: URL(fileURLWithPath: loader.folder + "/p0"))) == Data(contents[0]))
+            #expect((try? Data(contentsOf: URL(fileURLWithPath: loader.folder + "/p1"))) == Data(contents[1]))
         }
-        // Usage: each of several URLs needs its own -o; -P, -H, -r and -t go before the first URL.
-        let noOutput = try await ProcessRunner.run(loader.path, ["-o", loader.folder + "/y", "http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], timeout: 10)
-        #expect(noOutput.status == 2 && noOutput.stderr.contains("each needs its own -o"), "\(noOutput.stderr)")
+        // Usage: each of several URLs but the last needs its own -o; -P, -H, -r and -t go before the first URL.
+        let noOutput = try await ProcessRunner.run(loader.path, ["http://127.0.0.1:9/a", "-o", loader.folder + "/y", "http://127.0.0.1:9/b"], timeout: 10)
+        #expect(noOutput.status == 2 && noOutput.stderr.contains("each but the last needs its own -o"), "\(noOutput.stderr)")
         let late = try await ProcessRunner.run(loader.path, ["-o", loader.folder + "/y", "http://127.0.0.1:9/a", "-P", "-o", loader.folder + "/z", "http://127.0.0.1:9/b"], timeout: 10)
         #expect(late.status == 2 && late.stderr.contains("before the first URL"), "\(late.stderr)")
     }

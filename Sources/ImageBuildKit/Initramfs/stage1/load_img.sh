@@ -28,51 +28,83 @@ fi
 # address, from a privileged source port (-P: on the node only root can bind one), inside the
 # node's boot window, and with matching SMBIOS values when the inventory has them. All of them are
 # fetched first thing, right after stage 1's own DHCP (the window opens at its acknowledgement,
-# however long the image then takes), the secrets first, over one kept-alive connection (one
-# imagebuild-fetch: in a boot storm the server pays per connection), kept in stage 1's RAM and laid
-# over the root after the image.
+# however long the image then takes), the secrets first, in the image's own imagebuild-fetch and
+# before the image, over its one kept-alive connection (in a boot storm the server pays per
+# connection): kept in stage 1's RAM and laid over the root after the image. With the swarm, they
+# are fetched on their own before it.
 # Each archive is a tar.gz of paths relative to the root with mode and numeric owner; owners given
 # by name (they live in the image's /etc/passwd, which the server cannot read) come in
 # etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with the image's own chown. A
 # refusal (HTTP 403) fails the boot with the server's reason.
+# NODE_FILE_URLS: how many URLs the node's files are (the secrets, each archive), checked here:
+# fetch may run in a pipeline's subshell, which can neither fail the boot nor tell its caller.
+NODE_FILES=none NODE_FILE_URLS=0
+if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
+    NODE_FILES=pending
+    [ -z "$SECRETS_URL" ] || NODE_FILE_URLS=1
+    for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
+        name=${url##*/} digest=${name%.tar.gz}
+        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
+        case "$digest" in
+            *[!0-9a-f]*|'') step overlay "checking the node's files"; fail "overlay: $url is not named by its sha256" ;;
+        esac
+        [ ${#digest} -eq 64 ] || { step overlay "checking the node's files"; fail "overlay: $url is not named by its sha256"; }
+        NODE_FILE_URLS=$((NODE_FILE_URLS + 1))
+    done
+    say "[overlay] the node's own files come first, in the image's fetch: ${OVERLAY_URLS:-no archive}${SECRETS_URL:+ and its secrets from $SECRETS_URL (from a privileged port)}"
+fi
 smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unreadable
     [ -r "/sys/class/dmi/id/$1" ] || return 0
     tr -cd ' -~' < "/sys/class/dmi/id/$1" | sed 's/^ *//; s/ *$//'
 }
-node_files_fetch() {  # every archive into /tmp/overlay-N.tar.gz, the secrets into /tmp/secrets.tar.gz
-    set --
-    if [ -n "$SECRETS_URL" ]; then
-        # the node's SMBIOS values go along as headers, for the server to compare
-        set -- -P
-        for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
-                    chassis_asset_tag=X-Imagebuild-Asset-Tag; do
-            value=$(smbios "${pair%%=*}")
-            [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
-            [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
+# imagebuild-fetch, streaming the image in one pass, hashing every byte, and continuing a broken
+# download from the byte it reached (HTTP Range), so the unpacker never starts over; the node's
+# files first while they are pending (then every archive is in /tmp/overlay-N.tar.gz and the
+# secrets in /tmp/secrets.tar.gz). "$@": the image's own -o FILE, if any; --files-only: no image.
+# Exit 4: a digest did not match; the tree the image fed is then never switched into.
+fetch() {
+    image=$IMAGE_URL
+    [ "$1" = --files-only ] && { image=''; shift; }
+    mine=$#  # the image's own arguments, moved after the node's files below
+    if [ "$NODE_FILES" = pending ]; then
+        if [ -n "$SECRETS_URL" ]; then
+            # the node's SMBIOS values go along as headers, for the server to compare
+            set -- "$@" -P
+            for pair in product_uuid=X-Imagebuild-Product-UUID product_serial=X-Imagebuild-Product-Serial \
+                        chassis_asset_tag=X-Imagebuild-Asset-Tag; do
+                value=$(smbios "${pair%%=*}")
+                [ "${pair%%=*}" = product_uuid ] && value=$(echo "$value" | tr A-F a-f)
+                [ -n "$value" ] && set -- "$@" -H "${pair#*=}: $value"
+            done
+            set -- "$@" -o /tmp/secrets.tar.gz "$SECRETS_URL"
+        fi
+        index=0
+        for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
+            index=$((index + 1))
+            name=${url##*/}
+            set -- "$@" -o "/tmp/overlay-$index.tar.gz" -s "${name%.tar.gz}" "$url"  # named by its sha256 (checked above)
         done
-        set -- "$@" -o /tmp/secrets.tar.gz "$SECRETS_URL"
+        while [ "$mine" -gt 0 ]; do set -- "$@" "$1"; shift; mine=$((mine - 1)); done
     fi
-    index=0
-    for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
-        index=$((index + 1))
-        name=${url##*/} digest=${name%.tar.gz}
-        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
-        case "$digest" in
-            *[!0-9a-f]*|'') fail "overlay: $url is not named by its sha256" ;;
+    # shellcheck disable=SC2086  # $check is empty or the two words "-s DIGEST"
+    imagebuild-fetch -r "$RETRIES" "$@" ${image:+$check "$image"} 2>/tmp/fetch.err
+}
+# After a fetch with the node's files: fails the boot at step overlay when one of them failed.
+# imagebuild-fetch ends on the first URL that fails and writes "N bytes in ..." for each one done.
+node_files_fetched() {  # $1: fetch's exit status
+    [ "$NODE_FILES" = pending ] || return 0
+    if [ "$1" -ne 0 ] && [ "$(grep -c '^imagebuild-fetch: [0-9]* bytes in ' /tmp/fetch.err)" -lt "$NODE_FILE_URLS" ]; then
+        rm -f /tmp/secrets.tar.gz /tmp/overlay-*.tar.gz
+        step overlay "fetching the node's own files"
+        last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
+        case "$last" in
+            # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
+            "HTTP "[0-9][0-9][0-9]*": "*) last=${last#HTTP }; fail "${last%% *} ${last#*: }" ;;
+            "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
         esac
-        [ ${#digest} -eq 64 ] || fail "overlay: $url is not named by its sha256"
-        set -- "$@" -o "/tmp/overlay-$index.tar.gz" -s "$digest" "$url"
-    done
-    imagebuild-fetch -r "$RETRIES" "$@" 2>/tmp/fetch.err && return 0
-    code=$?
-    rm -f /tmp/secrets.tar.gz /tmp/overlay-*.tar.gz
-    last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
-    case "$last" in
-        # "HTTP 403 Forbidden: <the server's reason>" fails as "403 <the server's reason>"
-        "HTTP "[0-9][0-9][0-9]*": "*) last=${last#HTTP }; fail "${last%% *} ${last#*: }" ;;
-        "HTTP "[0-9][0-9][0-9]*) fail "${last#HTTP }" ;;
-    esac
-    fail "${last:-imagebuild-fetch exited with $code}"
+        fail "${last:-imagebuild-fetch exited with $1}"
+    fi
+    NODE_FILES=fetched
 }
 node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
     owners="$ROOT/etc/imagebuild/owners"
@@ -99,19 +131,9 @@ node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners
     fi
     say "[overlay] $2: $n files laid over the root; owners by name: $named"
 }
-if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
-    step overlay "fetching the node's own files: ${OVERLAY_URLS:-no archive}${SECRETS_URL:+ and its secrets from $SECRETS_URL (from a privileged port)}"
-    node_files_fetch
-fi
 
-# imagebuild-fetch streams the image in one pass, hashing every byte, and continues a broken
-# download from the byte it reached (HTTP Range), so the unpacker never starts over. Exit 4:
-# the digest did not match; the tree it fed is then never switched into.
-fetch() {
-    # shellcheck disable=SC2086  # $check is empty or the two words "-s DIGEST"
-    imagebuild-fetch -r "$RETRIES" $check "$@" "$IMAGE_URL" 2>/tmp/fetch.err
-}
 fetched() {  # $1: fetch's exit status; fails the boot unless 0
+    node_files_fetched "$1"
     last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
     case "$1" in
         0) ;;
@@ -229,6 +251,11 @@ case "$FORMAT" in
         # mounted, not unpacked: the file itself is the root (in RAM)
         IMAGE=/newroot/image.$FORMAT
         step download "fetching $IMAGE_URL${TORRENT_URL:+ from the swarm ($TORRENT_URL)}"
+        if [ -n "$TORRENT_URL" ] && [ "$NODE_FILES" = pending ]; then
+            # the swarm's image is not fetched by imagebuild-fetch: the node's files go first on their own
+            fetch --files-only
+            node_files_fetched $?
+        fi
         started=$(cut -d' ' -f1 /proc/uptime)
         if swarm_fetch "$IMAGE"; then
             took=$(awk -v a="$started" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }')
