@@ -252,7 +252,6 @@ struct SimulatedNode: Sendable {
         return await TFTPClient.fetch(fetch, server: server, source: source, timeout: settings.tftpTimeout, reactor: settings.reactor)
     }
 
-    @discardableResult
     private func download(_ url: String, stage: Stage, source: SocketAddress?) async throws {
         _ = try await download([url], stages: [stage], source: source)
     }
