@@ -285,6 +285,7 @@ case "$FORMAT" in
         # fetch's status goes through a file: busybox ash has no PIPESTATUS
         { fetch; echo $? >/tmp/fetch.status; } | $decompress 2>/tmp/unpack.err | tar -xf - -C /newroot 2>>/tmp/unpack.err
         unpacked=$? status=$(cat /tmp/fetch.status)
+        node_files_fetched "$status"  # a node's file that failed fails at step overlay, whatever the unpacker says
         # 5: the unpacker stopped reading; its own message says why
         [ "$status" != 5 ] || { step unpack "unpacking"; fail "unpacking failed: $(tail -n 1 /tmp/unpack.err)"; }
         fetched "$status"
