@@ -204,6 +204,26 @@ import TestSupport
         #expect(listing.contains("2023-11-14"), "mtime is the epoch given: \(listing)")
     }
 
+    @Test func largeArchivesAreXzdSmallOnesGzipd() throws {
+        // A shared file of 100 KB (an /etc/hosts over a large cluster): every node fetches it, so xz.
+        let dir = TemporaryDirectory()
+        let big = (0..<3000).map { "10.77.\($0 / 256).\($0 % 256) node\($0).cluster.test node\($0)\n" }.joined()
+        let source = dir.write("hosts.big", big)
+        let text = Self.inventoryText.replacingOccurrences(of: "  files:\n", with: "  files:\n    - {path: /etc/hosts.big, source: \(source), template: false}\n")
+        let inventory = try InventoryLoader.parse(text, file: dir.path + "/nodes.yaml")
+        let plan = try OverlayPlan.render(inventory, mtime: 0)
+        #expect(try OverlayPlan.render(inventory, mtime: 0).archives.mapValues(\.bytes) == plan.archives.mapValues(\.bytes))
+        let paths = try #require(plan.nodes[node(1).mac])
+        #expect(paths.count == 2 && paths[0].hasSuffix(".tar.xz") && paths[1].hasSuffix(".tar.gz"), "\(paths)")
+        let shared = try #require(plan.archives[paths[0]])
+        #expect(shared.path == "overlays/\(shared.sha256).tar.xz")
+        #expect(shared.bytes.count < big.utf8.count / 10, "\(shared.bytes.count) bytes")
+        let file = dir.path + "/shared.tar.xz"
+        try Data(shared.bytes).write(to: URL(fileURLWithPath: file))
+        #expect(try sh("tar -xOJf \(file) etc/hosts.big") == big)
+        #expect(try sh("tar -tJf \(file)") == "etc/hosts\netc/hosts.big\n")
+    }
+
     @Test func namedOwnersGoToTheOwnersList() throws {
         let rendered = [
             NodeTemplates.Rendered(file: NodeFile(path: "/etc/munge/munge.key", content: .source("/x"), mode: 0o400,
@@ -213,7 +233,7 @@ import TestSupport
         ]
         let dir = TemporaryDirectory()
         let file = dir.path + "/s.tar.gz"
-        try Data(try OverlayArchive.make(rendered, mtime: 0)).write(to: URL(fileURLWithPath: file))
+        try Data(try OverlayArchive.make(rendered, mtime: 0).bytes).write(to: URL(fileURLWithPath: file))
         let listing = try sh("tar -tvzf \(file) --numeric-owner")
         #expect(listing.contains("-r-------- 0/0") && listing.contains("etc/munge/munge.key"), "\(listing)")
         #expect(try sh("tar -xOzf \(file) etc/imagebuild/owners") == "munge:munge etc/munge/munge.key\n")

@@ -49,7 +49,7 @@ public final class SecretDelivery: Sendable {
             try identity.secretFiles.map { try templates.render($0.file, for: identity) }
         }
         if identity.hostKeys == .persistent, let hostKeyFiles { files += try hostKeyFiles.files(identity) }
-        return try OverlayArchive.make(files, mtime: Publisher.overlayEpoch)
+        return try OverlayArchive.make(files, mtime: Publisher.overlayEpoch).bytes  // gzip: made per request
     }
 
     /// Whether `archive(for:)` may run where nothing may block (an event loop): it reads small files

@@ -190,8 +190,17 @@ public enum ArchiveFormat: Sendable {
 }
 
 /// Writes an archive entry by entry, handing the bytes to a sink. The sink does
-/// the compression (parallel gzip, or a plain file), so libarchive writes no filter.
+/// the compression (parallel gzip, or a plain file), so libarchive writes no filter,
+/// except xz for small archives made whole in memory (`Filter.xz`, node overlays).
 public final class ArchiveWriter {
+    /// What libarchive itself does to the bytes before the sink.
+    public enum Filter: Sendable {
+        case none
+        /// liblzma at this preset (0-9): no time or name in the stream, so the same
+        /// entries give the same bytes.
+        case xz(preset: Int)
+    }
+
     private let handle: OpaquePointer
     private let box: SinkBox
     private var closed = false
@@ -202,7 +211,7 @@ public final class ArchiveWriter {
         init(_ sink: @escaping (UnsafeRawBufferPointer) throws -> Void) { self.sink = sink }
     }
 
-    public init(format: ArchiveFormat, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
+    public init(format: ArchiveFormat, filter: Filter = .none, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) throws {
         guard let handle = archive_write_new() else {
             throw ArchiveError(path: "<writer>", message: "libarchive: out of memory")
         }
@@ -212,7 +221,17 @@ public final class ArchiveWriter {
         case .cpioNewc: archive_write_set_format_cpio_newc(handle)
         case .paxRestricted: archive_write_set_format_pax_restricted(handle)
         }
-        archive_write_add_filter_none(handle)
+        switch filter {
+        case .none:
+            archive_write_add_filter_none(handle)
+        case .xz(let preset):
+            guard archive_write_add_filter_xz(handle) == ib_archive_ok(),
+                  archive_write_set_filter_option(handle, "xz", "compression-level", "\(preset)") == ib_archive_ok() else {
+                let message = ArchiveReader.errorString(handle)
+                archive_write_free(handle)
+                throw ArchiveError(path: "<writer>", message: "xz: \(message)")
+            }
+        }
         // Buffer in 64 KiB blocks, but do not pad the last one: the output is
         // exactly the archive, so identical trees give identical bytes.
         archive_write_set_bytes_per_block(handle, 65536)

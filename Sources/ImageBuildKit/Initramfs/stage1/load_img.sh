@@ -32,7 +32,9 @@ fi
 # before the image, over its one kept-alive connection (in a boot storm the server pays per
 # connection): kept in stage 1's RAM and laid over the root after the image. With the swarm, they
 # are fetched on their own before it.
-# Each archive is a tar.gz of paths relative to the root with mode and numeric owner; owners given
+# Each archive is a tar of paths relative to the root with mode and numeric owner, gzip'd (the
+# secrets, and overlays/<sha256>.tar.gz) or xz'd (overlays/<sha256>.tar.xz: large shared files, an
+# /etc/hosts over the cluster, which every node of a storm fetches, 5x smaller); owners given
 # by name (they live in the image's /etc/passwd, which the server cannot read) come in
 # etc/imagebuild/owners, "OWNER[:GROUP] PATH" a line, applied with the image's own chown. A
 # refusal (HTTP 403) fails the boot with the server's reason.
@@ -43,8 +45,8 @@ if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
     NODE_FILES=pending
     [ -z "$SECRETS_URL" ] || NODE_FILE_URLS=1
     for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
-        name=${url##*/} digest=${name%.tar.gz}
-        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz)
+        name=${url##*/} digest=${name%.tar.[gx]z}
+        # the name is the archive's sha256 (publish writes overlays/<sha256>.tar.gz or .tar.xz)
         case "$digest" in
             *[!0-9a-f]*|'') step overlay "checking the node's files"; fail "overlay: $url is not named by its sha256" ;;
         esac
@@ -59,7 +61,7 @@ smbios() {  # /sys/class/dmi/id/$1 in printable ASCII, trimmed; empty when unrea
 }
 # imagebuild-fetch, streaming the image in one pass, hashing every byte, and continuing a broken
 # download from the byte it reached (HTTP Range), so the unpacker never starts over; the node's
-# files first while they are pending (then every archive is in /tmp/overlay-N.tar.gz and the
+# files first while they are pending (then every archive is in /tmp/overlay-N.tar.gz or .tar.xz, the
 # secrets in /tmp/secrets.tar.gz). "$@": the image's own -o FILE, if any; --files-only: no image.
 # Exit 4: a digest did not match; the tree the image fed is then never switched into.
 fetch() {
@@ -82,7 +84,8 @@ fetch() {
         for url in $(echo "$OVERLAY_URLS" | tr , ' '); do
             index=$((index + 1))
             name=${url##*/}
-            set -- "$@" -o "/tmp/overlay-$index.tar.gz" -s "${name%.tar.gz}" "$url"  # named by its sha256 (checked above)
+            # named by its sha256 (checked above), the archive's own suffix kept: it says how to unpack it
+            set -- "$@" -o "/tmp/overlay-$index.${name#*.}" -s "${name%.tar.[gx]z}" "$url"
         done
         while [ "$mine" -gt 0 ]; do set -- "$@" "$1"; shift; mine=$((mine - 1)); done
     fi
@@ -94,7 +97,7 @@ fetch() {
 node_files_fetched() {  # $1: fetch's exit status
     [ "$NODE_FILES" = pending ] || return 0
     if [ "$1" -ne 0 ] && [ "$(grep -c '^imagebuild-fetch: [0-9]* bytes in ' /tmp/fetch.err)" -lt "$NODE_FILE_URLS" ]; then
-        rm -f /tmp/secrets.tar.gz /tmp/overlay-*.tar.gz
+        rm -f /tmp/secrets.tar.gz /tmp/overlay-*.tar.?z
         step overlay "fetching the node's own files"
         last=$(tail -n 1 /tmp/fetch.err 2>/dev/null | sed 's/^imagebuild-fetch: //')
         case "$last" in
@@ -106,11 +109,12 @@ node_files_fetched() {  # $1: fetch's exit status
     fi
     NODE_FILES=fetched
 }
-node_files() {  # $1 the tar.gz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
+node_files() {  # $1 the .tar.gz or .tar.xz, $2 overlay|secrets: laid over $ROOT, its owners applied, then deleted
     owners="$ROOT/etc/imagebuild/owners"
     rm -f "$owners"  # stage 1's folder in the image: only the tar's own owners file counts
+    case "$1" in *.xz) unpack=-xJvf ;; *) unpack=-xzvf ;; esac
     # --numeric-owner: the tar's uid/gid as they are, never mapped through stage 1's own names
-    tar --numeric-owner -xzvf "$1" -C "$ROOT" >/tmp/node-files.list 2>/tmp/node-files.err ||
+    tar --numeric-owner "$unpack" "$1" -C "$ROOT" >/tmp/node-files.list 2>/tmp/node-files.err ||
         { rm -f "$1"; fail "$2: unpacking failed: $(tail -n 1 /tmp/node-files.err)"; }
     rm -f "$1"
     n=$(grep -Evc '/$|^(\./)?etc/imagebuild/owners$' /tmp/node-files.list)
@@ -301,8 +305,11 @@ if [ -n "$OVERLAY_URLS$SECRETS_URL" ]; then
     step overlay "laying the node's own files over the root"
     files=0
     index=1  # in the command line's order: a later archive's file replaces an earlier one's
-    while [ -f "/tmp/overlay-$index.tar.gz" ]; do
-        node_files "/tmp/overlay-$index.tar.gz" overlay
+    while :; do
+        archive=/tmp/overlay-$index.tar.gz
+        [ -f "$archive" ] || archive=/tmp/overlay-$index.tar.xz
+        [ -f "$archive" ] || break
+        node_files "$archive" overlay
         index=$((index + 1))
     done
     [ -z "$SECRETS_URL" ] || node_files /tmp/secrets.tar.gz secrets
