@@ -28,7 +28,7 @@ extension EndToEnd {
             """
 
         /// The minimal recipe as a squashfs image with aria2c in its stage 1, carrying 32 MiB of random
-        /// bytes so the image is 33 pieces (the busybox system alone would be one).
+        /// bytes so the image is some 130 pieces of 256 KiB (the busybox system alone would be a few).
         static let artifacts: Swift.Result<String, HarnessError> = {
             let out = Harness.temporaryDirectory("swarm")
             do {

@@ -134,12 +134,12 @@ extension EndToEnd {
         @Test("a peer serving corrupted pieces: caught by the piece hashes, the node still gets the right image")
         func corruptPeer() async throws {
             try await Harness.blocking { [self] in
-                // A node of the cluster seeding a copy with one byte flipped in every piece, unverified.
+                // A node of the cluster seeding a copy with a byte flipped in every 64 KiB (so in every piece), unverified.
                 let rogue = try addNode("fc", address: "10.77.0.33")
                 let bad = site.lab.directory + "/rogue"
                 try FileManager.default.createDirectory(atPath: bad, withIntermediateDirectories: true)
                 var bytes = try Data(contentsOf: URL(fileURLWithPath: artifacts + "/image.squashfs"))
-                for offset in stride(from: 4096, to: bytes.count, by: 1 << 20) { bytes[offset] ^= 0xff }
+                for offset in stride(from: 4096, to: bytes.count, by: 64 << 10) { bytes[offset] ^= 0xff }  // pieces are 256 KiB or more
                 try bytes.write(to: URL(fileURLWithPath: bad + "/image.squashfs"))
                 let fetched = try Harness.shell("ip netns exec \(site.lab.namespace) curl -sf -o \(bad)/image.torrent --max-time 10 \(torrentURL)")
                 #expect(fetched.status == 0, "no torrent: \(fetched.stderr)")

@@ -32,6 +32,27 @@ import TestSupport
         #expect(throws: Bencode.DecodeError.self) { try Bencode.decode(Array(repeating: UInt8(ascii: "l"), count: 100) + Array(repeating: UInt8(ascii: "e"), count: 100)) }
     }
 
+    @Test func aCachedInfoIsKeptOnlyWhileItsPieceLengthIsTheRule() throws {
+        let folder = dir.path + "/cached"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        let size = (1 << 20) + 1
+        try Data((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) }).write(to: URL(fileURLWithPath: folder + "/image.squashfs"))
+        func cache(pieceLength: Int) throws {
+            let info = Bencode.dictionary(["length": .integer(Int64(size)), "name": .string("image.squashfs"),
+                                           "piece length": .integer(Int64(pieceLength)), "pieces": .bytes([UInt8](repeating: 7, count: 20))])
+            try Data(info.encoded).write(to: URL(fileURLWithPath: folder + "/" + Torrent.infoFile))
+        }
+        // The rule's piece length: the cache is used as it is (its made-up hash shows it was not recomputed).
+        try cache(pieceLength: Torrent.pieceLength(forSize: Int64(size)))
+        #expect(try Torrent.info(ofImageIn: folder, imageFile: "image.squashfs")["pieces"] == .bytes([UInt8](repeating: 7, count: 20)))
+        // Pieces of 1 MiB, cached by an earlier version: hashed again, and the cache replaced.
+        try cache(pieceLength: 1 << 20)
+        let info = try Torrent.info(ofImageIn: folder, imageFile: "image.squashfs")
+        #expect(info == (try Torrent.info(ofFile: folder + "/image.squashfs", name: "image.squashfs")))
+        #expect(info["piece length"] == .integer(256 << 10))
+        #expect(try Bencode.decode(Data(contentsOf: URL(fileURLWithPath: folder + "/" + Torrent.infoFile))) == info)
+    }
+
     @Test func distributionIsTheNearestLevelsAndTheRangeCountsForANode() throws {
         let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
         let resolved = inventory.nodes.map { inventory.resolved($0) }
@@ -122,7 +143,8 @@ import TestSupport
     @Test(.enabled(if: PublisherTests.bootloadersInstalled && aria2cInstalled, "needs the boot loaders and aria2 (scripts/setup installs them)"))
     func publishWritesATorrentAria2cAccepts() throws {
         let inventory = try InventoryLoader.parse(Self.inventoryText, file: "nodes.yaml")
-        let artifact = try artifact(size: 3 << 20 | 12_345)  // four pieces, the last one short
+        let piece = Torrent.pieceLength(forSize: 1 << 20)
+        let artifact = try artifact(size: 3 * piece + 12_345)  // four pieces, the last one short
         var torrents: [[UInt8]] = []
         for name in ["a", "b"] {
             let root = dir.path + "/\(name)/tftpboot"
@@ -137,7 +159,7 @@ import TestSupport
             #expect(torrent["announce"]?.stringValue == "http://10.77.0.1:8080/boot/v1/announce")
             #expect(torrent["url-list"] == .list([.string("http://10.77.0.1:8080/\(image.path)/image.squashfs")]))
             #expect(torrent["imagebuild sha256"]?.stringValue == image.sha256)
-            #expect(torrent["info"]?["piece length"] == .integer(1 << 20))
+            #expect(piece == 256 << 10 && torrent["info"]?["piece length"] == .integer(Int64(piece)))
 
             let shown = try sh("aria2c -S \(torrentPath)")
             let hash = Torrent.infoHash(torrent["info"]!).map { String(format: "%02x", $0) }.joined()

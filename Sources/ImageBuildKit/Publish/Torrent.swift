@@ -135,10 +135,10 @@ public enum Torrent {
     /// The boot-root path of an image's `.torrent` in a generation.
     public static func path(of image: PublishedImage) -> String { "\(folder)/\(image.name)-\(image.digest).torrent" }
 
-    /// Pieces of at least 1 MiB, growing in powers of two so an image has at most 2,048 of them: few
+    /// Pieces of at least 256 KiB, growing in powers of two so an image has at most 2,048 of them: few
     /// enough to keep the torrent small and web-seed requests large, enough for a swarm to spread.
     public static func pieceLength(forSize size: Int64) -> Int {
-        var length = 1 << 20
+        var length = 1 << 18
         while Int64(length) * 2048 < size, length < 1 << 24 { length <<= 1 }
         return length
     }
@@ -165,11 +165,14 @@ public enum Torrent {
     }
 
     /// The info dictionary of a published image, from its cache beside the image, computed and cached
-    /// (written aside and renamed, so a kill leaves no half file) when missing or unreadable.
+    /// (written aside and renamed, so a kill leaves no half file) when missing, unreadable, or cut
+    /// into pieces of another length than `pieceLength` now gives (so an image has one info-hash
+    /// whichever version published it last).
     public static func info(ofImageIn directory: String, imageFile: String) throws -> Bencode {
         let cache = directory + "/" + infoFile
         if let data = FileManager.default.contents(atPath: cache), let info = try? Bencode.decode(data),
-           info["name"]?.stringValue == imageFile, info["pieces"] != nil {
+           info["name"]?.stringValue == imageFile, info["pieces"] != nil, case .integer(let size)? = info["length"],
+           info["piece length"] == .integer(Int64(pieceLength(forSize: size))) {
             return info
         }
         let info = try info(ofFile: directory + "/" + imageFile, name: imageFile)
