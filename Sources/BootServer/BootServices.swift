@@ -34,7 +34,7 @@ public final class BootServices: Sendable {
         public var httpPort: Int?
         public var httpMaximumConnections: Int?
         public var reportTokens: Bool
-        /// Seed published torrents over BitTorrent (`SwarmSeeder`), from `seedPort` up.
+        /// Seed published torrents over BitTorrent (`SwarmSeeder`), on the first free port from `seedPort`.
         public var seed: Bool
         public var seedPort: Int
         /// The merged file the settings came from: the DHCP knobs, and what a reload compares against.
@@ -93,6 +93,8 @@ public final class BootServices: Sendable {
     public let discovery: DiscoveryStore?
     public let tftp: TFTPServer?
     public let http: HTTPService?
+    /// The BitTorrent seeder of `distribution: p2p` images (with HTTP, unless `swarm.seed: false`).
+    public let seeder: SwarmSeeder?
     /// The bound addresses of each running service (with port 0 in the settings, the kernel's choice).
     public let dhcpAddresses: [SocketAddress]
     public let tftpAddress: SocketAddress?
@@ -226,8 +228,17 @@ public final class BootServices: Sendable {
                                       logger: loggers("imagebuild.http"))
             listeners.append(Listener(service: service, port: port, flag: "--http-port"))
             http = service
+            if settings.seed {
+                let seeder = SwarmSeeder(configuration: .init(host: settings.listen, port: settings.seedPort), sources: service.seederSources(),
+                                         logger: loggers("imagebuild.swarm"))
+                listeners.append(Listener(service: seeder, port: settings.seedPort, flag: "swarm.seed_port (server.yaml)"))
+                self.seeder = seeder
+            } else {
+                seeder = nil
+            }
         } else {
             http = nil
+            seeder = nil
         }
 
         let services = try await Self.bind(listeners, host: settings.listen)
@@ -293,16 +304,6 @@ public final class BootServices: Sendable {
                 await ensure(inventory.current.inventory)
                 for await snapshot in updates { await ensure(snapshot.inventory) }
             })
-        }
-        if http != nil && settings.seed {
-            if let aria2c = SwarmSeeder.findClient() {
-                let seeder = SwarmSeeder(configuration: .init(root: settings.root, stateDirectory: settings.stateDirectory, listen: settings.listen,
-                                                              firstPort: settings.seedPort, aria2c: aria2c),
-                                         logger: loggers("imagebuild.swarm"))
-                services.append(ServerService(name: "swarm-seeder") { await seeder.run() })
-            } else {
-                logger.notice("aria2c is not installed: torrents of distribution: p2p images are seeded by the web seed only (apt-get install aria2)")
-            }
         }
         let reloads = self.reloads
         services.append(ServerService(name: "reload") { [self] in

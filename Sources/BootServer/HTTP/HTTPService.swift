@@ -98,6 +98,8 @@ public final class HTTPService: BootService, Sendable {
     let metrics: HTTPMetrics
     /// The BitTorrent tracker of the published images (`distribution: p2p`).
     let tracker = SwarmTracker()
+    /// The generation the root serves (`publish.json`), read again when it changes.
+    let publishIndex: PublishIndexCache
     private let state = Mutex<ListenerState>(.idle)
 
     private enum ListenerState {
@@ -148,6 +150,7 @@ public final class HTTPService: BootService, Sendable {
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.threadPool = threadPool
+        publishIndex = PublishIndexCache(root: configuration.root)
         metrics = HTTPMetrics(registry: configuration.metrics)
         let bootDuration = metrics.bootDuration
         timeline.onBootCompleted { seconds in bootDuration.record(.milliseconds(Int64(seconds * 1000))) }
@@ -338,7 +341,7 @@ public final class HTTPService: BootService, Sendable {
             Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: StatusPage.html)))
         }
-        let publishIndex = PublishIndexCache(root: provider.root)
+        let publishIndex = self.publishIndex
         router.get("/metrics") { [self] _, _ in
             self.metrics.updateStages(self.nodeList(), unattributed: timeline.unattributedCount)
             self.metrics.update(self.inventoryStatus(publishIndex))

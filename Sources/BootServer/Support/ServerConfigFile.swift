@@ -38,9 +38,9 @@ public struct ServerConfigFile: Sendable, Equatable {
 
     /// The server's own BitTorrent seeder for `distribution: p2p` images (`SwarmSeeder`).
     public struct Swarm: Sendable, Equatable {
-        /// Seed each published torrent over BitTorrent (default true, when aria2c is installed).
+        /// Seed the published torrents over BitTorrent from this process (default true).
         public var seed: Bool?
-        /// The first port the seeders listen on; each takes the next free one.
+        /// The first port the seeder tries (one port for every torrent): it takes the first free one of the 64 from here.
         public var seedPort: Int?
         public init() {}
     }

@@ -118,11 +118,14 @@ final class SwarmTracker: Sendable {
     /// A peer not heard from for three intervals is gone (aria2c killed, the node powered off).
     static let expiry: TimeInterval = TimeInterval(3 * interval)
 
-    /// A published torrent: what the info-hash names.
+    /// A published torrent: what the info-hash names, and where the seeder reads it.
     struct Published: Sendable, Equatable {
         var image: String
         var digest: String
         var length: Int64
+        /// The image file in the boot root.
+        var file: String
+        var pieceLength: Int
     }
 
     struct Peer: Sendable, Equatable {
@@ -136,7 +139,7 @@ final class SwarmTracker: Sendable {
         var isSeeder: Bool { left == 0 }
     }
 
-    /// The boot server's own BitTorrent seeder (`SwarmSeeder`): where it listens and what it reports.
+    /// The boot server's own BitTorrent seeder (`SwarmSeeder`, in-process): where it listens and what it reports.
     struct ServerSeed: Sendable, Equatable {
         var address: IPv4Address
         var port: UInt16
@@ -254,6 +257,9 @@ final class SwarmTracker: Sendable {
     }
 
     var generation: Int? { state.withLock { $0.generation } }
+
+    /// The published torrents by info-hash.
+    var torrents: [[UInt8]: Published] { state.withLock { $0.torrents } }
 
     /// Whose announce it is: the node a fixed address or live lease puts at `address`, or (`mac` nil)
     /// the server's own seeder.

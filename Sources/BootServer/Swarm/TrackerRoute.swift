@@ -26,10 +26,7 @@ extension HTTPService {
         let inventory = self.inventory()
         guard let remote else { return answer(.refused(reason: .notANode, message: "no client address")) }
         refreshTorrents(publishIndex)
-        // The server's own seeder (`SwarmSeeder`) announces from the address nodes know the server by.
-        if remote == inventory?.network.server {
-            return answer(tracker.announce(parsed, from: .init(address: remote, mac: nil), now: timeline.currentTime) { _ in 2 })
-        }
+        // The server's own seeder announces in-process (`seederSources`), never over HTTP.
         guard let mac = admission.macAt(remote) else {
             return answer(.refused(reason: .notANode, message: "\(remote) is not a node of this cluster (no fixed address in nodes.yaml, no live lease)"))
         }
@@ -58,13 +55,35 @@ extension HTTPService {
             guard let data = FileManager.default.contents(atPath: path) else { continue }
             do {
                 let info = try Bencode.decode(data)["info"]
-                guard let info, let length = info["length"]?.integerValue else { continue }
-                torrents[Torrent.infoHash(info)] = .init(image: image.name, digest: image.digest, length: length)
+                guard let info, let length = info["length"]?.integerValue,
+                      let pieceLength = info["piece length"]?.integerValue, pieceLength > 0 else { continue }
+                torrents[Torrent.infoHash(info)] = .init(image: image.name, digest: image.digest, length: length,
+                                                         file: configuration.root + "/" + image.path + "/" + image.imageFile,
+                                                         pieceLength: Int(pieceLength))
             } catch {
                 logger.error("tracker: \(path) is not a torrent: \(error)")
             }
         }
         tracker.publish(torrents, generation: index.generation)
         logger.info("tracker: \(torrents.count) published torrents (generation \(index.generation))")
+    }
+
+    /// What the server's BitTorrent seeder needs: the published torrents, who may connect (the nodes
+    /// the tracker answers), and its announce, made here in-process from the address nodes know the
+    /// server by.
+    func seederSources() -> SwarmSeeder.Sources {
+        let admission = reportAdmission()
+        return SwarmSeeder.Sources(
+            torrents: { [self] in
+                refreshTorrents(publishIndex)
+                return tracker.torrents
+            },
+            admits: { admission.macAt($0) != nil },
+            announce: { [self] infoHash, port, uploaded in
+                guard let server = inventory()?.network.server, let port = UInt16(exactly: port) else { return }
+                _ = tracker.announce(Announce(infoHash: infoHash, peerID: Array("-IB0001-seeder------".utf8), port: port,
+                                              uploaded: uploaded, left: 0, numwant: 0),
+                                     from: .init(address: server, mac: nil), now: timeline.currentTime) { _ in 2 }
+            })
     }
 }

@@ -39,7 +39,7 @@ import TestSupport
 
     @Test func peersAreRackLocalFirstAndTheSwarmIsCounted() {
         let tracker = SwarmTracker()
-        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100)], generation: 1)
+        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100, file: "/nowhere", pieceLength: 1 << 18)], generation: 1)
         let now = Date(timeIntervalSince1970: 1_000_000)
         func asker(_ last: UInt8) -> SwarmTracker.Asker { .init(address: IPv4Address(10, 0, 0, last), mac: MACAddress(2, 0, 0, 0, 0, last)) }
         // Peers .1-.6; .1-.3 are "rack 1" (tier 0 for .1), .4 is in its range (tier 1), the rest far.
@@ -92,7 +92,7 @@ import TestSupport
     /// from zero. A client restarted on another port replaces its node's entry.
     @Test func reportsAreNeverCountedTwice() {
         let tracker = SwarmTracker()
-        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100)], generation: 1)
+        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100, file: "/nowhere", pieceLength: 1 << 18)], generation: 1)
         let now = Date(timeIntervalSince1970: 1_000_000)
         let asker = SwarmTracker.Asker(address: IPv4Address(10, 0, 0, 9), mac: MACAddress(2, 0, 0, 0, 0, 9))
         func send(_ uploaded: Int64, port: UInt16 = 6881, event: Announce.Event? = nil) {
@@ -114,7 +114,7 @@ import TestSupport
     /// but not among the nodes; it leaves when it says it stops, or when it is not heard from.
     @Test func theServersSeederComesFirstForDownloaders() {
         let tracker = SwarmTracker()
-        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100)], generation: 1)
+        tracker.publish([Self.hash: .init(image: "fs", digest: "d", length: 100, file: "/nowhere", pieceLength: 1 << 18)], generation: 1)
         let now = Date(timeIntervalSince1970: 1_000_000)
         let server = SwarmTracker.Asker(address: IPv4Address(10, 0, 0, 1), mac: nil)
         func node(_ last: UInt8) -> SwarmTracker.Asker { .init(address: IPv4Address(10, 0, 0, last), mac: MACAddress(2, 0, 0, 0, 0, last)) }
