@@ -71,6 +71,7 @@ struct ServerConfigFileTests {
             .appendingPathComponent("../../../contrib/server.yaml").standardizedFileURL.path
         let c = try ServerConfigFile.load(path: path)
         #expect(c.dhcp.pxelinuxRebootTime == 30 && c.dhcp.rapidCommit == true)
+        #expect(c.swarm.seed == true && c.swarm.seedPort == 6881)
     }
 
     @Test("mistakes are located errors", arguments: [
