@@ -55,10 +55,6 @@ public actor SwarmSeeder: BootService {
         var announce: @Sendable (_ infoHash: [UInt8], _ port: Int, _ uploaded: Int64) -> Void
     }
 
-    /// Bytes a peer's socket may hold that are not on the wire yet (`TCP_NOTSENT_LOWAT`): enough to
-    /// keep any link busy between two writes, little enough that queued blocks wait in the handler.
-    static let unsentLimit = 128 << 10
-
     /// The ports tried from `Configuration.port` on, the first free one taken.
     static let portsTried = 64
 
@@ -86,7 +82,6 @@ public actor SwarmSeeder: BootService {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.autoRead, value: false)  // `run()` turns accepting on
-            .childChannelOption(.tcpOption(.init(rawValue: CInt(TCP_NOTSENT_LOWAT))), value: SocketOptionValue(Self.unsentLimit))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = SeedPeerHandler(core: core.value)
@@ -238,7 +233,7 @@ final class SeedPeerHandler: ChannelInboundHandler {
     typealias InboundIn = PeerMessage
     typealias OutboundOut = IOData
 
-    /// A peer may have this many blocks waiting; one asking for more is cut off.
+    /// A peer may have this many blocks queued for sending; one asking for more is cut off.
     static let maximumQueued = 512
     static let maximumBlock: UInt32 = 1 << 17
 
@@ -257,8 +252,7 @@ final class SeedPeerHandler: ChannelInboundHandler {
     private(set) var lastUnchoked = NIODeadline.uptimeNanoseconds(0)
     private var lastHeard = NIODeadline.now()
     private var lastWritten = NIODeadline.now()
-    /// Blocks asked for and not yet written, in order.
-    private var requests = CircularBuffer<BlockRequest>()
+    private var queued = 0
 
     init(core: SeedCore) { self.core = core }
 
@@ -310,8 +304,10 @@ final class SeedPeerHandler: ChannelInboundHandler {
             for index in 0..<pieces where bits[index >> 3] & (0x80 >> (index & 7)) != 0 { haveCount += 1 }
             finishedCheck(context: context)
         case .request(let request): serve(request, context: context)
-        case .cancel(let request):
-            if let index = requests.firstIndex(of: request) { requests.remove(at: index) }
+        // Blocks are written as they are asked for, so nothing waits to be taken back. (Queueing them
+        // here until the socket took them, so that aria2c's end-game cancels and a choke took back
+        // what had not left, made a 100-node storm slower: docs/swarm.md.)
+        case .cancel: break
         case .piece: drop("sent a piece, which this seeder never asks for", context: context)
         }
     }
@@ -357,53 +353,36 @@ final class SeedPeerHandler: ChannelInboundHandler {
         if pieces > 0 && haveCount == pieces { context.close(promise: nil) }
     }
 
-    /// Validates a request and queues it; `send` writes it when the connection can take it.
     private func serve(_ request: BlockRequest, context: ChannelHandlerContext) {
-        guard let torrent else { return drop("asked for a block before its handshake", context: context) }
+        guard let torrent, let file else { return drop("asked for a block before its handshake", context: context) }
         guard isUnchoked else { return }  // BEP 3: requests while choked are dropped; the peer asks again
         let pieceStart = Int64(request.index) * Int64(torrent.pieceLength)
         let pieceEnd = min(pieceStart + Int64(torrent.pieceLength), torrent.length)
+        let start = pieceStart + Int64(request.begin)
         guard Int(request.index) < pieces, request.length > 0, request.length <= Self.maximumBlock,
-              pieceStart + Int64(request.begin) + Int64(request.length) <= pieceEnd else {
+              start + Int64(request.length) <= pieceEnd else {
             return drop("asked for \(request.length) bytes at \(request.begin) of piece \(request.index)", context: context)
         }
-        guard requests.count < Self.maximumQueued else { return drop("more than \(Self.maximumQueued) blocks asked for at once", context: context) }
-        requests.append(request)
-        send(context: context)
-    }
-
-    /// Writes queued blocks while the connection takes them. With `TCP_NOTSENT_LOWAT` on the socket
-    /// (`SwarmSeeder.unsentLimit`), the kernel holds little that is not on the wire yet, so the rest
-    /// waits here, where a `cancel` (aria2c's end game asks several peers for the last blocks) or a
-    /// choke can still take it back instead of sending a block twice.
-    private func send(context: ChannelHandlerContext) {
-        guard let torrent, let file else { return }
-        while context.channel.isWritable, let request = requests.popFirst() {
-            let start = Int(request.index) * torrent.pieceLength + Int(request.begin)
-            var head = context.channel.allocator.buffer(capacity: 13)
-            PeerWireEncoder.pieceHead(request, into: &head)
-            write(head, context: context)
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            let length = Int(request.length)
-            promise.futureResult.assumeIsolated().whenSuccess { [self] in core.sent(length, of: infoHash) }
-            context.write(wrapOutboundOut(.fileRegion(FileRegion(fileHandle: file, readerIndex: start, endIndex: start + length))),
-                          promise: promise)
+        guard queued < Self.maximumQueued else { return drop("more than \(Self.maximumQueued) blocks asked for at once", context: context) }
+        var head = context.channel.allocator.buffer(capacity: 13)
+        PeerWireEncoder.pieceHead(request, into: &head)
+        write(head, context: context)
+        queued += 1
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let length = Int(request.length)
+        promise.futureResult.assumeIsolated().whenComplete { [self] result in
+            queued -= 1
+            if case .success = result { core.sent(length, of: infoHash) }
         }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            send(context: context)
-            context.flush()
-        }
-        context.fireChannelWritabilityChanged()
+        context.write(wrapOutboundOut(.fileRegion(FileRegion(fileHandle: file, readerIndex: Int(start), endIndex: Int(start) + length))),
+                      promise: promise)
     }
 
     /// Tells the peer; false when it is gone already (nothing changed).
     func setUnchoked(_ unchoked: Bool) -> Bool {
         guard let context, unchoked != isUnchoked else { return false }
         isUnchoked = unchoked
-        if unchoked { lastUnchoked = .now() } else { requests.removeAll() }  // BEP 3: a choke drops what was asked
+        if unchoked { lastUnchoked = .now() }
         var buffer = context.channel.allocator.buffer(capacity: 5)
         PeerWireEncoder.choke(!unchoked, into: &buffer)
         write(buffer, context: context)
