@@ -204,6 +204,30 @@ import TestSupport
         #expect(listing.contains("2023-11-14"), "mtime is the epoch given: \(listing)")
     }
 
+    @Test func keptGzipStreamsGiveTheBytesOfAFreshOne() throws {
+        // Kept streams are reset, not made anew: each of several compressions, one after another and
+        // interleaved with another level, matches gzip's own reading of it and repeats byte for byte.
+        let inputs: [[UInt8]] = [Array("key\n".utf8), (0..<20_000).map { UInt8(truncatingIfNeeded: $0 &* 7919 >> 3) }, [], Array(repeating: 0, count: 2560)]
+        var first: [[UInt8]] = []
+        for level: Int32 in [9, 0] {
+            for input in inputs { first.append(try Gzip.compress(input, level: level)) }
+        }
+        var again: [[UInt8]] = []
+        for level: Int32 in [9, 0] {
+            for input in inputs { again.append(try Gzip.compress(input, level: level)); _ = try Gzip.compress(inputs[1], level: 9 - level) }
+        }
+        #expect(again == first)
+        let dir = TemporaryDirectory()
+        for (index, bytes) in first.enumerated() {
+            let input = inputs[index % inputs.count]
+            try Data(bytes).write(to: URL(fileURLWithPath: dir.path + "/\(index).gz"))
+            try Data(input).write(to: URL(fileURLWithPath: dir.path + "/\(index).in"))
+            #expect(try sh("gzip -dc \(dir.path)/\(index).gz | cmp - \(dir.path)/\(index).in && echo same") == "same\n", "archive \(index)")
+        }
+        // Level 0 stores: the bytes are there as they were (a node's secrets, made per request).
+        #expect(first[5].count > inputs[1].count)
+    }
+
     @Test func largeArchivesAreXzdSmallOnesGzipd() throws {
         // A shared file of 100 KB (an /etc/hosts over a large cluster): every node fetches it, so xz.
         let dir = TemporaryDirectory()
@@ -233,7 +257,7 @@ import TestSupport
         ]
         let dir = TemporaryDirectory()
         let file = dir.path + "/s.tar.gz"
-        try Data(try OverlayArchive.make(rendered, mtime: 0).bytes).write(to: URL(fileURLWithPath: file))
+        try Data(try OverlayArchive.make(rendered, mtime: 0, use: .perRequest).bytes).write(to: URL(fileURLWithPath: file))
         let listing = try sh("tar -tvzf \(file) --numeric-owner")
         #expect(listing.contains("-r-------- 0/0") && listing.contains("etc/munge/munge.key"), "\(listing)")
         #expect(try sh("tar -xOzf \(file) etc/imagebuild/owners") == "munge:munge etc/munge/munge.key\n")

@@ -49,7 +49,7 @@ public final class SecretDelivery: Sendable {
             try identity.secretFiles.map { try templates.render($0.file, for: identity) }
         }
         if identity.hostKeys == .persistent, let hostKeyFiles { files += try hostKeyFiles.files(identity) }
-        return try OverlayArchive.make(files, mtime: Publisher.overlayEpoch).bytes  // gzip: made per request
+        return try OverlayArchive.make(files, mtime: Publisher.overlayEpoch, use: .perRequest).bytes
     }
 
     /// Whether `archive(for:)` may run where nothing may block (an event loop): it reads small files
@@ -139,7 +139,6 @@ extension HTTPService {
     /// entry, and the archive. `inline`: the caller is an event loop; nil then, with nothing done or
     /// counted, when the node's host keys must be made or certified first.
     func answerSecrets(_ request: SecretRequest, delivery: SecretDelivery, inline: Bool) -> SecretAnswer? {
-        let shown = printableClientText(request.macText)
         let remote = request.remote?.ipv4Address
         let port = request.remote?.port
         let mac = nodePathMAC(request.macText)
@@ -156,7 +155,7 @@ extension HTTPService {
         func refuse(_ refusal: SecretAdmission.Refusal) -> SecretAnswer {
             delivery.refusals[refusal.reason]?.increment()
             logger.warning("secrets refused", metadata: [
-                "mac": "\(mac.map(\.description) ?? shown)", "client": "\(remote.map(\.description) ?? "?")",
+                "mac": "\(mac.map(\.description) ?? printableClientText(request.macText))", "client": "\(remote.map(\.description) ?? "?")",
                 "port": "\(port.map(String.init) ?? "?")", "reason": "\(refusal.reason.rawValue)", "detail": "\(refusal.message)"])
             if let mac {
                 timeline.record(.transfer(.http, path: request.path, bytes: 0, size: nil,
@@ -165,7 +164,7 @@ extension HTTPService {
             return SecretAnswer(status: .forbidden, contentType: "text/plain; charset=utf-8", body: Array((refusal.message + "\n").utf8))
         }
         guard let mac else {
-            return refuse(.init(reason: .notANode, message: "'\(shown)' is not a node's MAC (aa-bb-cc-dd-ee-ff)"))
+            return refuse(.init(reason: .notANode, message: "'\(printableClientText(request.macText))' is not a node's MAC (aa-bb-cc-dd-ee-ff)"))
         }
         let state = timeline.node(mac)
         let boot = state?.boot ?? 0

@@ -26,8 +26,11 @@ public struct NodeBootState: Sendable, Hashable {
     public private(set) var image: String?
     /// What the node said when it failed.
     public private(set) var failure: String?
+    /// The last event. Kept as it came and put into words when read (`lastEvent`): every boot
+    /// records some twenty events, and the status page reads the line of a node that changed.
+    public private(set) var lastObservation: BootObservation?
     /// The last event, in one line.
-    public private(set) var lastEvent: String?
+    public var lastEvent: String? { lastObservation?.summary }
 
     public init(mac: MACAddress) { self.mac = mac }
 
@@ -55,7 +58,7 @@ public struct NodeBootState: Sendable, Hashable {
             image = nil
         }
         lastSeen = max(lastSeen ?? event.time, event.time)
-        lastEvent = event.observation.summary
+        lastObservation = event.observation
         // An observation that is no step of a boot (a manifest fetched) leaves the stage as it is.
         var next = event.observation.stage ?? stage
         switch event.observation {

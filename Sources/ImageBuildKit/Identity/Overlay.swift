@@ -28,11 +28,22 @@ public enum OverlayArchive {
         public var compression: Compression
     }
 
+    /// When an archive is made, which decides its compression.
+    public enum Use: Sendable {
+        /// At publish, made once and fetched at every boot: xz above `xzAbove` bytes of content,
+        /// else gzip -9.
+        case published
+        /// Per request (a node's secrets), where the server's CPU counts: gzip without compression
+        /// (stored blocks), still a .tar.gz with its CRC-32 for stage 1. A node's keys are a few
+        /// KiB that compress poorly; deflating 2.5 KiB of tar took 22 microseconds at -1 and 34 at
+        /// -9 here, storing it 2 (zlib, a kept stream), for 2.6 KiB sent instead of 1.1.
+        case perRequest
+    }
+
     /// `files` as a compressed tar. `mtime` is `SOURCE_DATE_EPOCH` (or 0) at publish, the same for
-    /// secrets. `xzAbove`: xz when the files hold more bytes than this (publish passes
-    /// `Self.xzAbove`); nil: gzip whatever the size (secrets, made per request, where CPU counts).
-    public static func make(_ files: [NodeTemplates.Rendered], mtime: Int64, xzAbove: Int? = nil) throws -> Packed {
-        let xz = xzAbove.map { limit in files.reduce(0) { $0 + $1.bytes.count } > limit } ?? false
+    /// secrets.
+    public static func make(_ files: [NodeTemplates.Rendered], mtime: Int64, use: Use) throws -> Packed {
+        let xz = use == .published && files.reduce(0) { $0 + $1.bytes.count } > xzAbove
         var out: [UInt8] = []
         let writer = try ArchiveWriter(format: .paxRestricted, filter: xz ? .xz(preset: 6) : .none) { out.append(contentsOf: $0) }
         var owners = ""
@@ -53,34 +64,90 @@ public enum OverlayArchive {
         }
         if !owners.isEmpty { try add(ownersPath, Array(owners.utf8), mode: 0o644, uid: 0, gid: 0) }
         try writer.close()
-        return xz ? Packed(bytes: out, compression: .xz) : Packed(bytes: try Gzip.compress(out), compression: .gzip)
+        return xz ? Packed(bytes: out, compression: .xz) : Packed(bytes: try Gzip.compress(out, level: use == .published ? 9 : 0), compression: .gzip)
     }
 }
 
-/// One-shot gzip of a small buffer (an overlay): zlib's gzip wrapper writes no time and no name.
+/// One-shot gzip of a small buffer (an overlay, a node's secrets): zlib's gzip wrapper writes no
+/// time and no name.
+///
+/// The zlib streams are kept and reset rather than set up anew: a stream allocates 256 KiB of
+/// state, which the allocator hands back to the kernel when it is freed, so a fresh one costs
+/// about 35 microseconds of page faults (on this 2-vCPU VM), many times what storing a node's
+/// secrets takes. `deflateReset` clears what a stream remembers, so the bytes are the same.
 enum Gzip {
-    static func compress(_ input: [UInt8], level: Int32 = 9) throws -> [UInt8] {
-        var stream = z_stream()
-        guard ib_deflateInit2(&stream, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK else {
-            throw CompressionError.invalidParameter(name: "gzip", value: "deflateInit2", reason: "zlib refused")
+    static func compress(_ input: [UInt8], level: Int32) throws -> [UInt8] {
+        let stream = try idle.take(level) ?? Deflater(level: level)
+        let output = try stream.compress(input)
+        idle.give(stream)
+        return output
+    }
+
+    /// Idle streams by level, a few of each (as many as compress at once: the event loops and
+    /// the thread pool, or publish's one thread).
+    private static let idle = IdleDeflaters()
+
+    private final class IdleDeflaters: @unchecked Sendable {
+        private let lock = NSLock()
+        private var streams: [Int32: [Deflater]] = [:]
+        private let keep = 8
+
+        func take(_ level: Int32) -> Deflater? {
+            lock.withLock { streams[level]?.popLast() }
         }
-        defer { deflateEnd(&stream) }
-        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, uLong(input.count))) + 32)
-        var input = input
-        let status = input.withUnsafeMutableBufferPointer { source in
-            output.withUnsafeMutableBufferPointer { target in
-                stream.next_in = source.baseAddress
-                stream.avail_in = uInt(source.count)
-                stream.next_out = target.baseAddress
-                stream.avail_out = uInt(target.count)
-                return deflate(&stream, Z_FINISH)
+
+        func give(_ stream: Deflater) {
+            lock.withLock {
+                if streams[stream.level, default: []].count < keep { streams[stream.level, default: []].append(stream) }
             }
         }
-        guard status == Z_STREAM_END else {
-            throw CompressionError.invalidParameter(name: "gzip", value: "deflate", reason: "zlib status \(status)")
+    }
+
+    /// A zlib deflate stream writing gzip, used by one caller at a time. Its `z_stream` lives at a
+    /// fixed address: zlib keeps a pointer back to it and checks it on every call.
+    private final class Deflater: @unchecked Sendable {
+        let level: Int32
+        private let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+
+        init(level: Int32) throws {
+            self.level = level
+            stream.initialize(to: z_stream())
+            guard ib_deflateInit2(stream, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK else {
+                stream.deinitialize(count: 1)
+                stream.deallocate()
+                throw CompressionError.invalidParameter(name: "gzip", value: "deflateInit2", reason: "zlib refused")
+            }
         }
-        output.removeSubrange(Int(stream.total_out)...)
-        return output
+
+        deinit {
+            deflateEnd(stream)
+            stream.deinitialize(count: 1)
+            stream.deallocate()
+        }
+
+        func compress(_ input: [UInt8]) throws -> [UInt8] {
+            guard deflateReset(stream) == Z_OK else {
+                throw CompressionError.invalidParameter(name: "gzip", value: "deflateReset", reason: "zlib refused")
+            }
+            var output = [UInt8](repeating: 0, count: Int(deflateBound(stream, uLong(input.count))) + 32)
+            let status = input.withUnsafeBufferPointer { source in
+                output.withUnsafeMutableBufferPointer { target in
+                    stream.pointee.next_in = UnsafeMutablePointer(mutating: source.baseAddress)
+                    stream.pointee.avail_in = uInt(source.count)
+                    stream.pointee.next_out = target.baseAddress
+                    stream.pointee.avail_out = uInt(target.count)
+                    return deflate(stream, Z_FINISH)
+                }
+            }
+            // No pointer into `input` or `output` stays behind in the kept stream.
+            stream.pointee.next_in = nil
+            stream.pointee.next_out = nil
+            guard status == Z_STREAM_END else {
+                throw CompressionError.invalidParameter(name: "gzip", value: "deflate", reason: "zlib status \(status)")
+            }
+            output.removeSubrange(Int(stream.pointee.total_out)...)
+            return output
+        }
     }
 }
 
@@ -141,12 +208,12 @@ public struct OverlayPlan: Sendable {
                     if let path = sharedArchives[key] {
                         paths.append(path)
                     } else {
-                        let path = store(try OverlayArchive.make(shared, mtime: mtime, xzAbove: OverlayArchive.xzAbove))
+                        let path = store(try OverlayArchive.make(shared, mtime: mtime, use: .published))
                         sharedArchives[key] = path
                         paths.append(path)
                     }
                 }
-                if !own.isEmpty { paths.append(store(try OverlayArchive.make(own, mtime: mtime, xzAbove: OverlayArchive.xzAbove))) }
+                if !own.isEmpty { paths.append(store(try OverlayArchive.make(own, mtime: mtime, use: .published))) }
                 plan.nodes[node.mac] = paths
             } catch let error as ConfigError { errors.append(error) }
         }

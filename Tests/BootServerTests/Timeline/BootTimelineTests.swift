@@ -147,6 +147,14 @@ struct NodeBootStateTests {
         #expect(state.stage == .failed)
     }
 
+    @Test("stages compare in the order a boot goes, which is their declaration order")
+    func stageOrder() {
+        let stages = BootStage.allCases
+        for (i, a) in stages.enumerated() {
+            for (j, b) in stages.enumerated() { #expect((a < b) == (i < j), "\(a) < \(b)") }
+        }
+    }
+
     @Test("file names map to stages", arguments: [
         ("pxelinux.0", BootStage.bootloader), ("ldlinux.c32", .bootloader), ("ipxe/ipxe.efi", .bootloader),
         ("pxelinux.cfg/01-52-54-00-77-00-01", .config), ("pxelinux.cfg/default", .config), ("ipxe/boot.ipxe", .config),
@@ -158,6 +166,11 @@ struct NodeBootStateTests {
         ("grub/grub.cfg-01-52-54-00-77-00-01", .config), ("grub/grub.cfg-0A4D000B", .config), ("grub/grub.cfg", .config),
         // Files that are no step of a boot move no stage (a manifest fetched by hand restarted a node's timeline).
         ("images/compute/0123/manifest.json", nil), ("images/compute/0123/cmdline", nil), ("favicon.ico", nil),
+        ("overlays/0a1b.tar.gz", nil), ("boot/v1/secrets/52-54-00-77-00-01", nil), ("images/compute/0123/", nil),
+        // A leading or trailing '/' changes nothing.
+        ("/images/compute/0123/vmlinuz", .kernel), ("/pxelinux.cfg/default", .config), ("ipxe/", nil), ("pxelinux.cfg/", .config),
+        // Loader extensions in any case; the other names as written.
+        ("IPXE.EFI", .bootloader), ("boot/PXELINUX.0", .bootloader), ("images/x/VMLINUZ", nil), ("", nil), ("/", nil),
     ])
     func fileStages(path: String, stage: BootStage?) {
         #expect(BootStage.forFile(path) == stage)
