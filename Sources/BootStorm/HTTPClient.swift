@@ -52,9 +52,10 @@ struct HTTPURL: Sendable {
     }
 }
 
-/// Requests one after the other on one connection, each sent when the previous answer ended: one
-/// with `Connection: close` like lpxelinux and busybox wget, or several kept alive like
-/// `imagebuild-fetch` with several URLs (the last says close).
+/// Requests on one connection, all sent in its first write and answered in order: one with
+/// `Connection: close` like lpxelinux and busybox wget, or several kept alive and pipelined like
+/// `imagebuild-fetch` with several URLs (the last says close). The answers are read in order; one
+/// that is not a 200 ends the run.
 final class HTTPFetchHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
@@ -75,14 +76,14 @@ final class HTTPFetchHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        send(heads[0], context: context)
+        // All requests at once, in one write (HTTP/1.1 pipelining), as imagebuild-fetch sends them.
+        for head in heads {
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+            context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.flush()
         context.fireChannelActive()
-    }
-
-    private func send(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -97,10 +98,7 @@ final class HTTPFetchHandler: ChannelInboundHandler {
             outcome.ended = .now
             outcomes.append(outcome)
             // An answer that is not a 200 ends the run, as imagebuild-fetch stops at the first failure.
-            if outcomes.count < heads.count, outcome.status == 200 {
-                send(heads[outcomes.count], context: context)
-                return
-            }
+            if outcomes.count < heads.count, outcome.status == 200 { return }
             done = true
             promise.succeed(outcomes)
             context.close(promise: nil)

@@ -11,7 +11,11 @@
  * Several URLs are fetched in order over one kept-alive connection (while they
  * name the same server): stage 1 takes a node's secrets, its overlay archives
  * and then its image in one go, and a boot storm costs the server one
- * connection per node for all of them instead of one per file. Each URL but
+ * connection per node for all of them instead of one per file. The requests
+ * for all of them go in the first write (HTTP/1.1 pipelining, RFC 9112 9.3.2),
+ * so the server reads them at once and the node waits one round trip, not
+ * one per file; a server that closes after an answer anyway gets the rest
+ * asked for again on a new connection. Each URL but
  * the last then needs its own -o (the last may go to standard output); -s
  * applies to the URL it precedes. Each URL done writes a line "N bytes in ..."
  * on standard error; the first URL that fails ends the run with its status, so
@@ -80,7 +84,7 @@
 #include <unistd.h>
 
 enum { EXIT_USAGE = 2, EXIT_DOWNLOAD = 3, EXIT_DIGEST = 4, EXIT_OUTPUT = 5, EXIT_CHANGED = 6 };
-enum { BUFFER_SIZE = 1 << 18, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30, SLOTS = 8 };
+enum { BUFFER_SIZE = 1 << 18, HEAD_LIMIT = 16 << 10, MAX_DELAY = 30, SLOTS = 8, MAX_URLS = 64 };
 enum { MAX_HEADERS = 8, HEADER_LIMIT = 1024, REQUEST_LIMIT = 16 << 10, BODY_LINE_LIMIT = 200 };
 
 static const char *program = "imagebuild-fetch";
@@ -276,13 +280,30 @@ static ssize_t receive(int fd, unsigned char *buffer, size_t size, const char **
 static const char *headers[MAX_HEADERS];
 static int header_count;
 
-/* The connection kept open after a complete answer, for the next URL of the same server. */
+/* The URLs of this run, in order, and where the run is: the requests for the ones after the
+ * current URL that name the same server go out with its own (pipelining). */
+static struct url plan[MAX_URLS];
+static int plan_count, plan_next;
+/* Asking ahead stops for the rest of the run once it went wrong: a server that closed with requests
+ * asked ahead unanswered (one without keep-alive may reset the connection, answer and all), or an
+ * attempt that asked ahead and failed. Its retries then ask one URL at a time. */
+static int pipelining = 1;
+static int asked_ahead; /* the last attempt sent requests for the URLs after its own */
+
+/* The connection kept open after a complete answer, for the next URL of the same server: how many
+ * of the next URLs were already asked for on it, and the bytes read past the answer (the start of
+ * the next one, which came in the same read). */
 static int kept_fd = -1;
 static char kept_authority[300];
+static int kept_asked;
+static char kept_carry[HEAD_LIMIT];
+static size_t kept_carry_length;
 
 static void drop_kept(void) {
     if (kept_fd >= 0) close(kept_fd);
     kept_fd = -1;
+    kept_asked = 0;
+    kept_carry_length = 0;
 }
 
 struct transfer {
@@ -491,17 +512,40 @@ static void first_body_line(int fd, const char *head, size_t have, size_t start,
     printable(out, size, raw + line, length);
 }
 
+/* A GET of `url` into r: from byte `offset` (with the version it must still be) when > 0. */
+static void ask(struct text *r, const struct url *url, int last, uint64_t offset, const char *validator) {
+    append(r, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: %s\r\n",
+           url->path, url->authority, last ? "close" : "keep-alive");
+    for (int i = 0; i < header_count; i++) append(r, "%s\r\n", headers[i]);
+    if (offset > 0) {
+        append(r, "Range: bytes=%llu-\r\n", (unsigned long long)offset);
+        if (validator[0]) append(r, "If-Range: %s\r\n", validator);
+    }
+    append(r, "\r\n");
+}
+
 /* One attempt: connect (or take the kept connection), ask for the rest of the body, pass it on.
  * A kept connection the server closed meanwhile (before any byte of an answer) is replaced by a
- * new one at once: that is how keep-alive ends, not a failure. */
+ * new one at once: that is how keep-alive ends, not a failure; what was asked for ahead on it is
+ * asked for again. */
 static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size) {
     t->http_status = 0;
     int reused = kept_fd >= 0 && strcmp(kept_authority, t->url.authority) == 0;
     t->reused = reused;
     int fd;
+    int asked = 0; /* this URL's request went out with an earlier one's */
+    int ahead = 0; /* requests for the URLs after this one sent on this connection */
+    char head[HEAD_LIMIT + 1];
+    size_t have = 0;
     if (reused) {
         fd = kept_fd;
         kept_fd = -1;
+        asked = kept_asked > 0;
+        ahead = asked ? kept_asked - 1 : 0;
+        memcpy(head, kept_carry, kept_carry_length);
+        have = kept_carry_length;
+        kept_asked = 0;
+        kept_carry_length = 0;
     } else {
         drop_kept();
         fd = connect_to(&t->url, reason, reason_size);
@@ -509,36 +553,41 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         if (fd < 0) return RETRY;
     }
 
-    static char request[REQUEST_LIMIT];
-    struct text r = { request, sizeof request, 0, 0 };
-    append(&r, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: imagebuild-fetch\r\nAccept-Encoding: identity\r\nConnection: %s\r\n",
-           t->url.path, t->url.authority, t->last ? "close" : "keep-alive");
-    for (int i = 0; i < header_count; i++) append(&r, "%s\r\n", headers[i]);
-    if (t->offset > 0) {
-        append(&r, "Range: bytes=%llu-\r\n", (unsigned long long)t->offset);
-        if (t->validator[0]) append(&r, "If-Range: %s\r\n", t->validator);
-    }
-    append(&r, "\r\n");
-    if (r.overflow) { close(fd); die(EXIT_USAGE, "the request (URL and headers) is over %d bytes", REQUEST_LIMIT); }
-    size_t length = r.length;
     const char *why = NULL;
-    if (send_all(fd, request, length, &why) != 0) {
-        close(fd);
-        if (reused) return attempt(t, reason, reason_size);
-        snprintf(reason, reason_size, "sending the request: %s", why);
-        return RETRY;
+    asked_ahead = asked || ahead > 0;
+    if (!asked) {
+        static char request[REQUEST_LIMIT];
+        struct text r = { request, sizeof request, 0, 0 };
+        ask(&r, &t->url, t->last, t->offset, t->validator);
+        if (r.overflow) { close(fd); die(EXIT_USAGE, "the request (URL and headers) is over %d bytes", REQUEST_LIMIT); }
+        /* The next URLs of this server, each whole request or none, in the same write. */
+        for (int j = plan_next; pipelining && !t->last && j < plan_count && strcmp(plan[j].authority, t->url.authority) == 0; j++) {
+            size_t before = r.length;
+            ask(&r, &plan[j], j == plan_count - 1, 0, "");
+            if (r.overflow) { r.length = before; break; }
+            ahead++;
+        }
+        asked_ahead = ahead > 0;
+        if (send_all(fd, request, r.length, &why) != 0) {
+            close(fd);
+            if (reused) return attempt(t, reason, reason_size);
+            snprintf(reason, reason_size, "sending the request: %s", why);
+            return RETRY;
+        }
     }
 
     /* The head: read until the blank line; what follows it is body. */
-    char head[HEAD_LIMIT + 1];
-    size_t have = 0;
-    char *end = NULL;
+    head[have] = 0;
+    char *end = have > 0 ? memmem(head, have, "\r\n\r\n", 4) : NULL;
     while (!end) {
         if (have == HEAD_LIMIT) { snprintf(reason, reason_size, "the answer's head is over %d bytes", HEAD_LIMIT); close(fd); return RETRY; }
         ssize_t n = receive(fd, (unsigned char *)head + have, HEAD_LIMIT - have, &why);
         if (n <= 0) {
             close(fd);
-            if (reused && have == 0) return attempt(t, reason, reason_size);
+            if (reused && have == 0) {
+                if (asked) pipelining = 0; /* closed with this request asked ahead and unanswered */
+                return attempt(t, reason, reason_size);
+            }
             snprintf(reason, reason_size, "reading the answer: %s", n == 0 ? "connection closed" : why);
             return RETRY;
         }
@@ -644,10 +693,19 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         t->validator_is_etag = version_is_etag;
     }
 
-    /* The body. */
+    /* The body. Never read past it: what follows is the next answer asked for ahead. */
+    int64_t wire_left = body_length; /* this answer's body bytes not read yet; -1: up to the close */
     unsigned char *data = (unsigned char *)head + head_length;
     size_t count = early;
+    if (wire_left >= 0 && (int64_t)count > wire_left) {
+        if (ahead > 0) {
+            kept_carry_length = count - (size_t)wire_left;
+            memcpy(kept_carry, data + wire_left, kept_carry_length);
+        }
+        count = (size_t)wire_left;
+    }
     for (;;) {
+        if (wire_left >= 0) wire_left -= (int64_t)count;
         if (count > 0) {
             if (skip > 0) {
                 size_t drop = count < skip ? count : (size_t)skip;
@@ -667,8 +725,15 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
             }
         }
         if (t->total >= 0 && t->offset == (uint64_t)t->total) break;
+        if (wire_left == 0) {
+            snprintf(reason, reason_size, "the answer ended at byte %llu of %lld", (unsigned long long)t->offset, (long long)t->total);
+            close(fd);
+            kept_carry_length = 0;
+            return RETRY;
+        }
         unsigned char *buffer = hasher_buffer();
-        ssize_t n = receive(fd, buffer, BUFFER_SIZE, &why);
+        size_t want = wire_left >= 0 && wire_left < BUFFER_SIZE ? (size_t)wire_left : BUFFER_SIZE;
+        ssize_t n = receive(fd, buffer, want, &why);
         if (n == 0) {
             if (t->total < 0) break; /* read to close: the digest says whether it is whole */
             snprintf(reason, reason_size, "connection closed at byte %llu of %lld", (unsigned long long)t->offset, (long long)t->total);
@@ -686,9 +751,12 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
     /* Kept for the next URL when the answer's end was known and the server did not say close. */
     if (!t->last && t->total >= 0 && body_length >= 0 && !(header(head, "Connection", value, sizeof value) && strcasecmp(value, "close") == 0)) {
         kept_fd = fd;
+        kept_asked = ahead;
         snprintf(kept_authority, sizeof kept_authority, "%s", t->url.authority);
     } else {
         close(fd);
+        kept_carry_length = 0;
+        if (ahead > 0) pipelining = 0; /* the server closes after an answer: ask one at a time */
     }
     return DONE;
 }
@@ -706,7 +774,8 @@ static void usage(void) {
             "       %s -c FILE -s SHA256\n"
             "Streams URL (plain http) to standard output or FILE in one pass, hashing it with SHA-256;\n"
             "a broken connection continues from the byte it reached (HTTP Range). Several URLs are\n"
-            "fetched in order over one kept-alive connection, each but the last into its own -o FILE.\n"
+            "fetched in order over one kept-alive connection, all asked for in its first write\n"
+            "(pipelining), each but the last into its own -o FILE.\n"
             "  -o FILE     write the next URL to FILE instead of standard output\n"
             "  -s SHA256   the next URL's expected digest (64 hex digits): exit 4 when its body does not match\n"
             "  -r RETRIES  attempts in a row without progress before giving up (default 8; back-off 1, 2, 4 ... 30 s)\n"
@@ -775,6 +844,7 @@ static void fetch(const char *text, const char *output, const char *expected, in
         uint64_t before = t.offset;
         enum outcome outcome = attempt(&t, reason, sizeof reason);
         if (outcome == DONE) break;
+        if (asked_ahead) pipelining = 0;
         if (outcome == FATAL) die(EXIT_DOWNLOAD, "%s: %s", text, reason);
         if (outcome == REFUSED) {
             message("%s: answered %d, which is final: not retried", text, t.http_status);
@@ -816,8 +886,6 @@ static void check_digest_option(const char *expected) {
     if (expected && (strlen(expected) != 64 || strspn(expected, "0123456789abcdefABCDEF") != 64))
         die(EXIT_USAGE, "-s: a SHA-256 is 64 hex digits, not '%s'", expected);
 }
-
-enum { MAX_URLS = 64 };
 
 int main(int argc, char **argv) {
     const char *check = NULL;
@@ -883,7 +951,12 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is EPIPE from write: exit 5 with a message */
     hasher_start();
-    for (int i = 0; i < count; i++) fetch(urls[i], outputs[i], digests[i], i == count - 1, retries);
+    for (int i = 0; i < count; i++) parse_url(urls[i], &plan[i]);
+    plan_count = count;
+    for (int i = 0; i < count; i++) {
+        plan_next = i + 1;
+        fetch(urls[i], outputs[i], digests[i], i == count - 1, retries);
+    }
     drop_kept();
     return 0;
 }

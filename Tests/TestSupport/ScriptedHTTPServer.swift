@@ -6,7 +6,8 @@ import Glibc
 
 /// An HTTP/1.1 server on 127.0.0.1 whose answers a test decides, for testing clients (stage 1's
 /// loader and scripts): every request is recorded with the port it came from, which only the
-/// kernel can tell, and answered by `respond`; each answer closes its connection. One thread per
+/// kernel can tell, and answered by `respond`; each answer closes its connection (after reading
+/// what the client sent ahead, so the close resets nothing). One thread per
 /// connection; `stop()` closes the listener (and is called when the server is released).
 public final class ScriptedHTTPServer: @unchecked Sendable {
     public struct Request: Sendable {
@@ -113,14 +114,23 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
         let response = respond(request)
         var answer = Data("HTTP/1.1 \(response.status) \(response.reason)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n\r\n".utf8)
         answer.append(response.body)
-        answer.withUnsafeBytes { bytes in
+        let sentAll = answer.withUnsafeBytes { bytes in
             var sent = 0
             while sent < bytes.count {
                 let n = send(client, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { return }
+                if n <= 0 { return false }
                 sent += n
             }
+            return true
         }
+        // A lingering close, as web servers do: requests the client sent ahead (pipelined) are read
+        // and dropped until it closes, so closing does not reset the connection under the answer.
+        guard sentAll else { return }
+        shutdown(client, Int32(SHUT_WR))
+        var drain = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &drain, socklen_t(MemoryLayout<timeval>.size))
+        var scratch = [UInt8](repeating: 0, count: 4096)
+        while read(client, &scratch, scratch.count) > 0 {}
     }
 }
 

@@ -96,6 +96,35 @@ struct StageOneLoaderTests {
         #expect(late.status == 2 && late.stderr.contains("before the first URL"), "\(late.stderr)")
     }
 
+    @Test("several URLs are asked for in one write (pipelining) and answered in one; a server that closes after an answer gets the rest asked for again, one at a time")
+    func pipelining() async throws {
+        let loader = try Loader()
+        defer { loader.cleanup() }
+        // b is larger than the loader's head buffer: a's answer, b's head and part of b's body come in one read.
+        let bodies = ["/a": (0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) }, "/b": (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) },
+                      "/c": Array("the last one\n".utf8)]
+        for mode in [PipelineProbe.Mode.keepAlive, .firstThenClose] {
+            let probe = try PipelineProbe(bodies: bodies, mode: mode)
+            defer { probe.stop() }
+            var arguments = ["-r", "2", "-t", "5"]
+            for name in ["a", "b", "c"] { arguments += ["-o", loader.folder + "/\(name)", "-s", Self.hex(bodies["/" + name]!), "\(probe.base)/\(name)"] }
+            let result = try await ProcessRunner.run(loader.path, arguments, timeout: 60)
+            #expect(result.status == 0, "\(mode): \(result.stderr)")
+            for name in ["a", "b", "c"] {
+                #expect((try? Data(contentsOf: URL(fileURLWithPath: loader.folder + "/\(name)"))) == Data(bodies["/" + name]!), "\(mode): \(name)")
+            }
+            #expect(!result.stderr.contains("continuing from"), "\(mode): a reconnect, not a retry: \(result.stderr)")
+            switch mode {
+            case .keepAlive:
+                // One connection, one read holding all three requests.
+                #expect(probe.reads == [["/a", "/b", "/c"]], "\(probe.reads)")
+            case .firstThenClose:
+                // Asked ahead once; after the server closed with /b and /c unanswered, one request a connection.
+                #expect(probe.reads == [["/a", "/b", "/c"], ["/b"], ["/c"]], "\(probe.reads)")
+            }
+        }
+    }
+
     @Test("cut at 30 % and at 70 %: the load continues from the byte it reached, with If-Range, and the digest holds")
     func resumes() async throws {
         let root = try HTTPTestRoot()
@@ -395,6 +424,82 @@ final class CuttingProxy: @unchecked Sendable {
         if limit != Int.max {
             afterCut()
             state.withLock { $0.cut += 1 }
+        }
+    }
+}
+
+/// A raw HTTP/1.1 server for the loader's pipelining: it records the requests that arrive in each read
+/// of each connection, and answers a read's requests in one write (`keepAlive`; a request asking to
+/// close is answered last and the connection closed), or only the first of a connection's first read,
+/// saying keep-alive, and then closes (`firstThenClose`: a server that drops what was asked ahead).
+final class PipelineProbe: @unchecked Sendable {
+    enum Mode: Sendable { case keepAlive, firstThenClose }
+
+    let port: Int
+    private let listener: Int32
+    private let bodies: [String: [UInt8]]
+    private let mode: Mode
+    private let recorded = Mutex<[[String]]>([])
+
+    init(bodies: [String: [UInt8]], mode: Mode) throws {
+        self.bodies = bodies
+        self.mode = mode
+        (listener, port) = try listenOnLoopback(backlog: 16, what: "pipelining probe")
+        Thread { [self] in acceptLoop() }.start()
+    }
+
+    var base: String { "http://127.0.0.1:\(port)" }
+    /// Per read with at least one whole request, in order: the paths asked for in it.
+    var reads: [[String]] { recorded.withLock { $0 } }
+
+    func stop() { shutdown(listener, Int32(SHUT_RDWR)); close(listener) }
+
+    private func acceptLoop() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 { if errno == EINTR { continue } else { return } }
+            Thread { [self] in serve(client) }.start()
+        }
+    }
+
+    private func serve(_ client: Int32) {
+        defer { close(client) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var pending = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let n = read(client, &chunk, chunk.count)
+            if n <= 0 { return }
+            pending += chunk[..<n]
+            var paths: [String] = [], closing = false
+            while !closing, let end = pending.firstRange(of: [13, 10, 13, 10]) {
+                let head = String(decoding: pending[..<end.upperBound], as: UTF8.self)
+                pending.removeSubrange(..<end.upperBound)
+                paths.append(head.split(separator: " ").dropFirst().first.map(String.init) ?? "?")
+                closing = head.lowercased().contains("connection: close")
+            }
+            if paths.isEmpty { continue }
+            recorded.withLock { $0.append(paths) }
+            let answered = mode == .firstThenClose ? [paths[0]] : paths
+            var answer = [UInt8]()
+            for (index, path) in answered.enumerated() {
+                let body = bodies[path] ?? []
+                let close = closing && index == answered.count - 1
+                answer += Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nConnection: \(close ? "close" : "keep-alive")\r\n\r\n".utf8) + body
+            }
+            var sent = 0
+            while sent < answer.count {
+                let m = answer.withUnsafeBytes { send(client, $0.baseAddress! + sent, answer.count - sent, Int32(MSG_NOSIGNAL)) }
+                if m <= 0 { return }
+                sent += m
+            }
+            if closing || mode == .firstThenClose {
+                // A lingering close: what the client sends until it closes is read and dropped.
+                shutdown(client, Int32(SHUT_WR))
+                while read(client, &chunk, chunk.count) > 0 {}
+                return
+            }
         }
     }
 }
