@@ -553,11 +553,9 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         if (fd < 0) return RETRY;
     }
 
-    const char *why = NULL;
-    asked_ahead = asked || ahead > 0;
+    static char request[REQUEST_LIMIT];
+    struct text r = { request, sizeof request, 0, 0 };
     if (!asked) {
-        static char request[REQUEST_LIMIT];
-        struct text r = { request, sizeof request, 0, 0 };
         ask(&r, &t->url, t->last, t->offset, t->validator);
         if (r.overflow) { close(fd); die(EXIT_USAGE, "the request (URL and headers) is over %d bytes", REQUEST_LIMIT); }
         /* The next URLs of this server, each whole request or none, in the same write. */
@@ -567,13 +565,14 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
             if (r.overflow) { r.length = before; break; }
             ahead++;
         }
-        asked_ahead = ahead > 0;
-        if (send_all(fd, request, r.length, &why) != 0) {
-            close(fd);
-            if (reused) return attempt(t, reason, reason_size);
-            snprintf(reason, reason_size, "sending the request: %s", why);
-            return RETRY;
-        }
+    }
+    asked_ahead = asked || ahead > 0;
+    const char *why = NULL;
+    if (!asked && send_all(fd, request, r.length, &why) != 0) {
+        close(fd);
+        if (reused) return attempt(t, reason, reason_size);
+        snprintf(reason, reason_size, "sending the request: %s", why);
+        return RETRY;
     }
 
     /* The head: read until the blank line; what follows it is body. */
@@ -728,7 +727,6 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         if (wire_left == 0) {
             snprintf(reason, reason_size, "the answer ended at byte %llu of %lld", (unsigned long long)t->offset, (long long)t->total);
             close(fd);
-            kept_carry_length = 0;
             return RETRY;
         }
         unsigned char *buffer = hasher_buffer();
@@ -754,8 +752,7 @@ static enum outcome attempt(struct transfer *t, char *reason, size_t reason_size
         kept_asked = ahead;
         snprintf(kept_authority, sizeof kept_authority, "%s", t->url.authority);
     } else {
-        close(fd);
-        kept_carry_length = 0;
+        close(fd); /* what was carried goes with the next connection's drop_kept() */
         if (ahead > 0) pipelining = 0; /* the server closes after an answer: ask one at a time */
     }
     return DONE;

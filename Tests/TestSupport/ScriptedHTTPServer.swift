@@ -114,24 +114,31 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
         let response = respond(request)
         var answer = Data("HTTP/1.1 \(response.status) \(response.reason)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n\r\n".utf8)
         answer.append(response.body)
-        let sentAll = answer.withUnsafeBytes { bytes in
-            var sent = 0
-            while sent < bytes.count {
-                let n = send(client, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
-                if n <= 0 { return false }
-                sent += n
-            }
-            return true
-        }
-        // A lingering close, as web servers do: requests the client sent ahead (pipelined) are read
-        // and dropped until it closes, so closing does not reset the connection under the answer.
-        guard sentAll else { return }
-        shutdown(client, Int32(SHUT_WR))
-        var drain = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &drain, socklen_t(MemoryLayout<timeval>.size))
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        while read(client, &scratch, scratch.count) > 0 {}
+        guard answer.withUnsafeBytes({ sendAll(client, $0) }) else { return }
+        lingerBeforeClose(client)
     }
+}
+
+/// Writes all of `bytes` to the socket `fd`; false when the peer went away.
+public func sendAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    var sent = 0
+    while sent < bytes.count {
+        let n = send(fd, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+        if n <= 0 { return false }
+        sent += n
+    }
+    return true
+}
+
+/// The first half of a lingering close, as web servers do it: no more writes, and what the client
+/// still sends (requests it pipelined) is read and dropped until it closes (at most 2 s), so that
+/// closing `fd` afterwards does not reset the connection under the answer already sent.
+public func lingerBeforeClose(_ fd: Int32) {
+    shutdown(fd, Int32(SHUT_WR))
+    var drain = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &drain, socklen_t(MemoryLayout<timeval>.size))
+    var scratch = [UInt8](repeating: 0, count: 4096)
+    while read(fd, &scratch, scratch.count) > 0 {}
 }
 
 /// A TCP socket listening on 127.0.0.1 at a port the kernel picks: the file descriptor and the port.

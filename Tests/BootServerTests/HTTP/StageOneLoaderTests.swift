@@ -488,16 +488,9 @@ final class PipelineProbe: @unchecked Sendable {
                 let close = closing && index == answered.count - 1
                 answer += Array("HTTP/1.1 200 OK\r\nContent-Length: \(body.count)\r\nConnection: \(close ? "close" : "keep-alive")\r\n\r\n".utf8) + body
             }
-            var sent = 0
-            while sent < answer.count {
-                let m = answer.withUnsafeBytes { send(client, $0.baseAddress! + sent, answer.count - sent, Int32(MSG_NOSIGNAL)) }
-                if m <= 0 { return }
-                sent += m
-            }
+            guard answer.withUnsafeBytes({ sendAll(client, $0) }) else { return }
             if closing || mode == .firstThenClose {
-                // A lingering close: what the client sends until it closes is read and dropped.
-                shutdown(client, Int32(SHUT_WR))
-                while read(client, &chunk, chunk.count) > 0 {}
+                lingerBeforeClose(client)
                 return
             }
         }
